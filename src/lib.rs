@@ -1,0 +1,6 @@
+//! smtplab: a teaching SMTP server. A welcome socket, a thread per client, an explicit RFC 5321
+//! state machine, mbox delivery. Each module below opens with the RFC sections it implements.
+
+pub mod address;
+pub mod datetime;
+pub mod mbox;
