@@ -1,6 +1,19 @@
 //! smtplab: a teaching SMTP server. A welcome socket, a thread per client, an explicit RFC 5321
 //! state machine, mbox delivery. Each module below opens with the RFC sections it implements.
+//!
+//! Standards: RFC 5321 §2.3
 
 pub mod address;
+pub mod command;
+pub mod config;
+pub mod connection;
+pub mod data;
 pub mod datetime;
+pub mod delivery;
+pub mod diagram;
+pub mod extensions;
+pub mod line;
 pub mod mbox;
+pub mod reply;
+pub mod server;
+pub mod session;

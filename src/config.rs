@@ -1,0 +1,270 @@
+//! Configuration: the command-line options, the users and aliases files, and their defaults.
+//!
+//! Interface:
+//! - `Config::from_args(args)` parses the options of design §3 with `getopts`; `Config::default()`
+//!   is the first-minute setup (127.0.0.1:2525, demo users alice and bob, list students, ./mail).
+//! - `Directory` answers "who is local?": local domains, users, aliases, postmaster.
+//!
+//! Standards: RFC 5321 §4.5.1, RFC 5321 §4.5.3.2.7, RFC 5321 §2.4
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::address::Domain;
+
+/// RFC 5321 §4.5.3.2.7: the server should wait at least 5 minutes for the next command.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
+pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
+/// Postfix's `smtpd_hard_error_limit`: after this many errors the session ends with 421.
+pub const DEFAULT_MAX_ERRORS: u32 = 20;
+pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
+pub const DEMO_PASSWORD: &str = "password";
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub hostname: String,
+    pub mail_dir: PathBuf,
+    pub directory: Directory,
+    pub max_size: u64,
+    pub max_connections: usize,
+    pub max_recipients: usize,
+    pub max_errors: u32,
+    pub idle_timeout: Duration,
+    pub transcripts: Option<PathBuf>,
+    /// True while the built-in demo users are active (a warning is printed off loopback).
+    pub demo_users: bool,
+    pub verbose: bool,
+}
+
+/// Local domains, users and lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directory {
+    pub domains: Vec<String>,
+    /// User name (lower case) to password.
+    pub users: BTreeMap<String, String>,
+    /// List name (lower case) to its members (user names).
+    pub aliases: BTreeMap<String, Vec<String>>,
+}
+
+impl Directory {
+    /// The built-in demo: users alice and bob, the list students, postmaster is alice.
+    pub fn demo(hostname: &str) -> Directory {
+        let users = ["alice", "bob"].map(|u| (u.to_string(), DEMO_PASSWORD.to_string()));
+        let mut directory = Directory {
+            domains: default_domains(hostname),
+            users: users.into_iter().collect(),
+            aliases: BTreeMap::new(),
+        };
+        directory
+            .aliases
+            .insert("students".into(), vec!["alice".into(), "bob".into()]);
+        directory.ensure_postmaster();
+        directory
+    }
+
+    /// RFC 5321 §4.5.1: every local domain must take mail for postmaster. Unless a file names
+    /// one, postmaster is an alias of the first user.
+    pub fn ensure_postmaster(&mut self) {
+        if self.users.contains_key("postmaster") || self.aliases.contains_key("postmaster") {
+            return;
+        }
+        if let Some(first) = self.users.keys().next().cloned() {
+            self.aliases.insert("postmaster".into(), vec![first]);
+        }
+    }
+
+    /// Is mail for this domain delivered here? (Domain names are not case sensitive, RFC 5321 §2.4.)
+    pub fn is_local_domain(&self, domain: &Domain) -> bool {
+        self.domains.iter().any(|own| domain.is(own))
+    }
+
+    /// The mailboxes a local name delivers to: a user, or the members of a list. Local parts
+    /// are matched without regard to case, a choice RFC 5321 §2.4 leaves to the host.
+    pub fn mailboxes(&self, name: &str) -> Option<Vec<String>> {
+        let name = name.to_lowercase();
+        if self.users.contains_key(&name) {
+            return Some(vec![name]);
+        }
+        self.aliases.get(&name).cloned()
+    }
+
+    pub fn is_list(&self, name: &str) -> bool {
+        self.aliases.contains_key(&name.to_lowercase())
+    }
+}
+
+fn default_domains(hostname: &str) -> Vec<String> {
+    let mut domains = vec!["localhost".to_string()];
+    if !hostname.eq_ignore_ascii_case("localhost") {
+        domains.push(hostname.to_string());
+    }
+    domains
+}
+
+/// The machine's name, for the greeting and Received headers.
+pub fn system_hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let hostname = system_hostname();
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            directory: Directory::demo(&hostname),
+            hostname,
+            mail_dir: PathBuf::from("mail"),
+            max_size: DEFAULT_MAX_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_recipients: DEFAULT_MAX_RECIPIENTS,
+            max_errors: DEFAULT_MAX_ERRORS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            transcripts: None,
+            demo_users: true,
+            verbose: false,
+        }
+    }
+}
+
+/// The options of `smtplab [OPTIONS]` (design §3).
+pub fn options() -> getopts::Options {
+    let mut o = getopts::Options::new();
+    o.optmulti("l", "listen", "SMTP listener (repeatable)", "ADDR");
+    o.optopt("n", "hostname", "name in greeting, EHLO and Received", "NAME");
+    o.optmulti("d", "domain", "domain delivered locally (repeatable)", "DOMAIN");
+    o.optopt("m", "mail-dir", "mbox files live at DIR/<user>", "DIR");
+    o.optopt("u", "users", "file of user:password lines", "FILE");
+    o.optopt("a", "aliases", "file of 'list: user, user' lines", "FILE");
+    o.optopt("", "max-size", "SIZE limit in octets", "BYTES");
+    o.optopt("", "max-connections", "further clients get 421", "N");
+    o.optopt("", "max-recipients", "recipients per message", "N");
+    o.optopt("", "max-errors", "errors before 421 and close", "N");
+    o.optopt("", "timeout", "seconds to wait for a command", "SECS");
+    o.optopt("", "transcripts", "record every session as a transcript", "DIR");
+    o.optflag("v", "verbose", "log every command");
+    o.optflag("h", "help", "print this help");
+    o.optflag("V", "version", "print the version");
+    o
+}
+
+impl Config {
+    /// Build the configuration from parsed options; an error is one plain sentence.
+    pub fn from_matches(m: &getopts::Matches) -> Result<Config, String> {
+        let mut config = Config::default();
+        if let Some(name) = m.opt_str("hostname") {
+            config.hostname = name;
+            config.directory.domains = default_domains(&config.hostname);
+        }
+        if m.opt_present("listen") {
+            config.listen = m.opt_strs("listen").iter().map(|a| parse_addr(a)).collect::<Result<_, _>>()?;
+        }
+        if m.opt_present("domain") {
+            config.directory.domains = m.opt_strs("domain");
+        }
+        if let Some(dir) = m.opt_str("mail-dir") {
+            config.mail_dir = PathBuf::from(dir);
+        }
+        if let Some(file) = m.opt_str("users") {
+            config.directory.users = read_users(&file)?;
+            config.directory.aliases.clear();
+            config.demo_users = false;
+        }
+        if let Some(file) = m.opt_str("aliases") {
+            config.directory.aliases = read_aliases(&file)?;
+        }
+        config.directory.ensure_postmaster();
+        config.max_size = number(m, "max-size", config.max_size)?;
+        config.max_connections = number(m, "max-connections", config.max_connections)?;
+        config.max_recipients = number(m, "max-recipients", config.max_recipients)?;
+        config.max_errors = number(m, "max-errors", config.max_errors)?;
+        config.idle_timeout = Duration::from_secs_f64(number(m, "timeout", config.idle_timeout.as_secs_f64())?);
+        config.transcripts = m.opt_str("transcripts").map(PathBuf::from);
+        config.verbose = m.opt_present("verbose");
+        Ok(config)
+    }
+}
+
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("'{text}' is not an address like 127.0.0.1:2525 or [::1]:2525."))
+}
+
+fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) -> Result<T, String> {
+    match m.opt_str(name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("--{name} needs a number, not '{text}'.")),
+    }
+}
+
+/// `user:password` per line; `#` starts a comment.
+fn read_users(file: &str) -> Result<BTreeMap<String, String>, String> {
+    let text = fs::read_to_string(file).map_err(|e| format!("Cannot read users file {file}: {e}."))?;
+    content_lines(&text)
+        .map(|line| match line.split_once(':') {
+            Some((user, password)) if !user.trim().is_empty() => {
+                Ok((user.trim().to_lowercase(), password.to_string()))
+            }
+            _ => Err(format!("Users file {file}: '{line}' is not 'user:password'.")),
+        })
+        .collect()
+}
+
+/// `list: user, user` per line; `#` starts a comment.
+fn read_aliases(file: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let text = fs::read_to_string(file).map_err(|e| format!("Cannot read aliases file {file}: {e}."))?;
+    content_lines(&text)
+        .map(|line| match line.split_once(':') {
+            Some((list, members)) if !list.trim().is_empty() => Ok((
+                list.trim().to_lowercase(),
+                members.split(',').map(|m| m.trim().to_lowercase()).filter(|m| !m.is_empty()).collect(),
+            )),
+            _ => Err(format!("Aliases file {file}: '{line}' is not 'list: user, user'.")),
+        })
+        .collect()
+}
+
+fn content_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_make_the_first_minute_work() {
+        let config = Config::default();
+        assert_eq!(config.listen[0].to_string(), "127.0.0.1:2525");
+        assert!(config.idle_timeout >= Duration::from_secs(300), "RFC 5321 §4.5.3.2.7");
+        assert_eq!(config.directory.mailboxes("students"), Some(vec!["alice".into(), "bob".into()]));
+        assert_eq!(config.directory.mailboxes("POSTMASTER"), Some(vec!["alice".into()]));
+        assert_eq!(config.directory.mailboxes("Alice"), Some(vec!["alice".into()]));
+        assert!(config.directory.is_local_domain(&Domain::Name("LOCALHOST".into())));
+    }
+
+    #[test]
+    fn options_override_defaults() {
+        let args = ["--listen", "127.0.0.2:2600", "-n", "teach.test", "-d", "teach.test", "--max-size", "1000"];
+        let m = options().parse(args).unwrap();
+        let config = Config::from_matches(&m).unwrap();
+        assert_eq!(config.listen[0].to_string(), "127.0.0.2:2600");
+        assert_eq!(config.directory.domains, vec!["teach.test".to_string()]);
+        assert_eq!(config.max_size, 1000);
+        let bad = options().parse(["--max-size", "lots"]).unwrap();
+        assert!(Config::from_matches(&bad).unwrap_err().contains("--max-size"));
+    }
+}

@@ -1,0 +1,246 @@
+//! DATA: find the end of the message, undo dot-stuffing, enforce the size limit.
+//!
+//! Interface:
+//! - `DataReader::push(piece, saw_cr)` takes the next piece of content from `line.rs` and says
+//!   whether it was the end of data.
+//! - `DataReader::finish(saw_cr)` gives the message (lines ending in `\n`) or the reply that
+//!   refuses it: 552 too big, 550 bare CR/LF, 554 NUL byte or too many hops.
+//!
+//! Standards: RFC 5321 §4.1.1.4, RFC 5321 §4.5.2, RFC 5321 §4.5.3.1.7, RFC 5321 §2.3.8, RFC 5321 §6.3
+
+use crate::line::{Ending, Piece};
+use crate::reply::Reply;
+
+/// RFC 5321 §6.3: "SMTP servers using this technique SHOULD use a large rejection threshold,
+/// normally at least 100 Received entries." 100 is the floor the RFC names.
+pub const MAX_RECEIVED_HEADERS: usize = 100;
+
+/// Reads one message after the 354 reply.
+#[derive(Debug)]
+pub struct DataReader {
+    max_size: usize,
+    content: Vec<u8>,
+    /// Octets the client sent, counted as on the wire (each line with its CRLF).
+    size: usize,
+    /// The ending of the previous line (for the first line: of the DATA command itself).
+    previous_ending: Ending,
+    /// True when the next piece starts a new line.
+    at_line_start: bool,
+    bare_lf_seen: bool,
+    bare_cr_seen: bool,
+    nul_seen: bool,
+}
+
+impl DataReader {
+    /// `data_ending` is how the DATA command line ended.
+    pub fn new(max_size: usize, data_ending: Ending) -> DataReader {
+        DataReader {
+            max_size,
+            content: Vec::new(),
+            size: 0,
+            previous_ending: data_ending,
+            at_line_start: true,
+            bare_lf_seen: false,
+            bare_cr_seen: false,
+            nul_seen: false,
+        }
+    }
+
+    // ANCHOR: push
+    /// Take the next piece; returns true at the end of data. `saw_cr` is the session's CR latch.
+    pub fn push(&mut self, piece: &Piece, saw_cr: bool) -> bool {
+        if self.is_end_of_data(piece, saw_cr) {
+            return true;
+        }
+        let mut bytes = piece.bytes.as_slice();
+        // RFC 5321 §4.5.2: "If the first character is a period and there are other characters
+        // on the line, the first character is deleted."
+        if self.at_line_start && bytes.first() == Some(&b'.') {
+            bytes = &bytes[1..];
+        }
+        self.note_unusual_bytes(bytes, piece.ending);
+        self.store(bytes, piece.ending.is_some());
+        self.at_line_start = piece.ending.is_some();
+        if let Some(ending) = piece.ending {
+            self.previous_ending = ending;
+        }
+        false
+    }
+
+    /// Rule LE-4: a line holding only "." ends the data when it and the line before it both end
+    /// in CRLF, or, for a client that has never sent a CR (netcat), both in a bare LF. No other
+    /// sequence does: `<LF>.<CR><LF>` and friends are the SMTP smuggling attack.
+    fn is_end_of_data(&self, piece: &Piece, saw_cr: bool) -> bool {
+        let only_a_dot = self.at_line_start && piece.bytes == b".";
+        match (piece.ending, self.previous_ending) {
+            (Some(Ending::CrLf), Ending::CrLf) => only_a_dot,
+            (Some(Ending::Lf), Ending::Lf) => only_a_dot && !saw_cr,
+            _ => false,
+        }
+    }
+    // ANCHOR_END: push
+
+    fn note_unusual_bytes(&mut self, bytes: &[u8], ending: Option<Ending>) {
+        self.bare_lf_seen |= ending == Some(Ending::Lf);
+        self.bare_cr_seen |= bytes.contains(&b'\r');
+        self.nul_seen |= bytes.contains(&0);
+    }
+
+    /// Keep the bytes while under the limit; past it, only count (RFC 5321 §4.5.3.1.7: the
+    /// server keeps reading to the end of data, so the session stays in sync).
+    fn store(&mut self, bytes: &[u8], line_complete: bool) {
+        let added = bytes.len() + if line_complete { 2 } else { 0 };
+        self.size = self.size.saturating_add(added);
+        if self.size > self.max_size {
+            self.content = Vec::new();
+            return;
+        }
+        self.content.extend_from_slice(bytes);
+        if line_complete {
+            self.content.push(b'\n');
+        }
+    }
+
+    // ANCHOR: finish
+    /// The message, or why it is refused. Nothing refused here is ever stored.
+    pub fn finish(self, saw_cr: bool) -> Result<Vec<u8>, Reply> {
+        if self.size > self.max_size {
+            return Err(Reply::TOO_BIG_552.text(format!(
+                "Message size exceeds fixed limit of {} octets; nothing was stored",
+                self.max_size
+            )));
+        }
+        // Rule LE-5: a client that uses CRLF never sends a bare CR or LF; one inside its message
+        // could forge an mbox "From " line or smuggle commands to the next hop.
+        if saw_cr && (self.bare_lf_seen || self.bare_cr_seen) {
+            return Err(Reply::BARE_LINE_END_550);
+        }
+        if self.nul_seen {
+            return Err(Reply::NUL_IN_MESSAGE_554);
+        }
+        if received_headers(&self.content) > MAX_RECEIVED_HEADERS {
+            return Err(Reply::TOO_MANY_HOPS_554);
+        }
+        Ok(self.content)
+    }
+    // ANCHOR_END: finish
+}
+
+/// Count the `Received:` fields in the header section (up to the first empty line).
+pub fn received_headers(content: &[u8]) -> usize {
+    content
+        .split(|&b| b == b'\n')
+        .take_while(|line| !line.is_empty())
+        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::line::tests::Chunks;
+    use crate::line::LineReader;
+    use std::time::{Duration, Instant};
+
+    /// Feed `input` (after the DATA line, which ended in `data_ending`) and return what
+    /// `finish` says, plus the bytes left unread after the end of data.
+    fn read(input: &[u8], data_ending: Ending, max: usize) -> (Result<Vec<u8>, Reply>, bool) {
+        let mut source = Chunks(vec![input.to_vec()]);
+        let mut lines = LineReader::new();
+        if data_ending == Ending::CrLf {
+            // The DATA command already set the latch.
+            let mut data_cmd = Chunks(vec![b"DATA\r\n".to_vec()]);
+            let _ = lines.read_command(&mut data_cmd, Instant::now() + Duration::from_secs(1));
+        }
+        let mut reader = DataReader::new(max, data_ending);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while let Ok(piece) = lines.read_data(&mut source, deadline) {
+            if reader.push(&piece, lines.saw_cr()) {
+                return (reader.finish(lines.saw_cr()), true);
+            }
+        }
+        (reader.finish(lines.saw_cr()), false)
+    }
+
+    #[test]
+    fn standard_end_of_data() {
+        let (result, ended) = read(b"Subject: x\r\n\r\nhello\r\n.\r\n", Ending::CrLf, 1000);
+        assert!(ended);
+        assert_eq!(result, Ok(b"Subject: x\n\nhello\n".to_vec()));
+    }
+
+    #[test]
+    fn dot_unstuffing() {
+        let (result, _) = read(b"..hidden\r\n.x\r\n...\r\n.\r\n", Ending::CrLf, 1000);
+        assert_eq!(result, Ok(b".hidden\nx\n..\n".to_vec()));
+    }
+
+    #[test]
+    fn netcat_ends_with_a_bare_lf_dot() {
+        let (result, ended) = read(b"Subject: hi\n\nhello\n.\n", Ending::Lf, 1000);
+        assert!(ended);
+        assert_eq!(result, Ok(b"Subject: hi\n\nhello\n".to_vec()));
+    }
+
+    #[test]
+    fn smuggling_variants_never_end_data_in_a_crlf_session() {
+        let variants: [&[u8]; 10] = [
+            b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\r\n.\n", b"\r.\r\n",
+            b"\r\n.\r", b"\r\n.\r\r\n", b"\r\n\0.\r\n",
+        ];
+        for variant in variants {
+            let mut input = b"Subject: t\r\n\r\nbody".to_vec();
+            input.extend_from_slice(variant);
+            input.extend_from_slice(b"MAIL FROM:<ceo@teach.test>\r\nSubject: SMUGGLED\r\n\r\nx\r\n.\r\n");
+            let (result, ended) = read(&input, Ending::CrLf, 10_000);
+            assert!(ended, "{variant:?}");
+            let code = result.map_err(|r| r.code);
+            assert!(matches!(code, Err(550 | 554)), "{variant:?} gave {code:?}");
+        }
+    }
+
+    #[test]
+    fn telnet_iac_after_the_dot_is_not_the_end() {
+        let (result, _) = read(b"a\r\n.\xff\xf1\r\nb\r\n.\r\n", Ending::CrLf, 1000);
+        assert_eq!(result, Ok(b"a\n\xff\xf1\nb\n".to_vec()));
+    }
+
+    #[test]
+    fn a_pure_lf_session_becomes_strict_after_its_first_cr() {
+        let (_, ended) = read(b"line1\r\n.\n", Ending::Lf, 1000);
+        assert!(!ended, ".<LF> must not end data once a CR was seen");
+        let (result, ended) = read(b"line1\r\n.\n\r\n.\r\n", Ending::Lf, 1000);
+        assert!(ended);
+        assert_eq!(result.map_err(|r| r.code), Err(550));
+    }
+
+    #[test]
+    fn too_big_is_refused_at_the_end_in_bounded_memory() {
+        let mut input = Vec::new();
+        for _ in 0..200 {
+            input.extend_from_slice(b"0123456789012345678901234567890123456789\r\n");
+        }
+        input.extend_from_slice(b".\r\n");
+        let (result, ended) = read(&input, Ending::CrLf, 1000);
+        assert!(ended);
+        assert_eq!(result.map_err(|r| (r.code, r.status)), Err((552, "5.3.4")));
+    }
+
+    #[test]
+    fn eight_bit_content_is_kept() {
+        let (result, _) = read("Grüße\r\n.\r\n".as_bytes(), Ending::CrLf, 1000);
+        assert_eq!(result, Ok("Grüße\n".as_bytes().to_vec()));
+    }
+
+    #[test]
+    fn hop_limit() {
+        let mut input = Vec::new();
+        for _ in 0..=MAX_RECEIVED_HEADERS {
+            input.extend_from_slice(b"Received: from a by b; date\r\n");
+        }
+        input.extend_from_slice(b"\r\nbody\r\n.\r\n");
+        let (result, _) = read(&input, Ending::CrLf, 1 << 20);
+        assert_eq!(result.map_err(|r| (r.code, r.status)), Err((554, "5.4.6")));
+        assert_eq!(received_headers(b"Received: x\nreceived: y\n\nReceived: body\n"), 2);
+    }
+}

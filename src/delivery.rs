@@ -1,0 +1,100 @@
+//! Delivery: the `Deliver` hook that turns an accepted message into mbox appends.
+//!
+//! Interface:
+//! - `LocalDelivery::deliver(message)` prepends `Return-Path:` and `Received:` for each recipient
+//!   and appends the message to every local mailbox at once, all or nothing.
+//! - `received_header(..)` builds the trace line of RFC 5321 §4.4.
+//!
+//! Standards: RFC 5321 §4.4, RFC 5321 §6.1, RFC 5321 §4.2.5, RFC 3463 §3.4
+
+use std::io;
+use std::time::SystemTime;
+
+use log::{info, warn};
+
+use crate::address::ReversePath;
+use crate::datetime;
+use crate::mbox::{Delivery, DeliveryError, MailDir};
+use crate::reply::Reply;
+use crate::session::{Client, Deliver, Message, Recipient};
+
+/// Delivers to mbox files under the mail directory.
+pub struct LocalDelivery {
+    pub mail_dir: MailDir,
+    pub hostname: String,
+}
+
+impl Deliver for LocalDelivery {
+    // ANCHOR: deliver
+    /// RFC 5321 §6.1: 250 means the message is safe, so the reply waits for every fsync.
+    fn deliver(&self, message: &Message) -> Result<(), Reply> {
+        let deliveries = self.deliveries(message);
+        let sender = match &message.envelope.sender {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(mailbox) => mailbox.to_string(),
+        };
+        match self.mail_dir.deliver(&sender, &deliveries, &message.content) {
+            Ok(()) => {
+                let users: Vec<&str> = deliveries.iter().map(|d| d.user.as_str()).collect();
+                info!("{}: delivered from {} to {}", message.id, message.envelope.sender, users.join(", "));
+                Ok(())
+            }
+            Err(error) => {
+                warn!("{}: delivery failed, nothing stored: {error}", message.id);
+                Err(failure_reply(&error))
+            }
+        }
+    }
+    // ANCHOR_END: deliver
+}
+
+impl LocalDelivery {
+    /// One delivery per distinct mailbox, with the trace headers of the first recipient that
+    /// reached it (a user listed twice, directly and through a list, gets one copy).
+    fn deliveries(&self, message: &Message) -> Vec<Delivery> {
+        let mut deliveries: Vec<Delivery> = Vec::new();
+        let now = SystemTime::now();
+        for recipient in &message.envelope.recipients {
+            for user in &recipient.mailboxes {
+                if deliveries.iter().any(|d| &d.user == user) {
+                    continue;
+                }
+                let trace_headers = format!(
+                    "Return-Path: {}\n{}",
+                    message.envelope.sender,
+                    received_header(&message.client, &self.hostname, &message.id, recipient, now)
+                );
+                deliveries.push(Delivery { user: user.clone(), trace_headers });
+            }
+        }
+        deliveries
+    }
+}
+
+// ANCHOR: received_header
+/// `Received: from <helo> ([<peer address>]) by <host> (smtplab) with ESMTP id <id> for <rcpt>; <date>`
+/// (RFC 5321 §4.4: the FROM clause names the HELO argument and the TCP peer's address).
+pub fn received_header(client: &Client, hostname: &str, id: &str, recipient: &Recipient, now: SystemTime) -> String {
+    let helo = client.helo.as_deref().unwrap_or("unknown");
+    let protocol = if client.esmtp { "ESMTP" } else { "SMTP" };
+    format!(
+        "Received: from {helo} ([{}])\n\tby {hostname} (smtplab) with {protocol} id {id}\n\tfor {}; {}\n",
+        client.peer.ip(),
+        recipient.path,
+        datetime::rfc5322(now)
+    )
+}
+// ANCHOR_END: received_header
+
+/// A failed delivery is temporary: the client keeps the message and tries again (RFC 5321 §4.2.5).
+fn failure_reply(error: &DeliveryError) -> Reply {
+    match error {
+        DeliveryError::Io(_, e) if e.kind() == io::ErrorKind::StorageFull => {
+            Reply::new(452, "4.3.1", "Insufficient system storage; nothing was stored")
+        }
+        DeliveryError::Io(_, e) if e.kind() == io::ErrorKind::FileTooLarge => {
+            Reply::new(452, "4.2.2", "Mailbox full; nothing was stored")
+        }
+        _ => Reply::LOCAL_ERROR_451,
+    }
+}
