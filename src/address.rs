@@ -299,7 +299,7 @@ impl Parser<'_> {
         }
         match self.peek() {
             // user@elsewhere@domain is a sender-specified route that Mailbox has no room for;
-            // Postfix refuses to relay it for the same reason (security-cases 3.10).
+            // Postfix calls it "sender-specified routing" and will not relay it either.
             Some('@') => Err(AddressError::Syntax(
                 "a mailbox has one \"@\" outside quotes",
             )),
