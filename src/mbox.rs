@@ -193,8 +193,10 @@ impl MailDir {
         if written.is_err() {
             roll_back(&mut mboxes);
         }
+        // Release every flock and dotlock. The `?` returns above release them the same way:
+        // dropping a `LockedMbox` is what unlocks it.
+        drop(mboxes);
         written
-        // `mboxes` is dropped here: every flock and dotlock is released, on success or error.
     }
 
     /// Take the dotlock, open the mbox safely, take the flock, and record the length.
@@ -433,7 +435,8 @@ fn remove_if_stale(path: &Path) -> io::Result<()> {
 
 /// The kernel lock: an exclusive `flock` (`File::try_lock` is flock on Linux and the BSDs).
 /// Unlike fcntl locks, which belong to a process, a flock belongs to an open file, so it also
-/// keeps apart two threads of this server that opened the same mbox.
+/// keeps apart two threads of this server that opened the same mbox. On Linux, flock and fcntl
+/// locks do not see each other: tools that use fcntl (Postfix local) are kept out by the dotlock.
 fn try_flock(file: &File) -> io::Result<Option<()>> {
     match file.try_lock() {
         Ok(()) => Ok(Some(())),
