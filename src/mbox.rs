@@ -1,20 +1,100 @@
 //! Local delivery: append a message to `DIR/<user>` in mboxrd format, all-or-nothing.
 //!
 //! Interface:
+//! - `MailDir::new(dir)` names the mail directory; `with_lock_attempts(n)` bounds the wait for locks.
 //! - `MailDir::deliver(sender, deliveries, content)` appends one message to several mboxes under
 //!   lock, fsyncs each, and truncates every file back if any append fails.
+//! - `MailDir::path_for(user)` and `is_safe_mailbox_name(user)` say where a user's mbox is, if
+//!   the name is safe to use as a file name.
 //! - `parse_mboxrd(bytes)` reads an mbox back (for tests and POP3), undoing the quoting.
+//!
+//! One delivery, step by step (`MailDir::deliver`):
+//! 1. refuse the whole delivery if any user name is unsafe;
+//! 2. lock every mbox, in sorted order: a dotlock `DIR/<user>.lock`, then open the mbox without
+//!    following symlinks, then an exclusive `flock` on it; record its length;
+//! 3. append `From ` line, trace headers and quoted content to each, then fsync each;
+//! 4. on any error, truncate every mbox back to its recorded length;
+//! 5. release all locks (a guard's `Drop` does it, whatever happened).
 //!
 //! Standards: RFC 4155 §2, RFC 5321 §4.4, RFC 5321 §6.1
 
 use std::fmt;
-use std::io;
+use std::fs::{self, File, Metadata, OpenOptions, TryLockError};
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use crate::datetime;
+
+/// Longest user name, in bytes: the limit of an address's local part (RFC 5321 §4.5.3.1.1).
+pub const MAX_MAILBOX_NAME: usize = 64;
+
+/// A dotlock older than this was left by a crashed deliverer and is removed
+/// (Postfix `stale_lock_time` default, 500 s).
+pub const STALE_LOCK_AGE: Duration = Duration::from_secs(500);
+
+/// Pause between two tries of a lock. Postfix waits 1 s (`deliver_lock_delay`); we try more
+/// often so that a short wait behind another delivery stays short.
+pub const LOCK_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Tries of each lock before giving up with `DeliveryError::Locked`: 200 × 100 ms = 20 s, the
+/// same total wait as Postfix's `deliver_lock_attempts` (20) × `deliver_lock_delay` (1 s).
+pub const LOCK_ATTEMPTS: u32 = 200;
+
+/// Mode of a new mbox or dotlock: read and write for the owner only; mail is private.
+const MBOX_MODE: u32 = 0o600;
+
+/// `DIR/<user>.lock` is the dotlock of `DIR/<user>` (the convention of Postfix, mutt, procmail).
+const LOCK_SUFFIX: &str = ".lock";
+
+/// The `From ` line's sender for the null reverse-path `<>` (qmail mbox(5), Postfix).
+const NULL_SENDER: &str = "MAILER-DAEMON";
+
+/// `O_NOFOLLOW` from the kernel headers: `open` fails (ELOOP) if the last path component is a
+/// symlink. The value differs between systems; there is no libc crate here, so it is written out.
+#[cfg(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
+))]
+const O_NOFOLLOW: i32 = 0o400000; // Linux asm-generic/fcntl.h
+#[cfg(any(
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd"
+))]
+const O_NOFOLLOW: i32 = 0x0100; // BSD sys/fcntl.h
+#[cfg(not(any(
+    all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "riscv64"
+        )
+    ),
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd"
+)))]
+compile_error!("O_NOFOLLOW is not known for this target: add its value from <fcntl.h> in mbox.rs");
 
 /// The mail directory: one mbox file per local user.
 #[derive(Debug, Clone)]
 pub struct MailDir {
     root: PathBuf,
+    /// Tries of each lock, `LOCK_RETRY_DELAY` apart.
+    lock_attempts: u32,
+    /// Test hook: fail right after writing to this user's mbox, to exercise the rollback.
+    #[cfg(test)]
+    fail_after_writing: Option<String>,
 }
 
 /// One mailbox to append to, with the trace headers that go in front of the content for it.
@@ -58,28 +138,868 @@ pub struct StoredMessage {
 
 impl MailDir {
     pub fn new(root: impl Into<PathBuf>) -> MailDir {
-        MailDir { root: root.into() }
+        MailDir {
+            root: root.into(),
+            lock_attempts: LOCK_ATTEMPTS,
+            #[cfg(test)]
+            fail_after_writing: None,
+        }
+    }
+
+    /// Try each lock (dotlock, then flock) `attempts` times, `LOCK_RETRY_DELAY` apart, before
+    /// failing with `DeliveryError::Locked`. The default is `LOCK_ATTEMPTS`; tests use a few.
+    /// At least one try is always made.
+    pub fn with_lock_attempts(mut self, attempts: u32) -> MailDir {
+        self.lock_attempts = attempts.max(1);
+        self
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// `DIR/<user>`, or `None` if `user` is not a safe file name (see `is_safe_mailbox_name`).
+    pub fn path_for(&self, user: &str) -> Option<PathBuf> {
+        is_safe_mailbox_name(user).then(|| self.root.join(user))
+    }
+
     /// Append `content` (lines ending in `\n`, already dot-unstuffed) for every delivery.
     /// `sender` is the envelope sender without brackets ("" for the null path).
+    ///
+    /// A user listed twice gets the message once, with the first entry's trace headers.
+    /// Either every mbox gets the message, durably (fsync), or none changes.
     pub fn deliver(
         &self,
         sender: &str,
         deliveries: &[Delivery],
         content: &[u8],
     ) -> Result<(), DeliveryError> {
-        let _ = (sender, deliveries, content);
+        let deliveries = sorted_unique(deliveries);
+        if let Some(bad) = deliveries.iter().find(|d| !is_safe_mailbox_name(&d.user)) {
+            return Err(DeliveryError::UnsafeName(bad.user.clone()));
+        }
+        let separator = from_line(sender, SystemTime::now());
+        let body = quote_mboxrd(content);
+
+        // Sorted order: two deliveries that share mailboxes take their locks in the same order,
+        // so neither can hold one lock while waiting for a lock the other holds.
+        let mut mboxes = Vec::with_capacity(deliveries.len());
+        for delivery in &deliveries {
+            mboxes.push(self.lock_mailbox(&delivery.user)?);
+        }
+        let written = self
+            .append_all(&mut mboxes, &deliveries, &separator, &body)
+            .and_then(|()| self.sync_all(&mboxes));
+        if written.is_err() {
+            roll_back(&mut mboxes);
+        }
+        // Release every flock and dotlock. The `?` returns above release them the same way:
+        // dropping a `LockedMbox` is what unlocks it.
+        drop(mboxes);
+        written
+    }
+
+    /// Take the dotlock, open the mbox safely, take the flock, and record the length.
+    fn lock_mailbox(&self, user: &str) -> Result<LockedMbox, DeliveryError> {
+        let io_error = |err| DeliveryError::Io(user.to_string(), err);
+        let locked = || DeliveryError::Locked(user.to_string());
+        let path = self
+            .path_for(user)
+            .ok_or_else(|| DeliveryError::UnsafeName(user.to_string()))?;
+        let lock_path = self.root.join(format!("{user}{LOCK_SUFFIX}"));
+
+        let dotlock = retry(self.lock_attempts, || try_dotlock(&lock_path))
+            .map_err(io_error)?
+            .ok_or_else(locked)?;
+        let (file, created) = open_mailbox(&path).map_err(io_error)?;
+        retry(self.lock_attempts, || try_flock(&file))
+            .map_err(io_error)?
+            .ok_or_else(locked)?;
+        // Only now, under both locks, is the length stable.
+        let old_len = file.metadata().map_err(io_error)?.len();
+        Ok(LockedMbox {
+            user: user.to_string(),
+            file,
+            old_len,
+            created,
+            _dotlock: dotlock,
+        })
+    }
+
+    /// Write the `From ` line, the trace headers and the quoted body to every mbox.
+    fn append_all(
+        &self,
+        mboxes: &mut [LockedMbox],
+        deliveries: &[&Delivery],
+        separator: &str,
+        body: &[u8],
+    ) -> Result<(), DeliveryError> {
+        for (mbox, delivery) in mboxes.iter_mut().zip(deliveries) {
+            let io_error = |err| DeliveryError::Io(mbox.user.clone(), err);
+            // The file is opened with O_APPEND and we hold its locks: each write lands at the end.
+            mbox.file
+                .write_all(separator.as_bytes())
+                .map_err(io_error)?;
+            mbox.file
+                .write_all(delivery.trace_headers.as_bytes())
+                .map_err(io_error)?;
+            mbox.file.write_all(body).map_err(io_error)?;
+            #[cfg(test)]
+            if self.fail_after_writing.as_deref() == Some(mbox.user.as_str()) {
+                return Err(io_error(io::Error::other("injected failure")));
+            }
+        }
+        Ok(())
+    }
+
+    /// fsync every mbox, and the directory if a new mbox was created in it: "250" must mean
+    /// the message survives a crash (RFC 5321 §6.1).
+    fn sync_all(&self, mboxes: &[LockedMbox]) -> Result<(), DeliveryError> {
+        for mbox in mboxes {
+            mbox.file
+                .sync_all()
+                .map_err(|err| DeliveryError::Io(mbox.user.clone(), err))?;
+        }
+        if let Some(new) = mboxes.iter().find(|mbox| mbox.created) {
+            // A new file's name lives in the directory; fsync of the file alone does not keep it.
+            File::open(&self.root)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|err| DeliveryError::Io(new.user.clone(), err))?;
+        }
         Ok(())
     }
 }
 
+/// Is `user` safe as a file name inside the mail directory?
+///
+/// Not empty, at most `MAX_MAILBOX_NAME` bytes, no `/` (it would leave the directory), no NUL
+/// or control character, no leading `.` (that also rules out `.` and `..`, and hides nothing),
+/// and no `.lock` ending (it would be another mbox's dotlock). UTF-8 letters are fine.
+pub fn is_safe_mailbox_name(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= MAX_MAILBOX_NAME
+        && !user.starts_with('.')
+        && !user.ends_with(LOCK_SUFFIX)
+        && !user.chars().any(|c| c == '/' || c.is_control())
+}
+
+/// The deliveries sorted by user, each user once (the first entry for a user wins).
+fn sorted_unique(deliveries: &[Delivery]) -> Vec<&Delivery> {
+    let mut sorted: Vec<&Delivery> = deliveries.iter().collect();
+    sorted.sort_by(|a, b| a.user.cmp(&b.user)); // stable: equal users keep their order
+    sorted.dedup_by(|later, earlier| later.user == earlier.user);
+    sorted
+}
+
+/// The separator, RFC 4155 §2: `From`, the sender, the UTC time in asctime form, `\n`.
+fn from_line(sender: &str, time: SystemTime) -> String {
+    format!(
+        "From {} {}\n",
+        separator_sender(sender),
+        datetime::asctime(time)
+    )
+}
+
+/// The sender as one word: `MAILER-DAEMON` for `<>`, and whitespace (a quoted local part may
+/// hold spaces) turned into `-`, as qmail does, so a reader finds the date after the first space.
+fn separator_sender(sender: &str) -> String {
+    if sender.is_empty() {
+        return NULL_SENDER.to_string();
+    }
+    sender
+        .chars()
+        .map(|c| if c.is_whitespace() { '-' } else { c })
+        .collect()
+}
+
+/// mboxrd quoting (qmail mbox(5)): a line matching `^>*From ` gets one more `>`. Then the
+/// empty line that ends every message, after a `\n` if the last line lacked one.
+fn quote_mboxrd(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 2);
+    for line in content.split_inclusive(|&byte| byte == b'\n') {
+        if is_from_line(line) {
+            out.push(b'>');
+        }
+        out.extend_from_slice(line);
+    }
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out
+}
+
+/// Does `line` match `^>*From ` (a From_ line, quoted any number of times)?
+fn is_from_line(line: &[u8]) -> bool {
+    let quotes = line.iter().take_while(|&&byte| byte == b'>').count();
+    line[quotes..].starts_with(b"From ")
+}
+
+/// A dotlock we created; dropping it removes the file. A lock someone else holds is never
+/// one of these, so we never remove a live lock that is not ours.
+#[derive(Debug)]
+struct DotLock {
+    path: PathBuf,
+}
+
+impl Drop for DotLock {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_file(&self.path) {
+            log::error!("cannot remove dotlock {}: {err}", self.path.display());
+        }
+    }
+}
+
+/// One mbox held for this delivery, with its length before we wrote anything.
+/// Dropping it releases the flock and then the dotlock (fields drop after `drop` runs,
+/// in order), so the locks are released on every path out of `deliver`.
+#[derive(Debug)]
+struct LockedMbox {
+    user: String,
+    file: File,
+    old_len: u64,
+    /// We created the file, so the directory needs an fsync too.
+    created: bool,
+    /// Held only to be dropped after `file`.
+    _dotlock: DotLock,
+}
+
+impl Drop for LockedMbox {
+    fn drop(&mut self) {
+        // Closing the file would release the flock too; unlocking says so explicitly.
+        if let Err(err) = self.file.unlock() {
+            log::error!("cannot unlock mailbox of {}: {err}", self.user);
+        }
+    }
+}
+
+/// Call `attempt` up to `attempts` times, `LOCK_RETRY_DELAY` apart, until it gives `Some`.
+/// `Ok(None)` means the lock stayed taken every time.
+fn retry<T>(
+    attempts: u32,
+    mut attempt: impl FnMut() -> io::Result<Option<T>>,
+) -> io::Result<Option<T>> {
+    for n in 0..attempts {
+        if n > 0 {
+            thread::sleep(LOCK_RETRY_DELAY);
+        }
+        if let Some(done) = attempt()? {
+            return Ok(Some(done));
+        }
+    }
+    Ok(None)
+}
+
+/// Create the dotlock with O_CREAT|O_EXCL (`create_new`): exactly one process or thread can
+/// succeed. `Ok(None)` if it exists and is fresh.
+fn try_dotlock(path: &Path) -> io::Result<Option<DotLock>> {
+    remove_if_stale(path)?;
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(MBOX_MODE)
+        .open(path);
+    match created {
+        Ok(_) => Ok(Some(DotLock {
+            path: path.to_path_buf(),
+        })),
+        Err(err) if err.kind() == ErrorKind::AlreadyExists => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Remove the dotlock at `path` if it is older than `STALE_LOCK_AGE`.
+// Two deliverers may both find the same stale lock; the second may then remove the first's
+// new lock. Postfix's dot_lockfile() has the same window; the flock below still protects us.
+fn remove_if_stale(path: &Path) -> io::Result<()> {
+    let modified = match fs::symlink_metadata(path).and_then(|meta| meta.modified()) {
+        Ok(modified) => modified,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    // A time in the future (clock changed) makes `elapsed` fail: treat the lock as fresh.
+    let age = modified.elapsed().unwrap_or(Duration::ZERO);
+    if age <= STALE_LOCK_AGE {
+        return Ok(());
+    }
+    log::warn!(
+        "removing stale dotlock {} ({}s old)",
+        path.display(),
+        age.as_secs()
+    );
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
+
+/// The kernel lock: an exclusive `flock` (`File::try_lock` is flock on Linux and the BSDs).
+/// Unlike fcntl locks, which belong to a process, a flock belongs to an open file, so it also
+/// keeps apart two threads of this server that opened the same mbox. On Linux, flock and fcntl
+/// locks do not see each other: tools that use fcntl (Postfix local) are kept out by the dotlock.
+fn try_flock(file: &File) -> io::Result<Option<()>> {
+    match file.try_lock() {
+        Ok(()) => Ok(Some(())),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(err)) => Err(err),
+    }
+}
+
+/// Open (or create, mode 0600) the mbox for appending; refuse anything but a regular file with
+/// one hard link, as Postfix's safe_open() does. Also says whether the file was created.
+fn open_mailbox(path: &Path) -> io::Result<(File, bool)> {
+    // Look first: opening a FIFO for writing could block, and a symlink gets a clear message.
+    let existed = match fs::symlink_metadata(path) {
+        Ok(meta) => {
+            check_regular(path, &meta)?;
+            true
+        }
+        Err(err) if err.kind() == ErrorKind::NotFound => false,
+        Err(err) => return Err(err),
+    };
+    // O_NOFOLLOW closes the window between the look and the open: a symlink put there
+    // meanwhile makes the open fail instead of appending to the file it points to.
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(MBOX_MODE)
+        .custom_flags(O_NOFOLLOW)
+        .open(path)?;
+    // Check what was actually opened: a file swapped in meanwhile is caught here.
+    check_regular(path, &file.metadata()?)?;
+    Ok((file, !existed))
+}
+
+/// A mailbox must be a plain file with one name: not a symlink, a directory, a device, or a
+/// hard link to a file elsewhere.
+fn check_regular(path: &Path, meta: &Metadata) -> io::Result<()> {
+    let kind = meta.file_type();
+    let problem = if kind.is_symlink() {
+        "is a symbolic link".to_string()
+    } else if kind.is_dir() {
+        "is a directory".to_string()
+    } else if !kind.is_file() {
+        "is not a regular file".to_string()
+    } else if meta.nlink() != 1 {
+        format!("has {} hard links", meta.nlink())
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::other(format!(
+        "{} {problem}; refusing to deliver",
+        path.display()
+    )))
+}
+
+/// Undo a failed delivery: truncate each mbox to its length before we wrote (Postfix
+/// mail_copy() does the same), and fsync that. Errors are logged: the first error is the
+/// one reported, and there is nothing better to do here.
+fn roll_back(mboxes: &mut [LockedMbox]) {
+    for mbox in mboxes {
+        let truncated = mbox
+            .file
+            .set_len(mbox.old_len)
+            .and_then(|()| mbox.file.sync_all());
+        if let Err(err) = truncated {
+            log::error!("cannot roll back mailbox of {}: {err}", mbox.user);
+        }
+    }
+}
+
 /// Read an mboxrd file back into messages.
+///
+/// A message starts at a line beginning `From ` that is the first line of the file or follows
+/// an empty line. One `>` is removed from each `^>+From ` line, and the empty line that ends
+/// each message is dropped. So `content` is exactly the trace headers and content as
+/// delivered, except that content whose last line lacked `\n` comes back with one.
+/// Bytes before the first `From ` line are ignored.
 pub fn parse_mboxrd(bytes: &[u8]) -> Vec<StoredMessage> {
-    let _ = bytes;
-    Vec::new()
+    let mut messages = Vec::new();
+    let mut current: Option<StoredMessage> = None;
+    let mut after_empty_line = true; // the start of the file counts as one
+    for line in bytes.split_inclusive(|&byte| byte == b'\n') {
+        if after_empty_line && line.starts_with(b"From ") {
+            messages.extend(current.take().map(without_final_empty_line));
+            current = Some(StoredMessage {
+                sender: sender_of(line),
+                content: Vec::new(),
+            });
+        } else if let Some(message) = current.as_mut() {
+            let unquoted = if line.starts_with(b">") && is_from_line(line) {
+                &line[1..]
+            } else {
+                line
+            };
+            message.content.extend_from_slice(unquoted);
+        }
+        after_empty_line = line == b"\n";
+    }
+    messages.extend(current.map(without_final_empty_line));
+    messages
+}
+
+/// The sender: the word after `From ` on a separator line.
+fn sender_of(separator: &[u8]) -> String {
+    let rest = separator["From ".len()..].trim_ascii_end();
+    let word = rest.split(|&byte| byte == b' ').next().unwrap_or_default();
+    String::from_utf8_lossy(word).into_owned()
+}
+
+/// Drop the empty line that ends a message in the file (if the file has it).
+fn without_final_empty_line(mut message: StoredMessage) -> StoredMessage {
+    let content = &message.content;
+    if content == b"\n" || content.ends_with(b"\n\n") {
+        message.content.pop();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    /// A fresh directory under the system temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let unique = format!(
+                "smtplab-mbox-{}-{}-{name}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = std::env::temp_dir().join(unique);
+            fs::create_dir_all(&path).expect("create temp dir");
+            TempDir(path)
+        }
+
+        fn mail_dir(&self) -> MailDir {
+            MailDir::new(&self.0)
+        }
+
+        fn read(&self, user: &str) -> Vec<u8> {
+            fs::read(self.0.join(user)).expect("read mbox")
+        }
+
+        /// File names in the directory, sorted: checks that nothing else was written.
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(&self.0)
+                .expect("read dir")
+                .map(|entry| {
+                    entry
+                        .expect("entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn to(user: &str) -> Delivery {
+        Delivery {
+            user: user.to_string(),
+            trace_headers: format!("Return-Path: <mary@relay.example>\nDelivered-To: {user}\n"),
+        }
+    }
+
+    const TRICKY_BODY: &[u8] = b"Subject: quoting\n\nFrom me\n>From x\n>>From y\nFrom:not-a-separator\nFromage\n.\n\ncaf\xc3\xa9 \xff\xfe 8-bit\nlast line without newline";
+
+    #[test]
+    fn round_trip_undoes_the_quoting() {
+        let dir = TempDir::new("round-trip");
+        let delivery = to("alice");
+        dir.mail_dir()
+            .deliver(
+                "mary@relay.example",
+                std::slice::from_ref(&delivery),
+                TRICKY_BODY,
+            )
+            .expect("deliver");
+
+        let stored = dir.read("alice");
+        let text = String::from_utf8_lossy(&stored);
+        for quoted in ["\n>From me\n", "\n>>From x\n", "\n>>>From y\n"] {
+            assert!(text.contains(quoted), "{quoted:?} missing in {text:?}");
+        }
+        for kept in ["\nFrom:not-a-separator\n", "\nFromage\n", "\n.\n"] {
+            assert!(text.contains(kept), "{kept:?} missing in {text:?}");
+        }
+        // The partial last line gets its `\n`, then the empty line: two newlines (6.07).
+        assert!(stored.ends_with(b"last line without newline\n\n"));
+
+        let messages = parse_mboxrd(&stored);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].sender, "mary@relay.example");
+        let mut expected = delivery.trace_headers.into_bytes();
+        expected.extend_from_slice(TRICKY_BODY);
+        expected.push(b'\n'); // documented: a partial last line comes back with `\n`
+        assert_eq!(messages[0].content, expected);
+    }
+
+    #[test]
+    fn separator_line_is_rfc_4155() {
+        let dir = TempDir::new("separator");
+        dir.mail_dir()
+            .deliver("mary@relay.example", &[to("alice")], b"Hi\n")
+            .expect("deliver");
+        let stored = String::from_utf8(dir.read("alice")).expect("utf-8");
+        let first = stored.lines().next().expect("a line");
+        let date = first
+            .strip_prefix("From mary@relay.example ")
+            .expect("sender");
+        assert_eq!(date.len(), 24, "asctime date: {date:?}");
+        assert!(stored[first.len() + 1..].starts_with("Return-Path: <mary@relay.example>\n"));
+        assert!(stored.ends_with("\nHi\n\n"));
+        assert!(!stored.contains('\r'));
+    }
+
+    #[test]
+    fn null_sender_is_mailer_daemon() {
+        let dir = TempDir::new("null-sender");
+        dir.mail_dir()
+            .deliver("", &[to("alice")], b"Bounce\n")
+            .expect("deliver");
+        let stored = dir.read("alice");
+        assert!(stored.starts_with(b"From MAILER-DAEMON "));
+        assert_eq!(parse_mboxrd(&stored)[0].sender, "MAILER-DAEMON");
+    }
+
+    #[test]
+    fn whitespace_in_the_sender_becomes_hyphens() {
+        let dir = TempDir::new("sender-space");
+        dir.mail_dir()
+            .deliver("\"mary smith\tjr\"@relay.example", &[to("alice")], b"Hi\n")
+            .expect("deliver");
+        let stored = dir.read("alice");
+        assert!(stored.starts_with(b"From \"mary-smith-jr\"@relay.example "));
+        assert_eq!(
+            parse_mboxrd(&stored)[0].sender,
+            "\"mary-smith-jr\"@relay.example"
+        );
+    }
+
+    #[test]
+    fn two_messages_in_one_file() {
+        let dir = TempDir::new("two-messages");
+        let maildir = dir.mail_dir();
+        maildir
+            .deliver("a@x", &[to("alice")], b"first\n\n")
+            .expect("deliver 1");
+        maildir
+            .deliver("b@x", &[to("alice")], b"From the second\nno newline")
+            .expect("deliver 2");
+        let messages = parse_mboxrd(&dir.read("alice"));
+        let headers = to("alice").trace_headers;
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].sender, "a@x");
+        assert_eq!(
+            messages[0].content,
+            format!("{headers}first\n\n").as_bytes()
+        );
+        assert_eq!(messages[1].sender, "b@x");
+        assert_eq!(
+            messages[1].content,
+            format!("{headers}From the second\nno newline\n").as_bytes()
+        );
+    }
+
+    #[test]
+    fn empty_content_is_one_message() {
+        let dir = TempDir::new("empty");
+        dir.mail_dir()
+            .deliver("a@x", &[to("alice")], b"")
+            .expect("deliver");
+        let messages = parse_mboxrd(&dir.read("alice"));
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].content, to("alice").trace_headers.as_bytes());
+    }
+
+    #[test]
+    fn two_users_in_one_delivery() {
+        let dir = TempDir::new("two-users");
+        dir.mail_dir()
+            .deliver("a@x", &[to("bob"), to("alice")], b"Hi all\n")
+            .expect("deliver");
+        for user in ["alice", "bob"] {
+            let messages = parse_mboxrd(&dir.read(user));
+            assert_eq!(messages.len(), 1, "{user}");
+            let expected = format!("{}Hi all\n", to(user).trace_headers);
+            assert_eq!(messages[0].content, expected.as_bytes());
+        }
+        assert_eq!(dir.names(), ["alice", "bob"], "no dotlock is left behind");
+    }
+
+    #[test]
+    fn the_same_user_twice_is_delivered_once() {
+        let dir = TempDir::new("same-user");
+        let mut second = to("alice");
+        second.trace_headers = "X-Second: yes\n".to_string();
+        dir.mail_dir()
+            .deliver("a@x", &[to("alice"), second], b"Once\n")
+            .expect("deliver");
+        let messages = parse_mboxrd(&dir.read("alice"));
+        assert_eq!(messages.len(), 1);
+        assert!(
+            messages[0].content.starts_with(b"Return-Path:"),
+            "first wins"
+        );
+    }
+
+    #[test]
+    fn new_mbox_is_private() {
+        let dir = TempDir::new("mode");
+        dir.mail_dir()
+            .deliver("a@x", &[to("alice")], b"Hi\n")
+            .expect("deliver");
+        let mode = fs::metadata(dir.0.join("alice"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn safe_names() {
+        for good in ["alice", "bob.smith", "δοκιμή", "a-b_c+d", &"x".repeat(64)] {
+            assert!(is_safe_mailbox_name(good), "{good:?}");
+        }
+        let too_long = "x".repeat(65);
+        for bad in [
+            "", ".", "..", "../x", "a/b", "/etc", ".hidden", "x.lock", "a\0b", "a\nb", "a\tb",
+            "a\u{7f}", &too_long,
+        ] {
+            assert!(!is_safe_mailbox_name(bad), "{bad:?}");
+        }
+        let maildir = MailDir::new("/var/mail");
+        assert_eq!(
+            maildir.path_for("alice"),
+            Some(PathBuf::from("/var/mail/alice"))
+        );
+        assert_eq!(maildir.path_for("../x"), None);
+    }
+
+    #[test]
+    fn unsafe_names_write_nothing() {
+        let dir = TempDir::new("unsafe");
+        for bad in ["../x", "a/b", ".hidden", "x.lock", ""] {
+            let result = dir
+                .mail_dir()
+                .deliver("a@x", &[to("alice"), to(bad)], b"Hi\n");
+            assert!(
+                matches!(&result, Err(DeliveryError::UnsafeName(user)) if user == bad),
+                "{bad:?}: {result:?}"
+            );
+        }
+        assert!(dir.names().is_empty(), "wrote {:?}", dir.names());
+    }
+
+    #[test]
+    fn a_directory_at_one_mbox_fails_the_whole_delivery() {
+        let dir = TempDir::new("directory");
+        let maildir = dir.mail_dir();
+        maildir
+            .deliver("a@x", &[to("alice")], b"Earlier\n")
+            .expect("deliver");
+        let before = dir.read("alice");
+        fs::create_dir(dir.0.join("bob")).expect("mkdir");
+
+        let result = maildir.deliver("a@x", &[to("alice"), to("bob")], b"Now\n");
+        match result {
+            Err(DeliveryError::Io(user, err)) => {
+                assert_eq!(user, "bob");
+                assert!(err.to_string().contains("is a directory"), "{err}");
+            }
+            other => panic!("expected Io for bob, got {other:?}"),
+        }
+        assert_eq!(dir.read("alice"), before);
+        assert_eq!(dir.names(), ["alice", "bob"], "no dotlock is left behind");
+    }
+
+    #[test]
+    fn a_failed_write_rolls_every_mbox_back() {
+        let dir = TempDir::new("rollback");
+        let mut maildir = dir.mail_dir();
+        maildir
+            .deliver("a@x", &[to("alice")], b"Earlier\n")
+            .expect("deliver");
+        let before = dir.read("alice");
+
+        // alice is written first (sorted order), then bob's write "fails".
+        maildir.fail_after_writing = Some("bob".to_string());
+        let result = maildir.deliver("a@x", &[to("bob"), to("alice")], b"Lost\n");
+        assert!(matches!(result, Err(DeliveryError::Io(ref user, _)) if user == "bob"));
+        assert_eq!(dir.read("alice"), before);
+        assert!(dir.read("bob").is_empty(), "the new mbox is truncated to 0");
+        assert_eq!(dir.names(), ["alice", "bob"], "no dotlock is left behind");
+    }
+
+    #[test]
+    fn a_symlink_mbox_is_refused() {
+        let dir = TempDir::new("symlink");
+        let outside = TempDir::new("symlink-target");
+        let target = outside.0.join("target");
+        fs::write(&target, b"precious\n").expect("write target");
+        std::os::unix::fs::symlink(&target, dir.0.join("alice")).expect("symlink");
+
+        let result = dir.mail_dir().deliver("a@x", &[to("alice")], b"Hi\n");
+        match result {
+            Err(DeliveryError::Io(_, err)) => {
+                assert!(err.to_string().contains("symbolic link"), "{err}")
+            }
+            other => panic!("expected Io, got {other:?}"),
+        }
+        assert_eq!(fs::read(&target).expect("read"), b"precious\n");
+    }
+
+    #[test]
+    fn o_nofollow_refuses_a_symlink() {
+        // The open itself, without the look before it, must refuse a symlink.
+        let dir = TempDir::new("nofollow");
+        fs::write(dir.0.join("target"), b"").expect("write target");
+        std::os::unix::fs::symlink("target", dir.0.join("link")).expect("symlink");
+        let opened = OpenOptions::new()
+            .append(true)
+            .custom_flags(O_NOFOLLOW)
+            .open(dir.0.join("link"));
+        assert!(opened.is_err());
+    }
+
+    #[test]
+    fn a_hard_linked_mbox_is_refused() {
+        let dir = TempDir::new("hardlink");
+        fs::write(dir.0.join("alice"), b"precious\n").expect("write");
+        fs::hard_link(dir.0.join("alice"), dir.0.join("elsewhere")).expect("link");
+        let result = dir.mail_dir().deliver("a@x", &[to("alice")], b"Hi\n");
+        assert!(matches!(result, Err(DeliveryError::Io(..))), "{result:?}");
+        assert_eq!(dir.read("alice"), b"precious\n");
+    }
+
+    #[test]
+    fn a_stale_dotlock_is_removed() {
+        let dir = TempDir::new("stale-lock");
+        let lock = File::create(dir.0.join("alice.lock")).expect("lock");
+        let old = SystemTime::now() - STALE_LOCK_AGE - Duration::from_secs(60);
+        lock.set_modified(old).expect("age the lock");
+
+        dir.mail_dir()
+            .with_lock_attempts(1)
+            .deliver("a@x", &[to("alice")], b"Hi\n")
+            .expect("deliver");
+        assert_eq!(parse_mboxrd(&dir.read("alice")).len(), 1);
+        assert_eq!(dir.names(), ["alice"]);
+    }
+
+    #[test]
+    fn a_fresh_dotlock_makes_delivery_wait_then_fail() {
+        let dir = TempDir::new("fresh-lock");
+        fs::write(dir.0.join("alice"), b"").expect("mbox");
+        File::create(dir.0.join("alice.lock")).expect("lock");
+
+        let started = Instant::now();
+        let result = dir
+            .mail_dir()
+            .with_lock_attempts(3)
+            .deliver("a@x", &[to("alice")], b"Hi\n");
+        assert!(matches!(result, Err(DeliveryError::Locked(ref user)) if user == "alice"));
+        assert!(
+            started.elapsed() >= 2 * LOCK_RETRY_DELAY,
+            "it waited between tries"
+        );
+        assert!(dir.read("alice").is_empty());
+        assert!(
+            dir.0.join("alice.lock").exists(),
+            "someone else's lock stays"
+        );
+    }
+
+    #[test]
+    fn a_held_flock_makes_delivery_fail() {
+        let dir = TempDir::new("flock");
+        fs::write(dir.0.join("alice"), b"").expect("mbox");
+        let holder = File::open(dir.0.join("alice")).expect("open");
+        holder.lock().expect("flock");
+
+        let result = dir
+            .mail_dir()
+            .with_lock_attempts(2)
+            .deliver("a@x", &[to("alice")], b"Hi\n");
+        assert!(
+            matches!(result, Err(DeliveryError::Locked(_))),
+            "{result:?}"
+        );
+        assert_eq!(dir.names(), ["alice"], "our dotlock was removed");
+        holder.unlock().expect("unlock");
+    }
+
+    #[test]
+    fn concurrent_deliveries_do_not_interleave() {
+        const THREADS: usize = 20;
+        let dir = TempDir::new("concurrent");
+        let maildir = Arc::new(dir.mail_dir());
+        let handles: Vec<_> = (0..THREADS)
+            .map(|n| {
+                let maildir = Arc::clone(&maildir);
+                thread::spawn(move || {
+                    let body = format!("Subject: {n}\n\n{}\n", format!("marker-{n} ").repeat(2000));
+                    maildir.deliver("a@x", &[to("alice"), to("bob")], body.as_bytes())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().expect("thread").expect("deliver");
+        }
+
+        for user in ["alice", "bob"] {
+            let messages = parse_mboxrd(&dir.read(user));
+            assert_eq!(messages.len(), THREADS, "{user}");
+            let mut seen: Vec<usize> = messages
+                .iter()
+                .map(|message| {
+                    let text = String::from_utf8(message.content.clone()).expect("utf-8");
+                    let n: usize = text
+                        .split("Subject: ")
+                        .nth(1)
+                        .and_then(|rest| rest.split('\n').next())
+                        .and_then(|n| n.parse().ok())
+                        .expect("subject");
+                    let body = format!("Subject: {n}\n\n{}\n", format!("marker-{n} ").repeat(2000));
+                    assert_eq!(text, format!("{}{body}", to(user).trace_headers));
+                    n
+                })
+                .collect();
+            seen.sort();
+            assert_eq!(seen, (0..THREADS).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn parse_ignores_bytes_before_the_first_separator() {
+        let messages = parse_mboxrd(b"junk\n\nFrom a@x Thu Jan  1 00:00:00 1970\nHi\n\n");
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].content, b"Hi\n");
+        assert!(parse_mboxrd(b"").is_empty());
+    }
+
+    #[test]
+    fn a_from_line_needs_an_empty_line_before_it() {
+        // An unquoted `From ` line inside a paragraph (an mboxo writer's miss) is not a separator.
+        let file = b"From a@x Thu Jan  1 00:00:00 1970\nHi\nFrom b@y is here\n\n";
+        let messages = parse_mboxrd(file);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].content, b"Hi\nFrom b@y is here\n");
+    }
 }
