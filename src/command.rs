@@ -87,13 +87,23 @@ const fn verb(
     summary: &'static str,
     example: &'static str,
 ) -> VerbInfo {
-    VerbInfo { verb, name, syntax, rfc, summary, example }
+    VerbInfo {
+        verb,
+        name,
+        syntax,
+        rfc,
+        summary,
+        example,
+    }
 }
 
 impl Verb {
     pub fn info(self) -> &'static VerbInfo {
         // Every verb has exactly one row; a unit test keeps it that way.
-        VERBS.iter().find(|row| row.verb == self).unwrap_or(&VERBS[0])
+        VERBS
+            .iter()
+            .find(|row| row.verb == self)
+            .unwrap_or(&VERBS[0])
     }
 
     pub fn name(self) -> &'static str {
@@ -102,7 +112,10 @@ impl Verb {
 
     /// Look a verb up by name, case-insensitively (RFC 5321 §2.4: verbs are not case sensitive).
     pub fn from_name(name: &str) -> Option<Verb> {
-        VERBS.iter().find(|row| row.name.eq_ignore_ascii_case(name)).map(|row| row.verb)
+        VERBS
+            .iter()
+            .find(|row| row.name.eq_ignore_ascii_case(name))
+            .map(|row| row.verb)
     }
 
     /// The verbs RFC 5321 Appendix F retired; they answer 502 and explain why.
@@ -124,8 +137,14 @@ pub struct Param {
 pub enum Command {
     Helo(String),
     Ehlo(String),
-    Mail { path: ReversePath, params: Vec<Param> },
-    Rcpt { path: ForwardPath, params: Vec<Param> },
+    Mail {
+        path: ReversePath,
+        params: Vec<Param>,
+    },
+    Rcpt {
+        path: ForwardPath,
+        params: Vec<Param>,
+    },
     Data,
     Rset,
     Vrfy(String),
@@ -179,7 +198,9 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         Verb::Noop => Ok(Command::Noop),
         Verb::Vrfy => string_argument(argument, verb).map(Command::Vrfy),
         Verb::Expn => string_argument(argument, verb).map(Command::Expn),
-        Verb::Help => Ok(Command::Help(Some(argument.to_string()).filter(|a| !a.is_empty()))),
+        Verb::Help => Ok(Command::Help(
+            Some(argument.to_string()).filter(|a| !a.is_empty()),
+        )),
         Verb::Send | Verb::Soml | Verb::Saml | Verb::Turn => Ok(Command::Obsolete(verb)),
     }
 }
@@ -191,7 +212,11 @@ fn command_text(line: &[u8]) -> Result<&str, Reply> {
         return Err(Reply::UNKNOWN_COMMAND_500.text("Command contains a NUL byte"));
     }
     if let Some(&byte) = line.iter().find(|&&b| b == 0x08 || b == 0x7f) {
-        let key = if byte == 0x08 { "Backspace (0x08)" } else { "Delete (0x7F)" };
+        let key = if byte == 0x08 {
+            "Backspace (0x08)"
+        } else {
+            "Delete (0x7F)"
+        };
         return Err(Reply::UNKNOWN_COMMAND_500.text(format!(
             "Your line contains a {key} character: the terminal sent the key instead of erasing. Type the whole line again"
         )));
@@ -199,20 +224,24 @@ fn command_text(line: &[u8]) -> Result<&str, Reply> {
     if line.iter().any(|&b| b < 0x20 && b != b'\t') {
         return Err(Reply::UNKNOWN_COMMAND_500.text("Command contains a control character"));
     }
-    std::str::from_utf8(line)
-        .map_err(|_| Reply::UNKNOWN_COMMAND_500.text("Command contains 8-bit bytes that are not UTF-8"))
+    std::str::from_utf8(line).map_err(|_| {
+        Reply::UNKNOWN_COMMAND_500.text("Command contains 8-bit bytes that are not UTF-8")
+    })
 }
 
 /// 500 for an unknown verb, with a suggestion when it is one typo away from a real one.
 fn unknown_verb(word: &str) -> Reply {
     let shown: String = word.chars().take(16).filter(|c| !c.is_control()).collect();
     match closest_verb(word) {
-        Some(verb) => Reply::UNKNOWN_COMMAND_500
-            .text(format!("Command \"{shown}\" not recognized; did you mean {}?", verb.name())),
+        Some(verb) => Reply::UNKNOWN_COMMAND_500.text(format!(
+            "Command \"{shown}\" not recognized; did you mean {}?",
+            verb.name()
+        )),
         None if word.is_empty() => Reply::UNKNOWN_COMMAND_500
             .text("Empty line: type a command, or HELP to see what you can type now"),
-        None => Reply::UNKNOWN_COMMAND_500
-            .text(format!("Command \"{shown}\" not recognized; type HELP for the list")),
+        None => Reply::UNKNOWN_COMMAND_500.text(format!(
+            "Command \"{shown}\" not recognized; type HELP for the list"
+        )),
     }
 }
 
@@ -278,7 +307,10 @@ fn mail_argument(argument: &str) -> Result<Command, Reply> {
     let path_text = keyword_colon(argument, "FROM:", Verb::Mail, &bad)?;
     let (path, rest) = address::reverse_path(path_text, true)
         .map_err(|error| address_reply(error, bad, Verb::Mail, path_text))?;
-    Ok(Command::Mail { path, params: parameters(rest)? })
+    Ok(Command::Mail {
+        path,
+        params: parameters(rest)?,
+    })
 }
 
 /// `"RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" / Forward-path ) [SP Rcpt-parameters]`
@@ -287,7 +319,10 @@ fn rcpt_argument(argument: &str) -> Result<Command, Reply> {
     let path_text = keyword_colon(argument, "TO:", Verb::Rcpt, &bad)?;
     let (path, rest) = address::forward_path(path_text, true)
         .map_err(|error| address_reply(error, bad, Verb::Rcpt, path_text))?;
-    Ok(Command::Rcpt { path, params: parameters(rest)? })
+    Ok(Command::Rcpt {
+        path,
+        params: parameters(rest)?,
+    })
 }
 
 /// Strip `FROM:` / `TO:`. DEVIATION: a space after the colon (`MAIL FROM: <x>`) is accepted, as
@@ -314,20 +349,32 @@ fn address_reply(error: AddressError, bad: Reply, verb: Verb, path_text: &str) -
     match error {
         AddressError::MissingBrackets => bad.text(format!(
             "The address must be in angle brackets: {}:<{}> (RFC 5321 §4.1.2)",
-            if verb == Verb::Mail { "MAIL FROM" } else { "RCPT TO" },
-            path_text.split_whitespace().next().unwrap_or("you@example.com")
+            if verb == Verb::Mail {
+                "MAIL FROM"
+            } else {
+                "RCPT TO"
+            },
+            path_text
+                .split_whitespace()
+                .next()
+                .unwrap_or("you@example.com")
         )),
-        AddressError::Syntax(rule) => bad.text(format!("Bad address syntax: {rule} (RFC 5321 §4.1.2)")),
-        AddressError::TooLong(part) => {
-            bad.text(format!("Path too long: the {part} is over its limit (RFC 5321 §4.5.3.1)"))
+        AddressError::Syntax(rule) => {
+            bad.text(format!("Bad address syntax: {rule} (RFC 5321 §4.1.2)"))
         }
+        AddressError::TooLong(part) => bad.text(format!(
+            "Path too long: the {part} is over its limit (RFC 5321 §4.5.3.1)"
+        )),
         AddressError::NeedsSmtpUtf8 => Reply::NEEDS_SMTPUTF8_553,
     }
 }
 
 /// `Mail-parameters = esmtp-param *(SP esmtp-param)`
 fn parameters(text: &str) -> Result<Vec<Param>, Reply> {
-    text.split(' ').filter(|word| !word.is_empty()).map(esmtp_param).collect()
+    text.split(' ')
+        .filter(|word| !word.is_empty())
+        .map(esmtp_param)
+        .collect()
 }
 
 /// `esmtp-param = esmtp-keyword ["=" esmtp-value]`; `esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")`
@@ -336,10 +383,16 @@ fn esmtp_param(word: &str) -> Result<Param, Reply> {
         Some((keyword, value)) => (keyword, Some(value)),
         None => (word, None),
     };
-    let keyword_ok = keyword.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && keyword.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let keyword_ok = keyword
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && keyword
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-');
     // esmtp-value = 1*(%d33-60 / %d62-126): printable, no "=", no space.
-    let value_ok = value.is_none_or(|v| !v.is_empty() && v.chars().all(|c| ('!'..='~').contains(&c) && c != '='));
+    let value_ok = value
+        .is_none_or(|v| !v.is_empty() && v.chars().all(|c| ('!'..='~').contains(&c) && c != '='));
     if !keyword_ok || !value_ok {
         return Err(Reply::SYNTAX_501.text(format!("Bad parameter syntax: {word}")));
     }
@@ -391,16 +444,38 @@ mod tests {
 
     #[test]
     fn mail_and_rcpt() {
-        let Ok(Command::Mail { path, params }) = parse(b"MAIL FROM:<mary@client.example> SIZE=100 body=8BITMIME")
+        let Ok(Command::Mail { path, params }) =
+            parse(b"MAIL FROM:<mary@client.example> SIZE=100 body=8BITMIME")
         else {
             panic!("MAIL did not parse");
         };
         assert_eq!(path.to_string(), "<mary@client.example>");
-        assert_eq!(params[0], Param { keyword: "SIZE".into(), value: Some("100".into()) });
+        assert_eq!(
+            params[0],
+            Param {
+                keyword: "SIZE".into(),
+                value: Some("100".into())
+            }
+        );
         assert_eq!(params[1].keyword, "BODY");
-        assert!(matches!(parse(b"mail from:<>"), Ok(Command::Mail { path: ReversePath::Null, .. })));
-        assert!(matches!(parse(b"RCPT TO:<Postmaster>"), Ok(Command::Rcpt { path: ForwardPath::Postmaster, .. })));
-        assert!(parse(b"MAIL FROM: <mary@client.example>").is_ok(), "space after colon is accepted");
+        assert!(matches!(
+            parse(b"mail from:<>"),
+            Ok(Command::Mail {
+                path: ReversePath::Null,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(b"RCPT TO:<Postmaster>"),
+            Ok(Command::Rcpt {
+                path: ForwardPath::Postmaster,
+                ..
+            })
+        ));
+        assert!(
+            parse(b"MAIL FROM: <mary@client.example>").is_ok(),
+            "space after colon is accepted"
+        );
     }
 
     #[test]
@@ -423,7 +498,10 @@ mod tests {
         let reply = parse(b"HLEO x").unwrap_err();
         assert_eq!((reply.code, reply.status), (500, "5.5.2"));
         assert!(reply.text.contains("did you mean HELO?"), "{}", reply.text);
-        assert!(parse(b"MAL FROM:<a@b.c>").unwrap_err().text.contains("MAIL"));
+        assert!(parse(b"MAL FROM:<a@b.c>")
+            .unwrap_err()
+            .text
+            .contains("MAIL"));
         assert!(parse(b"RCTP TO:<a@b.c>").unwrap_err().text.contains("RCPT"));
         assert!(!parse(b"FOO bar").unwrap_err().text.contains("did you mean"));
         assert_eq!(code(""), 500);
@@ -433,13 +511,19 @@ mod tests {
     fn bytes_that_are_not_text() {
         assert!(parse(b"NO\0OP").unwrap_err().text.contains("NUL"));
         assert!(parse(b"HELO \xff\xfe").unwrap_err().text.contains("8-bit"));
-        assert!(parse(b"HELL\x08O x").unwrap_err().text.contains("Backspace"));
+        assert!(parse(b"HELL\x08O x")
+            .unwrap_err()
+            .text
+            .contains("Backspace"));
         assert!(parse(b"NOOP\x7f").unwrap_err().text.contains("Delete"));
     }
 
     #[test]
     fn obsolete_verbs_are_recognised() {
         assert_eq!(parse(b"TURN"), Ok(Command::Obsolete(Verb::Turn)));
-        assert_eq!(parse(b"send from:<a@b.c>"), Ok(Command::Obsolete(Verb::Send)));
+        assert_eq!(
+            parse(b"send from:<a@b.c>"),
+            Ok(Command::Obsolete(Verb::Send))
+        );
     }
 }

@@ -142,8 +142,18 @@ impl Default for Config {
 pub fn options() -> getopts::Options {
     let mut o = getopts::Options::new();
     o.optmulti("l", "listen", "SMTP listener (repeatable)", "ADDR");
-    o.optopt("n", "hostname", "name in greeting, EHLO and Received", "NAME");
-    o.optmulti("d", "domain", "domain delivered locally (repeatable)", "DOMAIN");
+    o.optopt(
+        "n",
+        "hostname",
+        "name in greeting, EHLO and Received",
+        "NAME",
+    );
+    o.optmulti(
+        "d",
+        "domain",
+        "domain delivered locally (repeatable)",
+        "DOMAIN",
+    );
     o.optopt("m", "mail-dir", "mbox files live at DIR/<user>", "DIR");
     o.optopt("u", "users", "file of user:password lines", "FILE");
     o.optopt("a", "aliases", "file of 'list: user, user' lines", "FILE");
@@ -152,7 +162,12 @@ pub fn options() -> getopts::Options {
     o.optopt("", "max-recipients", "recipients per message", "N");
     o.optopt("", "max-errors", "errors before 421 and close", "N");
     o.optopt("", "timeout", "seconds to wait for a command", "SECS");
-    o.optopt("", "transcripts", "record every session as a transcript", "DIR");
+    o.optopt(
+        "",
+        "transcripts",
+        "record every session as a transcript",
+        "DIR",
+    );
     o.optflag("v", "verbose", "log every command");
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
@@ -168,7 +183,11 @@ impl Config {
             config.directory.domains = default_domains(&config.hostname);
         }
         if m.opt_present("listen") {
-            config.listen = m.opt_strs("listen").iter().map(|a| parse_addr(a)).collect::<Result<_, _>>()?;
+            config.listen = m
+                .opt_strs("listen")
+                .iter()
+                .map(|a| parse_addr(a))
+                .collect::<Result<_, _>>()?;
         }
         if m.opt_present("domain") {
             config.directory.domains = m.opt_strs("domain");
@@ -189,7 +208,8 @@ impl Config {
         config.max_connections = number(m, "max-connections", config.max_connections)?;
         config.max_recipients = number(m, "max-recipients", config.max_recipients)?;
         config.max_errors = number(m, "max-errors", config.max_errors)?;
-        config.idle_timeout = Duration::from_secs_f64(number(m, "timeout", config.idle_timeout.as_secs_f64())?);
+        config.idle_timeout =
+            Duration::from_secs_f64(number(m, "timeout", config.idle_timeout.as_secs_f64())?);
         config.transcripts = m.opt_str("transcripts").map(PathBuf::from);
         config.verbose = m.opt_present("verbose");
         Ok(config)
@@ -212,33 +232,45 @@ fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) ->
 
 /// `user:password` per line; `#` starts a comment.
 fn read_users(file: &str) -> Result<BTreeMap<String, String>, String> {
-    let text = fs::read_to_string(file).map_err(|e| format!("Cannot read users file {file}: {e}."))?;
+    let text =
+        fs::read_to_string(file).map_err(|e| format!("Cannot read users file {file}: {e}."))?;
     content_lines(&text)
         .map(|line| match line.split_once(':') {
             Some((user, password)) if !user.trim().is_empty() => {
                 Ok((user.trim().to_lowercase(), password.to_string()))
             }
-            _ => Err(format!("Users file {file}: '{line}' is not 'user:password'.")),
+            _ => Err(format!(
+                "Users file {file}: '{line}' is not 'user:password'."
+            )),
         })
         .collect()
 }
 
 /// `list: user, user` per line; `#` starts a comment.
 fn read_aliases(file: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
-    let text = fs::read_to_string(file).map_err(|e| format!("Cannot read aliases file {file}: {e}."))?;
+    let text =
+        fs::read_to_string(file).map_err(|e| format!("Cannot read aliases file {file}: {e}."))?;
     content_lines(&text)
         .map(|line| match line.split_once(':') {
             Some((list, members)) if !list.trim().is_empty() => Ok((
                 list.trim().to_lowercase(),
-                members.split(',').map(|m| m.trim().to_lowercase()).filter(|m| !m.is_empty()).collect(),
+                members
+                    .split(',')
+                    .map(|m| m.trim().to_lowercase())
+                    .filter(|m| !m.is_empty())
+                    .collect(),
             )),
-            _ => Err(format!("Aliases file {file}: '{line}' is not 'list: user, user'.")),
+            _ => Err(format!(
+                "Aliases file {file}: '{line}' is not 'list: user, user'."
+            )),
         })
         .collect()
 }
 
 fn content_lines(text: &str) -> impl Iterator<Item = &str> {
-    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 #[cfg(test)]
@@ -249,22 +281,47 @@ mod tests {
     fn defaults_make_the_first_minute_work() {
         let config = Config::default();
         assert_eq!(config.listen[0].to_string(), "127.0.0.1:2525");
-        assert!(config.idle_timeout >= Duration::from_secs(300), "RFC 5321 §4.5.3.2.7");
-        assert_eq!(config.directory.mailboxes("students"), Some(vec!["alice".into(), "bob".into()]));
-        assert_eq!(config.directory.mailboxes("POSTMASTER"), Some(vec!["alice".into()]));
-        assert_eq!(config.directory.mailboxes("Alice"), Some(vec!["alice".into()]));
-        assert!(config.directory.is_local_domain(&Domain::Name("LOCALHOST".into())));
+        assert!(
+            config.idle_timeout >= Duration::from_secs(300),
+            "RFC 5321 §4.5.3.2.7"
+        );
+        assert_eq!(
+            config.directory.mailboxes("students"),
+            Some(vec!["alice".into(), "bob".into()])
+        );
+        assert_eq!(
+            config.directory.mailboxes("POSTMASTER"),
+            Some(vec!["alice".into()])
+        );
+        assert_eq!(
+            config.directory.mailboxes("Alice"),
+            Some(vec!["alice".into()])
+        );
+        assert!(config
+            .directory
+            .is_local_domain(&Domain::Name("LOCALHOST".into())));
     }
 
     #[test]
     fn options_override_defaults() {
-        let args = ["--listen", "127.0.0.2:2600", "-n", "teach.test", "-d", "teach.test", "--max-size", "1000"];
+        let args = [
+            "--listen",
+            "127.0.0.2:2600",
+            "-n",
+            "teach.test",
+            "-d",
+            "teach.test",
+            "--max-size",
+            "1000",
+        ];
         let m = options().parse(args).unwrap();
         let config = Config::from_matches(&m).unwrap();
         assert_eq!(config.listen[0].to_string(), "127.0.0.2:2600");
         assert_eq!(config.directory.domains, vec!["teach.test".to_string()]);
         assert_eq!(config.max_size, 1000);
         let bad = options().parse(["--max-size", "lots"]).unwrap();
-        assert!(Config::from_matches(&bad).unwrap_err().contains("--max-size"));
+        assert!(Config::from_matches(&bad)
+            .unwrap_err()
+            .contains("--max-size"));
     }
 }

@@ -49,7 +49,13 @@ pub fn serve(stream: TcpStream, context: Context, id: String) {
         warn!("[{id}] cannot set a write timeout: {error}");
         return;
     }
-    let session = Session::new(context.config.clone(), context.deliver, peer, local, id.clone());
+    let session = Session::new(
+        context.config.clone(),
+        context.deliver,
+        peer,
+        local,
+        id.clone(),
+    );
     let mut connection = Connection {
         stream,
         peer,
@@ -71,34 +77,30 @@ impl Connection {
     /// The loop of the lesson: read a line, step the session, write the replies.
     fn run(&mut self) -> io::Result<&'static str> {
         let greeting = self.session.greeting();
-        self.send(&[greeting])?;
+        self.send(&[greeting]);
         self.flush()?;
         loop {
-            let (step, ending) = match self.read_command()? {
+            let (mut step, ending) = match self.read_command()? {
                 Ok(pair) => pair,
                 Err(reason) => return Ok(reason),
             };
-            self.send(&step.replies)?;
-            let step = match step.next {
-                Next::ReadCommand => step,
-                Next::Close => break,
-                Next::ReadData => {
-                    self.flush()?;
-                    match self.read_message(ending)? {
-                        Ok(step) => step,
-                        Err(reason) => return Ok(reason),
-                    }
-                }
-            };
+            if step.next == Next::ReadData {
+                self.send(&step.replies);
+                self.flush()?;
+                step = match self.read_message(ending)? {
+                    Ok(step) => step,
+                    Err(reason) => return Ok(reason),
+                };
+            }
+            self.send(&step.replies);
             if step.next == Next::Close {
-                break;
+                self.flush()?;
+                return Ok("closed by the session");
             }
             if !self.lines.has_buffered() {
                 self.flush()?;
             }
         }
-        self.flush()?;
-        Ok("closed by the session")
     }
     // ANCHOR_END: run
 
@@ -109,14 +111,23 @@ impl Connection {
         let line = match self.lines.read_command(&mut self.stream, deadline) {
             Ok(CommandLine::Line(line)) => line,
             Ok(CommandLine::TooLong) => {
-                return Ok(Ok((self.session.refuse_line(Reply::LINE_TOO_LONG_500), Ending::CrLf)));
+                return Ok(Ok((
+                    self.session.refuse_line(Reply::LINE_TOO_LONG_500),
+                    Ending::CrLf,
+                )));
             }
             Err(error) => return self.read_failed(error).map(Err),
         };
-        debug!("[{}] C: {}", self.session.id(), String::from_utf8_lossy(&line.bytes));
+        debug!(
+            "[{}] C: {}",
+            self.session.id(),
+            String::from_utf8_lossy(&line.bytes)
+        );
         // Rule LE-3: a CR inside a command line is not a line end; say so instead of guessing.
         let step = if line.bytes.contains(&b'\r') {
-            self.session.refuse_line(Reply::UNKNOWN_COMMAND_500.text("Syntax error (bare CR in a command line)"))
+            self.session.refuse_line(
+                Reply::UNKNOWN_COMMAND_500.text("Syntax error (bare CR in a command line)"),
+            )
         } else {
             self.session.command(&line.bytes)
         };
@@ -127,7 +138,10 @@ impl Connection {
     /// After 354: read pieces until the end of data, then let the session deliver. Nothing is
     /// stored unless the whole message arrived.
     fn read_message(&mut self, data_ending: Ending) -> io::Result<Result<Step, &'static str>> {
-        let mut data = DataReader::new(usize::try_from(self.config.max_size).unwrap_or(usize::MAX), data_ending);
+        let mut data = DataReader::new(
+            usize::try_from(self.config.max_size).unwrap_or(usize::MAX),
+            data_ending,
+        );
         loop {
             let deadline = Instant::now() + self.config.idle_timeout;
             match self.lines.read_data(&mut self.stream, deadline) {
@@ -148,10 +162,12 @@ impl Connection {
     /// (421 4.4.2, RFC 5321 §3.8 allows closing after a timeout), or an I/O error.
     fn read_failed(&mut self, error: ReadError) -> io::Result<&'static str> {
         match error {
-            ReadError::Closed { partial } if partial.is_empty() => Ok("client closed the connection"),
+            ReadError::Closed { partial } if partial.is_empty() => {
+                Ok("client closed the connection")
+            }
             ReadError::Closed { .. } => Ok("client closed the connection in the middle of a line"),
             ReadError::Timeout => {
-                self.send(&[Reply::TIMEOUT_421])?;
+                self.send(&[Reply::TIMEOUT_421]);
                 self.flush()?;
                 Ok("timeout")
             }
@@ -160,17 +176,21 @@ impl Connection {
     }
 
     /// Queue replies; `flush` writes them.
-    fn send(&mut self, replies: &[Reply]) -> io::Result<()> {
+    fn send(&mut self, replies: &[Reply]) {
         for reply in replies {
             let text = reply.to_string();
             if reply.is_error() {
-                info!("[{}] {} S: {}", self.session.id(), self.peer, text.trim_end());
+                info!(
+                    "[{}] {} S: {}",
+                    self.session.id(),
+                    self.peer,
+                    text.trim_end()
+                );
             } else {
                 debug!("[{}] S: {}", self.session.id(), text.trim_end());
             }
             self.output.extend_from_slice(text.as_bytes());
         }
-        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {

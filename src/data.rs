@@ -185,13 +185,23 @@ mod tests {
     #[test]
     fn smuggling_variants_never_end_data_in_a_crlf_session() {
         let variants: [&[u8]; 10] = [
-            b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\r\n.\n", b"\r.\r\n",
-            b"\r\n.\r", b"\r\n.\r\r\n", b"\r\n\0.\r\n",
+            b"\n.\n",
+            b"\n.\r\n",
+            b"\r.\r",
+            b"\r.\n",
+            b"\n.\r",
+            b"\r\n.\n",
+            b"\r.\r\n",
+            b"\r\n.\r",
+            b"\r\n.\r\r\n",
+            b"\r\n\0.\r\n",
         ];
         for variant in variants {
             let mut input = b"Subject: t\r\n\r\nbody".to_vec();
             input.extend_from_slice(variant);
-            input.extend_from_slice(b"MAIL FROM:<ceo@teach.test>\r\nSubject: SMUGGLED\r\n\r\nx\r\n.\r\n");
+            input.extend_from_slice(
+                b"MAIL FROM:<ceo@teach.test>\r\nSubject: SMUGGLED\r\n\r\nx\r\n.\r\n",
+            );
             let (result, ended) = read(&input, Ending::CrLf, 10_000);
             assert!(ended, "{variant:?}");
             let code = result.map_err(|r| r.code);
@@ -241,6 +251,9 @@ mod tests {
         input.extend_from_slice(b"\r\nbody\r\n.\r\n");
         let (result, _) = read(&input, Ending::CrLf, 1 << 20);
         assert_eq!(result.map_err(|r| (r.code, r.status)), Err((554, "5.4.6")));
-        assert_eq!(received_headers(b"Received: x\nreceived: y\n\nReceived: body\n"), 2);
+        assert_eq!(
+            received_headers(b"Received: x\nreceived: y\n\nReceived: body\n"),
+            2
+        );
     }
 }

@@ -33,10 +33,18 @@ impl Deliver for LocalDelivery {
             ReversePath::Null => String::new(),
             ReversePath::Mailbox(mailbox) => mailbox.to_string(),
         };
-        match self.mail_dir.deliver(&sender, &deliveries, &message.content) {
+        match self
+            .mail_dir
+            .deliver(&sender, &deliveries, &message.content)
+        {
             Ok(()) => {
                 let users: Vec<&str> = deliveries.iter().map(|d| d.user.as_str()).collect();
-                info!("{}: delivered from {} to {}", message.id, message.envelope.sender, users.join(", "));
+                info!(
+                    "{}: delivered from {} to {}",
+                    message.id,
+                    message.envelope.sender,
+                    users.join(", ")
+                );
                 Ok(())
             }
             Err(error) => {
@@ -64,7 +72,10 @@ impl LocalDelivery {
                     message.envelope.sender,
                     received_header(&message.client, &self.hostname, &message.id, recipient, now)
                 );
-                deliveries.push(Delivery { user: user.clone(), trace_headers });
+                deliveries.push(Delivery {
+                    user: user.clone(),
+                    trace_headers,
+                });
             }
         }
         deliveries
@@ -74,7 +85,13 @@ impl LocalDelivery {
 // ANCHOR: received_header
 /// `Received: from <helo> ([<peer address>]) by <host> (smtplab) with ESMTP id <id> for <rcpt>; <date>`
 /// (RFC 5321 §4.4: the FROM clause names the HELO argument and the TCP peer's address).
-pub fn received_header(client: &Client, hostname: &str, id: &str, recipient: &Recipient, now: SystemTime) -> String {
+pub fn received_header(
+    client: &Client,
+    hostname: &str,
+    id: &str,
+    recipient: &Recipient,
+    now: SystemTime,
+) -> String {
     let helo = client.helo.as_deref().unwrap_or("unknown");
     let protocol = if client.esmtp { "ESMTP" } else { "SMTP" };
     format!(
@@ -89,9 +106,11 @@ pub fn received_header(client: &Client, hostname: &str, id: &str, recipient: &Re
 /// A failed delivery is temporary: the client keeps the message and tries again (RFC 5321 §4.2.5).
 fn failure_reply(error: &DeliveryError) -> Reply {
     match error {
-        DeliveryError::Io(_, e) if e.kind() == io::ErrorKind::StorageFull => {
-            Reply::new(452, "4.3.1", "Insufficient system storage; nothing was stored")
-        }
+        DeliveryError::Io(_, e) if e.kind() == io::ErrorKind::StorageFull => Reply::new(
+            452,
+            "4.3.1",
+            "Insufficient system storage; nothing was stored",
+        ),
         DeliveryError::Io(_, e) if e.kind() == io::ErrorKind::FileTooLarge => {
             Reply::new(452, "4.2.2", "Mailbox full; nothing was stored")
         }

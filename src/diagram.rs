@@ -39,10 +39,14 @@ pub fn mermaid() -> String {
 
 /// Graphviz dot text (`smtplab states --dot | dot -Tpng > states.png`).
 pub fn dot() -> String {
-    let mut out = String::from("digraph smtp_session {\n    rankdir=LR;\n    start [shape=point];\n");
+    let mut out =
+        String::from("digraph smtp_session {\n    rankdir=LR;\n    start [shape=point];\n");
     out.push_str("    start -> Connected [label=\"220 greeting\"];\n");
     for (from, to, labels) in edges() {
-        out.push_str(&format!("    {from:?} -> {to:?} [label=\"{}\"];\n", labels.join(", ")));
+        out.push_str(&format!(
+            "    {from:?} -> {to:?} [label=\"{}\"];\n",
+            labels.join(", ")
+        ));
     }
     out.push_str("}\n");
     out
@@ -68,7 +72,14 @@ mod tests {
     #[test]
     fn every_state_appears() {
         let text = mermaid();
-        for state in ["Connected", "Greeted", "MailGiven", "RcptGiven", "Data", "Closed"] {
+        for state in [
+            "Connected",
+            "Greeted",
+            "MailGiven",
+            "RcptGiven",
+            "Data",
+            "Closed",
+        ] {
             assert!(text.contains(state), "{state}");
         }
         assert!(text.contains("RcptGiven --> Data: DATA"));

@@ -105,7 +105,10 @@ mod tests {
     const LIMITS: Limits = Limits { max_size: 1000 };
 
     fn param(keyword: &str, value: Option<&str>) -> Param {
-        Param { keyword: keyword.into(), value: value.map(str::to_string) }
+        Param {
+            keyword: keyword.into(),
+            value: value.map(str::to_string),
+        }
     }
 
     #[test]
@@ -114,28 +117,54 @@ mod tests {
         assert_eq!(ok.map(|o| o.declared_size), Ok(Some(1000)));
         let over = mail_options(&[param("SIZE", Some("1001"))], LIMITS).unwrap_err();
         assert_eq!((over.code, over.status), (552, "5.3.4"));
-        assert_eq!(mail_options(&[param("SIZE", Some("x"))], LIMITS).unwrap_err().code, 501);
+        assert_eq!(
+            mail_options(&[param("SIZE", Some("x"))], LIMITS)
+                .unwrap_err()
+                .code,
+            501
+        );
     }
 
     #[test]
     fn body_types() {
         let eight = mail_options(&[param("BODY", Some("8bitmime"))], LIMITS);
         assert_eq!(eight.map(|o| o.body), Ok(BodyType::EightBitMime));
-        assert_eq!(mail_options(&[param("BODY", Some("BINARYMIME"))], LIMITS).unwrap_err().code, 501);
+        assert_eq!(
+            mail_options(&[param("BODY", Some("BINARYMIME"))], LIMITS)
+                .unwrap_err()
+                .code,
+            501
+        );
     }
 
     #[test]
     fn unknown_parameters_get_555() {
         let reply = mail_options(&[param("FOO", Some("1"))], LIMITS).unwrap_err();
         assert_eq!((reply.code, reply.status), (555, "5.5.4"));
-        assert_eq!(rcpt_options(&[param("NOTIFY", Some("NEVER"))]).unwrap_err().code, 555);
-        assert_eq!(mail_options(&[param("SIZE", None)], LIMITS).unwrap_err().code, 555);
+        assert_eq!(
+            rcpt_options(&[param("NOTIFY", Some("NEVER"))])
+                .unwrap_err()
+                .code,
+            555
+        );
+        assert_eq!(
+            mail_options(&[param("SIZE", None)], LIMITS)
+                .unwrap_err()
+                .code,
+            555
+        );
     }
 
     #[test]
     fn advertises_the_core_extensions() {
         let keywords = ehlo_keywords(LIMITS);
-        for expected in ["SIZE 1000", "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES", "HELP"] {
+        for expected in [
+            "SIZE 1000",
+            "8BITMIME",
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+            "HELP",
+        ] {
             assert!(keywords.iter().any(|k| k == expected), "{expected}");
         }
     }

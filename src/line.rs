@@ -61,7 +61,9 @@ pub enum CommandLine {
 #[derive(Debug)]
 pub enum ReadError {
     /// The client closed the connection (`partial` holds the bytes of an unfinished line).
-    Closed { partial: Vec<u8> },
+    Closed {
+        partial: Vec<u8>,
+    },
     /// The deadline passed (RFC 5321 §4.5.3.2.7).
     Timeout,
     Io(io::Error),
@@ -159,7 +161,10 @@ impl LineReader {
         loop {
             if let Some(lf) = self.find_lf(BUFFER_SIZE) {
                 let line = self.take_line(lf);
-                return Ok(Piece { bytes: line.bytes, ending: Some(line.ending) });
+                return Ok(Piece {
+                    bytes: line.bytes,
+                    ending: Some(line.ending),
+                });
             }
             if self.buffered() == BUFFER_SIZE {
                 return Ok(self.take_fragment());
@@ -199,7 +204,10 @@ impl LineReader {
         let bytes = self.buf[self.start..end].to_vec();
         self.saw_cr |= bytes.contains(&CR);
         self.start = end;
-        Piece { bytes, ending: None }
+        Piece {
+            bytes,
+            ending: None,
+        }
     }
 
     /// Discard input up to and including the next LF (the tail of an over-long command line).
@@ -235,7 +243,12 @@ impl LineReader {
                 self.end += n;
                 Ok(())
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 Err(ReadError::Timeout)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
@@ -324,7 +337,10 @@ pub(crate) mod tests {
     }
 
     fn line(text: &[u8], ending: Ending) -> CommandLine {
-        CommandLine::Line(Line { bytes: text.to_vec(), ending })
+        CommandLine::Line(Line {
+            bytes: text.to_vec(),
+            ending,
+        })
     }
 
     #[test]
@@ -348,7 +364,10 @@ pub(crate) mod tests {
         let mut over = b"NOOP ".to_vec();
         over.resize(511, b'x');
         over.extend_from_slice(b"\r\nQUIT\r\n");
-        assert_eq!(commands(&over), vec![CommandLine::TooLong, line(b"QUIT", Ending::CrLf)]);
+        assert_eq!(
+            commands(&over),
+            vec![CommandLine::TooLong, line(b"QUIT", Ending::CrLf)]
+        );
     }
 
     #[test]
@@ -357,7 +376,10 @@ pub(crate) mod tests {
         input.extend_from_slice(b"\r\nNOOP\r\n");
         let mut source = Chunks(input.chunks(7000).map(<[u8]>::to_vec).collect());
         let mut reader = LineReader::new();
-        assert_eq!(reader.read_command(&mut source, soon()).ok(), Some(CommandLine::TooLong));
+        assert_eq!(
+            reader.read_command(&mut source, soon()).ok(),
+            Some(CommandLine::TooLong)
+        );
         assert_eq!(reader.buf.len(), BUFFER_SIZE);
         assert_eq!(
             reader.read_command(&mut source, soon()).ok(),
@@ -379,9 +401,21 @@ pub(crate) mod tests {
         let mut source = Chunks(vec![b".\xff\xf1\r\nab\rc\n".to_vec()]);
         let mut reader = LineReader::new();
         let first = reader.read_data(&mut source, soon()).ok();
-        assert_eq!(first, Some(Piece { bytes: b".\xff\xf1".to_vec(), ending: Some(Ending::CrLf) }));
+        assert_eq!(
+            first,
+            Some(Piece {
+                bytes: b".\xff\xf1".to_vec(),
+                ending: Some(Ending::CrLf)
+            })
+        );
         let second = reader.read_data(&mut source, soon()).ok();
-        assert_eq!(second, Some(Piece { bytes: b"ab\rc".to_vec(), ending: Some(Ending::Lf) }));
+        assert_eq!(
+            second,
+            Some(Piece {
+                bytes: b"ab\rc".to_vec(),
+                ending: Some(Ending::Lf)
+            })
+        );
     }
 
     #[test]
@@ -390,10 +424,19 @@ pub(crate) mod tests {
         input.extend_from_slice(b"\r\n.\r\n");
         let mut source = Chunks(vec![input]);
         let mut reader = LineReader::new();
-        let first = reader.read_data(&mut source, soon()).ok().map(|p| (p.bytes.len(), p.ending));
+        let first = reader
+            .read_data(&mut source, soon())
+            .ok()
+            .map(|p| (p.bytes.len(), p.ending));
         assert_eq!(first, Some((BUFFER_SIZE - 1, None)));
         let second = reader.read_data(&mut source, soon()).ok();
-        assert_eq!(second, Some(Piece { bytes: vec![], ending: Some(Ending::CrLf) }));
+        assert_eq!(
+            second,
+            Some(Piece {
+                bytes: vec![],
+                ending: Some(Ending::CrLf)
+            })
+        );
     }
 
     #[test]

@@ -69,12 +69,18 @@ fn banner(config: &Config) -> String {
         config.mail_dir.display()
     );
     if config.demo_users {
-        text.push_str("\nDemo users: alice, bob (password \"password\"); list: students = alice, bob");
+        text.push_str(
+            "\nDemo users: alice, bob (password \"password\"); list: students = alice, bob",
+        );
         if config.listen.iter().any(|a| !a.ip().is_loopback()) {
             text.push_str("\nWARNING: demo users with known passwords on a non-loopback address!");
         }
     }
-    let first = config.listen.first().map(|a| a.to_string()).unwrap_or_default();
+    let first = config
+        .listen
+        .first()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     text.push_str(&format!(
         "\nTry: telnet {} {}",
         first.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h),

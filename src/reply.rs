@@ -67,20 +67,30 @@ impl Reply {
         "2.5.0",
         "Cannot VRFY user, but will accept message and attempt delivery",
     );
-    pub const START_MAIL_354: Reply =
-        Reply::new(354, "", "End data with <CR><LF>.<CR><LF> (a line with only a dot)");
+    pub const START_MAIL_354: Reply = Reply::new(
+        354,
+        "",
+        "End data with <CR><LF>.<CR><LF> (a line with only a dot)",
+    );
     pub const TOO_MANY_CONNECTIONS_421: Reply =
         Reply::new(421, "4.3.2", "Too many connections, try again later");
     pub const TIMEOUT_421: Reply = Reply::new(421, "4.4.2", "Timeout exceeded, closing connection");
     pub const TOO_MANY_ERRORS_421: Reply =
         Reply::new(421, "4.7.0", "Too many errors, closing connection");
-    pub const LOCAL_ERROR_451: Reply =
-        Reply::new(451, "4.3.0", "Local error in processing, message not delivered");
+    pub const LOCAL_ERROR_451: Reply = Reply::new(
+        451,
+        "4.3.0",
+        "Local error in processing, message not delivered",
+    );
     pub const TOO_MANY_RECIPIENTS_452: Reply = Reply::new(452, "4.5.3", "Too many recipients");
     pub const UNKNOWN_COMMAND_500: Reply = Reply::new(500, "5.5.2", "Command not recognized");
-    pub const LINE_TOO_LONG_500: Reply =
-        Reply::new(500, "5.5.6", "Line too long (the limit is 512 octets, RFC 5321 §4.5.3.1.4)");
-    pub const SYNTAX_501: Reply = Reply::new(501, "5.5.4", "Syntax error in parameters or arguments");
+    pub const LINE_TOO_LONG_500: Reply = Reply::new(
+        500,
+        "5.5.6",
+        "Line too long (the limit is 512 octets, RFC 5321 §4.5.3.1.4)",
+    );
+    pub const SYNTAX_501: Reply =
+        Reply::new(501, "5.5.4", "Syntax error in parameters or arguments");
     pub const BAD_SENDER_501: Reply = Reply::new(501, "5.1.7", "Bad sender address syntax");
     pub const BAD_RECIPIENT_501: Reply = Reply::new(501, "5.1.3", "Bad recipient address syntax");
     pub const NOT_IMPLEMENTED_502: Reply = Reply::new(502, "5.5.1", "Command not implemented");
@@ -99,10 +109,16 @@ impl Reply {
         "Non-ASCII address needs the SMTPUTF8 parameter (RFC 6531 §3.3)",
     );
     pub const NO_VALID_RECIPIENTS_554: Reply = Reply::new(554, "5.5.1", "No valid recipients");
-    pub const NUL_IN_MESSAGE_554: Reply =
-        Reply::new(554, "5.6.0", "Message contains a NUL byte; nothing was stored");
-    pub const TOO_MANY_HOPS_554: Reply =
-        Reply::new(554, "5.4.6", "Too many hops (Received: headers), mail loop?");
+    pub const NUL_IN_MESSAGE_554: Reply = Reply::new(
+        554,
+        "5.6.0",
+        "Message contains a NUL byte; nothing was stored",
+    );
+    pub const TOO_MANY_HOPS_554: Reply = Reply::new(
+        554,
+        "5.4.6",
+        "Too many hops (Received: headers), mail loop?",
+    );
     pub const UNKNOWN_PARAMETER_555: Reply =
         Reply::new(555, "5.5.4", "MAIL FROM/RCPT TO parameter not recognized");
 }
@@ -163,7 +179,11 @@ mod tests {
             ("UNKNOWN_PARAMETER_555", Reply::UNKNOWN_PARAMETER_555),
         ];
         for (name, reply) in named {
-            assert!(name.ends_with(&reply.code.to_string()), "{name} is {}", reply.code);
+            assert!(
+                name.ends_with(&reply.code.to_string()),
+                "{name} is {}",
+                reply.code
+            );
             let class = reply.code / 100;
             if class == 3 {
                 assert!(reply.status.is_empty(), "{name}: 3xx has no enhanced code");
@@ -176,12 +196,17 @@ mod tests {
     #[test]
     fn single_line() {
         assert_eq!(Reply::OK_250.to_string(), "250 2.0.0 OK\r\n");
-        assert_eq!(Reply::START_MAIL_354.to_string().split(' ').next(), Some("354"));
+        assert_eq!(
+            Reply::START_MAIL_354.to_string().split(' ').next(),
+            Some("354")
+        );
     }
 
     #[test]
     fn multi_line_has_hyphens_until_the_last() {
-        let reply = Reply::new(250, "", "host greets you").line("SIZE 100").line("HELP");
+        let reply = Reply::new(250, "", "host greets you")
+            .line("SIZE 100")
+            .line("HELP");
         assert_eq!(
             reply.to_string(),
             "250-host greets you\r\n250-SIZE 100\r\n250 HELP\r\n"

@@ -62,14 +62,25 @@ impl Drop for Slot {
 impl Server {
     /// Bind every listen address, create the mail directory, and deliver locally.
     pub fn bind(config: Config) -> Result<Server, String> {
-        std::fs::create_dir_all(&config.mail_dir)
-            .map_err(|e| format!("Cannot create the mail directory {}: {e}.", config.mail_dir.display()))?;
+        std::fs::create_dir_all(&config.mail_dir).map_err(|e| {
+            format!(
+                "Cannot create the mail directory {}: {e}.",
+                config.mail_dir.display()
+            )
+        })?;
         let deliver = Arc::new(LocalDelivery {
             mail_dir: MailDir::new(config.mail_dir.clone()),
             hostname: config.hostname.clone(),
         });
-        let listeners = config.listen.iter().map(|addr| bind_one(*addr)).collect::<Result<Vec<_>, _>>()?;
-        let context = Context { config: Arc::new(config), deliver };
+        let listeners = config
+            .listen
+            .iter()
+            .map(|addr| bind_one(*addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        let context = Context {
+            config: Arc::new(config),
+            deliver,
+        };
         Ok(Server {
             listeners,
             shared: Arc::new(Shared {
@@ -83,7 +94,10 @@ impl Server {
 
     /// The addresses actually bound (port 0 becomes a real port).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Accept on every listener until the process ends.
@@ -104,13 +118,19 @@ impl Server {
                 thread::spawn(move || accept_loop(&listener, &shared))
             })
             .collect();
-        ServerHandle { addrs, shared: self.shared, acceptors }
+        ServerHandle {
+            addrs,
+            shared: self.shared,
+            acceptors,
+        }
     }
 }
 
 fn bind_one(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => format!("Cannot listen on {addr}: another program already uses that port."),
+        std::io::ErrorKind::AddrInUse => {
+            format!("Cannot listen on {addr}: another program already uses that port.")
+        }
         std::io::ErrorKind::PermissionDenied => {
             format!("Cannot listen on {addr}: ports below 1024 need root; try a port like 2525.")
         }
@@ -163,7 +183,10 @@ fn admit(stream: TcpStream, shared: &Arc<Shared>) {
 
 /// RFC 5321 §3.8 lets a server close with 421 when it cannot serve; tell the client why.
 fn refuse(mut stream: TcpStream) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     info!("refused {peer}: too many connections");
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     let _ = stream.write_all(Reply::TOO_MANY_CONNECTIONS_421.to_string().as_bytes());

@@ -68,7 +68,12 @@ pub struct Transition {
 }
 
 const fn row(from: StateName, verb: Verb, to: StateName, rfc: &'static str) -> Transition {
-    Transition { from, on: Trigger::Command(verb), to, rfc }
+    Transition {
+        from,
+        on: Trigger::Command(verb),
+        to,
+        rfc,
+    }
 }
 
 use StateName::{Closed, Connected, Data, Greeted, MailGiven, RcptGiven};
@@ -121,7 +126,9 @@ pub const TRANSITIONS: &[Transition] = &[
 
 /// The legal move for `verb` in state `from`, if there is one.
 pub fn transition(from: StateName, verb: Verb) -> Option<&'static Transition> {
-    TRANSITIONS.iter().find(|t| t.from == from && t.on == Trigger::Command(verb))
+    TRANSITIONS
+        .iter()
+        .find(|t| t.from == from && t.on == Trigger::Command(verb))
 }
 
 /// One recipient as the client gave it, and the local mailboxes it delivers to.
@@ -212,10 +219,21 @@ impl State {
 }
 
 impl Session {
-    pub fn new(config: Arc<Config>, deliver: Arc<dyn Deliver>, peer: SocketAddr, local: SocketAddr, id: String) -> Session {
+    pub fn new(
+        config: Arc<Config>,
+        deliver: Arc<dyn Deliver>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        id: String,
+    ) -> Session {
         Session {
             state: State::Connected,
-            client: Client { peer, local, helo: None, esmtp: false },
+            client: Client {
+                peer,
+                local,
+                helo: None,
+                esmtp: false,
+            },
             config,
             deliver,
             errors: 0,
@@ -263,7 +281,13 @@ impl Session {
     }
 
     /// Count errors; at the limit add 421 and close (RFC 5321 §7.8, as Postfix's hard error limit).
-    fn finish(&mut self, from: StateName, replies: Vec<Reply>, next: Next, rfc: &'static str) -> Step {
+    fn finish(
+        &mut self,
+        from: StateName,
+        replies: Vec<Reply>,
+        next: Next,
+        rfc: &'static str,
+    ) -> Step {
         let mut replies = replies;
         let mut next = next;
         self.errors += replies.iter().filter(|r| r.is_error()).count() as u32;
@@ -272,7 +296,13 @@ impl Session {
             next = Next::Close;
             self.state = State::Closed;
         }
-        Step { replies, next, from, to: self.state.name(), rfc }
+        Step {
+            replies,
+            next,
+            from,
+            to: self.state.name(),
+            rfc,
+        }
     }
 
     // ANCHOR: dispatch
@@ -319,7 +349,9 @@ impl Session {
     }
 
     fn limits(&self) -> Limits {
-        Limits { max_size: self.config.max_size }
+        Limits {
+            max_size: self.config.max_size,
+        }
     }
 
     /// MAIL FROM (RFC 5321 §4.1.1.2): open a transaction.
@@ -335,7 +367,12 @@ impl Session {
         }
         let text = format!("Sender {sender} OK; next: RCPT TO:<recipient>");
         self.state = State::MailGiven {
-            envelope: Envelope { sender, options, recipients: Vec::new(), refused_recipients: 0 },
+            envelope: Envelope {
+                sender,
+                options,
+                recipients: Vec::new(),
+                refused_recipients: 0,
+            },
         };
         Reply::SENDER_OK_250.text(text)
     }
@@ -374,7 +411,11 @@ impl Session {
         let directory = &self.config.directory;
         let mailbox = match path {
             // RFC 5321 §4.5.1: <postmaster> without a domain must always work.
-            ForwardPath::Postmaster => return directory.mailboxes("postmaster").ok_or(Reply::NO_SUCH_USER_550),
+            ForwardPath::Postmaster => {
+                return directory
+                    .mailboxes("postmaster")
+                    .ok_or(Reply::NO_SUCH_USER_550)
+            }
             ForwardPath::Mailbox(mailbox) => mailbox,
         };
         if !is_ascii(mailbox) {
@@ -432,7 +473,12 @@ impl Session {
     fn deliver_message(&mut self, envelope: Envelope, content: Vec<u8>) -> Reply {
         self.messages += 1;
         let id = format!("{}.{}", self.id, self.messages);
-        let message = Message { id: id.clone(), client: self.client.clone(), envelope, content };
+        let message = Message {
+            id: id.clone(),
+            client: self.client.clone(),
+            envelope,
+            content,
+        };
         match self.deliver.deliver(&message) {
             Ok(()) => Reply::OK_250.text(format!("OK: message {id} delivered")),
             Err(reply) => reply,
@@ -452,9 +498,11 @@ impl Session {
         let name = local_name(argument);
         let directory = &self.config.directory;
         match directory.mailboxes(&name) {
-            Some(_) if directory.is_list(&name) => Reply::new(250, "2.1.5", "")
-                .text(format!("{name} is a mailing list; EXPN {name} shows its members")),
-            Some(_) => Reply::new(250, "2.1.5", "").text(format!("{name} <{name}@{}>", self.primary_domain())),
+            Some(_) if directory.is_list(&name) => Reply::new(250, "2.1.5", "").text(format!(
+                "{name} is a mailing list; EXPN {name} shows its members"
+            )),
+            Some(_) => Reply::new(250, "2.1.5", "")
+                .text(format!("{name} <{name}@{}>", self.primary_domain())),
             None => Reply::NO_SUCH_USER_550.text(format!("No such user here: {name}")),
         }
     }
@@ -463,7 +511,10 @@ impl Session {
     fn expn(&self, argument: &str) -> Reply {
         let name = local_name(argument);
         let directory = &self.config.directory;
-        let Some(members) = directory.mailboxes(&name).filter(|_| directory.is_list(&name)) else {
+        let Some(members) = directory
+            .mailboxes(&name)
+            .filter(|_| directory.is_list(&name))
+        else {
             return Reply::NO_SUCH_USER_550.text(format!("No mailing list called {name} here"));
         };
         let domain = self.primary_domain();
@@ -473,7 +524,11 @@ impl Session {
     }
 
     fn primary_domain(&self) -> &str {
-        self.config.directory.domains.first().map_or("localhost", String::as_str)
+        self.config
+            .directory
+            .domains
+            .first()
+            .map_or("localhost", String::as_str)
     }
 
     /// HELP (RFC 5321 §4.1.1.8): what can be typed now, or how to use one verb.
@@ -482,7 +537,9 @@ impl Session {
             None => self.help_for_state(),
             Some(word) => match Verb::from_name(word) {
                 Some(verb) => help_for_verb(verb),
-                None => Reply::new(504, "5.5.4", "").text(format!("No help for {word}; try HELP alone")),
+                None => {
+                    Reply::new(504, "5.5.4", "").text(format!("No help for {word}; try HELP alone"))
+                }
             },
         }
     }
@@ -491,7 +548,8 @@ impl Session {
         let state = self.state.name();
         let header = format!("You are in state {state:?}. Commands you can type now:");
         let lines = VERBS.iter().filter_map(|row| {
-            transition(state, row.verb).map(|t| format!("  {:<40} {} -> {:?}", row.syntax, row.summary, t.to))
+            transition(state, row.verb)
+                .map(|t| format!("  {:<40} {} -> {:?}", row.syntax, row.summary, t.to))
         });
         lines
             .fold(Reply::HELP_214.text(header), Reply::line)
@@ -518,9 +576,15 @@ impl Session {
         let hint = match (state, verb) {
             (Connected, _) => "Send HELO or EHLO first: say who you are",
             (Greeted, Verb::Rcpt) => "Send MAIL FROM:<sender> first: RCPT comes after MAIL",
-            (Greeted, Verb::Data) => "Send MAIL FROM and RCPT TO first: DATA needs a sender and a recipient",
-            (MailGiven, Verb::Data) => "Send RCPT TO:<recipient> first: DATA needs at least one recipient",
-            (MailGiven | RcptGiven, Verb::Mail) => "Nested MAIL: a transaction is already open; finish it or RSET",
+            (Greeted, Verb::Data) => {
+                "Send MAIL FROM and RCPT TO first: DATA needs a sender and a recipient"
+            }
+            (MailGiven, Verb::Data) => {
+                "Send RCPT TO:<recipient> first: DATA needs at least one recipient"
+            }
+            (MailGiven | RcptGiven, Verb::Mail) => {
+                "Nested MAIL: a transaction is already open; finish it or RSET"
+            }
             _ => "Bad sequence of commands; HELP shows what you can type now",
         };
         Reply::BAD_SEQUENCE_503.text(hint)
@@ -556,7 +620,10 @@ fn help_for_verb(verb: Verb) -> Reply {
 
 /// `alice`, `<alice@localhost>` or `alice@localhost` → `alice` (VRFY/EXPN arguments).
 fn local_name(argument: &str) -> String {
-    let bare = argument.trim().trim_start_matches('<').trim_end_matches('>');
+    let bare = argument
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>');
     bare.split('@').next().unwrap_or(bare).to_string()
 }
 
