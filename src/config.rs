@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,6 +38,8 @@ pub struct Config {
     pub max_errors: u32,
     pub idle_timeout: Duration,
     pub transcripts: Option<PathBuf>,
+    /// Networks whose clients may relay to other domains without AUTH (`--relay-from`).
+    pub relay_from: Vec<Cidr>,
     /// True while the built-in demo users are active (a warning is printed off loopback).
     pub demo_users: bool,
     pub verbose: bool,
@@ -132,6 +134,7 @@ impl Default for Config {
             max_errors: DEFAULT_MAX_ERRORS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             transcripts: None,
+            relay_from: Vec::new(),
             demo_users: true,
             verbose: false,
         }
@@ -211,9 +214,56 @@ impl Config {
         config.idle_timeout =
             Duration::from_secs_f64(number(m, "timeout", config.idle_timeout.as_secs_f64())?);
         config.transcripts = m.opt_str("transcripts").map(PathBuf::from);
+        config.relay_from = m
+            .opt_strs("relay-from")
+            .iter()
+            .map(|c| Cidr::parse(c))
+            .collect::<Result<_, _>>()?;
         config.verbose = m.opt_present("verbose");
         Ok(config)
     }
+}
+
+/// A network such as `127.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub network: IpAddr,
+    pub prefix: u32,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let bad = || format!("--relay-from needs a network like 127.0.0.0/8, not '{text}'.");
+        let (ip, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let network: IpAddr = ip.parse().map_err(|_| bad())?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            bits
+        } else {
+            prefix.parse().map_err(|_| bad())?
+        };
+        if prefix > bits {
+            return Err(bad());
+        }
+        Ok(Cidr { network, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                same_prefix(u32::from(net).into(), u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                same_prefix(net.into(), ip.into(), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn same_prefix(a: u128, b: u128, prefix: u32, bits: u32) -> bool {
+    let shift = bits - prefix;
+    shift >= 128 || (a >> shift) == (b >> shift)
 }
 
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
@@ -319,6 +369,15 @@ mod tests {
         assert_eq!(config.listen[0].to_string(), "127.0.0.2:2600");
         assert_eq!(config.directory.domains, vec!["teach.test".to_string()]);
         assert_eq!(config.max_size, 1000);
+        let cidr = Cidr::parse("127.0.0.0/8").unwrap();
+        assert!(cidr.contains("127.9.9.9".parse().unwrap()));
+        assert!(!cidr.contains("128.0.0.1".parse().unwrap()));
+        assert!(!cidr.contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("192.0.2.1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
         let bad = options().parse(["--max-size", "lots"]).unwrap();
         assert!(Config::from_matches(&bad)
             .unwrap_err()

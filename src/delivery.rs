@@ -16,7 +16,7 @@ use crate::address::ReversePath;
 use crate::datetime;
 use crate::mbox::{Delivery, DeliveryError, MailDir};
 use crate::reply::Reply;
-use crate::session::{Client, Deliver, Message, Recipient};
+use crate::session::{Client, Deliver, Message, Recipient, Route};
 
 /// Delivers to mbox files under the mail directory.
 pub struct LocalDelivery {
@@ -28,6 +28,20 @@ impl Deliver for LocalDelivery {
     // ANCHOR: deliver
     /// RFC 5321 §6.1: 250 means the message is safe, so the reply waits for every fsync.
     fn deliver(&self, message: &Message) -> Result<(), Reply> {
+        if message
+            .envelope
+            .recipients
+            .iter()
+            .any(|r| matches!(r.route, Route::Relay(_)))
+        {
+            // DEVIATION: until the relay queue exists, foreign mail is refused with a temporary
+            // error that says why, so the sending client keeps it and tries again later.
+            return Err(Reply::new(
+                451,
+                "4.3.2",
+                "Relaying to other domains is not built yet; try again later",
+            ));
+        }
         let deliveries = self.deliveries(message);
         let sender = match &message.envelope.sender {
             ReversePath::Null => String::new(),
@@ -63,7 +77,10 @@ impl LocalDelivery {
         let mut deliveries: Vec<Delivery> = Vec::new();
         let now = SystemTime::now();
         for recipient in &message.envelope.recipients {
-            for user in &recipient.mailboxes {
+            let Route::Local(users) = &recipient.route else {
+                continue;
+            };
+            for user in users {
                 if deliveries.iter().any(|d| &d.user == user) {
                     continue;
                 }

@@ -131,11 +131,20 @@ pub fn transition(from: StateName, verb: Verb) -> Option<&'static Transition> {
         .find(|t| t.from == from && t.on == Trigger::Command(verb))
 }
 
-/// One recipient as the client gave it, and the local mailboxes it delivers to.
+/// Where a recipient's copy goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Local mailboxes (a user, or the members of a list).
+    Local(Vec<String>),
+    /// Another domain: the message is queued and relayed to its MX (RFC 5321 §5.1).
+    Relay(Mailbox),
+}
+
+/// One recipient as the client gave it, and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     pub path: ForwardPath,
-    pub mailboxes: Vec<String>,
+    pub route: Route,
 }
 
 /// What one mail transaction has gathered (RFC 5321 §3.3).
@@ -379,7 +388,7 @@ impl Session {
 
     /// RCPT TO (RFC 5321 §4.1.1.3): add one recipient, if it is ours.
     fn rcpt(&mut self, path: ForwardPath, params: &[Param]) -> Reply {
-        let checked = extensions::rcpt_options(params).and_then(|()| self.local_mailboxes(&path));
+        let checked = extensions::rcpt_options(params).and_then(|()| self.route(&path));
         let mut envelope = match std::mem::replace(&mut self.state, State::Closed) {
             State::MailGiven { envelope } | State::RcptGiven { envelope } => envelope,
             other => {
@@ -392,9 +401,9 @@ impl Session {
             Ok(_) if envelope.recipients.len() >= self.config.max_recipients => {
                 Reply::TOO_MANY_RECIPIENTS_452
             }
-            Ok(mailboxes) => {
+            Ok(route) => {
                 let text = format!("Recipient {path} OK; next: another RCPT TO, or DATA");
-                envelope.recipients.push(Recipient { path, mailboxes });
+                envelope.recipients.push(Recipient { path, route });
                 Reply::RECIPIENT_OK_250.text(text)
             }
             Err(reply) => {
@@ -406,14 +415,17 @@ impl Session {
         reply
     }
 
-    /// Which local mailboxes does a forward path reach? Foreign domains are not relayed.
-    fn local_mailboxes(&self, path: &ForwardPath) -> Result<Vec<String>, Reply> {
+    // ANCHOR: route
+    /// Where does a forward path go? A local user or list, or (only for a client allowed to
+    /// relay) another domain. Everything else is refused: no open relay (RFC 5321 §7.1).
+    fn route(&self, path: &ForwardPath) -> Result<Route, Reply> {
         let directory = &self.config.directory;
         let mailbox = match path {
             // RFC 5321 §4.5.1: <postmaster> without a domain must always work.
             ForwardPath::Postmaster => {
                 return directory
                     .mailboxes("postmaster")
+                    .map(Route::Local)
                     .ok_or(Reply::NO_SUCH_USER_550)
             }
             ForwardPath::Mailbox(mailbox) => mailbox,
@@ -422,14 +434,31 @@ impl Session {
             return Err(Reply::NEEDS_SMTPUTF8_553);
         }
         if !self.is_local(&mailbox.domain) {
-            return Err(Reply::RELAY_DENIED_550.text(format!(
-                "Relaying denied: {} is not a domain of this server",
-                mailbox.domain
-            )));
+            return self.relay_route(mailbox);
         }
+        // The local part is looked up in the table, never used as a file name as it is: a
+        // `%`, `!` or quoted `@` inside it finds no user, so it is never routed elsewhere.
         directory
             .mailboxes(&mailbox.local_part_unquoted())
+            .map(Route::Local)
             .ok_or_else(|| Reply::NO_SUCH_USER_550.text(format!("No such user here: {mailbox}")))
+    }
+    // ANCHOR_END: route
+
+    /// RFC 5321 §3.6.2, §7.9: relaying is decided by who the client is, never by MAIL FROM.
+    fn relay_route(&self, mailbox: &Mailbox) -> Result<Route, Reply> {
+        if self
+            .config
+            .relay_from
+            .iter()
+            .any(|net| net.contains(self.client.peer.ip()))
+        {
+            return Ok(Route::Relay(mailbox.clone()));
+        }
+        Err(Reply::RELAY_DENIED_550.text(format!(
+            "Relaying denied: {} is not a domain of this server",
+            mailbox.domain
+        )))
     }
 
     /// A local domain by name, or an address literal naming the address the client connected to.
