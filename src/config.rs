@@ -165,11 +165,12 @@ pub fn options() -> getopts::Options {
     o.optopt("", "max-recipients", "recipients per message", "N");
     o.optopt("", "max-errors", "errors before 421 and close", "N");
     o.optopt("", "timeout", "seconds to wait for a command", "SECS");
-    o.optopt(
+    o.optopt("", "transcripts", "record each session here", "DIR");
+    o.optmulti(
         "",
-        "transcripts",
-        "record every session as a transcript",
-        "DIR",
+        "relay-from",
+        "network that may relay without AUTH",
+        "CIDR",
     );
     o.optflag("v", "verbose", "log every command");
     o.optflag("h", "help", "print this help");
