@@ -2,5 +2,8 @@
 //! state machine, mbox delivery. Each module below opens with the RFC sections it implements.
 
 pub mod address;
+pub mod compare;
 pub mod datetime;
 pub mod mbox;
+pub mod replay;
+pub mod transcript;
