@@ -49,6 +49,13 @@ pub enum Finding {
         your_line: usize,
         reference_line: usize,
     },
+    /// The student said `yours` where the reference says `reference` (HELO for EHLO).
+    Instead {
+        yours: String,
+        reference: String,
+        your_line: usize,
+        reference_line: usize,
+    },
     /// The same command got a different reply code.
     DifferentReply {
         verb: String,
@@ -142,7 +149,7 @@ fn verb_of(text: &str) -> String {
 pub fn compare(mine: &Transcript, reference: &Transcript) -> Vec<Finding> {
     let (mine, reference) = (commands(mine), commands(reference));
     let pairs = align(mine.len(), reference.len(), |i, j| {
-        mine[i].verb == reference[j].verb
+        same_step(&mine[i].verb, &reference[j].verb)
     });
     let mut unmatched_mine: Vec<usize> = pairs
         .iter()
@@ -154,7 +161,10 @@ pub fn compare(mine: &Transcript, reference: &Transcript) -> Vec<Finding> {
     let mut findings = Vec::new();
     for pair in &pairs {
         match *pair {
-            Pair::Both(i, j) => findings.extend(different_reply(&mine[i], &reference[j])),
+            Pair::Both(i, j) => {
+                findings.extend(other_greeting(&mine[i], &reference[j]));
+                findings.extend(different_reply(&mine[i], &reference[j]));
+            }
             Pair::OnlyRight(j) => {
                 let verb = &reference[j].verb;
                 match unmatched_mine.iter().position(|&i| mine[i].verb == *verb) {
@@ -163,6 +173,7 @@ pub fn compare(mine: &Transcript, reference: &Transcript) -> Vec<Finding> {
                         findings.push(out_of_order(&mine, i, &reference, j, &pairs));
                         findings.extend(different_reply(&mine[i], &reference[j]));
                     }
+                    None if follows_from_refused_data(verb, &mine) => {}
                     None => findings.push(Finding::Missing {
                         verb: verb.clone(),
                         reference_line: reference[j].line_no,
@@ -177,6 +188,30 @@ pub fn compare(mine: &Transcript, reference: &Transcript) -> Vec<Finding> {
         your_line: mine[i].line_no,
     }));
     findings
+}
+
+/// HELO and EHLO are the same step of a session (RFC 5321 §4.1.1.1), said two ways.
+fn same_step(mine: &str, reference: &str) -> bool {
+    let hello = |verb: &str| verb == "HELO" || verb == "EHLO";
+    mine == reference || (hello(mine) && hello(reference))
+}
+
+/// When the server refused DATA, the student could not send message text or its final dot;
+/// that is said once, at DATA, rather than a second time here.
+fn follows_from_refused_data(verb: &str, mine: &[Command]) -> bool {
+    let data_accepted = mine
+        .iter()
+        .any(|command| command.verb == "DATA" && command.reply == Some(354));
+    verb == END_OF_DATA && !data_accepted
+}
+
+fn other_greeting(mine: &Command, reference: &Command) -> Option<Finding> {
+    (mine.verb != reference.verb).then(|| Finding::Instead {
+        yours: mine.verb.clone(),
+        reference: reference.verb.clone(),
+        your_line: mine.line_no,
+        reference_line: reference.line_no,
+    })
 }
 
 fn different_reply(mine: &Command, reference: &Command) -> Option<Finding> {
@@ -338,6 +373,17 @@ fn why_needed(verb: &str) -> &'static str {
     }
 }
 
+/// What changes when a student greets with one verb where the reference uses the other.
+fn why_instead(yours: &str) -> &'static str {
+    match yours {
+        "HELO" => {
+            "after HELO the server lists no extensions, so SIZE, STARTTLS, AUTH and the rest \
+                   stay unused (RFC 5321 §4.1.1.1)."
+        }
+        _ => "EHLO works too, and its reply lists the server's extensions (RFC 5321 §4.1.1.1).",
+    }
+}
+
 /// How a command is named in a sentence.
 fn name(verb: &str) -> String {
     match verb {
@@ -363,6 +409,12 @@ impl fmt::Display for Finding {
                 "Your session never sent {} (reference line {reference_line}): {}",
                 name(verb),
                 why_needed(verb)
+            ),
+            Finding::Instead { yours, reference, your_line, reference_line } => write!(
+                f,
+                "You sent {yours} (your line {your_line}) where the reference sends {reference} \
+                 (reference line {reference_line}): {}",
+                why_instead(yours)
             ),
             Finding::Extra { verb, your_line } => write!(
                 f,

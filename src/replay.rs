@@ -108,33 +108,39 @@ struct Exchange<'a> {
 /// Cuts the transcript into exchanges, up to the first line replay cannot play.
 fn plan(transcript: &Transcript) -> (Vec<Exchange<'_>>, Option<Skipped>) {
     let entries = &transcript.entries;
-    let mut exchanges = vec![Exchange::default()];
+    let mut exchanges = Vec::new();
+    let mut current = Exchange::default();
     for (index, Entry { line_no, line }) in entries.iter().enumerate() {
-        let stop = |lines, reason| Skipped {
+        let (lines_left, reason) = match line {
+            Line::Tls => (
+                entries.len() - index - 1,
+                "the session switched to TLS here, and replay does not speak TLS",
+            ),
+            Line::Client(client) if client.secret => (
+                entries.len() - index,
+                "this line holds a masked {secret}, which replay cannot send",
+            ),
+            Line::Client(client) => {
+                if !current.replies.is_empty() {
+                    exchanges.push(std::mem::take(&mut current));
+                }
+                current.send.push(client);
+                continue;
+            }
+            Line::Server(pattern) => {
+                current.expect(*line_no, pattern);
+                continue;
+            }
+        };
+        exchanges.push(current);
+        let skipped = Skipped {
             line_no: *line_no,
-            lines,
+            lines: lines_left,
             reason,
         };
-        let Some(current) = exchanges.last_mut() else {
-            break;
-        };
-        match line {
-            Line::Tls => {
-                let reason = "the session switched to TLS here, and replay does not speak TLS";
-                return (exchanges, Some(stop(entries.len() - index - 1, reason)));
-            }
-            Line::Client(client) if client.secret => {
-                let reason = "this line holds a masked {secret}, which replay cannot send";
-                return (exchanges, Some(stop(entries.len() - index, reason)));
-            }
-            Line::Client(client) if current.replies.is_empty() => current.send.push(client),
-            Line::Client(client) => exchanges.push(Exchange {
-                send: vec![client],
-                replies: Vec::new(),
-            }),
-            Line::Server(pattern) => current.expect(*line_no, pattern),
-        }
+        return (exchanges, Some(skipped));
     }
+    exchanges.push(current);
     (exchanges, None)
 }
 

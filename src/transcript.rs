@@ -600,6 +600,8 @@ impl fmt::Display for Transcript {
 
 /// The reply that asks for a SASL response; the client's next line is a secret (RFC 4954 §4).
 const SASL_CONTINUE: u16 = 334;
+/// The reply to DATA that asks for the message text (RFC 5321 §4.1.1.4).
+const START_MAIL_INPUT: u16 = 354;
 
 /// Writes one session to its own transcript file while it happens.
 ///
@@ -611,8 +613,18 @@ pub struct Recorder {
     /// `None` once recording has stopped after an error.
     file: Option<File>,
     path: PathBuf,
-    /// The server just sent 334, so the client's next line is a SASL response to mask.
-    secret_next: bool,
+    expecting: Expecting,
+}
+
+/// What the client's next line is, as far as recording cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expecting {
+    /// A command: recorded as sent, except the initial response of `AUTH`.
+    Command,
+    /// After 334: a SASL response, masked as a whole (RFC 4954 §4).
+    SaslResponse,
+    /// After 354: message text, recorded exactly as sent, up to the lone `.`.
+    MessageText,
 }
 
 impl Recorder {
@@ -631,7 +643,7 @@ impl Recorder {
         let mut recorder = Recorder {
             file: Some(file),
             path,
-            secret_next: false,
+            expecting: Expecting::Command,
         };
         let title = title.replace(|c: char| c.is_control(), " ");
         recorder.write(&format!("# title: {title}\n# recorded: {peer}\n"));
@@ -644,13 +656,17 @@ impl Recorder {
     }
 
     /// Records one line exactly as it arrived (bytes without the ending, and the ending).
-    /// A SASL response, or the initial response of `AUTH <mechanism> <response>`, is masked.
+    /// A SASL response, or the initial response of `AUTH <mechanism> <response>`, is masked;
+    /// message text after 354 is never masked.
     pub fn client_line(&mut self, bytes: &[u8], ending: LineEnding) {
-        let (kept, secret) = if std::mem::take(&mut self.secret_next) {
-            (&bytes[..0], true)
-        } else {
-            mask_auth_argument(bytes)
+        let (kept, secret) = match self.expecting {
+            Expecting::SaslResponse => (&bytes[..0], true),
+            Expecting::MessageText => (bytes, false),
+            Expecting::Command => mask_auth_argument(bytes),
         };
+        if self.expecting != Expecting::MessageText || bytes == b"." {
+            self.expecting = Expecting::Command;
+        }
         let line = ClientLine {
             bytes: kept.to_vec(),
             secret,
@@ -667,7 +683,11 @@ impl Recorder {
             written.push_str(&format!("{}\n", Line::Server(Pattern::literal(line))));
             last_code = reply_code(line);
         }
-        self.secret_next = last_code == Some(SASL_CONTINUE);
+        self.expecting = match last_code {
+            Some(SASL_CONTINUE) => Expecting::SaslResponse,
+            Some(START_MAIL_INPUT) => Expecting::MessageText,
+            _ => Expecting::Command,
+        };
         self.write(&written);
     }
 

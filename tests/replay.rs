@@ -292,6 +292,11 @@ fn recorder_round_trip() {
     recorder.server_reply("334 UGFzc3dvcmQ6\r\n");
     recorder.client_line(b"cGFzc3dvcmQ=", LineEnding::CrLf);
     recorder.server_reply("235 2.7.0 OK\r\n");
+    recorder.client_line(b"DATA", LineEnding::CrLf);
+    recorder.server_reply("354 go ahead\r\n");
+    recorder.client_line(b"AUTH PLAIN is just message text here", LineEnding::CrLf);
+    recorder.client_line(b".", LineEnding::CrLf);
+    recorder.server_reply("250 2.0.0 queued\r\n");
     recorder.client_line(b"STARTTLS", LineEnding::CrLf);
     recorder.server_reply("220 2.0.0 go\r\n");
     recorder.tls_started();
@@ -324,6 +329,7 @@ fn recorder_round_trip() {
         "S: 250 2.0.0 OK {{really}\n",
         "C: AUTH PLAIN {secret}\n",
         "C: AUTH LOGIN\nS: 334 VXNlcm5hbWU6\nC: {secret}\nS: 334 UGFzc3dvcmQ6\nC: {secret}\n",
+        "C: AUTH PLAIN is just message text here\nC: .\n",
         "== TLS ==\nC: QUI{EOF}\n",
     ] {
         assert!(text.contains(expected), "{expected:?} missing from\n{text}");
@@ -372,6 +378,8 @@ fn compare_explains_a_forgotten_rcpt_to() {
         "{words:#?}"
     );
     assert!(matches!(&findings[0], Finding::Missing { verb, .. } if verb == "RCPT TO"));
+    // The missing final dot follows from the refused DATA and is not counted again.
+    assert_eq!(findings.len(), 2, "{words:#?}");
 }
 
 #[test]
@@ -391,6 +399,22 @@ fn compare_explains_wrong_order() {
             .iter()
             .any(|w| w.starts_with("You sent DATA before RCPT TO")),
         "{words:#?}"
+    );
+}
+
+#[test]
+fn compare_explains_helo_instead_of_ehlo() {
+    let reference = load("seed-session.txt");
+    let text = reference.to_string().replacen("C: EHLO", "C: HELO", 1);
+    let words: Vec<String> = compare(&Transcript::parse(&text).unwrap(), &reference)
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert_eq!(words.len(), 1, "{words:#?}");
+    assert!(
+        words[0].starts_with("You sent HELO (your line 6) where the reference sends EHLO"),
+        "{}",
+        words[0]
     );
 }
 
