@@ -243,6 +243,8 @@ fn out_of_order(
     };
     let sent_too_early = (0..moved).find(|&k| in_reference(k).is_some_and(|r| r > j));
     let sent_too_late = (moved + 1..mine.len()).find(|&k| in_reference(k).is_some_and(|r| r < j));
+    // With a longest common subsequence one of the two searches always succeeds: a command
+    // left over on both sides that crossed no matched command could have been matched too.
     let (first, then) = match (sent_too_early, sent_too_late) {
         (Some(k), _) => (k, Some(moved)),
         (None, Some(k)) => (moved, Some(k)),

@@ -128,7 +128,7 @@ fn plan(transcript: &Transcript) -> (Vec<Exchange<'_>>, Option<Skipped>) {
                 continue;
             }
             Line::Server(pattern) => {
-                current.expect(*line_no, pattern);
+                current.add_reply_line(*line_no, pattern);
                 continue;
             }
         };
@@ -146,7 +146,7 @@ fn plan(transcript: &Transcript) -> (Vec<Exchange<'_>>, Option<Skipped>) {
 
 impl<'a> Exchange<'a> {
     /// Adds an `S:` line to the reply being built, or starts the next reply.
-    fn expect(&mut self, line_no: usize, pattern: &'a Pattern) {
+    fn add_reply_line(&mut self, line_no: usize, pattern: &'a Pattern) {
         let reply_done = self
             .replies
             .last()
@@ -307,8 +307,7 @@ impl ReplayReport {
                 Ok(actual) => diff_reply(expected, &actual, codes_only),
                 Err(reason) => {
                     usable = false;
-                    let mut diff =
-                        diff_lines(expected, &[], &whole_reply(expected.len(), 0, false));
+                    let mut diff = replaced(expected, &[]);
                     diff.push(DiffLine::Actual(reason));
                     (false, diff)
                 }
@@ -355,43 +354,48 @@ fn diff_reply(
             .last()
             .and_then(|(_, pattern)| pattern.reply_code());
         let got = actual.last().and_then(|line| reply_code(line));
+        // An S: line that starts with a placeholder accepts any code.
         let same = wanted.is_none() || wanted == got;
-        return (
-            same,
-            diff_lines(
-                expected,
-                actual,
-                &whole_reply(expected.len(), actual.len(), same),
-            ),
-        );
+        let lines = if same {
+            actual
+                .iter()
+                .map(|line| DiffLine::Same(said(line)))
+                .collect()
+        } else {
+            replaced(expected, actual)
+        };
+        return (same, lines);
     }
     let pairs = align(expected.len(), actual.len(), |i, j| {
         expected[i].1.matches(&actual[j])
     });
     let same = pairs.iter().all(|pair| matches!(pair, Pair::Both(..)));
-    (same, diff_lines(expected, actual, &pairs))
+    let lines = pairs.iter().map(|pair| match *pair {
+        Pair::Both(_, j) => DiffLine::Same(said(&actual[j])),
+        Pair::OnlyLeft(i) => removed(expected[i]),
+        Pair::OnlyRight(j) => DiffLine::Actual(said(&actual[j])),
+    });
+    (same, lines.collect())
 }
 
-/// With `codes_only` a reply is judged as a whole: all its lines are the same, or all differ.
-fn whole_reply(expected: usize, actual: usize, same: bool) -> Vec<Pair> {
-    if same {
-        return (0..actual).map(|j| Pair::Both(0, j)).collect();
-    }
-    let removed = (0..expected).map(Pair::OnlyLeft);
-    removed.chain((0..actual).map(Pair::OnlyRight)).collect()
+/// The whole expected reply as `-` lines, then the whole actual reply as `+` lines.
+fn replaced(expected: &[(usize, &Pattern)], actual: &[String]) -> Vec<DiffLine> {
+    let added = actual.iter().map(|line| DiffLine::Actual(said(line)));
+    expected
+        .iter()
+        .map(|&line| removed(line))
+        .chain(added)
+        .collect()
 }
 
-fn diff_lines(expected: &[(usize, &Pattern)], actual: &[String], pairs: &[Pair]) -> Vec<DiffLine> {
-    let said = |j: usize| Line::Server(Pattern::literal(&actual[j])).to_string();
-    let diff_line = |pair: &Pair| match *pair {
-        Pair::Both(_, j) => DiffLine::Same(said(j)),
-        Pair::OnlyLeft(i) => DiffLine::Expected {
-            line_no: expected[i].0,
-            text: Line::Server(expected[i].1.clone()).to_string(),
-        },
-        Pair::OnlyRight(j) => DiffLine::Actual(said(j)),
-    };
-    pairs.iter().map(diff_line).collect()
+fn removed((line_no, pattern): (usize, &Pattern)) -> DiffLine {
+    let text = Line::Server(pattern.clone()).to_string();
+    DiffLine::Expected { line_no, text }
+}
+
+/// What the server said, written as an `S:` line that could be pasted into a transcript.
+fn said(text: &str) -> String {
+    Line::Server(Pattern::literal(text)).to_string()
 }
 
 /// The line to name for a reply that differs: its first `-` line, else its first line.

@@ -140,6 +140,8 @@ impl Transcript {
     /// Reads a transcript. Blank lines and `#` lines other than the known headers are skipped.
     pub fn parse(text: &str) -> Result<Transcript, ParseError> {
         let mut transcript = Transcript::default();
+        // Some editors start a file with a byte order mark; it is not part of the first line.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (index, raw) in text.lines().enumerate() {
             let line_no = index + 1;
             // Editors strip trailing blanks, so they carry no meaning; a real one is `{x20}`.
@@ -785,7 +787,7 @@ mod tests {
 
     #[test]
     fn comments_and_blank_lines_are_skipped() {
-        let t = Transcript::parse("# just a comment\n\n# note: hi\nC: QUIT\n").unwrap();
+        let t = Transcript::parse("\u{feff}# just a comment\n\n# note: hi\nC: QUIT\n").unwrap();
         assert_eq!(t.header.notes, ["hi"]);
         assert_eq!(t.entries.len(), 1);
         assert_eq!(t.entries[0].line_no, 4);
