@@ -263,15 +263,6 @@ fn brace_token(name: &str) -> Token {
 }
 
 impl ClientLine {
-    /// A plain line of text ending in CRLF, as a well-behaved client sends it.
-    pub fn text(text: &str) -> ClientLine {
-        ClientLine {
-            bytes: text.as_bytes().to_vec(),
-            secret: false,
-            ending: LineEnding::CrLf,
-        }
-    }
-
     /// Reads the text after `C: `: escapes, then `{secret}`, then `{LF}` or `{EOF}` at the end.
     fn parse(text: &str) -> Result<ClientLine, String> {
         let mut tokens = lex(text)?;
