@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod command;
+pub mod compare;
 pub mod config;
 pub mod connection;
 pub mod data;
@@ -14,6 +15,8 @@ pub mod diagram;
 pub mod extensions;
 pub mod line;
 pub mod mbox;
+pub mod replay;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod transcript;
