@@ -21,6 +21,7 @@ use crate::data::DataReader;
 use crate::line::{CommandLine, Ending, LineReader, ReadError};
 use crate::reply::Reply;
 use crate::session::{Deliver, Next, Session, Step};
+use crate::transcript::{LineEnding, Recorder};
 
 /// What every connection shares: the configuration and the delivery hook.
 #[derive(Clone)]
@@ -37,10 +38,13 @@ struct Connection {
     session: Session,
     config: Arc<Config>,
     output: Vec<u8>,
+    /// `--transcripts`: this session written down as it happens.
+    recorder: Option<Recorder>,
 }
 
 /// Run one session on this thread. Errors end the connection; they are logged, never panics.
-pub fn serve(stream: TcpStream, context: Context, id: String) {
+pub fn serve(stream: TcpStream, context: Context, number: u64) {
+    let id = format!("S{number}");
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
@@ -56,6 +60,17 @@ pub fn serve(stream: TcpStream, context: Context, id: String) {
         local,
         id.clone(),
     );
+    let recorder = context.config.transcripts.as_deref().and_then(|dir| {
+        let title = format!("Session {id} from {peer}");
+        Recorder::create(dir, peer, number, &title)
+            .map_err(|error| {
+                warn!(
+                    "[{id}] cannot record a transcript in {}: {error}",
+                    dir.display()
+                )
+            })
+            .ok()
+    });
     let mut connection = Connection {
         stream,
         peer,
@@ -63,6 +78,7 @@ pub fn serve(stream: TcpStream, context: Context, id: String) {
         session,
         config: context.config,
         output: Vec::new(),
+        recorder,
     };
     let outcome = connection.run();
     let state = connection.session.state().name();
@@ -146,6 +162,7 @@ impl Connection {
             let deadline = Instant::now() + self.config.idle_timeout;
             match self.lines.read_data(&mut self.stream, deadline) {
                 Ok(piece) => {
+                    self.record_client(&piece.bytes, piece.ending);
                     if data.push(&piece, self.lines.saw_cr()) {
                         break;
                     }
@@ -165,7 +182,12 @@ impl Connection {
             ReadError::Closed { partial } if partial.is_empty() => {
                 Ok("client closed the connection")
             }
-            ReadError::Closed { .. } => Ok("client closed the connection in the middle of a line"),
+            ReadError::Closed { partial } => {
+                if let Some(recorder) = &mut self.recorder {
+                    recorder.client_line(&partial, LineEnding::None);
+                }
+                Ok("client closed the connection in the middle of a line")
+            }
             ReadError::Timeout => {
                 self.send(&[Reply::TIMEOUT_421]);
                 self.flush()?;
@@ -190,6 +212,22 @@ impl Connection {
                 debug!("[{}] S: {}", self.session.id(), text.trim_end());
             }
             self.output.extend_from_slice(text.as_bytes());
+            if let Some(recorder) = &mut self.recorder {
+                recorder.server_reply(&text);
+            }
+        }
+    }
+
+    /// Record what the client sent. A fragment of a very long line is recorded as a line of its
+    /// own (marked as ending without a line end); whole lines keep their real ending.
+    fn record_client(&mut self, bytes: &[u8], ending: Option<Ending>) {
+        if let Some(recorder) = &mut self.recorder {
+            let ending = match ending {
+                Some(Ending::CrLf) => LineEnding::CrLf,
+                Some(Ending::Lf) => LineEnding::Lf,
+                None => LineEnding::None,
+            };
+            recorder.client_line(bytes, ending);
         }
     }
 

@@ -166,14 +166,13 @@ fn admit(stream: TcpStream, shared: &Arc<Shared>) {
     }
     let slot = Slot(shared.clone());
     let number = shared.sessions.fetch_add(1, Ordering::SeqCst) + 1;
-    let id = format!("S{number}");
     let context = shared.context.clone();
     let spawned = thread::Builder::new()
-        .name(format!("smtp-{id}"))
+        .name(format!("smtp-S{number}"))
         .stack_size(SESSION_STACK_SIZE)
         .spawn(move || {
             let _slot = slot;
-            connection::serve(stream, context, id);
+            connection::serve(stream, context, number);
         });
     if let Err(error) = spawned {
         warn!("cannot start a session thread: {error}");
