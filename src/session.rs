@@ -659,3 +659,213 @@ fn local_name(argument: &str) -> String {
 fn is_ascii(mailbox: &Mailbox) -> bool {
     mailbox.local_part.is_ascii() && mailbox.domain.to_string().is_ascii()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A delivery hook that remembers what it was given.
+    #[derive(Default)]
+    struct Remember(Mutex<Vec<Message>>);
+
+    impl Deliver for Remember {
+        fn deliver(&self, message: &Message) -> Result<(), Reply> {
+            self.0
+                .lock()
+                .map_err(|_| Reply::LOCAL_ERROR_451)?
+                .push(message.clone());
+            Ok(())
+        }
+    }
+
+    fn session() -> Session {
+        let mut config = Config::default();
+        config.hostname = "smtplab.test".into();
+        config.directory = crate::config::Directory::demo("smtplab.test");
+        let addr: SocketAddr = "127.0.0.1:2525".parse().unwrap();
+        Session::new(
+            Arc::new(config),
+            Arc::new(Remember::default()),
+            addr,
+            addr,
+            "S1".into(),
+        )
+    }
+
+    /// Drive a session into `state` with commands that are legal on the way.
+    fn session_in(state: StateName) -> Session {
+        let mut s = session();
+        let path: &[&str] = match state {
+            Connected => &[],
+            Greeted => &["EHLO c.example"],
+            MailGiven => &["EHLO c.example", "MAIL FROM:<m@c.example>"],
+            RcptGiven | Data => &[
+                "EHLO c.example",
+                "MAIL FROM:<m@c.example>",
+                "RCPT TO:<alice@localhost>",
+            ],
+            Closed => &["QUIT"],
+        };
+        for line in path {
+            assert!(
+                s.command(line.as_bytes()).replies[0].is_positive(),
+                "{line}"
+            );
+        }
+        if state == Data {
+            assert_eq!(s.command(b"DATA").next, Next::ReadData);
+        }
+        assert_eq!(s.state().name(), state);
+        s
+    }
+
+    /// A command line that should succeed for `verb`.
+    fn sample(verb: Verb) -> &'static str {
+        match verb {
+            Verb::Helo => "HELO c.example",
+            Verb::Ehlo => "EHLO c.example",
+            Verb::Mail => "MAIL FROM:<m@c.example>",
+            Verb::Rcpt => "RCPT TO:<bob@localhost>",
+            Verb::Data => "DATA",
+            Verb::Rset => "RSET",
+            Verb::Vrfy => "VRFY alice",
+            Verb::Expn => "EXPN students",
+            Verb::Help => "HELP",
+            Verb::Noop => "NOOP",
+            Verb::Quit => "QUIT",
+            Verb::Send => "SEND FROM:<m@c.example>",
+            Verb::Soml => "SOML FROM:<m@c.example>",
+            Verb::Saml => "SAML FROM:<m@c.example>",
+            Verb::Turn => "TURN",
+        }
+    }
+
+    // ANCHOR: every_row
+    /// Every row of the table: a sample command in the `from` state succeeds and lands in `to`.
+    #[test]
+    fn every_transition_row_holds() {
+        for t in TRANSITIONS {
+            let mut s = session_in(t.from);
+            let step = match t.on {
+                Trigger::Command(verb) => s.command(sample(verb).as_bytes()),
+                Trigger::EndOfData => s.end_of_data(Ok(b"Subject: x\n\nhi\n".to_vec())),
+            };
+            assert!(step.replies[0].is_positive(), "{t:?}: {:?}", step.replies);
+            assert_eq!((step.from, step.to), (t.from, t.to), "{t:?}");
+            assert_eq!(s.state().name(), t.to, "{t:?}");
+        }
+    }
+    // ANCHOR_END: every_row
+
+    /// Every (state, verb) pair the table does not list is refused, and the state stays.
+    #[test]
+    fn everything_else_is_refused_and_changes_nothing() {
+        for from in [Connected, Greeted, MailGiven, RcptGiven] {
+            for row in VERBS {
+                if transition(from, row.verb).is_some() {
+                    continue;
+                }
+                let mut s = session_in(from);
+                let before = s.state().clone();
+                let step = s.command(sample(row.verb).as_bytes());
+                let code = step.replies[0].code;
+                let expected = if row.verb.is_obsolete() { 502 } else { 503 };
+                assert_eq!(code, expected, "{} in {from:?}", row.name);
+                assert_eq!(s.state(), &before, "{} in {from:?}", row.name);
+            }
+        }
+    }
+
+    #[test]
+    fn refused_arguments_leave_the_state() {
+        let mut s = session_in(Greeted);
+        assert_eq!(s.command(b"MAIL FROM:<bad syntax").replies[0].code, 501);
+        assert_eq!(s.state().name(), Greeted);
+        let mut s = session_in(MailGiven);
+        assert_eq!(
+            s.command(b"RCPT TO:<nobody@localhost>").replies[0].code,
+            550
+        );
+        assert_eq!(s.state().name(), MailGiven);
+        assert_eq!(
+            s.command(b"DATA").replies[0].code,
+            554,
+            "all recipients refused"
+        );
+    }
+
+    #[test]
+    fn end_of_data_hands_the_envelope_to_the_hook() {
+        let hook = Arc::new(Remember::default());
+        let mut config = Config::default();
+        config.directory = crate::config::Directory::demo("smtplab.test");
+        let addr: SocketAddr = "127.0.0.1:2525".parse().unwrap();
+        let mut s = Session::new(Arc::new(config), hook.clone(), addr, addr, "S9".into());
+        for line in [
+            "HELO c",
+            "MAIL FROM:<m@c.example>",
+            "RCPT TO:<students@localhost>",
+            "DATA",
+        ] {
+            s.command(line.as_bytes());
+        }
+        let step = s.end_of_data(Ok(b"hi\n".to_vec()));
+        assert_eq!(step.replies[0].code, 250);
+        let delivered = hook.0.lock().unwrap();
+        assert_eq!(delivered[0].id, "S9.1");
+        assert_eq!(
+            delivered[0].envelope.recipients[0].route,
+            Route::Local(vec!["alice".into(), "bob".into()])
+        );
+        assert_eq!(delivered[0].content, b"hi\n");
+    }
+
+    #[test]
+    fn a_refused_message_is_not_delivered() {
+        let mut s = session_in(Data);
+        let step = s.end_of_data(Err(Reply::TOO_BIG_552));
+        assert_eq!(step.replies[0].code, 552);
+        assert_eq!(
+            s.state().name(),
+            Greeted,
+            "the transaction is over either way"
+        );
+    }
+
+    #[test]
+    fn the_error_limit_closes_the_session() {
+        let mut s = session();
+        for _ in 0..DEFAULT_ERRORS_FOR_TEST - 1 {
+            assert_eq!(s.command(b"BOGUS").next, Next::ReadCommand);
+        }
+        let last = s.command(b"BOGUS");
+        assert_eq!(last.replies.last().map(|r| r.code), Some(421));
+        assert_eq!(last.next, Next::Close);
+    }
+
+    const DEFAULT_ERRORS_FOR_TEST: u32 = crate::config::DEFAULT_MAX_ERRORS;
+
+    #[test]
+    fn help_lists_what_is_legal_now() {
+        let mut s = session_in(MailGiven);
+        let help = s.command(b"HELP").replies[0].text.to_string();
+        assert!(help.contains("RCPT TO:<recipient>"), "{help}");
+        assert!(
+            !help.contains("DATA  "),
+            "DATA is not legal before RCPT: {help}"
+        );
+        let mut s = session();
+        let help = s.command(b"HELP MAIL").replies[0].text.to_string();
+        assert!(help.contains("RFC 5321 §4.1.1.2"), "{help}");
+        assert!(s.command(b"HELP TURN").replies[0].text.contains("obsolete"));
+    }
+
+    #[test]
+    fn relaying_depends_on_the_client_not_the_sender() {
+        let mut s = session_in(Greeted);
+        s.command(b"MAIL FROM:<alice@localhost>");
+        let reply = &s.command(b"RCPT TO:<victim@relay.example>").replies[0];
+        assert_eq!((reply.code, reply.status), (550, "5.7.1"));
+    }
+}
