@@ -30,6 +30,9 @@ pub enum Verb {
     Soml,
     Saml,
     Turn,
+    Starttls,
+    Auth,
+    Bdat,
 }
 
 /// Facts about one verb, in one table: HELP prints them, the lessons quote them.
@@ -68,6 +71,12 @@ pub const VERBS: &[VerbInfo] = &[
         "do nothing; the server answers 250", "NOOP"),
     verb(Verb::Quit, "QUIT", "QUIT", "RFC 5321 §4.1.1.10",
         "say goodbye; the server closes the connection", "QUIT"),
+    verb(Verb::Starttls, "STARTTLS", "STARTTLS", "RFC 3207 §4",
+        "switch this connection to TLS; then say EHLO again", "STARTTLS"),
+    verb(Verb::Auth, "AUTH", "AUTH <mechanism> [initial-response]", "RFC 4954 §4",
+        "log in (PLAIN, LOGIN or CRAM-MD5), so the server relays for you", "AUTH PLAIN AGFsaWNlAHBhc3N3b3Jk"),
+    verb(Verb::Bdat, "BDAT", "BDAT <octets> [LAST]", "RFC 3030 §2",
+        "send the next chunk of the message: exactly that many octets follow", "BDAT 86 LAST"),
     verb(Verb::Send, "SEND", "SEND FROM:<sender>", "RFC 5321 Appendix F.3",
         "obsolete: deliver to a terminal instead of a mailbox", "SEND FROM:<mary@client.example>"),
     verb(Verb::Soml, "SOML", "SOML FROM:<sender>", "RFC 5321 Appendix F.3",
@@ -152,6 +161,17 @@ pub enum Command {
     Help(Option<String>),
     Noop,
     Quit,
+    Starttls,
+    /// `AUTH mechanism [initial-response]`
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
+    /// `BDAT chunk-size [LAST]`: the chunk follows the line.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     /// SEND, SOML, SAML, TURN: recognised, never implemented.
     Obsolete(Verb),
 }
@@ -170,6 +190,9 @@ impl Command {
             Command::Help(_) => Verb::Help,
             Command::Noop => Verb::Noop,
             Command::Quit => Verb::Quit,
+            Command::Starttls => Verb::Starttls,
+            Command::Auth { .. } => Verb::Auth,
+            Command::Bdat { .. } => Verb::Bdat,
             Command::Obsolete(verb) => *verb,
         }
     }
@@ -201,6 +224,9 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         Verb::Help => Ok(Command::Help(
             Some(argument.to_string()).filter(|a| !a.is_empty()),
         )),
+        Verb::Starttls => no_argument(argument, verb, Command::Starttls),
+        Verb::Auth => auth_argument(argument),
+        Verb::Bdat => bdat_argument(argument),
         Verb::Send | Verb::Soml | Verb::Saml | Verb::Turn => Ok(Command::Obsolete(verb)),
     }
 }
@@ -208,8 +234,29 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
 
 /// Commands are text: refuse NUL, control characters and bytes that are not UTF-8, saying which.
 fn command_text(line: &[u8]) -> Result<&str, Reply> {
+    command_bytes_problem(line)
+        .map_or(Ok(()), Err)
+        .map_err(|problem| {
+            // RFC 5321 §4.1.2: bad characters in the argument of a known command get 501.
+            let verb = line
+                .split(|&b| b == b' ')
+                .next()
+                .and_then(|w| std::str::from_utf8(w).ok())
+                .and_then(Verb::from_name);
+            match verb {
+                None => Reply::UNKNOWN_COMMAND_500.text(problem),
+                Some(Verb::Mail) => Reply::BAD_SENDER_501.text(problem),
+                Some(Verb::Rcpt) => Reply::BAD_RECIPIENT_501.text(problem),
+                Some(_) => Reply::SYNTAX_501.text(problem),
+            }
+        })?;
+    std::str::from_utf8(line).map_err(|_| Reply::SYNTAX_501)
+}
+
+/// What is wrong with the bytes of a command line, in words, if anything.
+fn command_bytes_problem(line: &[u8]) -> Option<String> {
     if line.contains(&0) {
-        return Err(Reply::UNKNOWN_COMMAND_500.text("Command contains a NUL byte"));
+        return Some("Command contains a NUL byte".into());
     }
     if let Some(&byte) = line.iter().find(|&&b| b == 0x08 || b == 0x7f) {
         let key = if byte == 0x08 {
@@ -217,16 +264,16 @@ fn command_text(line: &[u8]) -> Result<&str, Reply> {
         } else {
             "Delete (0x7F)"
         };
-        return Err(Reply::UNKNOWN_COMMAND_500.text(format!(
+        return Some(format!(
             "Your line contains a {key} character: the terminal sent the key instead of erasing. Type the whole line again"
-        )));
+        ));
     }
     if line.iter().any(|&b| b < 0x20 && b != b'\t') {
-        return Err(Reply::UNKNOWN_COMMAND_500.text("Command contains a control character"));
+        return Some("Command contains a control character".into());
     }
-    std::str::from_utf8(line).map_err(|_| {
-        Reply::UNKNOWN_COMMAND_500.text("Command contains 8-bit bytes that are not UTF-8")
-    })
+    std::str::from_utf8(line)
+        .is_err()
+        .then(|| "Command contains 8-bit bytes that are not UTF-8".into())
 }
 
 /// 500 for an unknown verb, with a suggestion when it is one typo away from a real one.
@@ -299,6 +346,34 @@ fn no_argument(argument: &str, verb: Verb, command: Command) -> Result<Command, 
         return Err(syntax_reply(verb).text(format!("Syntax: {} (no arguments)", verb.name())));
     }
     Ok(command)
+}
+
+/// `"AUTH" SP sasl-mech [SP initial-response]` (RFC 4954 §4)
+fn auth_argument(argument: &str) -> Result<Command, Reply> {
+    let mut words = argument.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some(mechanism), initial, None) => Ok(Command::Auth {
+            mechanism: mechanism.to_string(),
+            initial: initial.map(str::to_string),
+        }),
+        _ => Err(syntax_reply(Verb::Auth)),
+    }
+}
+
+/// `bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ]`, `end-marker = "LAST"` (RFC 3030 §3)
+fn bdat_argument(argument: &str) -> Result<Command, Reply> {
+    let mut words = argument.split_whitespace();
+    let size = words
+        .next()
+        .filter(|w| w.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|w| w.parse().ok());
+    match (size, words.next(), words.next()) {
+        (Some(size), None, None) => Ok(Command::Bdat { size, last: false }),
+        (Some(size), Some(marker), None) if marker.eq_ignore_ascii_case("LAST") => {
+            Ok(Command::Bdat { size, last: true })
+        }
+        _ => Err(syntax_reply(Verb::Bdat)),
+    }
 }
 
 /// `"MAIL FROM:" Reverse-path [SP Mail-parameters]` (RFC 5321 §4.1.1.2)
@@ -418,7 +493,7 @@ mod tests {
         for row in VERBS {
             assert_eq!(VERBS.iter().filter(|r| r.verb == row.verb).count(), 1);
             assert_eq!(row.verb.info().name, row.name);
-            assert!(row.rfc.starts_with("RFC 5321 "), "{}", row.name);
+            assert!(row.rfc.starts_with("RFC "), "{}", row.name);
         }
     }
 
@@ -516,6 +591,35 @@ mod tests {
             .text
             .contains("Backspace"));
         assert!(parse(b"NOOP\x7f").unwrap_err().text.contains("Delete"));
+    }
+
+    #[test]
+    fn auth_and_bdat_arguments() {
+        assert_eq!(
+            parse(b"AUTH PLAIN AGE="),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("AGE=".into())
+            })
+        );
+        assert_eq!(code("AUTH"), 501);
+        assert_eq!(
+            parse(b"BDAT 86 LAST"),
+            Ok(Command::Bdat {
+                size: 86,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse(b"bdat 0"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: false
+            })
+        );
+        assert_eq!(code("BDAT -1"), 501);
+        assert_eq!(code("BDAT 5 FIRST"), 501);
+        assert_eq!(code("STARTTLS now"), 501);
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub const DEMO_PASSWORD: &str = "password";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// `--submission`: the port-587 role, AUTH before MAIL (RFC 6409).
+    pub submission: Vec<SocketAddr>,
+    /// `--smtps`: submission inside TLS from the first byte (RFC 8314).
+    pub smtps: Vec<SocketAddr>,
+    /// `--tls-cert` and `--tls-key`, or `--tls-self-signed`.
+    pub tls: Option<TlsSource>,
     pub hostname: String,
     pub mail_dir: PathBuf,
     pub directory: Directory,
@@ -43,6 +49,15 @@ pub struct Config {
     /// True while the built-in demo users are active (a warning is printed off loopback).
     pub demo_users: bool,
     pub verbose: bool,
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// A PEM certificate and a PEM PKCS#8 key.
+    Files { cert: String, key: String },
+    /// A throwaway certificate made at start for the host name.
+    SelfSigned,
 }
 
 /// Local domains, users and lists.
@@ -125,6 +140,9 @@ impl Default for Config {
         let hostname = system_hostname();
         Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            submission: Vec::new(),
+            smtps: Vec::new(),
+            tls: None,
             directory: Directory::demo(&hostname),
             hostname,
             mail_dir: PathBuf::from("mail"),
@@ -145,6 +163,20 @@ impl Default for Config {
 pub fn options() -> getopts::Options {
     let mut o = getopts::Options::new();
     o.optmulti("l", "listen", "SMTP listener (repeatable)", "ADDR");
+    o.optmulti(
+        "s",
+        "submission",
+        "submission listener: AUTH before MAIL",
+        "ADDR",
+    );
+    o.optmulti("", "smtps", "implicit-TLS submission listener", "ADDR");
+    o.optopt("", "tls-cert", "PEM certificate (enables STARTTLS)", "FILE");
+    o.optopt("", "tls-key", "PEM PKCS#8 private key", "FILE");
+    o.optflag(
+        "",
+        "tls-self-signed",
+        "make a throwaway certificate at start",
+    );
     o.optopt(
         "n",
         "hostname",
@@ -192,6 +224,12 @@ impl Config {
                 .iter()
                 .map(|a| parse_addr(a))
                 .collect::<Result<_, _>>()?;
+        }
+        config.submission = addresses(m, "submission")?;
+        config.smtps = addresses(m, "smtps")?;
+        config.tls = tls_source(m)?;
+        if !config.smtps.is_empty() && config.tls.is_none() {
+            return Err("--smtps needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
         if m.opt_present("domain") {
             config.directory.domains = m.opt_strs("domain");
@@ -265,6 +303,23 @@ impl Cidr {
 fn same_prefix(a: u128, b: u128, prefix: u32, bits: u32) -> bool {
     let shift = bits - prefix;
     shift >= 128 || (a >> shift) == (b >> shift)
+}
+
+fn addresses(m: &getopts::Matches, name: &str) -> Result<Vec<SocketAddr>, String> {
+    m.opt_strs(name).iter().map(|a| parse_addr(a)).collect()
+}
+
+fn tls_source(m: &getopts::Matches) -> Result<Option<TlsSource>, String> {
+    match (
+        m.opt_str("tls-cert"),
+        m.opt_str("tls-key"),
+        m.opt_present("tls-self-signed"),
+    ) {
+        (Some(cert), Some(key), false) => Ok(Some(TlsSource::Files { cert, key })),
+        (None, None, true) => Ok(Some(TlsSource::SelfSigned)),
+        (None, None, false) => Ok(None),
+        _ => Err("Use --tls-cert with --tls-key, or --tls-self-signed alone.".into()),
+    }
 }
 
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {

@@ -5,8 +5,9 @@
 //!   whether it was the end of data.
 //! - `DataReader::finish(saw_cr)` gives the message (lines ending in `\n`) or the reply that
 //!   refuses it: 552 too big, 550 bare CR/LF, 554 NUL byte or too many hops.
+//! - `chunked_content(octets, binary)` does the same for a message sent with BDAT chunks.
 //!
-//! Standards: RFC 5321 §4.1.1.4, RFC 5321 §4.5.2, RFC 5321 §4.5.3.1.7, RFC 5321 §2.3.8, RFC 5321 §6.3
+//! Standards: RFC 5321 §4.1.1.4, RFC 5321 §4.5.2, RFC 5321 §4.5.3.1.7, RFC 5321 §2.3.8, RFC 5321 §6.3, RFC 3030 §2
 
 use crate::line::{Ending, Piece};
 use crate::reply::Reply;
@@ -118,13 +119,39 @@ impl DataReader {
         if self.nul_seen {
             return Err(Reply::NUL_IN_MESSAGE_554);
         }
-        if received_headers(&self.content) > MAX_RECEIVED_HEADERS {
-            return Err(Reply::TOO_MANY_HOPS_554);
-        }
-        Ok(self.content)
+        check_hops(self.content)
     }
     // ANCHOR_END: finish
 }
+
+/// RFC 5321 §6.3: refuse a message that has travelled through too many hops (a mail loop).
+fn check_hops(content: Vec<u8>) -> Result<Vec<u8>, Reply> {
+    if received_headers(&content) > MAX_RECEIVED_HEADERS {
+        return Err(Reply::TOO_MANY_HOPS_554);
+    }
+    Ok(content)
+}
+
+// ANCHOR: chunked_content
+/// The message sent with BDAT chunks (RFC 3030 §2): the octets exactly as sent, no dot-stuffing.
+/// Lines are stored ending in `\n` like DATA's, so both commands store the same bytes. A bare CR
+/// could forge a line in the mbox, so it is refused like DATA's; NUL is allowed only with
+/// `BODY=BINARYMIME`.
+pub fn chunked_content(octets: &[u8], binary: bool) -> Result<Vec<u8>, Reply> {
+    let mut content = Vec::with_capacity(octets.len());
+    let mut rest = octets;
+    while let Some((&byte, tail)) = rest.split_first() {
+        match (byte, tail.first()) {
+            (b'\r', Some(b'\n')) => {}
+            (b'\r', _) => return Err(Reply::BARE_LINE_END_550),
+            (0, _) if !binary => return Err(Reply::NUL_IN_MESSAGE_554),
+            _ => content.push(byte),
+        }
+        rest = tail;
+    }
+    check_hops(content)
+}
+// ANCHOR_END: chunked_content
 
 /// Count the `Received:` fields in the header section (up to the first empty line).
 pub fn received_headers(content: &[u8]) -> usize {
@@ -240,6 +267,23 @@ mod tests {
     fn eight_bit_content_is_kept() {
         let (result, _) = read("Grüße\r\n.\r\n".as_bytes(), Ending::CrLf, 1000);
         assert_eq!(result, Ok("Grüße\n".as_bytes().to_vec()));
+    }
+
+    #[test]
+    fn chunks_are_stored_like_data() {
+        assert_eq!(
+            chunked_content(b"Subject: x\r\n\r\n.hi\r\n", false),
+            Ok(b"Subject: x\n\n.hi\n".to_vec())
+        );
+        assert_eq!(
+            chunked_content(b"a\rb\r\n", false).map_err(|r| r.code),
+            Err(550)
+        );
+        assert_eq!(
+            chunked_content(b"a\0b\r\n", false).map_err(|r| r.code),
+            Err(554)
+        );
+        assert_eq!(chunked_content(b"a\0b\r\n", true), Ok(b"a\0b\n".to_vec()));
     }
 
     #[test]

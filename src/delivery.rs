@@ -5,7 +5,7 @@
 //!   and appends the message to every local mailbox at once, all or nothing.
 //! - `received_header(..)` builds the trace line of RFC 5321 §4.4.
 //!
-//! Standards: RFC 5321 §4.4, RFC 5321 §6.1, RFC 5321 §4.2.5, RFC 3463 §3.4
+//! Standards: RFC 5321 §4.4, RFC 5321 §6.1, RFC 5321 §4.2.5, RFC 3463 §3.4, RFC 3848 §3, RFC 6531 §3.7.3
 
 use std::io;
 use std::time::SystemTime;
@@ -87,7 +87,14 @@ impl LocalDelivery {
                 let trace_headers = format!(
                     "Return-Path: {}\n{}",
                     message.envelope.sender,
-                    received_header(&message.client, &self.hostname, &message.id, recipient, now)
+                    received_header(
+                        &message.client,
+                        message.envelope.options.smtputf8,
+                        &self.hostname,
+                        &message.id,
+                        recipient,
+                        now
+                    )
                 );
                 deliveries.push(Delivery {
                     user: user.clone(),
@@ -104,13 +111,14 @@ impl LocalDelivery {
 /// (RFC 5321 §4.4: the FROM clause names the HELO argument and the TCP peer's address).
 pub fn received_header(
     client: &Client,
+    smtputf8: bool,
     hostname: &str,
     id: &str,
     recipient: &Recipient,
     now: SystemTime,
 ) -> String {
     let helo = client.helo.as_deref().unwrap_or("unknown");
-    let protocol = if client.esmtp { "ESMTP" } else { "SMTP" };
+    let protocol = protocol(client, smtputf8);
     format!(
         "Received: from {helo} ([{}])\n\tby {hostname} (smtplab) with {protocol} id {id}\n\tfor {}; {}\n",
         client.peer.ip(),
@@ -119,6 +127,19 @@ pub fn received_header(
     )
 }
 // ANCHOR_END: received_header
+
+/// The WITH clause: SMTP or ESMTP, then S for TLS and A for AUTH (RFC 3848 §3), or UTF8SMTP
+/// with the same letters for a message sent with SMTPUTF8 (RFC 6531 §3.7.3).
+fn protocol(client: &Client, smtputf8: bool) -> String {
+    let base = match (smtputf8, client.esmtp) {
+        (true, _) => "UTF8SMTP",
+        (false, true) => "ESMTP",
+        (false, false) => "SMTP",
+    };
+    let tls = if client.tls { "S" } else { "" };
+    let auth = if client.user.is_some() { "A" } else { "" };
+    format!("{base}{tls}{auth}")
+}
 
 /// A failed delivery is temporary: the client keeps the message and tries again (RFC 5321 §4.2.5).
 fn failure_reply(error: &DeliveryError) -> Reply {

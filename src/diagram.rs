@@ -16,6 +16,8 @@ fn edges() -> Vec<(StateName, StateName, Vec<String>)> {
         let label = match on {
             Trigger::Command(verb) => verb.name().to_string(),
             Trigger::EndOfData => "end of data".to_string(),
+            Trigger::LastChunk => "last chunk".to_string(),
+            Trigger::SaslResponse => "SASL response".to_string(),
         };
         match edges.iter_mut().find(|(f, t, _)| f == from && t == to) {
             Some((_, _, labels)) => labels.push(label),

@@ -6,10 +6,19 @@
 //!   `MailOptions`, or the reply that refuses them (552, 555, 501).
 //! - `rcpt_options(params)` refuses every RCPT parameter: none is advertised yet.
 //!
-//! Standards: RFC 5321 §4.1.1.1, RFC 1870 §3, RFC 1870 §6, RFC 6152 §2, RFC 2920 §3, RFC 2034 §2
+//! Standards: RFC 5321 §4.1.1.1, RFC 1870 §3, RFC 1870 §6, RFC 6152 §2, RFC 2920 §3, RFC 2034 §2, RFC 6531 §3.4, RFC 3030 §3, RFC 4954 §5
 
 use crate::command::Param;
 use crate::reply::Reply;
+
+/// What this session may offer beyond the fixed list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offer {
+    /// RFC 3207: TLS is configured and not yet active.
+    pub starttls: bool,
+    /// RFC 4954: AUTH is offered (over TLS, or to a loopback client).
+    pub auth: bool,
+}
 
 /// The limits a client learns from EHLO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +33,8 @@ pub enum BodyType {
     #[default]
     SevenBit,
     EightBitMime,
+    /// RFC 3030 §3: any octets; only BDAT can carry it.
+    BinaryMime,
 }
 
 /// What the MAIL FROM parameters asked for.
@@ -32,18 +43,30 @@ pub struct MailOptions {
     /// RFC 1870 `SIZE=`: the size the client declared, if it did.
     pub declared_size: Option<u64>,
     pub body: BodyType,
+    /// RFC 6531 §3.4: UTF-8 is allowed in addresses and headers.
+    pub smtputf8: bool,
 }
 
 // ANCHOR: ehlo_keywords
 /// The keywords after the first line of the EHLO reply (RFC 5321 §4.1.1.1).
-pub fn ehlo_keywords(limits: Limits) -> Vec<String> {
-    vec![
+pub fn ehlo_keywords(limits: Limits, offer: Offer) -> Vec<String> {
+    let mut keywords = vec![
         format!("SIZE {}", limits.max_size), // RFC 1870
         "8BITMIME".to_string(),              // RFC 6152
         "PIPELINING".to_string(),            // RFC 2920
         "ENHANCEDSTATUSCODES".to_string(),   // RFC 2034
+        "SMTPUTF8".to_string(),              // RFC 6531
+        "CHUNKING".to_string(),              // RFC 3030
+        "BINARYMIME".to_string(),            // RFC 3030
         "HELP".to_string(),                  // RFC 5321 §4.1.1.8
-    ]
+    ];
+    if offer.starttls {
+        keywords.push("STARTTLS".to_string()); // RFC 3207
+    }
+    if offer.auth {
+        keywords.push(format!("AUTH {}", crate::auth::MECHANISMS)); // RFC 4954
+    }
+    keywords
 }
 // ANCHOR_END: ehlo_keywords
 
@@ -54,6 +77,10 @@ pub fn mail_options(params: &[Param], limits: Limits) -> Result<MailOptions, Rep
         match (param.keyword.as_str(), param.value.as_deref()) {
             ("SIZE", Some(value)) => options.declared_size = Some(size(value, limits)?),
             ("BODY", Some(value)) => options.body = body(value)?,
+            ("SMTPUTF8", None) => options.smtputf8 = true,
+            // RFC 4954 §5: AUTH= is accepted whether or not this client authenticated; a
+            // server that does not trust the client's claim simply ignores it.
+            ("AUTH", Some(_)) => {}
             _ => return Err(unknown_parameter(param)),
         }
     }
@@ -87,7 +114,8 @@ fn body(value: &str) -> Result<BodyType, Reply> {
     match value.to_ascii_uppercase().as_str() {
         "7BIT" => Ok(BodyType::SevenBit),
         "8BITMIME" => Ok(BodyType::EightBitMime),
-        _ => Err(Reply::SYNTAX_501.text("BODY must be 7BIT or 8BITMIME (RFC 6152)")),
+        "BINARYMIME" => Ok(BodyType::BinaryMime),
+        _ => Err(Reply::SYNTAX_501.text("BODY must be 7BIT, 8BITMIME or BINARYMIME")),
     }
 }
 
@@ -129,12 +157,19 @@ mod tests {
     fn body_types() {
         let eight = mail_options(&[param("BODY", Some("8bitmime"))], LIMITS);
         assert_eq!(eight.map(|o| o.body), Ok(BodyType::EightBitMime));
+        let binary = mail_options(&[param("BODY", Some("BINARYMIME"))], LIMITS);
+        assert_eq!(binary.map(|o| o.body), Ok(BodyType::BinaryMime));
         assert_eq!(
-            mail_options(&[param("BODY", Some("BINARYMIME"))], LIMITS)
+            mail_options(&[param("BODY", Some("9BIT"))], LIMITS)
                 .unwrap_err()
                 .code,
             501
         );
+        let utf8 = mail_options(
+            &[param("SMTPUTF8", None), param("AUTH", Some("<>"))],
+            LIMITS,
+        );
+        assert_eq!(utf8.map(|o| o.smtputf8), Ok(true));
     }
 
     #[test]
@@ -157,7 +192,7 @@ mod tests {
 
     #[test]
     fn advertises_the_core_extensions() {
-        let keywords = ehlo_keywords(LIMITS);
+        let keywords = ehlo_keywords(LIMITS, Offer::default());
         for expected in [
             "SIZE 1000",
             "8BITMIME",

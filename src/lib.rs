@@ -4,6 +4,7 @@
 //! Standards: RFC 5321 §2.3
 
 pub mod address;
+pub mod auth;
 pub mod command;
 pub mod compare;
 pub mod config;
@@ -19,4 +20,5 @@ pub mod replay;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod transcript;

@@ -173,6 +173,34 @@ impl LineReader {
         }
     }
 
+    // ANCHOR: read_chunk
+    /// Read exactly `size` octets (a BDAT chunk, RFC 3030 §2), keeping at most `keep` of them:
+    /// the rest is read and dropped, so the session stays in sync and memory stays bounded.
+    pub fn read_chunk(
+        &mut self,
+        source: &mut impl TimedRead,
+        size: u64,
+        keep: usize,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ReadError> {
+        let mut kept = Vec::new();
+        let mut left = size;
+        while left > 0 {
+            if !self.has_buffered() {
+                self.fill(source, deadline)?;
+            }
+            let take = self
+                .buffered()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let room = keep.saturating_sub(kept.len()).min(take);
+            kept.extend_from_slice(&self.buf[self.start..self.start + room]);
+            self.start += take;
+            left -= take as u64;
+        }
+        Ok(kept)
+    }
+    // ANCHOR_END: read_chunk
+
     fn buffered(&self) -> usize {
         self.end - self.start
     }
@@ -436,6 +464,18 @@ pub(crate) mod tests {
                 bytes: vec![],
                 ending: Some(Ending::CrLf)
             })
+        );
+    }
+
+    #[test]
+    fn chunks_are_read_exactly_and_capped() {
+        let mut source = Chunks(vec![b"abc".to_vec(), b"defgNOOP\r\n".to_vec()]);
+        let mut reader = LineReader::new();
+        let chunk = reader.read_chunk(&mut source, 7, 4, soon()).ok();
+        assert_eq!(chunk, Some(b"abcd".to_vec()));
+        assert_eq!(
+            reader.read_command(&mut source, soon()).ok(),
+            Some(line(b"NOOP", Ending::CrLf))
         );
     }
 

@@ -20,11 +20,15 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use crate::config::Config;
+use native_tls::TlsAcceptor;
+
+use crate::config::{Config, TlsSource};
 use crate::connection::{self, Context};
 use crate::delivery::LocalDelivery;
 use crate::mbox::MailDir;
 use crate::reply::Reply;
+use crate::session::Role;
+use crate::tls;
 
 /// Stack of each session thread: sessions keep their buffers on the heap, so a small stack is
 /// plenty, and a thousand idle clients cost little memory.
@@ -32,7 +36,7 @@ const SESSION_STACK_SIZE: usize = 256 * 1024;
 
 /// The bound listeners and what their sessions share.
 pub struct Server {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Role)>,
     shared: Arc<Shared>,
 }
 
@@ -45,7 +49,7 @@ struct Shared {
 
 /// Stops background acceptors when dropped.
 pub struct ServerHandle {
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<(SocketAddr, Role)>,
     shared: Arc<Shared>,
     acceptors: Vec<JoinHandle<()>>,
 }
@@ -72,14 +76,21 @@ impl Server {
             mail_dir: MailDir::new(config.mail_dir.clone()),
             hostname: config.hostname.clone(),
         });
-        let listeners = config
-            .listen
-            .iter()
-            .map(|addr| bind_one(*addr))
-            .collect::<Result<Vec<_>, _>>()?;
+        let tls = tls_acceptor(&config)?;
+        let mut listeners = Vec::new();
+        for (addrs, role) in [
+            (&config.listen, Role::Relay),
+            (&config.submission, Role::Submission),
+            (&config.smtps, Role::ImplicitTls),
+        ] {
+            for addr in addrs {
+                listeners.push((bind_one(*addr)?, role));
+            }
+        }
         let context = Context {
             config: Arc::new(config),
             deliver,
+            tls,
         };
         Ok(Server {
             listeners,
@@ -92,11 +103,11 @@ impl Server {
         })
     }
 
-    /// The addresses actually bound (port 0 becomes a real port).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+    /// The addresses actually bound (port 0 becomes a real port), with their roles.
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, Role)> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, role)| l.local_addr().ok().map(|a| (a, *role)))
             .collect()
     }
 
@@ -113,9 +124,9 @@ impl Server {
         let acceptors = self
             .listeners
             .into_iter()
-            .map(|listener| {
+            .map(|(listener, role)| {
                 let shared = self.shared.clone();
-                thread::spawn(move || accept_loop(&listener, &shared))
+                thread::spawn(move || accept_loop(&listener, role, &shared))
             })
             .collect();
         ServerHandle {
@@ -124,6 +135,19 @@ impl Server {
             acceptors,
         }
     }
+}
+
+/// The TLS acceptor, when a certificate was given or a throwaway one was asked for.
+fn tls_acceptor(config: &Config) -> Result<Option<Arc<TlsAcceptor>>, String> {
+    let acceptor = match &config.tls {
+        None => return Ok(None),
+        Some(TlsSource::Files { cert, key }) => tls::acceptor_from_files(cert, key)?,
+        Some(TlsSource::SelfSigned) => {
+            let (cert, key) = tls::self_signed(&config.hostname)?;
+            tls::acceptor_from_pem(&cert, &key)?
+        }
+    };
+    Ok(Some(Arc::new(acceptor)))
 }
 
 fn bind_one(addr: SocketAddr) -> Result<TcpListener, String> {
@@ -140,13 +164,13 @@ fn bind_one(addr: SocketAddr) -> Result<TcpListener, String> {
 
 // ANCHOR: accept_loop
 /// The welcome socket's loop: accept, then hand the new socket to a thread of its own.
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+fn accept_loop(listener: &TcpListener, role: Role, shared: &Arc<Shared>) {
     for stream in listener.incoming() {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
         match stream {
-            Ok(stream) => admit(stream, shared),
+            Ok(stream) => admit(stream, role, shared),
             Err(error) => {
                 // Out of file descriptors, for example: wait a moment rather than spin.
                 warn!("accept failed: {error}");
@@ -157,7 +181,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 }
 
 /// Count the client in, or turn it away with 421 when the server is full.
-fn admit(stream: TcpStream, shared: &Arc<Shared>) {
+fn admit(stream: TcpStream, role: Role, shared: &Arc<Shared>) {
     let max = shared.context.config.max_connections;
     if shared.active.fetch_add(1, Ordering::SeqCst) >= max {
         shared.active.fetch_sub(1, Ordering::SeqCst);
@@ -172,7 +196,7 @@ fn admit(stream: TcpStream, shared: &Arc<Shared>) {
         .stack_size(SESSION_STACK_SIZE)
         .spawn(move || {
             let _slot = slot;
-            connection::serve(stream, context, number);
+            connection::serve(stream, context, number, role);
         });
     if let Err(error) = spawned {
         warn!("cannot start a session thread: {error}");
@@ -192,12 +216,14 @@ fn refuse(mut stream: TcpStream) {
 }
 
 impl ServerHandle {
+    /// The first address (the first `--listen`).
     pub fn addr(&self) -> SocketAddr {
-        self.addrs[0]
+        self.addrs[0].0
     }
 
-    pub fn addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+    /// The first address of a role's listener (`--submission`, `--smtps`), if there is one.
+    pub fn addr_of(&self, role: Role) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(_, r)| *r == role).map(|(a, _)| *a)
     }
 
     /// Sessions running now.
@@ -214,7 +240,7 @@ impl Drop for ServerHandle {
     /// Stop accepting: set the flag, then wake each blocked `accept` with a connection.
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        for addr in &self.addrs {
+        for (addr, _) in &self.addrs {
             let _ = TcpStream::connect_timeout(addr, Duration::from_secs(1));
         }
         for acceptor in self.acceptors.drain(..) {

@@ -16,9 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
+use crate::auth::{self, Credentials, Exchange, Sasl};
 use crate::command::{self, Command, Param, Verb, VERBS};
 use crate::config::Config;
-use crate::extensions::{self, Limits, MailOptions};
+use crate::data;
+use crate::extensions::{self, BodyType, Limits, MailOptions, Offer};
 use crate::reply::Reply;
 
 // ANCHOR: state
@@ -35,6 +37,15 @@ pub enum State {
     RcptGiven { envelope: Envelope },
     /// 354 was sent; the connection is reading the message.
     Data { envelope: Envelope },
+    /// BDAT chunks are arriving (RFC 3030): `octets` so far, `last` once BDAT ... LAST came.
+    Chunking {
+        envelope: Envelope,
+        content: Vec<u8>,
+        octets: u64,
+        last: bool,
+    },
+    /// AUTH sent 334 and waits for the client's SASL response (RFC 4954 §4).
+    Authenticating { exchange: Exchange },
     /// QUIT, or the server closed the session.
     Closed,
 }
@@ -48,6 +59,8 @@ pub enum StateName {
     MailGiven,
     RcptGiven,
     Data,
+    Chunking,
+    Authenticating,
     Closed,
 }
 
@@ -56,6 +69,10 @@ pub enum StateName {
 pub enum Trigger {
     Command(Verb),
     EndOfData,
+    /// The chunk of `BDAT ... LAST` has arrived.
+    LastChunk,
+    /// The client's answer to a 334 challenge.
+    SaslResponse,
 }
 
 /// One legal move. A refused command (4xx/5xx) leaves the state as it was (RFC 5321 §4.1.4).
@@ -76,7 +93,7 @@ const fn row(from: StateName, verb: Verb, to: StateName, rfc: &'static str) -> T
     }
 }
 
-use StateName::{Closed, Connected, Data, Greeted, MailGiven, RcptGiven};
+use StateName::{Authenticating, Chunking, Closed, Connected, Data, Greeted, MailGiven, RcptGiven};
 
 // ANCHOR: transitions
 /// Every legal move of an SMTP server session. Anything else gets 503 (RFC 5321 §4.1.4).
@@ -91,12 +108,22 @@ pub const TRANSITIONS: &[Transition] = &[
     row(RcptGiven, Verb::Rcpt, RcptGiven, "RFC 5321 §4.1.1.3"),
     row(RcptGiven, Verb::Data, Data,      "RFC 5321 §4.1.1.4"),
     Transition { from: Data, on: Trigger::EndOfData, to: Greeted, rfc: "RFC 5321 §4.1.1.4" },
+    row(RcptGiven, Verb::Bdat, Chunking,  "RFC 3030 §2"),
+    row(Chunking,  Verb::Bdat, Chunking,  "RFC 3030 §2"),
+    Transition { from: Chunking, on: Trigger::LastChunk, to: Greeted, rfc: "RFC 3030 §2" },
+    // STARTTLS resets the session to its initial state (RFC 3207 §4.2): EHLO again.
+    row(Greeted,   Verb::Starttls, Connected, "RFC 3207 §4.2"),
+    row(Greeted,   Verb::Auth, Authenticating, "RFC 4954 §4"),
+    Transition { from: Authenticating, on: Trigger::SaslResponse, to: Greeted, rfc: "RFC 4954 §4" },
     // A new HELO/EHLO or RSET drops the transaction "exactly as if a RSET command had been issued".
     row(MailGiven, Verb::Ehlo, Greeted,   "RFC 5321 §4.1.4"),
     row(MailGiven, Verb::Helo, Greeted,   "RFC 5321 §4.1.4"),
     row(RcptGiven, Verb::Ehlo, Greeted,   "RFC 5321 §4.1.4"),
     row(RcptGiven, Verb::Helo, Greeted,   "RFC 5321 §4.1.4"),
+    row(Chunking,  Verb::Ehlo, Greeted,   "RFC 5321 §4.1.4"),
+    row(Chunking,  Verb::Helo, Greeted,   "RFC 5321 §4.1.4"),
     row(Connected, Verb::Rset, Connected, "RFC 5321 §4.1.1.5"),
+    row(Chunking,  Verb::Rset, Greeted,   "RFC 3030 §4"),
     row(Greeted,   Verb::Rset, Greeted,   "RFC 5321 §4.1.1.5"),
     row(MailGiven, Verb::Rset, Greeted,   "RFC 5321 §4.1.1.5"),
     row(RcptGiven, Verb::Rset, Greeted,   "RFC 5321 §4.1.1.5"),
@@ -105,6 +132,7 @@ pub const TRANSITIONS: &[Transition] = &[
     row(Greeted,   Verb::Noop, Greeted,   "RFC 5321 §4.1.1.9"),
     row(MailGiven, Verb::Noop, MailGiven, "RFC 5321 §4.1.1.9"),
     row(RcptGiven, Verb::Noop, RcptGiven, "RFC 5321 §4.1.1.9"),
+    row(Chunking,  Verb::Noop, Chunking,  "RFC 5321 §4.1.1.9"),
     row(Connected, Verb::Help, Connected, "RFC 5321 §4.1.1.8"),
     row(Greeted,   Verb::Help, Greeted,   "RFC 5321 §4.1.1.8"),
     row(MailGiven, Verb::Help, MailGiven, "RFC 5321 §4.1.1.8"),
@@ -121,6 +149,7 @@ pub const TRANSITIONS: &[Transition] = &[
     row(Greeted,   Verb::Quit, Closed,    "RFC 5321 §4.1.1.10"),
     row(MailGiven, Verb::Quit, Closed,    "RFC 5321 §4.1.1.10"),
     row(RcptGiven, Verb::Quit, Closed,    "RFC 5321 §4.1.1.10"),
+    row(Chunking,  Verb::Quit, Closed,    "RFC 5321 §4.1.1.10"),
 ];
 // ANCHOR_END: transitions
 
@@ -166,6 +195,29 @@ pub struct Client {
     pub helo: Option<String>,
     /// True after EHLO (the Received header then says ESMTP).
     pub esmtp: bool,
+    /// True once the connection runs inside TLS (STARTTLS or implicit TLS).
+    pub tls: bool,
+    /// The user who authenticated with AUTH, if any.
+    pub user: Option<String>,
+}
+
+/// The role of the listener a client came in on (RFC 6409 §3, RFC 8314 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Port 25: mail for local domains from anyone; relaying only for AUTH or `--relay-from`.
+    Relay,
+    /// Port 587 (`--submission`): a user's own mail client; AUTH before MAIL.
+    Submission,
+    /// Port 465 (`--smtps`): submission inside TLS from the first byte.
+    ImplicitTls,
+}
+
+/// What the listener offers this client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub role: Role,
+    /// TLS is configured (so STARTTLS can be offered while the connection is in the clear).
+    pub tls_available: bool,
 }
 
 /// A message ready for delivery: handed to the `Deliver` hook at the end of DATA.
@@ -189,6 +241,10 @@ pub trait Deliver: Send + Sync {
 pub enum Next {
     ReadCommand,
     ReadData,
+    /// Read exactly this many octets (a BDAT chunk), then call `Session::chunk`.
+    ReadChunk(u64),
+    /// Send the replies, drop any unread input, and run the TLS handshake.
+    StartTls,
     Close,
 }
 
@@ -207,12 +263,17 @@ pub struct Step {
 pub struct Session {
     state: State,
     client: Client,
+    endpoint: Endpoint,
     config: Arc<Config>,
     deliver: Arc<dyn Deliver>,
     errors: u32,
+    auth_failures: u32,
     id: String,
     messages: u32,
 }
+
+/// RFC 4954 §4 leaves the number of tries to the server; three, then 421, stops password guessing.
+pub const MAX_AUTH_FAILURES: u32 = 3;
 
 impl State {
     pub fn name(&self) -> StateName {
@@ -222,6 +283,8 @@ impl State {
             State::MailGiven { .. } => MailGiven,
             State::RcptGiven { .. } => RcptGiven,
             State::Data { .. } => Data,
+            State::Chunking { .. } => Chunking,
+            State::Authenticating { .. } => Authenticating,
             State::Closed => Closed,
         }
     }
@@ -231,10 +294,11 @@ impl Session {
     pub fn new(
         config: Arc<Config>,
         deliver: Arc<dyn Deliver>,
-        peer: SocketAddr,
-        local: SocketAddr,
+        endpoint: Endpoint,
+        (peer, local): (SocketAddr, SocketAddr),
         id: String,
     ) -> Session {
+        let tls = endpoint.role == Role::ImplicitTls;
         Session {
             state: State::Connected,
             client: Client {
@@ -242,13 +306,21 @@ impl Session {
                 local,
                 helo: None,
                 esmtp: false,
+                tls,
+                user: None,
             },
+            endpoint,
             config,
             deliver,
             errors: 0,
+            auth_failures: 0,
             id,
             messages: 0,
         }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     pub fn state(&self) -> &State {
@@ -271,6 +343,11 @@ impl Session {
     /// Take one command line (without its line end) and return what to answer and do next.
     pub fn command(&mut self, line: &[u8]) -> Step {
         let from = self.state.name();
+        if let State::Authenticating { .. } = self.state {
+            let mut replies = self.sasl_response(line);
+            let next = self.after_auth(&mut replies);
+            return self.finish(from, replies, next, "RFC 4954 §4");
+        }
         let (replies, next, rfc) = match command::parse(line) {
             Ok(command) => {
                 let rfc = command.verb().info().rfc;
@@ -322,6 +399,11 @@ impl Session {
             return (vec![obsolete(verb)], Next::ReadCommand);
         }
         if transition(self.state.name(), verb).is_none() {
+            // A refused BDAT is still followed by its chunk: read and drop it, then answer
+            // (in `chunk`), or the chunk's bytes would be taken for commands.
+            if let Command::Bdat { size, .. } = command {
+                return (Vec::new(), Next::ReadChunk(size));
+            }
             return (vec![self.out_of_order(verb)], Next::ReadCommand);
         }
         let reply = match command {
@@ -336,6 +418,13 @@ impl Session {
             Command::Help(topic) => self.help(topic.as_deref()),
             Command::Noop => Reply::OK_250,
             Command::Quit => return self.quit(),
+            Command::Starttls => return self.starttls(),
+            Command::Auth { mechanism, initial } => {
+                let mut replies = vec![self.auth(&mechanism, initial.as_deref())];
+                let next = self.after_auth(&mut replies);
+                return (replies, next);
+            }
+            Command::Bdat { size, last } => return self.bdat(size, last),
             Command::Obsolete(verb) => obsolete(verb),
         };
         (vec![reply], Next::ReadCommand)
@@ -351,8 +440,11 @@ impl Session {
         if !esmtp {
             return Reply::new(250, "", "").text(hello);
         }
-        let limits = self.limits();
-        extensions::ehlo_keywords(limits)
+        let offer = Offer {
+            starttls: self.endpoint.tls_available && !self.client.tls,
+            auth: self.offers_auth(),
+        };
+        extensions::ehlo_keywords(self.limits(), offer)
             .into_iter()
             .fold(Reply::new(250, "", "").text(hello), Reply::line)
     }
@@ -365,12 +457,20 @@ impl Session {
 
     /// MAIL FROM (RFC 5321 §4.1.1.2): open a transaction.
     fn mail(&mut self, sender: ReversePath, params: &[Param]) -> Reply {
+        // RFC 6409 §4.3: the submission port takes mail only from users who logged in.
+        if self.endpoint.role != Role::Relay && self.client.user.is_none() {
+            return Reply::new(
+                530,
+                "5.7.0",
+                "Authentication required: AUTH first (this is the submission port)",
+            );
+        }
         let options = match extensions::mail_options(params, self.limits()) {
             Ok(options) => options,
             Err(reply) => return reply,
         };
         if let ReversePath::Mailbox(mailbox) = &sender {
-            if !is_ascii(mailbox) {
+            if !options.smtputf8 && !is_ascii(mailbox) {
                 return Reply::NEEDS_SMTPUTF8_553;
             }
         }
@@ -388,7 +488,6 @@ impl Session {
 
     /// RCPT TO (RFC 5321 §4.1.1.3): add one recipient, if it is ours.
     fn rcpt(&mut self, path: ForwardPath, params: &[Param]) -> Reply {
-        let checked = extensions::rcpt_options(params).and_then(|()| self.route(&path));
         let mut envelope = match std::mem::replace(&mut self.state, State::Closed) {
             State::MailGiven { envelope } | State::RcptGiven { envelope } => envelope,
             other => {
@@ -396,6 +495,8 @@ impl Session {
                 return Reply::BAD_SEQUENCE_503;
             }
         };
+        let smtputf8 = envelope.options.smtputf8;
+        let checked = extensions::rcpt_options(params).and_then(|()| self.route(&path, smtputf8));
         let reply = match checked {
             // RFC 5321 §4.5.3.1.10: over an implementation limit, answer 452 and keep the others.
             Ok(_) if envelope.recipients.len() >= self.config.max_recipients => {
@@ -418,7 +519,7 @@ impl Session {
     // ANCHOR: route
     /// Where does a forward path go? A local user or list, or (only for a client allowed to
     /// relay) another domain. Everything else is refused: no open relay (RFC 5321 §7.1).
-    fn route(&self, path: &ForwardPath) -> Result<Route, Reply> {
+    fn route(&self, path: &ForwardPath, smtputf8: bool) -> Result<Route, Reply> {
         let directory = &self.config.directory;
         let mailbox = match path {
             // RFC 5321 §4.5.1: <postmaster> without a domain must always work.
@@ -430,7 +531,7 @@ impl Session {
             }
             ForwardPath::Mailbox(mailbox) => mailbox,
         };
-        if !is_ascii(mailbox) {
+        if !smtputf8 && !is_ascii(mailbox) {
             return Err(Reply::NEEDS_SMTPUTF8_553);
         }
         if !self.is_local(&mailbox.domain) {
@@ -472,6 +573,13 @@ impl Session {
     /// DATA (RFC 5321 §4.1.1.4): 354, then the connection reads the message.
     fn data(&mut self) -> (Vec<Reply>, Next) {
         match std::mem::replace(&mut self.state, State::Closed) {
+            // RFC 3030 §3: a BINARYMIME body cannot be sent with DATA.
+            State::RcptGiven { envelope } if envelope.options.body == BodyType::BinaryMime => {
+                self.state = State::RcptGiven { envelope };
+                let reply = Reply::BAD_SEQUENCE_503
+                    .text("BODY=BINARYMIME needs BDAT, not DATA (RFC 3030 §3)");
+                (vec![reply], Next::ReadCommand)
+            }
             State::RcptGiven { envelope } => {
                 self.state = State::Data { envelope };
                 (vec![Reply::START_MAIL_354], Next::ReadData)
@@ -512,6 +620,207 @@ impl Session {
             Ok(()) => Reply::OK_250.text(format!("OK: message {id} delivered")),
             Err(reply) => reply,
         }
+    }
+
+    /// BDAT (RFC 3030 §2): the connection reads the chunk, then calls `chunk`.
+    fn bdat(&mut self, size: u64, last: bool) -> (Vec<Reply>, Next) {
+        self.state = match std::mem::replace(&mut self.state, State::Closed) {
+            State::RcptGiven { envelope } => State::Chunking {
+                envelope,
+                content: Vec::new(),
+                octets: 0,
+                last,
+            },
+            State::Chunking {
+                envelope,
+                content,
+                octets,
+                ..
+            } => State::Chunking {
+                envelope,
+                content,
+                octets,
+                last,
+            },
+            other => other,
+        };
+        (Vec::new(), Next::ReadChunk(size))
+    }
+
+    /// How many more octets of chunk data are worth keeping (the rest only counts to the limit).
+    pub fn chunk_room(&self) -> usize {
+        let max = usize::try_from(self.config.max_size).unwrap_or(usize::MAX);
+        match &self.state {
+            State::Chunking { content, .. } => max.saturating_sub(content.len()),
+            _ => 0,
+        }
+    }
+
+    // ANCHOR: chunk
+    /// One BDAT chunk has been read: `kept` of its `size` octets. 250 for each chunk, and
+    /// after the LAST one the delivery's answer (RFC 3030 §2).
+    pub fn chunk(&mut self, kept: Vec<u8>, size: u64) -> Step {
+        let from = self.state.name();
+        let reply = match std::mem::replace(&mut self.state, State::Greeted) {
+            State::Chunking {
+                envelope,
+                mut content,
+                octets,
+                last,
+            } => {
+                let octets = octets.saturating_add(size);
+                content.extend_from_slice(&kept);
+                if !last {
+                    self.state = State::Chunking {
+                        envelope,
+                        content,
+                        octets,
+                        last,
+                    };
+                    Reply::OK_250.text(format!("{size} octets received, {octets} in all"))
+                } else {
+                    self.last_chunk(envelope, &content, octets)
+                }
+            }
+            other => {
+                self.state = other;
+                self.out_of_order(Verb::Bdat)
+            }
+        };
+        self.finish(from, vec![reply], Next::ReadCommand, "RFC 3030 §2")
+    }
+
+    /// The whole message is in: check its size and bytes, then deliver it like DATA's.
+    fn last_chunk(&mut self, envelope: Envelope, content: &[u8], octets: u64) -> Reply {
+        if octets > self.config.max_size {
+            return Reply::TOO_BIG_552.text(format!(
+                "Message size exceeds fixed limit of {} octets; nothing was stored",
+                self.config.max_size
+            ));
+        }
+        let binary = envelope.options.body == BodyType::BinaryMime;
+        match data::chunked_content(content, binary) {
+            Ok(message) => self.deliver_message(envelope, message),
+            Err(reply) => reply,
+        }
+    }
+    // ANCHOR_END: chunk
+
+    /// STARTTLS (RFC 3207 §4): 220, then the handshake; all that was known is forgotten.
+    fn starttls(&mut self) -> (Vec<Reply>, Next) {
+        if self.client.tls {
+            return (
+                vec![Reply::BAD_SEQUENCE_503.text("TLS is already active")],
+                Next::ReadCommand,
+            );
+        }
+        if !self.endpoint.tls_available {
+            return (
+                vec![Reply::NOT_IMPLEMENTED_502
+                    .text("STARTTLS is not configured (start the server with --tls-self-signed)")],
+                Next::ReadCommand,
+            );
+        }
+        self.reset_identity();
+        (
+            vec![Reply::new(220, "2.0.0", "Ready to start TLS")],
+            Next::StartTls,
+        )
+    }
+
+    /// After the handshake (RFC 3207 §4.2): "the SMTP protocol is reset to the initial state".
+    pub fn tls_started(&mut self) {
+        self.reset_identity();
+        self.client.tls = true;
+    }
+
+    fn reset_identity(&mut self) {
+        self.state = State::Connected;
+        self.client.helo = None;
+        self.client.esmtp = false;
+        self.client.user = None;
+    }
+
+    /// AUTH is offered inside TLS, and in the clear only to a client on this machine, so a
+    /// class can see that PLAIN is only base64 without sending a password over a network.
+    fn offers_auth(&self) -> bool {
+        self.client.tls || self.client.peer.ip().is_loopback()
+    }
+
+    // ANCHOR: auth
+    /// AUTH (RFC 4954 §4): start a SASL exchange.
+    fn auth(&mut self, mechanism: &str, initial: Option<&str>) -> Reply {
+        if self.client.user.is_some() {
+            return Reply::BAD_SEQUENCE_503
+                .text("Already authenticated (RFC 4954 §4: AUTH once per session)");
+        }
+        if !self.offers_auth() {
+            return Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required: send STARTTLS first (RFC 4954 §6)",
+            );
+        }
+        let challenge = auth::challenge(&self.config.hostname);
+        self.sasl_step(auth::begin(mechanism, initial, challenge))
+    }
+
+    fn sasl_response(&mut self, line: &[u8]) -> Vec<Reply> {
+        let State::Authenticating { exchange } = std::mem::replace(&mut self.state, State::Greeted)
+        else {
+            return vec![Reply::BAD_SEQUENCE_503];
+        };
+        let text = String::from_utf8_lossy(line).trim().to_string();
+        vec![self.sasl_step(auth::respond(exchange, &text))]
+    }
+
+    /// One step: send a challenge (334), or check the credentials (235 or 535).
+    fn sasl_step(&mut self, step: Result<Sasl, Reply>) -> Reply {
+        self.state = State::Greeted;
+        match step {
+            Ok(Sasl::Continue(exchange, challenge)) => {
+                self.state = State::Authenticating { exchange };
+                Reply::new(334, "", "").text(challenge)
+            }
+            Ok(Sasl::Check(credentials)) => self.check(&credentials),
+            Err(reply) => reply,
+        }
+    }
+
+    fn check(&mut self, credentials: &Credentials) -> Reply {
+        match credentials.verify(&self.config.directory.users) {
+            Some(user) => {
+                log::info!("[{}] {} authenticated as {user}", self.id, self.client.peer);
+                self.client.user = Some(user);
+                Reply::new(235, "2.7.0", "Authentication successful")
+            }
+            None => {
+                // The log names the client and the user it tried, never the password.
+                log::warn!(
+                    "[{}] {} failed to authenticate as {:?}",
+                    self.id,
+                    self.client.peer,
+                    credentials.user()
+                );
+                self.auth_failures += 1;
+                Reply::new(535, "5.7.8", "Authentication credentials invalid")
+            }
+        }
+    }
+    // ANCHOR_END: auth
+
+    /// After three failed attempts the session ends with 421.
+    fn after_auth(&mut self, replies: &mut Vec<Reply>) -> Next {
+        if self.auth_failures < MAX_AUTH_FAILURES {
+            return Next::ReadCommand;
+        }
+        self.state = State::Closed;
+        replies.push(Reply::new(
+            421,
+            "4.7.0",
+            "Too many failed authentication attempts, closing connection",
+        ));
+        Next::Close
     }
 
     /// RSET (RFC 5321 §4.1.1.5): drop the transaction, keep the client's identity.
@@ -687,11 +996,16 @@ mod tests {
         Session::new(
             Arc::new(config),
             Arc::new(Remember::default()),
-            addr,
-            addr,
+            ENDPOINT,
+            (addr, addr),
             "S1".into(),
         )
     }
+
+    const ENDPOINT: Endpoint = Endpoint {
+        role: Role::Relay,
+        tls_available: true,
+    };
 
     /// Drive a session into `state` with commands that are legal on the way.
     fn session_in(state: StateName) -> Session {
@@ -700,7 +1014,8 @@ mod tests {
             Connected => &[],
             Greeted => &["EHLO c.example"],
             MailGiven => &["EHLO c.example", "MAIL FROM:<m@c.example>"],
-            RcptGiven | Data => &[
+            Authenticating => &["EHLO c.example", "AUTH PLAIN"],
+            RcptGiven | Data | Chunking => &[
                 "EHLO c.example",
                 "MAIL FROM:<m@c.example>",
                 "RCPT TO:<alice@localhost>",
@@ -715,6 +1030,10 @@ mod tests {
         }
         if state == Data {
             assert_eq!(s.command(b"DATA").next, Next::ReadData);
+        }
+        if state == Chunking {
+            assert_eq!(s.command(b"BDAT 3").next, Next::ReadChunk(3));
+            assert_eq!(s.chunk(b"abc".to_vec(), 3).replies[0].code, 250);
         }
         assert_eq!(s.state().name(), state);
         s
@@ -738,6 +1057,9 @@ mod tests {
             Verb::Soml => "SOML FROM:<m@c.example>",
             Verb::Saml => "SAML FROM:<m@c.example>",
             Verb::Turn => "TURN",
+            Verb::Starttls => "STARTTLS",
+            Verb::Auth => "AUTH PLAIN",
+            Verb::Bdat => "BDAT 3",
         }
     }
 
@@ -748,8 +1070,23 @@ mod tests {
         for t in TRANSITIONS {
             let mut s = session_in(t.from);
             let step = match t.on {
+                Trigger::Command(Verb::Bdat) => {
+                    let command = s.command(b"BDAT 3");
+                    assert_eq!(command.next, Next::ReadChunk(3));
+                    Step {
+                        from: command.from,
+                        ..s.chunk(b"abc".to_vec(), 3)
+                    }
+                }
                 Trigger::Command(verb) => s.command(sample(verb).as_bytes()),
                 Trigger::EndOfData => s.end_of_data(Ok(b"Subject: x\n\nhi\n".to_vec())),
+                Trigger::LastChunk => {
+                    s.command(b"BDAT 4 LAST");
+                    s.chunk(b"hi\r\n".to_vec(), 4)
+                }
+                Trigger::SaslResponse => {
+                    s.command(auth::base64_encode(b"\0alice\0password").as_bytes())
+                }
             };
             assert!(step.replies[0].is_positive(), "{t:?}: {:?}", step.replies);
             assert_eq!((step.from, step.to), (t.from, t.to), "{t:?}");
@@ -761,14 +1098,17 @@ mod tests {
     /// Every (state, verb) pair the table does not list is refused, and the state stays.
     #[test]
     fn everything_else_is_refused_and_changes_nothing() {
-        for from in [Connected, Greeted, MailGiven, RcptGiven] {
+        for from in [Connected, Greeted, MailGiven, RcptGiven, Chunking] {
             for row in VERBS {
                 if transition(from, row.verb).is_some() {
                     continue;
                 }
                 let mut s = session_in(from);
                 let before = s.state().clone();
-                let step = s.command(sample(row.verb).as_bytes());
+                let mut step = s.command(sample(row.verb).as_bytes());
+                if let Next::ReadChunk(size) = step.next {
+                    step = s.chunk(b"abc".to_vec(), size);
+                }
                 let code = step.replies[0].code;
                 let expected = if row.verb.is_obsolete() { 502 } else { 503 };
                 assert_eq!(code, expected, "{} in {from:?}", row.name);
@@ -801,7 +1141,13 @@ mod tests {
         let mut config = Config::default();
         config.directory = crate::config::Directory::demo("smtplab.test");
         let addr: SocketAddr = "127.0.0.1:2525".parse().unwrap();
-        let mut s = Session::new(Arc::new(config), hook.clone(), addr, addr, "S9".into());
+        let mut s = Session::new(
+            Arc::new(config),
+            hook.clone(),
+            ENDPOINT,
+            (addr, addr),
+            "S9".into(),
+        );
         for line in [
             "HELO c",
             "MAIL FROM:<m@c.example>",
