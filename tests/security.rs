@@ -466,10 +466,7 @@ fn case_3_24_nul_and_control_characters_in_an_address() {
         c.send(bytes);
         let reply = c.reply();
         if (reply.code, reply.status().as_str()) != (501, "5.1.3") {
-            wrong.push(format!(
-                "{:?} got {reply:?}",
-                bytes.escape_ascii().to_string()
-            ));
+            wrong.push(format!("{} got {reply:?}", bytes.escape_ascii()));
         }
         assert!(matches!(c.cmd("DATA").code, 503 | 554));
         c.expect("QUIT", 221);
