@@ -217,3 +217,56 @@ pub fn read_reply(reader: &mut impl BufRead) -> Option<Reply> {
         }
     }
 }
+
+impl Client {
+    /// Send one command line and assert its reply code; returns the reply.
+    pub fn expect(&mut self, line: &str, code: u16) -> Reply {
+        let reply = self.cmd(line);
+        assert_eq!(reply.code, code, "{line:?} got {reply:?}");
+        reply
+    }
+
+    /// EHLO, MAIL FROM, one RCPT TO per recipient, DATA — asserting 250s and the 354.
+    pub fn open_data(&mut self, from: &str, to: &[&str]) {
+        self.expect("EHLO client.example", 250);
+        self.expect(&format!("MAIL FROM:<{from}>"), 250);
+        for rcpt in to {
+            self.expect(&format!("RCPT TO:<{rcpt}>"), 250);
+        }
+        self.expect("DATA", 354);
+    }
+}
+
+/// Every file and directory below `root`, sorted (for "nothing was created" checks).
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path.clone());
+            }
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// True when `tool --version` runs; otherwise prints the SKIP line the rules ask for.
+pub fn have_tool(tool: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        println!("SKIP: {tool} not installed");
+    }
+    found
+}
