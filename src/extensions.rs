@@ -58,7 +58,6 @@ pub fn ehlo_keywords(limits: Limits, offer: Offer) -> Vec<String> {
         "SMTPUTF8".to_string(),              // RFC 6531
         "CHUNKING".to_string(),              // RFC 3030
         "BINARYMIME".to_string(),            // RFC 3030
-        "HELP".to_string(),                  // RFC 5321 §4.1.1.8
     ];
     if offer.starttls {
         keywords.push("STARTTLS".to_string()); // RFC 3207
@@ -66,6 +65,7 @@ pub fn ehlo_keywords(limits: Limits, offer: Offer) -> Vec<String> {
     if offer.auth {
         keywords.push(format!("AUTH {}", crate::auth::MECHANISMS)); // RFC 4954
     }
+    keywords.push("HELP".to_string()); // RFC 5321 §4.1.1.8
     keywords
 }
 // ANCHOR_END: ehlo_keywords

@@ -942,7 +942,7 @@ fn transaction_state(envelope: Envelope) -> State {
 fn obsolete(verb: Verb) -> Reply {
     let why = match verb {
         Verb::Turn => "TURN is obsolete (RFC 5321 Appendix F.1): anyone could take the mail of another host; ETRN and ATRN replaced it",
-        _ => "SEND, SOML and SAML are obsolete (RFC 5321 Appendix F.3): delivery to a user's terminal is gone from SMTP",
+        _ => "SEND, SOML and SAML are obsolete (RFC 5321 Appendix F.6): delivery to a user's terminal is gone from SMTP",
     };
     Reply::NOT_IMPLEMENTED_502.text(why)
 }

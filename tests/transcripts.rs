@@ -170,7 +170,11 @@ fn recording_shows_invisible_bytes() {
     c.send(b"NOOP a\tb\r\n");
     assert_eq!(c.reply().code, 250);
     c.send(b"NOOP a\0c\r\n");
-    assert_eq!(c.reply().code, 500, "a NUL byte in a command is refused");
+    assert_eq!(
+        c.reply().code,
+        501,
+        "a NUL byte in the argument of a known command is refused"
+    );
     c.send(b"NOOP bare\n");
     assert_eq!(c.reply().code, 250);
     assert_eq!(c.cmd("QUIT").code, 221);
