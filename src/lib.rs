@@ -14,6 +14,8 @@ pub mod diagram;
 pub mod extensions;
 pub mod line;
 pub mod mbox;
+pub mod pop3;
+pub mod pop3_server;
 pub mod reply;
 pub mod server;
 pub mod session;

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::connection::{self, Context};
 use crate::delivery::LocalDelivery;
 use crate::mbox::MailDir;
+use crate::pop3_server::{Pop3Handle, Pop3Listener};
 use crate::reply::Reply;
 
 /// Stack of each session thread: sessions keep their buffers on the heap, so a small stack is
@@ -34,6 +35,8 @@ const SESSION_STACK_SIZE: usize = 256 * 1024;
 pub struct Server {
     listeners: Vec<TcpListener>,
     shared: Arc<Shared>,
+    /// `--pop3` listeners; they serve the same mail directory.
+    pop3: Vec<Pop3Listener>,
 }
 
 struct Shared {
@@ -48,6 +51,8 @@ pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     acceptors: Vec<JoinHandle<()>>,
+    /// Dropped after `acceptors` are stopped; each stops its own POP3 acceptor.
+    pop3: Vec<Pop3Handle>,
 }
 
 /// One place in the connection count; dropping it (also while a thread unwinds) frees it.
@@ -77,6 +82,11 @@ impl Server {
             .iter()
             .map(|addr| bind_one(*addr))
             .collect::<Result<Vec<_>, _>>()?;
+        let pop3 = config
+            .pop3
+            .iter()
+            .map(|addr| Pop3Listener::bind(*addr))
+            .collect::<Result<Vec<_>, _>>()?;
         let context = Context {
             config: Arc::new(config),
             deliver,
@@ -89,6 +99,7 @@ impl Server {
                 sessions: AtomicU64::new(0),
                 stopping: AtomicBool::new(false),
             }),
+            pop3,
         })
     }
 
@@ -118,15 +129,22 @@ impl Server {
                 thread::spawn(move || accept_loop(&listener, &shared))
             })
             .collect();
+        let config = self.shared.context.config.clone();
+        let pop3 = self
+            .pop3
+            .into_iter()
+            .map(|listener| listener.spawn(config.clone()))
+            .collect();
         ServerHandle {
             addrs,
             shared: self.shared,
             acceptors,
+            pop3,
         }
     }
 }
 
-fn bind_one(addr: SocketAddr) -> Result<TcpListener, String> {
+pub(crate) fn bind_one(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => {
             format!("Cannot listen on {addr}: another program already uses that port.")
@@ -208,6 +226,16 @@ impl ServerHandle {
 
     pub fn config(&self) -> &Config {
         &self.shared.context.config
+    }
+
+    /// The first `--pop3` address actually bound, if any.
+    pub fn pop3_addr(&self) -> Option<SocketAddr> {
+        self.pop3.first().map(Pop3Handle::addr)
+    }
+
+    /// POP3 sessions running now.
+    pub fn pop3_sessions(&self) -> usize {
+        self.pop3.iter().map(Pop3Handle::active_sessions).sum()
     }
 }
 
