@@ -892,3 +892,365 @@ impl Maildrop {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// Maildrops in memory: a fixed mailbox for every user, the set of users logged in, and
+    /// every commit made.
+    #[derive(Default)]
+    struct Memory {
+        in_use: Arc<Mutex<HashSet<String>>>,
+        commits: Mutex<Vec<(String, Vec<String>)>>,
+    }
+
+    /// The lock of a session; dropping it logs the user out.
+    struct Held(Arc<Mutex<HashSet<String>>>, String);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().remove(&self.1);
+        }
+    }
+
+    const FIRST: &[u8] = b"Subject: one\n\n.\n..x\nFrom me\nbody\n";
+    const SECOND: &[u8] = b"Subject: two\nX: y\n\nline 1\nline 2\nline 3\n";
+
+    impl Maildrops for Memory {
+        fn open(&self, user: &str) -> Result<Opened, OpenError> {
+            if !self.in_use.lock().unwrap().insert(user.to_string()) {
+                return Err(OpenError::InUse);
+            }
+            let contents = [FIRST, SECOND];
+            let uids = unique_ids(contents);
+            Ok(Opened {
+                messages: uids
+                    .into_iter()
+                    .zip(contents)
+                    .map(|(uid, c)| StoredMessage {
+                        uid,
+                        content: c.to_vec(),
+                    })
+                    .collect(),
+                guard: Box::new(Held(self.in_use.clone(), user.to_string())),
+            })
+        }
+
+        fn commit(&self, user: &str, deleted: &[String]) -> Result<usize, String> {
+            let mut commits = self.commits.lock().unwrap();
+            commits.push((user.to_string(), deleted.to_vec()));
+            Ok(deleted.len())
+        }
+    }
+
+    fn config() -> Arc<Config> {
+        Arc::new(Config {
+            hostname: "pop.test".into(),
+            pop3_auth_delay: Duration::from_millis(7),
+            ..Config::default()
+        })
+    }
+
+    fn session(memory: &Arc<Memory>) -> Session {
+        Session::new(config(), memory.clone())
+    }
+
+    fn run(session: &mut Session, line: &str) -> Step {
+        session.command(line.as_bytes())
+    }
+
+    /// A session already in `state`: Authorization, Transaction or Update.
+    fn session_in(memory: &Arc<Memory>, state: StateName) -> Session {
+        let mut s = session(memory);
+        if state != Authorization {
+            run(&mut s, "USER alice");
+            assert!(run(&mut s, "PASS password").responses[0].ok);
+        }
+        if state == Update {
+            assert_eq!(run(&mut s, "QUIT").next, Next::Update);
+        }
+        assert_eq!(s.state().name(), state);
+        s
+    }
+
+    /// A command that takes each row's move (for PASS: after USER, with the right password).
+    fn sample(verb: Verb) -> &'static str {
+        match verb {
+            Verb::User => "USER alice",
+            Verb::Pass => "PASS password",
+            Verb::Quit => "QUIT",
+            Verb::Stat => "STAT",
+            Verb::List => "LIST",
+            Verb::Retr => "RETR 1",
+            Verb::Dele => "DELE 1",
+            Verb::Noop => "NOOP",
+            Verb::Rset => "RSET",
+            Verb::Top => "TOP 1 0",
+            Verb::Uidl => "UIDL",
+            Verb::Capa => "CAPA",
+        }
+    }
+
+    #[test]
+    fn every_row_of_the_table_moves_as_it_says() {
+        for t in POP3_TRANSITIONS {
+            let memory = Arc::new(Memory::default());
+            let mut s = session_in(&memory, t.from);
+            let step = match t.on {
+                Trigger::Command(Verb::Pass) => {
+                    run(&mut s, "USER alice");
+                    run(&mut s, "PASS password")
+                }
+                Trigger::Command(verb) => run(&mut s, sample(verb)),
+                Trigger::Updated => s.update(),
+            };
+            assert_eq!(step.from, t.from, "{t:?}");
+            assert_eq!(step.to, t.to, "{t:?}");
+            assert!(step.responses.iter().all(|r| r.ok), "{t:?}: {step:?}");
+            assert!(t.rfc.starts_with("RFC "), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn every_command_the_table_does_not_list_is_refused_and_changes_nothing() {
+        for state in [Authorization, Transaction, Update] {
+            for info in VERBS {
+                if transition(state, info.verb).is_some() {
+                    continue;
+                }
+                let memory = Arc::new(Memory::default());
+                let mut s = session_in(&memory, state);
+                let step = run(&mut s, sample(info.verb));
+                assert!(!step.responses[0].ok, "{state:?} {}", info.name);
+                assert_eq!(step.to, state, "{state:?} {}", info.name);
+                assert_eq!(step.next, Next::ReadCommand);
+            }
+        }
+    }
+
+    #[test]
+    fn every_verb_has_its_facts_and_its_row() {
+        let all = [
+            Verb::User,
+            Verb::Pass,
+            Verb::Quit,
+            Verb::Stat,
+            Verb::List,
+            Verb::Retr,
+            Verb::Dele,
+            Verb::Noop,
+            Verb::Rset,
+            Verb::Top,
+            Verb::Uidl,
+            Verb::Capa,
+        ];
+        assert_eq!(VERBS.len(), all.len());
+        for verb in all {
+            assert_eq!(verb.info().verb, verb);
+            assert!(POP3_TRANSITIONS
+                .iter()
+                .any(|t| t.on == Trigger::Command(verb)));
+            assert_eq!(parse(sample(verb).as_bytes()).map(|c| c.verb()), Ok(verb));
+        }
+    }
+
+    #[test]
+    fn parsing() {
+        assert_eq!(parse(b"user Alice"), Ok(Command::User("Alice".into())));
+        assert_eq!(
+            parse(b"PASS two words "),
+            Ok(Command::Pass("two words ".into()))
+        );
+        assert_eq!(parse(b"top 2 10"), Ok(Command::Top { msg: 2, lines: 10 }));
+        assert_eq!(parse(b"LIST"), Ok(Command::List(None)));
+        assert_eq!(parse(b"UIDL 3"), Ok(Command::Uidl(Some(3))));
+        for bad in [
+            "RETR", "RETR x", "RETR -1", "STAT 1", "TOP 1", "PASS", "USER", "HELO x", "",
+        ] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert!(parse(b"\xff").is_err());
+    }
+
+    #[test]
+    fn multi_line_responses_are_byte_stuffed_and_terminated() {
+        let response = Response::multi("x", b"a\r\n.\r\n..b\r\n.c\r\n".to_vec());
+        assert_eq!(
+            response.to_wire(),
+            b"+OK x\r\na\r\n..\r\n...b\r\n..c\r\n.\r\n".to_vec()
+        );
+        assert_eq!(
+            Response::multi("none", Vec::new()).to_wire(),
+            b"+OK none\r\n.\r\n"
+        );
+        assert_eq!(Response::err("no").to_wire(), b"-ERR no\r\n");
+        assert_eq!(Response::ok("").to_wire(), b"+OK\r\n");
+    }
+
+    #[test]
+    fn the_size_is_the_crlf_form_before_stuffing() {
+        assert_eq!(to_crlf(b"a\nb\n"), b"a\r\nb\r\n");
+        assert_eq!(to_crlf(b"a\r\nb"), b"a\r\nb\r\n");
+        assert_eq!(to_crlf(b""), b"");
+        let memory = Arc::new(Memory::default());
+        let mut s = session_in(&memory, Transaction);
+        let list = run(&mut s, "LIST 1").responses[0].text.clone();
+        let retr = run(&mut s, "RETR 1").responses[0].clone();
+        let body = retr.body.clone().unwrap();
+        assert_eq!(list, format!("1 {}", body.len()));
+        assert_eq!(retr.text, format!("{} octets", body.len()));
+        assert_eq!(body, to_crlf(FIRST));
+        // On the wire the stuffing adds octets that the size does not count.
+        let wire = retr.to_wire();
+        assert!(wire.windows(6).any(|w| w == b"\r\n..\r\n"));
+        assert!(wire.windows(6).any(|w| w == b"\n...x\r"));
+        let stat = run(&mut s, "STAT").responses[0].text.clone();
+        let total = to_crlf(FIRST).len() + to_crlf(SECOND).len();
+        assert_eq!(stat, format!("2 {total}"));
+    }
+
+    #[test]
+    fn top_sends_the_header_and_n_body_lines() {
+        let wire = to_crlf(SECOND);
+        assert_eq!(top(&wire, 0), b"Subject: two\r\nX: y\r\n\r\n");
+        assert_eq!(
+            top(&wire, 2),
+            b"Subject: two\r\nX: y\r\n\r\nline 1\r\nline 2\r\n"
+        );
+        assert_eq!(top(&wire, 99), wire);
+        assert_eq!(top(b"no body\r\n", 3), b"no body\r\n");
+    }
+
+    #[test]
+    fn unique_ids_are_fnv1a_hex_and_unique_within_a_maildrop() {
+        // Published FNV-1a/64 test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let ids = unique_ids([&b"x"[..], b"y", b"x", b"x"]);
+        assert_eq!(ids[0], format!("{:016x}", fnv1a64(b"x")));
+        assert_eq!(ids[2], format!("{}-2", ids[0]));
+        assert_eq!(ids[3], format!("{}-3", ids[0]));
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 4);
+        assert_eq!(unique_ids([&b"x"[..]]), unique_ids([&b"x"[..]]), "stable");
+        for id in ids {
+            assert!(id.len() <= MAX_UID_LEN && id.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+        }
+    }
+
+    #[test]
+    fn dele_marks_rset_unmarks_and_only_quit_commits() {
+        let memory = Arc::new(Memory::default());
+        let mut s = session_in(&memory, Transaction);
+        assert!(run(&mut s, "DELE 1").responses[0].ok);
+        for hidden in ["RETR 1", "DELE 1", "LIST 1", "UIDL 1", "TOP 1 0"] {
+            assert!(!run(&mut s, hidden).responses[0].ok, "{hidden}");
+        }
+        assert!(!run(&mut s, "RETR 3").responses[0].ok);
+        assert!(!run(&mut s, "RETR 0").responses[0].ok);
+        assert_eq!(
+            run(&mut s, "STAT").responses[0].text,
+            format!("1 {}", to_crlf(SECOND).len())
+        );
+        assert!(run(&mut s, "RSET").responses[0].ok);
+        assert!(run(&mut s, "RETR 1").responses[0].ok);
+        run(&mut s, "DELE 2");
+        let uid2 = unique_ids([FIRST, SECOND]).remove(1);
+        assert_eq!(run(&mut s, "QUIT").next, Next::Update);
+        assert!(
+            memory.commits.lock().unwrap().is_empty(),
+            "not before UPDATE"
+        );
+        let step = s.update();
+        assert_eq!((step.next, step.to), (Next::Close, Closed));
+        assert_eq!(
+            *memory.commits.lock().unwrap(),
+            [("alice".to_string(), vec![uid2])]
+        );
+        assert!(
+            memory.in_use.lock().unwrap().is_empty(),
+            "the lock is released"
+        );
+    }
+
+    #[test]
+    fn a_session_dropped_in_transaction_commits_nothing_and_releases_the_lock() {
+        let memory = Arc::new(Memory::default());
+        let mut s = session_in(&memory, Transaction);
+        run(&mut s, "DELE 1");
+        drop(s);
+        assert!(memory.commits.lock().unwrap().is_empty());
+        assert!(memory.in_use.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_second_login_gets_in_use_and_may_try_again_later() {
+        let memory = Arc::new(Memory::default());
+        let first = session_in(&memory, Transaction);
+        let mut second = session(&memory);
+        run(&mut second, "USER Alice");
+        let step = run(&mut second, "PASS password");
+        assert!(step.responses[0].text.starts_with("[IN-USE]"), "{step:?}");
+        assert_eq!(step.to, Authorization);
+        drop(first);
+        run(&mut second, "USER alice");
+        assert_eq!(run(&mut second, "PASS password").to, Transaction);
+    }
+
+    #[test]
+    fn wrong_passwords_and_unknown_users_look_the_same_and_end_the_session() {
+        let memory = Arc::new(Memory::default());
+        let mut s = session(&memory);
+        assert!(
+            !run(&mut s, "PASS password").responses[0].ok,
+            "PASS needs USER"
+        );
+        run(&mut s, "USER alice");
+        let wrong = run(&mut s, "PASS passwort");
+        run(&mut s, "USER nobody");
+        let unknown = run(&mut s, "PASS password");
+        assert_eq!(wrong.responses, unknown.responses);
+        assert!(!wrong.responses[0].ok);
+        assert_eq!(wrong.pause, Duration::from_millis(7));
+        assert_eq!(wrong.to, Authorization);
+        run(&mut s, "USER alice");
+        let last = run(&mut s, "PASS password1");
+        assert_eq!((last.next, last.to), (Next::Close, Closed));
+        assert!(memory.in_use.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn capa_lists_what_is_implemented() {
+        let memory = Arc::new(Memory::default());
+        let mut s = session(&memory);
+        let capa = run(&mut s, "CAPA").responses[0].clone();
+        let body = String::from_utf8(capa.body.unwrap()).unwrap();
+        for capability in ["USER", "TOP", "UIDL", "RESP-CODES", "PIPELINING"] {
+            assert!(body.lines().any(|l| l == capability), "{capability}");
+        }
+        assert!(!body.contains("STLS"), "no TLS yet");
+    }
+
+    #[test]
+    fn too_many_errors_close_the_session() {
+        let memory = Arc::new(Memory::default());
+        let mut s = session_in(&memory, Transaction);
+        let mut last = run(&mut s, "BOGUS");
+        for _ in 1..config().max_errors {
+            last = run(&mut s, "BOGUS");
+        }
+        assert_eq!((last.next, last.to), (Next::Close, Closed));
+        assert!(memory.commits.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_diagram_is_drawn_from_the_table() {
+        let text = mermaid();
+        assert!(text.contains("Authorization --> Transaction: PASS"));
+        assert!(text.contains("Transaction --> Update: QUIT"));
+        assert!(text.contains("Update --> Closed: deletions committed"));
+        assert!(text.contains("Authorization --> Closed: QUIT"));
+    }
+}
