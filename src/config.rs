@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_ERRORS: u32 = 20;
 pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 pub const DEMO_PASSWORD: &str = "password";
+/// Pause before a POP3 `-ERR` for a wrong password, to slow down password guessing.
+pub const DEFAULT_POP3_AUTH_DELAY: Duration = Duration::from_secs(1);
 
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
@@ -49,6 +51,10 @@ pub struct Config {
     /// True while the built-in demo users are active (a warning is printed off loopback).
     pub demo_users: bool,
     pub verbose: bool,
+    /// POP3 listeners (`--pop3`); none by default.
+    pub pop3: Vec<SocketAddr>,
+    /// Pause before answering a failed POP3 login.
+    pub pop3_auth_delay: Duration,
 }
 
 /// Where the TLS certificate comes from.
@@ -155,6 +161,8 @@ impl Default for Config {
             relay_from: Vec::new(),
             demo_users: true,
             verbose: false,
+            pop3: Vec::new(),
+            pop3_auth_delay: DEFAULT_POP3_AUTH_DELAY,
         }
     }
 }
@@ -207,6 +215,7 @@ pub fn options() -> getopts::Options {
     o.optflag("v", "verbose", "log every command");
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
+    o.optmulti("", "pop3", "POP3 listener (repeatable)", "ADDR");
     o
 }
 
@@ -259,6 +268,11 @@ impl Config {
             .map(|c| Cidr::parse(c))
             .collect::<Result<_, _>>()?;
         config.verbose = m.opt_present("verbose");
+        config.pop3 = m
+            .opt_strs("pop3")
+            .iter()
+            .map(|a| parse_addr(a))
+            .collect::<Result<_, _>>()?;
         Ok(config)
     }
 }

@@ -59,8 +59,9 @@ pub fn states_main(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         None | Some("--mermaid") => print!("{}", mermaid()),
         Some("--dot") => print!("{}", dot()),
+        Some("--pop3") => print!("{}", crate::pop3::mermaid()),
         Some(other) => {
-            eprintln!("smtplab states: unknown option {other}; use --dot or --mermaid");
+            eprintln!("smtplab states: unknown option {other}; use --dot, --mermaid or --pop3");
             return 2;
         }
     }

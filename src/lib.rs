@@ -16,6 +16,8 @@ pub mod diagram;
 pub mod extensions;
 pub mod line;
 pub mod mbox;
+pub mod pop3;
+pub mod pop3_server;
 pub mod replay;
 pub mod reply;
 pub mod server;

@@ -7,6 +7,10 @@
 //! - `MailDir::path_for(user)` and `is_safe_mailbox_name(user)` say where a user's mbox is, if
 //!   the name is safe to use as a file name.
 //! - `parse_mboxrd(bytes)` reads an mbox back (for tests and POP3), undoing the quoting.
+//! - `MailDir::lock_maildrop(user)` holds an mbox under the delivery locks (read, or `rewrite`
+//!   it atomically); `rewrite_without(user, remove)` removes messages by what they are now;
+//!   `try_lock_reader(user)` lets one reader (a POP3 session) at a time have a maildrop.
+//! - `split_mboxrd(bytes)` cuts an mbox into its messages' raw bytes, as `parse_mboxrd` does.
 //!
 //! One delivery, step by step (`MailDir::deliver`):
 //! 1. refuse the whole delivery if any user name is unsafe;
@@ -554,6 +558,193 @@ fn without_final_empty_line(mut message: StoredMessage) -> StoredMessage {
     message
 }
 
+// ANCHOR: maildrop_lock
+/// The mbox of one user, held with the same two locks a delivery takes (dotlock, then flock),
+/// for a reader that must see whole messages or rewrite the file (POP3).
+///
+/// Why holding the dotlock across a rewrite is enough: a deliverer takes the dotlock *before*
+/// it opens the mbox (`MailDir::lock_mailbox`), so while we hold it no deliverer can have the
+/// old file open for writing, and the first deliverer after us opens the new file by its name.
+/// A deliverer that opened the file earlier still held the dotlock then, so it finished its
+/// append before we could read. (A program that used only flock would not be kept out: after
+/// the rename it could append to the unlinked old file. Postfix, mutt and procmail all take
+/// the dotlock as well.)
+#[derive(Debug)]
+pub struct MaildropLock {
+    mbox: LockedMbox,
+    path: PathBuf,
+    root: PathBuf,
+}
+
+/// At most one reader session per maildrop: an exclusive flock on `DIR/.<user>.reader`,
+/// released when this is dropped (or when the process dies: a flock cannot go stale).
+#[derive(Debug)]
+pub struct ReaderLock {
+    file: File,
+}
+
+impl Drop for ReaderLock {
+    fn drop(&mut self) {
+        if let Err(err) = self.file.unlock() {
+            log::error!("cannot unlock a reader lock: {err}");
+        }
+    }
+}
+// ANCHOR_END: maildrop_lock
+
+impl MailDir {
+    /// Lock a user's mbox as a delivery does (waiting up to the lock attempts); the mbox is
+    /// created empty if it does not exist. Deliveries wait until the lock is dropped.
+    pub fn lock_maildrop(&self, user: &str) -> Result<MaildropLock, DeliveryError> {
+        let mbox = self.lock_mailbox(user)?;
+        Ok(MaildropLock {
+            path: self.root.join(user),
+            root: self.root.clone(),
+            mbox,
+        })
+    }
+
+    /// Claim the right to be the one reader (POP3 session) of `user`'s maildrop; `Ok(None)` if
+    /// another reader has it (RFC 1939 §4: an exclusive-access lock from login to UPDATE).
+    ///
+    /// This is not the delivery lock: SMTP keeps delivering while a reader is logged in, and
+    /// the reader takes `lock_maildrop` only for a moment to read or to commit. The lock file
+    /// stays in place (a name no mailbox can have, as it starts with `.`): removing it would
+    /// let a waiter lock a file that has just lost its name.
+    pub fn try_lock_reader(&self, user: &str) -> Result<Option<ReaderLock>, DeliveryError> {
+        if !is_safe_mailbox_name(user) {
+            return Err(DeliveryError::UnsafeName(user.to_string()));
+        }
+        let io_error = |err| DeliveryError::Io(user.to_string(), err);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(MBOX_MODE)
+            .custom_flags(O_NOFOLLOW)
+            .open(self.root.join(format!(".{user}.reader")))
+            .map_err(io_error)?;
+        Ok(try_flock(&file)
+            .map_err(io_error)?
+            .map(|()| ReaderLock { file }))
+    }
+
+    /// Rewrite `user`'s mbox without the messages `remove` marks, atomically, under the
+    /// delivery lock. `remove` is called with the messages as the file holds them *now* (each
+    /// from its `From ` line to the next, see `split_mboxrd`), so mail delivered since the
+    /// caller last looked is seen and kept. Returns how many messages were removed.
+    pub fn rewrite_without(
+        &self,
+        user: &str,
+        remove: impl FnOnce(&[&[u8]]) -> Vec<bool>,
+    ) -> Result<usize, DeliveryError> {
+        let lock = self.lock_maildrop(user)?;
+        let io_error = |err| DeliveryError::Io(user.to_string(), err);
+        let bytes = lock.read().map_err(io_error)?;
+        let mbox = split_mboxrd(&bytes);
+        let marks = remove(&mbox.messages);
+        let mut kept = mbox.prefix.to_vec();
+        let mut removed = 0;
+        for (index, raw) in mbox.messages.iter().enumerate() {
+            if marks.get(index).copied().unwrap_or(false) {
+                removed += 1;
+            } else {
+                kept.extend_from_slice(raw);
+            }
+        }
+        if removed > 0 {
+            lock.rewrite(&kept).map_err(io_error)?;
+        }
+        Ok(removed)
+    }
+}
+
+impl MaildropLock {
+    /// The whole mbox as it is now. Opened again by name (the locked handle is append-only),
+    /// without following a symlink, and checked to be the very file we locked.
+    pub fn read(&self) -> io::Result<Vec<u8>> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NOFOLLOW)
+            .open(&self.path)?;
+        let (ours, opened) = (self.mbox.file.metadata()?, file.metadata()?);
+        if (ours.dev(), ours.ino()) != (opened.dev(), opened.ino()) {
+            return Err(io::Error::other("the mbox was replaced while locked"));
+        }
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut file, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    // ANCHOR: rewrite
+    /// Replace the mbox with `contents`, all or nothing: write `DIR/.<user>.new`, fsync it,
+    /// rename it over the mbox, fsync the directory (the rename lives there). A crash leaves
+    /// either the old file or the new one, never half of each. The locks are released only
+    /// after all of that, when `self` is dropped.
+    pub fn rewrite(self, contents: &[u8]) -> io::Result<()> {
+        let temp = self.root.join(format!(".{}.new", self.mbox.user));
+        // A temp file left by a crash is ours to remove: we hold the dotlock.
+        match fs::remove_file(&temp) {
+            Err(err) if err.kind() != ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        let written = write_synced(&temp, contents).and_then(|()| fs::rename(&temp, &self.path));
+        if let Err(err) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(err);
+        }
+        File::open(&self.root)?.sync_all()
+    }
+    // ANCHOR_END: rewrite
+}
+
+/// Create `path` (mode 0600, never through a symlink), write `contents`, fsync.
+fn write_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(MBOX_MODE)
+        .custom_flags(O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// An mbox file cut into messages without changing a byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMbox<'a> {
+    /// Bytes before the first `From ` line (`parse_mboxrd` ignores them; a rewrite keeps them).
+    pub prefix: &'a [u8],
+    /// Each message from its `From ` line up to the next one: separator, quoted content and
+    /// the empty line that ends it. `parse_mboxrd` of one of these gives exactly one message.
+    pub messages: Vec<&'a [u8]>,
+}
+
+/// Split an mbox where `parse_mboxrd` starts a new message: a `From ` line that is the first
+/// line or follows an empty line. The pieces put back together are the file.
+pub fn split_mboxrd(bytes: &[u8]) -> RawMbox<'_> {
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    let mut after_empty_line = true;
+    for line in bytes.split_inclusive(|&byte| byte == b'\n') {
+        if after_empty_line && line.starts_with(b"From ") {
+            starts.push(offset);
+        }
+        after_empty_line = line == b"\n";
+        offset += line.len();
+    }
+    let prefix_end = starts.first().copied().unwrap_or(bytes.len());
+    let messages = starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| &bytes[start..starts.get(i + 1).copied().unwrap_or(bytes.len())])
+        .collect();
+    RawMbox {
+        prefix: &bytes[..prefix_end],
+        messages,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1001,5 +1192,151 @@ mod tests {
         let messages = parse_mboxrd(file);
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0].content, b"Hi\nFrom b@y is here\n");
+    }
+
+    /// Deliver `subjects.len()` messages to alice, one per subject.
+    fn deliver_subjects(dir: &TempDir, subjects: &[&str]) {
+        for subject in subjects {
+            let body = format!("Subject: {subject}\n\nFrom me\n>From x\nbody\n");
+            dir.mail_dir()
+                .deliver("mary@relay.example", &[to("alice")], body.as_bytes())
+                .expect("deliver");
+        }
+    }
+
+    fn subjects(dir: &TempDir) -> Vec<String> {
+        parse_mboxrd(&dir.read("alice"))
+            .iter()
+            .map(|m| {
+                let text = String::from_utf8_lossy(&m.content).into_owned();
+                let line = text.lines().find(|l| l.starts_with("Subject: "));
+                line.unwrap_or_default()["Subject: ".len()..].to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn split_agrees_with_parse_and_loses_no_byte() {
+        let file: &[u8] = b"junk\n\nFrom a@x Thu Jan  1 00:00:00 1970\nHi\nFrom b@y inside\n\n\
+            From c@z Thu Jan  1 00:00:00 1970\n>From q\n\nFrom d@w Thu Jan  1 00:00:00 1970\nno end";
+        let raw = split_mboxrd(file);
+        assert_eq!(raw.prefix, b"junk\n\n");
+        assert_eq!(raw.messages.len(), 3);
+        assert_eq!([raw.prefix, &raw.messages.concat()].concat(), file);
+        let one_by_one: Vec<StoredMessage> =
+            raw.messages.iter().flat_map(|m| parse_mboxrd(m)).collect();
+        assert_eq!(one_by_one, parse_mboxrd(file));
+        assert!(split_mboxrd(b"").messages.is_empty());
+    }
+
+    #[test]
+    fn rewrite_without_removes_only_the_marked_messages_and_keeps_their_bytes() {
+        let dir = TempDir::new("rewrite");
+        deliver_subjects(&dir, &["one", "two", "three"]);
+        let before = dir.read("alice");
+        let raw = split_mboxrd(&before);
+        let removed = dir
+            .mail_dir()
+            .rewrite_without("alice", |messages| {
+                assert_eq!(messages.len(), 3);
+                vec![false, true, false]
+            })
+            .expect("rewrite");
+        assert_eq!(removed, 1);
+        assert_eq!(
+            dir.read("alice"),
+            [raw.messages[0], raw.messages[2]].concat()
+        );
+        assert_eq!(subjects(&dir), ["one", "three"]);
+        // Only the mbox is left: no dotlock, no temp file.
+        assert_eq!(dir.names(), ["alice"]);
+        let mode = fs::metadata(dir.0.join("alice"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn nothing_marked_leaves_the_file_alone() {
+        let dir = TempDir::new("rewrite-none");
+        deliver_subjects(&dir, &["one"]);
+        let inode = fs::metadata(dir.0.join("alice")).expect("meta").ino();
+        let removed = dir
+            .mail_dir()
+            .rewrite_without("alice", |m| vec![false; m.len()]);
+        assert_eq!(removed.expect("rewrite"), 0);
+        assert_eq!(
+            fs::metadata(dir.0.join("alice")).expect("meta").ino(),
+            inode
+        );
+    }
+
+    #[test]
+    fn a_held_maildrop_lock_keeps_deliverers_out_of_the_file() {
+        // The deliverer takes the dotlock before it opens the mbox: while a rewrite holds the
+        // lock, a delivery cannot even open the old file, so it cannot append to it after the
+        // rename unlinks it.
+        let dir = TempDir::new("maildrop-lock");
+        deliver_subjects(&dir, &["one"]);
+        let before = dir.read("alice");
+        let lock = dir.mail_dir().lock_maildrop("alice").expect("lock");
+        let refused = dir.mail_dir().with_lock_attempts(1).deliver(
+            "mary@relay.example",
+            &[to("alice")],
+            b"Subject: late\n\n",
+        );
+        assert!(
+            matches!(refused, Err(DeliveryError::Locked(_))),
+            "{refused:?}"
+        );
+        assert_eq!(dir.read("alice"), before);
+        assert_eq!(lock.read().expect("read"), before);
+        lock.rewrite(b"").expect("rewrite");
+        assert_eq!(dir.read("alice"), b"");
+        assert_eq!(dir.names(), ["alice"]);
+    }
+
+    #[test]
+    fn mail_delivered_during_a_rewrite_lands_in_the_new_file() {
+        let dir = TempDir::new("rewrite-race");
+        deliver_subjects(&dir, &["old"]);
+        let lock = dir.mail_dir().lock_maildrop("alice").expect("lock");
+        let mail_dir = dir.mail_dir();
+        let deliverer = std::thread::spawn(move || {
+            let body = b"Subject: new\n\nhello\n";
+            mail_dir.deliver("mary@relay.example", &[to("alice")], body)
+        });
+        lock.rewrite(b"").expect("rewrite"); // drops "old" and releases the lock
+        deliverer.join().expect("join").expect("deliver");
+        // Whenever the deliverer ran, its message is in the file that now has the name.
+        assert_eq!(subjects(&dir), ["new"]);
+    }
+
+    #[test]
+    fn one_reader_at_a_time() {
+        let dir = TempDir::new("reader");
+        let first = dir.mail_dir().try_lock_reader("alice").expect("lock");
+        assert!(first.is_some());
+        assert!(dir
+            .mail_dir()
+            .try_lock_reader("alice")
+            .expect("try")
+            .is_none());
+        assert!(dir
+            .mail_dir()
+            .try_lock_reader("bob")
+            .expect("try")
+            .is_some());
+        drop(first);
+        assert!(dir
+            .mail_dir()
+            .try_lock_reader("alice")
+            .expect("try")
+            .is_some());
+        assert!(matches!(
+            dir.mail_dir().try_lock_reader("../x"),
+            Err(DeliveryError::UnsafeName(_))
+        ));
     }
 }

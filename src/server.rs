@@ -26,6 +26,7 @@ use crate::config::{Config, TlsSource};
 use crate::connection::{self, Context};
 use crate::delivery::LocalDelivery;
 use crate::mbox::MailDir;
+use crate::pop3_server::{Pop3Handle, Pop3Listener};
 use crate::reply::Reply;
 use crate::session::Role;
 use crate::tls;
@@ -38,6 +39,8 @@ const SESSION_STACK_SIZE: usize = 256 * 1024;
 pub struct Server {
     listeners: Vec<(TcpListener, Role)>,
     shared: Arc<Shared>,
+    /// `--pop3` listeners; they serve the same mail directory.
+    pop3: Vec<Pop3Listener>,
 }
 
 struct Shared {
@@ -52,6 +55,8 @@ pub struct ServerHandle {
     addrs: Vec<(SocketAddr, Role)>,
     shared: Arc<Shared>,
     acceptors: Vec<JoinHandle<()>>,
+    /// Dropped after `acceptors` are stopped; each stops its own POP3 acceptor.
+    pop3: Vec<Pop3Handle>,
 }
 
 /// One place in the connection count; dropping it (also while a thread unwinds) frees it.
@@ -87,6 +92,11 @@ impl Server {
                 listeners.push((bind_one(*addr)?, role));
             }
         }
+        let pop3 = config
+            .pop3
+            .iter()
+            .map(|addr| Pop3Listener::bind(*addr))
+            .collect::<Result<Vec<_>, _>>()?;
         let context = Context {
             config: Arc::new(config),
             deliver,
@@ -100,6 +110,7 @@ impl Server {
                 sessions: AtomicU64::new(0),
                 stopping: AtomicBool::new(false),
             }),
+            pop3,
         })
     }
 
@@ -129,10 +140,17 @@ impl Server {
                 thread::spawn(move || accept_loop(&listener, role, &shared))
             })
             .collect();
+        let config = self.shared.context.config.clone();
+        let pop3 = self
+            .pop3
+            .into_iter()
+            .map(|listener| listener.spawn(config.clone()))
+            .collect();
         ServerHandle {
             addrs,
             shared: self.shared,
             acceptors,
+            pop3,
         }
     }
 }
@@ -150,7 +168,7 @@ fn tls_acceptor(config: &Config) -> Result<Option<Arc<TlsAcceptor>>, String> {
     Ok(Some(Arc::new(acceptor)))
 }
 
-fn bind_one(addr: SocketAddr) -> Result<TcpListener, String> {
+pub(crate) fn bind_one(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => {
             format!("Cannot listen on {addr}: another program already uses that port.")
@@ -233,6 +251,16 @@ impl ServerHandle {
 
     pub fn config(&self) -> &Config {
         &self.shared.context.config
+    }
+
+    /// The first `--pop3` address actually bound, if any.
+    pub fn pop3_addr(&self) -> Option<SocketAddr> {
+        self.pop3.first().map(Pop3Handle::addr)
+    }
+
+    /// POP3 sessions running now.
+    pub fn pop3_sessions(&self) -> usize {
+        self.pop3.iter().map(Pop3Handle::active_sessions).sum()
     }
 }
 

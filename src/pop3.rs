@@ -1,0 +1,1256 @@
+//! The POP3 session: one `enum State`, one transition table, one `Session` step per command line.
+//!
+//! Interface:
+//! - `POP3_TRANSITIONS`, the legal moves (AUTHORIZATION → TRANSACTION → UPDATE, RFC 1939 §3);
+//!   a command the table does not list gets `-ERR`, and `mermaid()` draws the same table.
+//! - `Session::command(line)` takes one command line and returns a `Step`: the responses, and
+//!   whether to read the next command, enter UPDATE (`Session::update`), or close.
+//! - `Maildrops`, the hook that locks and reads a maildrop at login and removes the deleted
+//!   messages in UPDATE; the session itself touches no file and no socket.
+//! - `Response`, a `+OK`/`-ERR` line and an optional multi-line body; `to_wire` byte-stuffs it.
+//! - `unique_ids` (UIDL) and `to_crlf` (the size of a message) are the rules clients rely on.
+//!
+//! The size rule (RFC 1939 §11): a message is sent with every line ending in CRLF, and its size
+//! in STAT, LIST and RETR is the number of octets of exactly that CRLF form, before
+//! byte-stuffing and without the terminating `.` line. So LIST n equals the bytes a client has
+//! after it removes the stuffing and the termination from RETR n.
+//!
+//! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §5, RFC 1939 §6, RFC 1939 §7, RFC 1939 §11, RFC 2449 §5, RFC 2449 §6.6, RFC 2449 §8.1.2
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// Failed logins before the server closes the connection (RFC 1939 §4 lets it close after any).
+pub const MAX_AUTH_FAILURES: u32 = 3;
+
+/// The longest unique-id: "one to 70 characters" (RFC 1939 §7, UIDL).
+pub const MAX_UID_LEN: usize = 70;
+
+// ANCHOR: verbs
+/// Every POP3 command this server knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verb {
+    User,
+    Pass,
+    Quit,
+    Stat,
+    List,
+    Retr,
+    Dele,
+    Noop,
+    Rset,
+    Top,
+    Uidl,
+    Capa,
+}
+
+/// A verb's facts: its name on the wire, its syntax (the hint in an `-ERR`), its RFC section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerbInfo {
+    pub verb: Verb,
+    pub name: &'static str,
+    pub syntax: &'static str,
+    pub rfc: &'static str,
+}
+
+const fn verb(verb: Verb, name: &'static str, syntax: &'static str, rfc: &'static str) -> VerbInfo {
+    VerbInfo {
+        verb,
+        name,
+        syntax,
+        rfc,
+    }
+}
+
+#[rustfmt::skip]
+pub const VERBS: &[VerbInfo] = &[
+    verb(Verb::User, "USER", "USER name",       "RFC 1939 §7"),
+    verb(Verb::Pass, "PASS", "PASS password",   "RFC 1939 §7"),
+    verb(Verb::Quit, "QUIT", "QUIT",            "RFC 1939 §6"),
+    verb(Verb::Stat, "STAT", "STAT",            "RFC 1939 §5"),
+    verb(Verb::List, "LIST", "LIST [msg]",      "RFC 1939 §5"),
+    verb(Verb::Retr, "RETR", "RETR msg",        "RFC 1939 §5"),
+    verb(Verb::Dele, "DELE", "DELE msg",        "RFC 1939 §5"),
+    verb(Verb::Noop, "NOOP", "NOOP",            "RFC 1939 §5"),
+    verb(Verb::Rset, "RSET", "RSET",            "RFC 1939 §5"),
+    verb(Verb::Top,  "TOP",  "TOP msg lines",   "RFC 1939 §7"),
+    verb(Verb::Uidl, "UIDL", "UIDL [msg]",      "RFC 1939 §7"),
+    verb(Verb::Capa, "CAPA", "CAPA",            "RFC 2449 §5"),
+];
+// ANCHOR_END: verbs
+
+impl Verb {
+    pub fn info(self) -> &'static VerbInfo {
+        VERBS
+            .iter()
+            .find(|info| info.verb == self)
+            .unwrap_or(&VERBS[0])
+    }
+
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+}
+
+/// A parsed command line. Message numbers are as the client typed them (1 is the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    User(String),
+    Pass(String),
+    Quit,
+    Stat,
+    List(Option<usize>),
+    Retr(usize),
+    Dele(usize),
+    Noop,
+    Rset,
+    Top { msg: usize, lines: usize },
+    Uidl(Option<usize>),
+    Capa,
+}
+
+impl Command {
+    pub fn verb(&self) -> Verb {
+        match self {
+            Command::User(_) => Verb::User,
+            Command::Pass(_) => Verb::Pass,
+            Command::Quit => Verb::Quit,
+            Command::Stat => Verb::Stat,
+            Command::List(_) => Verb::List,
+            Command::Retr(_) => Verb::Retr,
+            Command::Dele(_) => Verb::Dele,
+            Command::Noop => Verb::Noop,
+            Command::Rset => Verb::Rset,
+            Command::Top { .. } => Verb::Top,
+            Command::Uidl(_) => Verb::Uidl,
+            Command::Capa => Verb::Capa,
+        }
+    }
+}
+
+// ANCHOR: parse
+/// `command = keyword *(SP param) CRLF` (RFC 2449 §3); keywords are case-insensitive. PASS
+/// takes the rest of the line, spaces included: "a POP3 server may treat spaces in the
+/// argument as part of the password" (RFC 1939 §7).
+pub fn parse(line: &[u8]) -> Result<Command, Response> {
+    let line = std::str::from_utf8(line).map_err(|_| Response::err("Commands are ASCII text"))?;
+    let (keyword, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let Some(info) = VERBS.iter().find(|v| v.name.eq_ignore_ascii_case(keyword)) else {
+        return Err(Response::err(format!(
+            "Unknown command {keyword:?}; try CAPA, USER name, PASS password, STAT, LIST, RETR n, QUIT"
+        )));
+    };
+    let args: Vec<&str> = rest.split(' ').filter(|a| !a.is_empty()).collect();
+    let syntax = || Response::err(format!("Syntax: {}", info.syntax));
+    let number = |text: &str| text.parse::<usize>().map_err(|_| syntax());
+    let command = match (info.verb, args.as_slice()) {
+        (Verb::User, [name]) => Command::User(name.to_string()),
+        (Verb::Pass, _) if !rest.is_empty() => Command::Pass(rest.to_string()),
+        (Verb::Quit, []) => Command::Quit,
+        (Verb::Stat, []) => Command::Stat,
+        (Verb::List, []) => Command::List(None),
+        (Verb::List, [msg]) => Command::List(Some(number(msg)?)),
+        (Verb::Retr, [msg]) => Command::Retr(number(msg)?),
+        (Verb::Dele, [msg]) => Command::Dele(number(msg)?),
+        (Verb::Noop, []) => Command::Noop,
+        (Verb::Rset, []) => Command::Rset,
+        (Verb::Top, [msg, lines]) => Command::Top {
+            msg: number(msg)?,
+            lines: number(lines)?,
+        },
+        (Verb::Uidl, []) => Command::Uidl(None),
+        (Verb::Uidl, [msg]) => Command::Uidl(Some(number(msg)?)),
+        (Verb::Capa, []) => Command::Capa,
+        _ => return Err(syntax()),
+    };
+    Ok(command)
+}
+// ANCHOR_END: parse
+
+// ANCHOR: response
+/// One response: `+OK text` or `-ERR text`, and for a multi-line response its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub ok: bool,
+    pub text: String,
+    /// Lines ending in CRLF, not yet byte-stuffed; `to_wire` stuffs them and adds `.` CRLF.
+    pub body: Option<Vec<u8>>,
+}
+
+impl Response {
+    pub fn ok(text: impl Into<String>) -> Response {
+        Response {
+            ok: true,
+            text: text.into(),
+            body: None,
+        }
+    }
+
+    pub fn err(text: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            text: text.into(),
+            body: None,
+        }
+    }
+
+    /// A multi-line `+OK` response (RFC 1939 §3).
+    pub fn multi(text: impl Into<String>, body: Vec<u8>) -> Response {
+        Response {
+            ok: true,
+            text: text.into(),
+            body: Some(body),
+        }
+    }
+
+    /// The bytes on the wire. RFC 1939 §3: "If any line of the multi-line response begins with
+    /// the termination octet, the line is "byte-stuffed" by pre-pending the termination octet
+    /// to that line", and the response ends with `.` CRLF.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut out = format!("{self}\r\n").into_bytes();
+        if let Some(body) = &self.body {
+            for line in body.split_inclusive(|&byte| byte == b'\n') {
+                if line.starts_with(b".") {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(line);
+            }
+            if !body.is_empty() && !body.ends_with(b"\r\n") {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+        }
+        out
+    }
+}
+
+/// The status line without CRLF.
+impl fmt::Display for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = if self.ok { "+OK" } else { "-ERR" };
+        if self.text.is_empty() {
+            write!(f, "{status}")
+        } else {
+            write!(f, "{status} {}", self.text)
+        }
+    }
+}
+// ANCHOR_END: response
+
+/// The states of RFC 1939 §3, by name: what the table and the diagram use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StateName {
+    Authorization,
+    Transaction,
+    Update,
+    Closed,
+}
+
+/// What moves a session: a command, or the end of the UPDATE work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Command(Verb),
+    /// UPDATE has removed the deleted messages (or failed to); the session ends.
+    Updated,
+}
+
+/// One legal move. A command answered `-ERR` leaves the state as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: StateName,
+    pub on: Trigger,
+    pub to: StateName,
+    pub rfc: &'static str,
+}
+
+const fn row(from: StateName, verb: Verb, to: StateName, rfc: &'static str) -> Transition {
+    Transition {
+        from,
+        on: Trigger::Command(verb),
+        to,
+        rfc,
+    }
+}
+
+use StateName::{Authorization, Closed, Transaction, Update};
+
+// ANCHOR: transitions
+/// Every legal move of a POP3 server session (RFC 1939 §3). Anything else gets `-ERR`.
+#[rustfmt::skip]
+pub const POP3_TRANSITIONS: &[Transition] = &[
+    row(Authorization, Verb::User, Authorization, "RFC 1939 §7"),
+    // Only with the right password and the maildrop lock; otherwise -ERR and no move (§4).
+    row(Authorization, Verb::Pass, Transaction,   "RFC 1939 §7"),
+    row(Authorization, Verb::Capa, Authorization, "RFC 2449 §5"),
+    // QUIT before login: no UPDATE, nothing to remove.
+    row(Authorization, Verb::Quit, Closed,        "RFC 1939 §4"),
+    row(Transaction,   Verb::Stat, Transaction,   "RFC 1939 §5"),
+    row(Transaction,   Verb::List, Transaction,   "RFC 1939 §5"),
+    row(Transaction,   Verb::Retr, Transaction,   "RFC 1939 §5"),
+    row(Transaction,   Verb::Dele, Transaction,   "RFC 1939 §5"),
+    row(Transaction,   Verb::Noop, Transaction,   "RFC 1939 §5"),
+    row(Transaction,   Verb::Rset, Transaction,   "RFC 1939 §5"),
+    row(Transaction,   Verb::Top,  Transaction,   "RFC 1939 §7"),
+    row(Transaction,   Verb::Uidl, Transaction,   "RFC 1939 §7"),
+    row(Transaction,   Verb::Capa, Transaction,   "RFC 2449 §5"),
+    // Only QUIT commits the deletions; a dropped connection never reaches UPDATE (§6).
+    row(Transaction,   Verb::Quit, Update,        "RFC 1939 §6"),
+    Transition { from: Update, on: Trigger::Updated, to: Closed, rfc: "RFC 1939 §6" },
+];
+// ANCHOR_END: transitions
+
+/// The legal move for `verb` in state `from`, if there is one.
+pub fn transition(from: StateName, verb: Verb) -> Option<&'static Transition> {
+    POP3_TRANSITIONS
+        .iter()
+        .find(|t| t.from == from && t.on == Trigger::Command(verb))
+}
+
+/// Mermaid `stateDiagram-v2` text of `POP3_TRANSITIONS` (`smtplab states --pop3`).
+pub fn mermaid() -> String {
+    let mut edges: Vec<(StateName, StateName, Vec<&str>)> = Vec::new();
+    for t in POP3_TRANSITIONS {
+        let label = match t.on {
+            Trigger::Command(verb) => verb.name(),
+            Trigger::Updated => "deletions committed",
+        };
+        match edges
+            .iter_mut()
+            .find(|(f, to, _)| *f == t.from && *to == t.to)
+        {
+            Some((_, _, labels)) => labels.push(label),
+            None => edges.push((t.from, t.to, vec![label])),
+        }
+    }
+    let mut out = String::from("stateDiagram-v2\n    [*] --> Authorization: +OK greeting\n");
+    for (from, to, labels) in edges {
+        out.push_str(&format!("    {from:?} --> {to:?}: {}\n", labels.join(", ")));
+    }
+    out.push_str("    Closed --> [*]\n");
+    out
+}
+
+/// One message of a maildrop as the hook hands it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its unique-id (see `unique_ids`).
+    pub uid: String,
+    /// The message with `\n` line ends (mbox quoting undone).
+    pub content: Vec<u8>,
+}
+
+/// Held for as long as the session may use the maildrop; dropping it lets the next session in.
+pub type MaildropGuard = Box<dyn Send>;
+
+/// A maildrop opened at login: its messages and the exclusive-access lock (RFC 1939 §4).
+pub struct Opened {
+    pub messages: Vec<StoredMessage>,
+    pub guard: MaildropGuard,
+}
+
+/// Why a maildrop could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// Another session holds it (answered `-ERR [IN-USE]`, RFC 2449 §8.1.2).
+    InUse,
+    /// Anything else: logged by the hook, answered with a plain `-ERR`.
+    Failed(String),
+}
+
+// ANCHOR: maildrops
+/// Where maildrops live. The session decides what to answer; the hook does the file work.
+pub trait Maildrops: Send + Sync {
+    /// Lock `user`'s maildrop for this session and read it (RFC 1939 §4).
+    fn open(&self, user: &str) -> Result<Opened, OpenError>;
+    /// UPDATE: remove the messages with these unique-ids for good, keeping everything else,
+    /// including mail that arrived during the session. Returns how many were removed.
+    fn commit(&self, user: &str, deleted: &[String]) -> Result<usize, String>;
+}
+// ANCHOR_END: maildrops
+
+// ANCHOR: uidl
+/// 64-bit FNV-1a (Fowler–Noll–Vo): a few lines, no crate, and the same on every machine.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+/// The unique-ids of a maildrop's messages, in order, from each message's bytes as stored
+/// (the mbox `From ` line with its delivery time, and the quoted content).
+///
+/// Derived from content, not from a counter, so an id needs no database and stays the same in
+/// every session for as long as the message is in the file (RFC 1939 §7: "the unique-id of a
+/// message ... must persist across sessions"). Two byte-identical messages would share a hash,
+/// so the second gets `-2`, the third `-3`: ids stay unique within the maildrop, and UPDATE,
+/// which deletes by id, still deletes the right number of copies.
+pub fn unique_ids<'a>(raw_messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    let mut hashes: Vec<u64> = Vec::new();
+    for raw in raw_messages {
+        let hash = fnv1a64(raw);
+        let copies = hashes.iter().filter(|&&h| h == hash).count();
+        hashes.push(hash);
+        ids.push(match copies {
+            0 => format!("{hash:016x}"),
+            n => format!("{hash:016x}-{}", n + 1),
+        });
+    }
+    ids
+}
+// ANCHOR_END: uidl
+
+/// The message as it goes on the wire: every `\n` not already after a `\r` becomes CRLF, and a
+/// last line without an end gets one (RFC 1939 §11). Its length is the message's size.
+pub fn to_crlf(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 32 + 2);
+    for (i, &byte) in content.iter().enumerate() {
+        if byte == b'\n' && (i == 0 || content[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(byte);
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The header, the empty line, and the first `lines` lines of the body (TOP, RFC 1939 §7).
+pub fn top(wire: &[u8], lines: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut body_lines = None;
+    for line in wire.split_inclusive(|&byte| byte == b'\n') {
+        match body_lines {
+            Some(n) if n == lines => break,
+            Some(n) => body_lines = Some(n + 1),
+            None if line == b"\r\n" => body_lines = Some(0),
+            None => {}
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// One message during a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub uid: String,
+    /// The CRLF form sent by RETR; its length is the size in STAT and LIST.
+    pub wire: Vec<u8>,
+    /// Marked by DELE: hidden from every command, removed only in UPDATE; RSET unmarks.
+    pub deleted: bool,
+}
+
+/// The maildrop of a logged-in session.
+pub struct Maildrop {
+    pub user: String,
+    pub messages: Vec<Message>,
+    _guard: MaildropGuard,
+}
+
+impl fmt::Debug for Maildrop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Maildrop")
+            .field("user", &self.user)
+            .field("messages", &self.messages.len())
+            .finish()
+    }
+}
+
+// ANCHOR: state
+/// Where a session is (RFC 1939 §3). The maildrop, and with it the lock, lives only in the
+/// states that may use it, so leaving them releases the lock.
+#[derive(Debug)]
+pub enum State {
+    /// Greeted; waiting for USER and PASS. `user` is the name USER gave.
+    Authorization { user: Option<String> },
+    /// Logged in, maildrop locked: messages may be read and marked as deleted.
+    Transaction { maildrop: Maildrop },
+    /// QUIT was given in TRANSACTION: the marked messages are being removed.
+    Update { maildrop: Maildrop },
+    /// QUIT, too many errors, or the end of UPDATE.
+    Closed,
+}
+// ANCHOR_END: state
+
+impl State {
+    pub fn name(&self) -> StateName {
+        match self {
+            State::Authorization { .. } => Authorization,
+            State::Transaction { .. } => Transaction,
+            State::Update { .. } => Update,
+            State::Closed => Closed,
+        }
+    }
+}
+
+/// What the connection should do after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    ReadCommand,
+    /// Send the responses, then call `Session::update` (the session is in UPDATE).
+    Update,
+    Close,
+}
+
+/// The outcome of one command line (or of UPDATE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub responses: Vec<Response>,
+    pub next: Next,
+    /// Wait this long before sending (after a failed login), to slow down password guessing.
+    pub pause: Duration,
+    pub from: StateName,
+    pub to: StateName,
+    pub rfc: &'static str,
+}
+
+/// One client's POP3 session.
+pub struct Session {
+    state: State,
+    config: Arc<Config>,
+    maildrops: Arc<dyn Maildrops>,
+    errors: u32,
+    auth_failures: u32,
+}
+
+impl Session {
+    pub fn new(config: Arc<Config>, maildrops: Arc<dyn Maildrops>) -> Session {
+        Session {
+            state: State::Authorization { user: None },
+            config,
+            maildrops,
+            errors: 0,
+            auth_failures: 0,
+        }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// RFC 1939 §4: "a one line greeting. This can be any positive response."
+    pub fn greeting(&self) -> Response {
+        Response::ok(format!(
+            "{} POP3 smtplab ready; type USER name, then PASS password",
+            self.config.hostname
+        ))
+    }
+
+    // ANCHOR: command
+    /// Take one command line (without its line end) and return what to answer and do next.
+    pub fn command(&mut self, line: &[u8]) -> Step {
+        let from = self.state.name();
+        let (responses, next, pause, rfc) = match parse(line) {
+            Ok(command) => {
+                let rfc = command.verb().info().rfc;
+                let (responses, next, pause) = self.dispatch(command);
+                (responses, next, pause, rfc)
+            }
+            Err(response) => (
+                vec![response],
+                Next::ReadCommand,
+                Duration::ZERO,
+                "RFC 1939 §3",
+            ),
+        };
+        self.finish(from, responses, next, pause, rfc)
+    }
+    // ANCHOR_END: command
+
+    /// A line the connection refused before parsing (too long): it counts as an error.
+    pub fn refuse_line(&mut self, response: Response) -> Step {
+        let from = self.state.name();
+        self.finish(
+            from,
+            vec![response],
+            Next::ReadCommand,
+            Duration::ZERO,
+            "RFC 2449 §4",
+        )
+    }
+
+    /// Count errors; at the limit say so and close, as the SMTP session does.
+    fn finish(
+        &mut self,
+        from: StateName,
+        mut responses: Vec<Response>,
+        mut next: Next,
+        pause: Duration,
+        rfc: &'static str,
+    ) -> Step {
+        self.errors += responses.iter().filter(|r| !r.ok).count() as u32;
+        if self.errors >= self.config.max_errors && next == Next::ReadCommand {
+            responses.push(Response::err("Too many errors; closing the connection"));
+            next = Next::Close;
+            self.state = State::Closed; // drops a maildrop, and its lock, without UPDATE
+        }
+        Step {
+            responses,
+            next,
+            pause,
+            from,
+            to: self.state.name(),
+            rfc,
+        }
+    }
+
+    // ANCHOR: dispatch
+    /// The table decides whether a command is legal here; one method per verb does the work.
+    fn dispatch(&mut self, command: Command) -> (Vec<Response>, Next, Duration) {
+        let verb = command.verb();
+        if transition(self.state.name(), verb).is_none() {
+            let text = format!(
+                "{} is not allowed in the {:?} state",
+                verb.name(),
+                self.state.name()
+            );
+            return (vec![Response::err(text)], Next::ReadCommand, Duration::ZERO);
+        }
+        let (response, next, pause) = match command {
+            Command::Quit => return self.quit(),
+            Command::Pass(password) => self.pass(&password),
+            Command::User(name) => (self.user(name), Next::ReadCommand, Duration::ZERO),
+            Command::Capa => (capa(), Next::ReadCommand, Duration::ZERO),
+            other => {
+                let response = match &mut self.state {
+                    State::Transaction { maildrop } => maildrop.command(other),
+                    _ => Response::err("Not logged in"),
+                };
+                (response, Next::ReadCommand, Duration::ZERO)
+            }
+        };
+        (vec![response], next, pause)
+    }
+    // ANCHOR_END: dispatch
+
+    /// USER (RFC 1939 §7). Always `+OK`: "Servers that answer -ERR to the USER command are
+    /// giving potential attackers clues about which names are valid" (RFC 1939 §13).
+    fn user(&mut self, name: String) -> Response {
+        let text = format!("Hello {name}; now PASS your-password");
+        self.state = State::Authorization { user: Some(name) };
+        Response::ok(text)
+    }
+
+    // ANCHOR: pass
+    /// PASS (RFC 1939 §7): check the password, then lock and read the maildrop (§4).
+    fn pass(&mut self, password: &str) -> (Response, Next, Duration) {
+        let State::Authorization { user: Some(name) } = &self.state else {
+            let text = "USER first: USER name, then PASS password";
+            return (Response::err(text), Next::ReadCommand, Duration::ZERO);
+        };
+        let user = name.to_lowercase();
+        self.state = State::Authorization { user: None }; // a new USER is needed after PASS
+        if !self.password_matches(&user, password) {
+            return self.login_failed();
+        }
+        match self.maildrops.open(&user) {
+            Ok(opened) => {
+                let maildrop = Maildrop::new(user, opened);
+                let response = Response::ok(format!(
+                    "{}'s maildrop has {}",
+                    maildrop.user,
+                    maildrop.summary()
+                ));
+                self.state = State::Transaction { maildrop };
+                (response, Next::ReadCommand, Duration::ZERO)
+            }
+            Err(OpenError::InUse) => {
+                let text = "[IN-USE] maildrop busy: is another POP3 session running?";
+                (Response::err(text), Next::ReadCommand, Duration::ZERO)
+            }
+            Err(OpenError::Failed(_)) => {
+                let text = "Cannot open the maildrop now; try again later";
+                (Response::err(text), Next::ReadCommand, Duration::ZERO)
+            }
+        }
+    }
+    // ANCHOR_END: pass
+
+    /// The same answer and the same pause for an unknown user and a wrong password.
+    fn login_failed(&mut self) -> (Response, Next, Duration) {
+        self.auth_failures += 1;
+        let pause = self.config.pop3_auth_delay;
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            self.state = State::Closed;
+            let text = "Wrong user name or password; too many tries, goodbye";
+            return (Response::err(text), Next::Close, pause);
+        }
+        let text = "Wrong user name or password; USER name, then PASS password";
+        (Response::err(text), Next::ReadCommand, pause)
+    }
+
+    /// Compare every byte whatever the first difference, so the time taken says nothing about
+    /// how much of a guess was right.
+    fn password_matches(&self, user: &str, password: &str) -> bool {
+        let Some(expected) = self.config.directory.users.get(user) else {
+            return false;
+        };
+        let (a, b) = (expected.as_bytes(), password.as_bytes());
+        let differences = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        a.len() == b.len() && differences == 0
+    }
+
+    /// QUIT: in AUTHORIZATION just close (§4); in TRANSACTION enter UPDATE (§6).
+    fn quit(&mut self) -> (Vec<Response>, Next, Duration) {
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Transaction { maildrop } => {
+                self.state = State::Update { maildrop };
+                // No response yet: `update` gives it once the deletions are done.
+                (Vec::new(), Next::Update, Duration::ZERO)
+            }
+            _ => {
+                let text = format!("{} POP3 smtplab signing off", self.config.hostname);
+                (vec![Response::ok(text)], Next::Close, Duration::ZERO)
+            }
+        }
+    }
+
+    // ANCHOR: update
+    /// The UPDATE state (RFC 1939 §6): remove the messages marked as deleted, answer, close.
+    /// The maildrop lock is released when the state becomes `Closed`.
+    pub fn update(&mut self) -> Step {
+        let from = self.state.name();
+        let State::Update { maildrop } = std::mem::replace(&mut self.state, State::Closed) else {
+            let response = Response::err("Not in the UPDATE state");
+            return self.finish(
+                from,
+                vec![response],
+                Next::Close,
+                Duration::ZERO,
+                "RFC 1939 §6",
+            );
+        };
+        let deleted = maildrop.deleted_uids();
+        let result = if deleted.is_empty() {
+            Ok(0)
+        } else {
+            self.maildrops.commit(&maildrop.user, &deleted)
+        };
+        let host = &self.config.hostname;
+        let response = match result {
+            Ok(removed) => Response::ok(format!(
+                "{host} POP3 smtplab signing off ({removed} messages deleted)"
+            )),
+            // RFC 1939 §6: "If there is an error, ... -ERR": some deletions did not happen.
+            Err(_) => {
+                Response::err("Some deleted messages could not be removed; they are still there")
+            }
+        };
+        drop(maildrop);
+        Step {
+            responses: vec![response],
+            next: Next::Close,
+            pause: Duration::ZERO,
+            from,
+            to: self.state.name(),
+            rfc: "RFC 1939 §6",
+        }
+    }
+    // ANCHOR_END: update
+}
+
+/// CAPA (RFC 2449 §5): what this server offers, one capability per line.
+fn capa() -> Response {
+    let capabilities = [
+        "USER",       // RFC 2449 §6.2
+        "TOP",        // RFC 2449 §6.1
+        "UIDL",       // RFC 2449 §6.8
+        "RESP-CODES", // RFC 2449 §6.4
+        // The connection answers in order and flushes only when no input is waiting (§6.6).
+        "PIPELINING",
+        "IMPLEMENTATION smtplab", // RFC 2449 §6.9
+    ];
+    let body: String = capabilities.iter().map(|c| format!("{c}\r\n")).collect();
+    Response::multi("Capability list follows", body.into_bytes())
+}
+
+impl Maildrop {
+    fn new(user: String, opened: Opened) -> Maildrop {
+        let messages = opened
+            .messages
+            .into_iter()
+            .map(|m| Message {
+                uid: m.uid,
+                wire: to_crlf(&m.content),
+                deleted: false,
+            })
+            .collect();
+        Maildrop {
+            user,
+            messages,
+            _guard: opened.guard,
+        }
+    }
+
+    /// The TRANSACTION commands (RFC 1939 §5, §7).
+    fn command(&mut self, command: Command) -> Response {
+        let result = match command {
+            Command::Stat => Ok(self.stat()),
+            Command::List(None) => Ok(self.list()),
+            Command::List(Some(n)) => self
+                .get(n)
+                .map(|m| Response::ok(format!("{n} {}", m.wire.len()))),
+            Command::Retr(n) => self
+                .get(n)
+                .map(|m| Response::multi(format!("{} octets", m.wire.len()), m.wire.clone())),
+            Command::Top { msg, lines } => self
+                .get(msg)
+                .map(|m| Response::multi("Top of message follows", top(&m.wire, lines))),
+            Command::Dele(n) => self.dele(n),
+            Command::Uidl(None) => Ok(self.uidl()),
+            Command::Uidl(Some(n)) => self.get(n).map(|m| Response::ok(format!("{n} {}", m.uid))),
+            Command::Noop => Ok(Response::ok("")),
+            Command::Rset => Ok(self.rset()),
+            _ => Err(Response::err("Not a TRANSACTION command")),
+        };
+        result.unwrap_or_else(|response| response)
+    }
+
+    /// Message `n` (1-based), if it exists and is not marked as deleted (RFC 1939 §5).
+    fn get(&self, n: usize) -> Result<&Message, Response> {
+        let message = n
+            .checked_sub(1)
+            .and_then(|i| self.messages.get(i))
+            .ok_or_else(|| {
+                Response::err(format!(
+                    "No such message; there are {}",
+                    self.messages.len()
+                ))
+            })?;
+        if message.deleted {
+            return Err(Response::err(format!("Message {n} already deleted")));
+        }
+        Ok(message)
+    }
+
+    fn live(&self) -> impl Iterator<Item = (usize, &Message)> {
+        (1..).zip(&self.messages).filter(|(_, m)| !m.deleted)
+    }
+
+    /// "n messages (m octets)", counting only messages not marked as deleted.
+    fn summary(&self) -> String {
+        let (count, octets) = self.totals();
+        format!("{count} messages ({octets} octets)")
+    }
+
+    fn totals(&self) -> (usize, usize) {
+        self.live().fold((0, 0), |(count, octets), (_, m)| {
+            (count + 1, octets + m.wire.len())
+        })
+    }
+
+    /// STAT: exactly "+OK count octets" (RFC 1939 §5: clients parse this "drop listing").
+    fn stat(&self) -> Response {
+        let (count, octets) = self.totals();
+        Response::ok(format!("{count} {octets}"))
+    }
+
+    fn list(&self) -> Response {
+        let body: String = self
+            .live()
+            .map(|(n, m)| format!("{n} {}\r\n", m.wire.len()))
+            .collect();
+        Response::multi(self.summary(), body.into_bytes())
+    }
+
+    fn uidl(&self) -> Response {
+        let body: String = self
+            .live()
+            .map(|(n, m)| format!("{n} {}\r\n", m.uid))
+            .collect();
+        Response::multi("Unique-id listing follows", body.into_bytes())
+    }
+
+    /// DELE only marks (RFC 1939 §5): the message is removed in UPDATE, if the client QUITs.
+    fn dele(&mut self, n: usize) -> Result<Response, Response> {
+        self.get(n)?;
+        self.messages[n - 1].deleted = true;
+        Ok(Response::ok(format!(
+            "Message {n} deleted (for good at QUIT)"
+        )))
+    }
+
+    fn rset(&mut self) -> Response {
+        for message in &mut self.messages {
+            message.deleted = false;
+        }
+        Response::ok(format!("Maildrop has {}", self.summary()))
+    }
+
+    fn deleted_uids(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter(|m| m.deleted)
+            .map(|m| m.uid.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// Maildrops in memory: a fixed mailbox for every user, the set of users logged in, and
+    /// every commit made.
+    #[derive(Default)]
+    struct Memory {
+        in_use: Arc<Mutex<HashSet<String>>>,
+        commits: Mutex<Vec<(String, Vec<String>)>>,
+    }
+
+    /// The lock of a session; dropping it logs the user out.
+    struct Held(Arc<Mutex<HashSet<String>>>, String);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().remove(&self.1);
+        }
+    }
+
+    const FIRST: &[u8] = b"Subject: one\n\n.\n..x\nFrom me\nbody\n";
+    const SECOND: &[u8] = b"Subject: two\nX: y\n\nline 1\nline 2\nline 3\n";
+
+    impl Maildrops for Memory {
+        fn open(&self, user: &str) -> Result<Opened, OpenError> {
+            if !self.in_use.lock().unwrap().insert(user.to_string()) {
+                return Err(OpenError::InUse);
+            }
+            let contents = [FIRST, SECOND];
+            let uids = unique_ids(contents);
+            Ok(Opened {
+                messages: uids
+                    .into_iter()
+                    .zip(contents)
+                    .map(|(uid, c)| StoredMessage {
+                        uid,
+                        content: c.to_vec(),
+                    })
+                    .collect(),
+                guard: Box::new(Held(self.in_use.clone(), user.to_string())),
+            })
+        }
+
+        fn commit(&self, user: &str, deleted: &[String]) -> Result<usize, String> {
+            let mut commits = self.commits.lock().unwrap();
+            commits.push((user.to_string(), deleted.to_vec()));
+            Ok(deleted.len())
+        }
+    }
+
+    fn config() -> Arc<Config> {
+        Arc::new(Config {
+            hostname: "pop.test".into(),
+            pop3_auth_delay: Duration::from_millis(7),
+            ..Config::default()
+        })
+    }
+
+    fn session(memory: &Arc<Memory>) -> Session {
+        Session::new(config(), memory.clone())
+    }
+
+    fn run(session: &mut Session, line: &str) -> Step {
+        session.command(line.as_bytes())
+    }
+
+    /// A session already in `state`: Authorization, Transaction or Update.
+    fn session_in(memory: &Arc<Memory>, state: StateName) -> Session {
+        let mut s = session(memory);
+        if state != Authorization {
+            run(&mut s, "USER alice");
+            assert!(run(&mut s, "PASS password").responses[0].ok);
+        }
+        if state == Update {
+            assert_eq!(run(&mut s, "QUIT").next, Next::Update);
+        }
+        assert_eq!(s.state().name(), state);
+        s
+    }
+
+    /// A command that takes each row's move (for PASS: after USER, with the right password).
+    fn sample(verb: Verb) -> &'static str {
+        match verb {
+            Verb::User => "USER alice",
+            Verb::Pass => "PASS password",
+            Verb::Quit => "QUIT",
+            Verb::Stat => "STAT",
+            Verb::List => "LIST",
+            Verb::Retr => "RETR 1",
+            Verb::Dele => "DELE 1",
+            Verb::Noop => "NOOP",
+            Verb::Rset => "RSET",
+            Verb::Top => "TOP 1 0",
+            Verb::Uidl => "UIDL",
+            Verb::Capa => "CAPA",
+        }
+    }
+
+    #[test]
+    fn every_row_of_the_table_moves_as_it_says() {
+        for t in POP3_TRANSITIONS {
+            let memory = Arc::new(Memory::default());
+            let mut s = session_in(&memory, t.from);
+            let step = match t.on {
+                Trigger::Command(Verb::Pass) => {
+                    run(&mut s, "USER alice");
+                    run(&mut s, "PASS password")
+                }
+                Trigger::Command(verb) => run(&mut s, sample(verb)),
+                Trigger::Updated => s.update(),
+            };
+            assert_eq!(step.from, t.from, "{t:?}");
+            assert_eq!(step.to, t.to, "{t:?}");
+            assert!(step.responses.iter().all(|r| r.ok), "{t:?}: {step:?}");
+            assert!(t.rfc.starts_with("RFC "), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn every_command_the_table_does_not_list_is_refused_and_changes_nothing() {
+        for state in [Authorization, Transaction, Update] {
+            for info in VERBS {
+                if transition(state, info.verb).is_some() {
+                    continue;
+                }
+                let memory = Arc::new(Memory::default());
+                let mut s = session_in(&memory, state);
+                let step = run(&mut s, sample(info.verb));
+                assert!(!step.responses[0].ok, "{state:?} {}", info.name);
+                assert_eq!(step.to, state, "{state:?} {}", info.name);
+                assert_eq!(step.next, Next::ReadCommand);
+            }
+        }
+    }
+
+    #[test]
+    fn every_verb_has_its_facts_and_its_row() {
+        let all = [
+            Verb::User,
+            Verb::Pass,
+            Verb::Quit,
+            Verb::Stat,
+            Verb::List,
+            Verb::Retr,
+            Verb::Dele,
+            Verb::Noop,
+            Verb::Rset,
+            Verb::Top,
+            Verb::Uidl,
+            Verb::Capa,
+        ];
+        assert_eq!(VERBS.len(), all.len());
+        for verb in all {
+            assert_eq!(verb.info().verb, verb);
+            assert!(POP3_TRANSITIONS
+                .iter()
+                .any(|t| t.on == Trigger::Command(verb)));
+            assert_eq!(parse(sample(verb).as_bytes()).map(|c| c.verb()), Ok(verb));
+        }
+    }
+
+    #[test]
+    fn parsing() {
+        assert_eq!(parse(b"user Alice"), Ok(Command::User("Alice".into())));
+        assert_eq!(
+            parse(b"PASS two words "),
+            Ok(Command::Pass("two words ".into()))
+        );
+        assert_eq!(parse(b"top 2 10"), Ok(Command::Top { msg: 2, lines: 10 }));
+        assert_eq!(parse(b"LIST"), Ok(Command::List(None)));
+        assert_eq!(parse(b"UIDL 3"), Ok(Command::Uidl(Some(3))));
+        for bad in [
+            "RETR", "RETR x", "RETR -1", "STAT 1", "TOP 1", "PASS", "USER", "HELO x", "",
+        ] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert!(parse(b"\xff").is_err());
+    }
+
+    #[test]
+    fn multi_line_responses_are_byte_stuffed_and_terminated() {
+        let response = Response::multi("x", b"a\r\n.\r\n..b\r\n.c\r\n".to_vec());
+        assert_eq!(
+            response.to_wire(),
+            b"+OK x\r\na\r\n..\r\n...b\r\n..c\r\n.\r\n".to_vec()
+        );
+        assert_eq!(
+            Response::multi("none", Vec::new()).to_wire(),
+            b"+OK none\r\n.\r\n"
+        );
+        assert_eq!(Response::err("no").to_wire(), b"-ERR no\r\n");
+        assert_eq!(Response::ok("").to_wire(), b"+OK\r\n");
+    }
+
+    #[test]
+    fn the_size_is_the_crlf_form_before_stuffing() {
+        assert_eq!(to_crlf(b"a\nb\n"), b"a\r\nb\r\n");
+        assert_eq!(to_crlf(b"a\r\nb"), b"a\r\nb\r\n");
+        assert_eq!(to_crlf(b""), b"");
+        let memory = Arc::new(Memory::default());
+        let mut s = session_in(&memory, Transaction);
+        let list = run(&mut s, "LIST 1").responses[0].text.clone();
+        let retr = run(&mut s, "RETR 1").responses[0].clone();
+        let body = retr.body.clone().unwrap();
+        assert_eq!(list, format!("1 {}", body.len()));
+        assert_eq!(retr.text, format!("{} octets", body.len()));
+        assert_eq!(body, to_crlf(FIRST));
+        // On the wire the stuffing adds octets that the size does not count.
+        let wire = retr.to_wire();
+        assert!(wire.windows(6).any(|w| w == b"\r\n..\r\n"));
+        assert!(wire.windows(6).any(|w| w == b"\n...x\r"));
+        let stat = run(&mut s, "STAT").responses[0].text.clone();
+        let total = to_crlf(FIRST).len() + to_crlf(SECOND).len();
+        assert_eq!(stat, format!("2 {total}"));
+    }
+
+    #[test]
+    fn top_sends_the_header_and_n_body_lines() {
+        let wire = to_crlf(SECOND);
+        assert_eq!(top(&wire, 0), b"Subject: two\r\nX: y\r\n\r\n");
+        assert_eq!(
+            top(&wire, 2),
+            b"Subject: two\r\nX: y\r\n\r\nline 1\r\nline 2\r\n"
+        );
+        assert_eq!(top(&wire, 99), wire);
+        assert_eq!(top(b"no body\r\n", 3), b"no body\r\n");
+    }
+
+    #[test]
+    fn unique_ids_are_fnv1a_hex_and_unique_within_a_maildrop() {
+        // Published FNV-1a/64 test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let ids = unique_ids([&b"x"[..], b"y", b"x", b"x"]);
+        assert_eq!(ids[0], format!("{:016x}", fnv1a64(b"x")));
+        assert_eq!(ids[2], format!("{}-2", ids[0]));
+        assert_eq!(ids[3], format!("{}-3", ids[0]));
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 4);
+        assert_eq!(unique_ids([&b"x"[..]]), unique_ids([&b"x"[..]]), "stable");
+        for id in ids {
+            assert!(id.len() <= MAX_UID_LEN && id.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+        }
+    }
+
+    #[test]
+    fn dele_marks_rset_unmarks_and_only_quit_commits() {
+        let memory = Arc::new(Memory::default());
+        let mut s = session_in(&memory, Transaction);
+        assert!(run(&mut s, "DELE 1").responses[0].ok);
+        for hidden in ["RETR 1", "DELE 1", "LIST 1", "UIDL 1", "TOP 1 0"] {
+            assert!(!run(&mut s, hidden).responses[0].ok, "{hidden}");
+        }
+        assert!(!run(&mut s, "RETR 3").responses[0].ok);
+        assert!(!run(&mut s, "RETR 0").responses[0].ok);
+        assert_eq!(
+            run(&mut s, "STAT").responses[0].text,
+            format!("1 {}", to_crlf(SECOND).len())
+        );
+        assert!(run(&mut s, "RSET").responses[0].ok);
+        assert!(run(&mut s, "RETR 1").responses[0].ok);
+        run(&mut s, "DELE 2");
+        let uid2 = unique_ids([FIRST, SECOND]).remove(1);
+        assert_eq!(run(&mut s, "QUIT").next, Next::Update);
+        assert!(
+            memory.commits.lock().unwrap().is_empty(),
+            "not before UPDATE"
+        );
+        let step = s.update();
+        assert_eq!((step.next, step.to), (Next::Close, Closed));
+        assert_eq!(
+            *memory.commits.lock().unwrap(),
+            [("alice".to_string(), vec![uid2])]
+        );
+        assert!(
+            memory.in_use.lock().unwrap().is_empty(),
+            "the lock is released"
+        );
+    }
+
+    #[test]
+    fn a_session_dropped_in_transaction_commits_nothing_and_releases_the_lock() {
+        let memory = Arc::new(Memory::default());
+        let mut s = session_in(&memory, Transaction);
+        run(&mut s, "DELE 1");
+        drop(s);
+        assert!(memory.commits.lock().unwrap().is_empty());
+        assert!(memory.in_use.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_second_login_gets_in_use_and_may_try_again_later() {
+        let memory = Arc::new(Memory::default());
+        let first = session_in(&memory, Transaction);
+        let mut second = session(&memory);
+        run(&mut second, "USER Alice");
+        let step = run(&mut second, "PASS password");
+        assert!(step.responses[0].text.starts_with("[IN-USE]"), "{step:?}");
+        assert_eq!(step.to, Authorization);
+        drop(first);
+        run(&mut second, "USER alice");
+        assert_eq!(run(&mut second, "PASS password").to, Transaction);
+    }
+
+    #[test]
+    fn wrong_passwords_and_unknown_users_look_the_same_and_end_the_session() {
+        let memory = Arc::new(Memory::default());
+        let mut s = session(&memory);
+        assert!(
+            !run(&mut s, "PASS password").responses[0].ok,
+            "PASS needs USER"
+        );
+        run(&mut s, "USER alice");
+        let wrong = run(&mut s, "PASS passwort");
+        run(&mut s, "USER nobody");
+        let unknown = run(&mut s, "PASS password");
+        assert_eq!(wrong.responses, unknown.responses);
+        assert!(!wrong.responses[0].ok);
+        assert_eq!(wrong.pause, Duration::from_millis(7));
+        assert_eq!(wrong.to, Authorization);
+        run(&mut s, "USER alice");
+        let last = run(&mut s, "PASS password1");
+        assert_eq!((last.next, last.to), (Next::Close, Closed));
+        assert!(memory.in_use.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn capa_lists_what_is_implemented() {
+        let memory = Arc::new(Memory::default());
+        let mut s = session(&memory);
+        let capa = run(&mut s, "CAPA").responses[0].clone();
+        let body = String::from_utf8(capa.body.unwrap()).unwrap();
+        for capability in ["USER", "TOP", "UIDL", "RESP-CODES", "PIPELINING"] {
+            assert!(body.lines().any(|l| l == capability), "{capability}");
+        }
+        assert!(!body.contains("STLS"), "no TLS yet");
+    }
+
+    #[test]
+    fn too_many_errors_close_the_session() {
+        let memory = Arc::new(Memory::default());
+        let mut s = session_in(&memory, Transaction);
+        let mut last = run(&mut s, "BOGUS");
+        for _ in 1..config().max_errors {
+            last = run(&mut s, "BOGUS");
+        }
+        assert_eq!((last.next, last.to), (Next::Close, Closed));
+        assert!(memory.commits.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_diagram_is_drawn_from_the_table() {
+        let text = mermaid();
+        assert!(text.contains("Authorization --> Transaction: PASS"));
+        assert!(text.contains("Transaction --> Update: QUIT"));
+        assert!(text.contains("Update --> Closed: deletions committed"));
+        assert!(text.contains("Authorization --> Closed: QUIT"));
+    }
+}

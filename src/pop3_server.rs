@@ -1,0 +1,356 @@
+//! The POP3 listener and one client's I/O loop: a welcome socket, a thread per client, mbox files.
+//!
+//! Interface:
+//! - `Pop3Listener::bind(addr)` binds (an error is one plain sentence); `spawn(config)` accepts
+//!   on a background thread and returns a `Pop3Handle` that stops it when dropped.
+//! - `serve(stream, session, id)` runs one session over any `TimedRead + Write` stream (a
+//!   `TcpStream` today; a TLS stream for `--pop3s` later).
+//! - `MboxMaildrops` is the `pop3::Maildrops` hook over the mail directory: the reader lock for
+//!   the session, the delivery lock for a moment to read, and an atomic rewrite in UPDATE.
+//!
+//! The server side of the same loop as `connection.rs`: greet, read a line, step the session,
+//! write; flush only when no further input is waiting, so pipelined commands all get answers.
+//!
+//! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §6, RFC 2449 §6.6
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+
+use crate::config::Config;
+use crate::line::{CommandLine, LineReader, ReadError, TimedRead};
+use crate::mbox::{self, DeliveryError, MailDir};
+use crate::pop3::{
+    self, Maildrops, Next, OpenError, Opened, Response, Session, Step, StoredMessage,
+};
+
+/// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
+pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Stack of each session thread (as `server.rs`): buffers live on the heap.
+const SESSION_STACK_SIZE: usize = 256 * 1024;
+
+/// A bound POP3 welcome socket, not yet accepting.
+pub struct Pop3Listener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+/// Stops the acceptor when dropped; sessions already running finish on their own.
+pub struct Pop3Handle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    config: Arc<Config>,
+    maildrops: Arc<dyn Maildrops>,
+    active: AtomicUsize,
+    sessions: AtomicU64,
+    stopping: AtomicBool,
+}
+
+/// One place in the connection count; dropping it (also while a thread unwinds) frees it.
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Pop3Listener {
+    pub fn bind(addr: SocketAddr) -> Result<Pop3Listener, String> {
+        let listener = crate::server::bind_one(addr)?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("Cannot listen on {addr}: {e}."))?;
+        Ok(Pop3Listener { listener, addr })
+    }
+
+    /// The address actually bound (port 0 becomes a real port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Accept on a background thread; maildrops are the mbox files of `config.mail_dir`.
+    pub fn spawn(self, config: Arc<Config>) -> Pop3Handle {
+        let addr = self.addr;
+        let maildrops = Arc::new(MboxMaildrops {
+            mail_dir: MailDir::new(config.mail_dir.clone()),
+        });
+        let shared = Arc::new(Shared {
+            config,
+            maildrops,
+            active: AtomicUsize::new(0),
+            sessions: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        let acceptor = {
+            let shared = shared.clone();
+            thread::spawn(move || accept_loop(&self.listener, &shared))
+        };
+        info!("POP3 listening on {addr}");
+        Pop3Handle {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+}
+
+impl Pop3Handle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// POP3 sessions running now.
+    pub fn active_sessions(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Pop3Handle {
+    /// Stop accepting: set the flag, then wake the blocked `accept` with a connection.
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+// ANCHOR: accept_loop
+/// The welcome socket's loop, as in `server.rs`: accept, then a thread of its own per client.
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        match stream {
+            Ok(stream) => admit(stream, shared),
+            Err(error) => {
+                warn!("POP3 accept failed: {error}");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+// ANCHOR_END: accept_loop
+
+/// Count the client in, or turn it away with `-ERR` when the server is full.
+fn admit(mut stream: TcpStream, shared: &Arc<Shared>) {
+    if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
+        shared.active.fetch_sub(1, Ordering::SeqCst);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.write_all(&Response::err("Too many connections; try again later").to_wire());
+        return;
+    }
+    let slot = Slot(shared.clone());
+    let id = format!("P{}", shared.sessions.fetch_add(1, Ordering::SeqCst) + 1);
+    let session = Session::new(shared.config.clone(), shared.maildrops.clone());
+    let spawned = thread::Builder::new()
+        .name(format!("pop3-{id}"))
+        .stack_size(SESSION_STACK_SIZE)
+        .spawn(move || {
+            let _slot = slot;
+            serve_tcp(stream, session, id);
+        });
+    if let Err(error) = spawned {
+        warn!("cannot start a POP3 session thread: {error}");
+    }
+}
+
+fn serve_tcp(stream: TcpStream, session: Session, id: String) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!("[{id}] POP3 connect from {peer}");
+    if let Err(error) = stream.set_write_timeout(Some(AUTOLOGOUT)) {
+        warn!("[{id}] cannot set a write timeout: {error}");
+        return;
+    }
+    serve(stream, session, &id);
+}
+
+/// One client on this thread, over any stream with a read deadline. Errors end the
+/// connection; they are logged, never panics.
+pub fn serve<S: TimedRead + Write>(stream: S, session: Session, id: &str) {
+    let mut connection = Connection {
+        stream,
+        lines: LineReader::new(),
+        session,
+        id,
+        output: Vec::new(),
+    };
+    let outcome = connection.run();
+    let state = connection.session.state().name();
+    match outcome {
+        Ok(reason) => info!("[{id}] POP3 disconnect ({reason}, state {state:?})"),
+        Err(error) => info!("[{id}] POP3 disconnect ({error}, state {state:?})"),
+    }
+    // Dropping the session here releases the maildrop lock. A session that did not reach
+    // UPDATE removes nothing (RFC 1939 §6).
+}
+
+/// One client, from greeting to close.
+struct Connection<'a, S> {
+    stream: S,
+    lines: LineReader,
+    session: Session,
+    id: &'a str,
+    output: Vec<u8>,
+}
+
+impl<S: TimedRead + Write> Connection<'_, S> {
+    // ANCHOR: run
+    /// Read a line, step the session, write the responses; after QUIT in TRANSACTION, UPDATE.
+    fn run(&mut self) -> io::Result<&'static str> {
+        let greeting = self.session.greeting();
+        self.send(&[greeting]);
+        self.flush()?;
+        loop {
+            let mut step = match self.read_command()? {
+                Ok(step) => step,
+                Err(reason) => return Ok(reason),
+            };
+            if !step.pause.is_zero() {
+                self.flush()?;
+                thread::sleep(step.pause);
+            }
+            if step.next == Next::Update {
+                self.send(&step.responses);
+                step = self.session.update();
+            }
+            self.send(&step.responses);
+            if step.next == Next::Close {
+                self.flush()?;
+                return Ok("closed by the session");
+            }
+            if !self.lines.has_buffered() {
+                self.flush()?;
+            }
+        }
+    }
+    // ANCHOR_END: run
+
+    /// Read and step one command line; `Err(reason)` means the session is over.
+    fn read_command(&mut self) -> io::Result<Result<Step, &'static str>> {
+        let deadline = Instant::now() + AUTOLOGOUT;
+        let line = match self.lines.read_command(&mut self.stream, deadline) {
+            Ok(CommandLine::Line(line)) => line,
+            Ok(CommandLine::TooLong) => {
+                let response = Response::err("Command line too long (RFC 2449 §4)");
+                return Ok(Ok(self.session.refuse_line(response)));
+            }
+            // RFC 1939 §3: at autologout "the server should close the TCP connection without
+            // removing any messages or sending any response to the client".
+            Err(ReadError::Timeout) => return Ok(Err("autologout")),
+            Err(ReadError::Closed { .. }) => return Ok(Err("client closed the connection")),
+            Err(ReadError::Io(error)) => return Err(error),
+        };
+        if is_pass(&line.bytes) {
+            debug!("[{}] C: PASS ****", self.id);
+        } else {
+            debug!("[{}] C: {}", self.id, String::from_utf8_lossy(&line.bytes));
+        }
+        Ok(Ok(self.session.command(&line.bytes)))
+    }
+
+    /// Queue responses; `flush` writes them.
+    fn send(&mut self, responses: &[Response]) {
+        for response in responses {
+            debug!("[{}] S: {response}", self.id);
+            self.output.extend_from_slice(&response.to_wire());
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output)?;
+            self.output.clear();
+        }
+        self.stream.flush()
+    }
+}
+
+/// Passwords never go to the log.
+fn is_pass(line: &[u8]) -> bool {
+    line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"PASS")
+}
+
+// ANCHOR: mbox_maildrops
+/// Maildrops as mbox files: `DIR/<user>`, the same files SMTP delivers to.
+pub struct MboxMaildrops {
+    pub mail_dir: MailDir,
+}
+
+impl Maildrops for MboxMaildrops {
+    /// Take the reader lock for the whole session (a second login gets `[IN-USE]`), then the
+    /// delivery lock only while reading, so SMTP goes on delivering during the session.
+    fn open(&self, user: &str) -> Result<Opened, OpenError> {
+        let failed = |error: DeliveryError| {
+            warn!("POP3 cannot open the maildrop of {user}: {error}");
+            OpenError::Failed(error.to_string())
+        };
+        let reader = self
+            .mail_dir
+            .try_lock_reader(user)
+            .map_err(failed)?
+            .ok_or(OpenError::InUse)?;
+        let bytes = {
+            let locked = self.mail_dir.lock_maildrop(user).map_err(failed)?;
+            locked
+                .read()
+                .map_err(|e| failed(DeliveryError::Io(user.to_string(), e)))?
+        };
+        let raw = mbox::split_mboxrd(&bytes);
+        let uids = pop3::unique_ids(raw.messages.iter().copied());
+        let messages = raw
+            .messages
+            .iter()
+            .zip(uids)
+            .map(|(raw, uid)| StoredMessage {
+                uid,
+                content: mbox::parse_mboxrd(raw)
+                    .pop()
+                    .map(|m| m.content)
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Ok(Opened {
+            messages,
+            guard: Box::new(reader),
+        })
+    }
+
+    /// UPDATE: under the delivery lock, read the file as it is now, find the deleted messages
+    /// by unique-id (mail that arrived meanwhile has other ids and stays), rewrite atomically.
+    fn commit(&self, user: &str, deleted: &[String]) -> Result<usize, String> {
+        let removed = self.mail_dir.rewrite_without(user, |messages| {
+            pop3::unique_ids(messages.iter().copied())
+                .iter()
+                .map(|uid| deleted.contains(uid))
+                .collect()
+        });
+        match removed {
+            Ok(removed) => {
+                info!("POP3 {user}: removed {removed} messages");
+                Ok(removed)
+            }
+            Err(error) => {
+                warn!("POP3 {user}: cannot remove deleted messages: {error}");
+                Err(error.to_string())
+            }
+        }
+    }
+}
+// ANCHOR_END: mbox_maildrops
