@@ -18,7 +18,9 @@
 //!    following symlinks, then an exclusive `flock` on it; record its length;
 //! 3. append `From ` line, trace headers and quoted content to each, then fsync each;
 //! 4. on any error, truncate every mbox back to its recorded length;
-//! 5. release all locks (a guard's `Drop` does it, whatever happened).
+//! 5. record the new length as committed (`DIR/.<user>.committed`, fsync'd): `recover` cuts an
+//!    mbox back to it at start, so a crash in the middle of step 3 leaves no partial message;
+//! 6. release all locks (a guard's `Drop` does it, whatever happened).
 //!
 //! Standards: RFC 4155 §2, RFC 5321 §4.4, RFC 5321 §6.1
 
@@ -52,6 +54,9 @@ const MBOX_MODE: u32 = 0o600;
 
 /// `DIR/<user>.lock` is the dotlock of `DIR/<user>` (the convention of Postfix, mutt, procmail).
 const LOCK_SUFFIX: &str = ".lock";
+
+/// `DIR/.<user>.committed` holds the length of the mbox with every acknowledged message.
+const COMMITTED_SUFFIX: &str = ".committed";
 
 /// The `From ` line's sender for the null reverse-path `<>` (qmail mbox(5), Postfix).
 const NULL_SENDER: &str = "MAILER-DAEMON";
@@ -240,14 +245,14 @@ impl MailDir {
     ) -> Result<(), DeliveryError> {
         for (mbox, delivery) in mboxes.iter_mut().zip(deliveries) {
             let io_error = |err| DeliveryError::Io(mbox.user.clone(), err);
-            // The file is opened with O_APPEND and we hold its locks: each write lands at the end.
-            mbox.file
-                .write_all(separator.as_bytes())
-                .map_err(io_error)?;
-            mbox.file
-                .write_all(delivery.trace_headers.as_bytes())
-                .map_err(io_error)?;
-            mbox.file.write_all(body).map_err(io_error)?;
+            // One write of the whole message: the file is opened with O_APPEND and we hold its
+            // locks, so it lands at the end, and a crash cuts it at most once.
+            let mut message =
+                Vec::with_capacity(separator.len() + delivery.trace_headers.len() + body.len());
+            message.extend_from_slice(separator.as_bytes());
+            message.extend_from_slice(delivery.trace_headers.as_bytes());
+            message.extend_from_slice(body);
+            mbox.file.write_all(&message).map_err(io_error)?;
             #[cfg(test)]
             if self.fail_after_writing.as_deref() == Some(mbox.user.as_str()) {
                 return Err(io_error(io::Error::other("injected failure")));
@@ -270,8 +275,69 @@ impl MailDir {
                 .and_then(|dir| dir.sync_all())
                 .map_err(|err| DeliveryError::Io(new.user.clone(), err))?;
         }
+        // Only bytes that are on disk may be counted as committed.
+        for mbox in mboxes {
+            let committed = mbox
+                .file
+                .metadata()
+                .and_then(|meta| self.record_committed(&mbox.user, meta.len()));
+            committed.map_err(|err| DeliveryError::Io(mbox.user.clone(), err))?;
+        }
         Ok(())
     }
+
+    // ANCHOR: committed
+    /// Record, durably, how long `user`'s mbox is with every acknowledged message in it:
+    /// `DIR/.<user>.committed`. Whatever lies beyond that length after a crash was never
+    /// answered with 250, and `recover` cuts it off.
+    fn record_committed(&self, user: &str, len: u64) -> io::Result<()> {
+        let path = self.root.join(format!(".{user}{COMMITTED_SUFFIX}"));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(MBOX_MODE)
+            .custom_flags(O_NOFOLLOW)
+            .open(path)?;
+        // A fixed-width record rewritten in place: one small write, never a half-new number.
+        file.write_all(format!("{len:020}\n").as_bytes())?;
+        file.sync_data()
+    }
+
+    /// At start: cut every mbox back to its committed length. A delivery killed halfway (a
+    /// crash, SIGKILL) leaves bytes past it that no client was ever told were safe.
+    /// Returns the users whose mbox was cut, with the number of bytes removed.
+    pub fn recover(&self) -> io::Result<Vec<(String, u64)>> {
+        let mut cut = Vec::new();
+        for entry in fs::read_dir(&self.root)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            remove_orphan_lock_file(&self.root.join(&name));
+            let Some(user) = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(COMMITTED_SUFFIX))
+            else {
+                continue;
+            };
+            if !is_safe_mailbox_name(user) {
+                continue;
+            }
+            let lock = self
+                .lock_maildrop(user)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let committed = read_committed(&self.root.join(&name))?;
+            let len = lock.mbox.file.metadata()?.len();
+            if len > committed {
+                lock.mbox.file.set_len(committed)?;
+                lock.mbox.file.sync_all()?;
+                cut.push((user.to_string(), len - committed));
+            } else if len < committed {
+                // Shortened by a rewrite whose record was not updated yet: the file is right.
+                self.record_committed(user, len)?;
+            }
+        }
+        Ok(cut)
+    }
+    // ANCHOR_END: committed
 }
 
 /// Is `user` safe as a file name inside the mail directory?
@@ -398,13 +464,29 @@ fn retry<T>(
 /// succeed. `Ok(None)` if it exists and is fresh.
 fn try_dotlock(path: &Path) -> io::Result<Option<DotLock>> {
     remove_if_stale(path)?;
-    let created = OpenOptions::new()
+    // The lock file holds its owner's process id, so a lock left by a killed process can be
+    // told from a live one. It is written under a private name first and then linked into
+    // place: link() fails if the lock exists, and the lock never appears empty.
+    let pid = std::process::id();
+    let private = path.with_file_name(format!(
+        ".{}-{pid}-{:?}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        thread::current().id()
+    ));
+    let _ = fs::remove_file(&private);
+    let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(MBOX_MODE)
-        .open(path);
+        .custom_flags(O_NOFOLLOW)
+        .open(&private)?;
+    file.write_all(format!("{pid}\n").as_bytes())?;
+    let created = fs::hard_link(&private, path);
+    let _ = fs::remove_file(&private);
     match created {
-        Ok(_) => Ok(Some(DotLock {
+        Ok(()) => Ok(Some(DotLock {
             path: path.to_path_buf(),
         })),
         Err(err) if err.kind() == ErrorKind::AlreadyExists => Ok(None),
@@ -415,6 +497,38 @@ fn try_dotlock(path: &Path) -> io::Result<Option<DotLock>> {
 /// Remove the dotlock at `path` if it is older than `STALE_LOCK_AGE`.
 // Two deliverers may both find the same stale lock; the second may then remove the first's
 // new lock. Postfix's dot_lockfile() has the same window; the flock below still protects us.
+/// A private lock file (`.<user>.lock-<pid>-<thread>`) whose process is gone was left by a
+/// crash between writing it and linking it into place: remove it.
+fn remove_orphan_lock_file(path: &Path) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some((_, rest)) = name.split_once(&format!("{LOCK_SUFFIX}-")) else {
+        return;
+    };
+    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+    if name.starts_with('.') && pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// Is the process named in a dotlock still running? A lock without a readable process id
+/// (written by another program) is presumed alive; it goes stale only with age. The check
+/// looks in /proc, so it works on Linux; elsewhere every lock is presumed alive.
+fn holder_is_alive(path: &Path) -> bool {
+    let pid = fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    match pid {
+        Some(pid) if Path::new("/proc/self").exists() => {
+            Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => true,
+    }
+}
+
 fn remove_if_stale(path: &Path) -> io::Result<()> {
     let modified = match fs::symlink_metadata(path).and_then(|meta| meta.modified()) {
         Ok(modified) => modified,
@@ -423,7 +537,7 @@ fn remove_if_stale(path: &Path) -> io::Result<()> {
     };
     // A time in the future (clock changed) makes `elapsed` fail: treat the lock as fresh.
     let age = modified.elapsed().unwrap_or(Duration::ZERO);
-    if age <= STALE_LOCK_AGE {
+    if age <= STALE_LOCK_AGE && holder_is_alive(path) {
         return Ok(());
     }
     log::warn!(
@@ -693,9 +807,17 @@ impl MaildropLock {
             let _ = fs::remove_file(&temp);
             return Err(err);
         }
-        File::open(&self.root)?.sync_all()
+        File::open(&self.root)?.sync_all()?;
+        MailDir::new(self.root.clone()).record_committed(&self.mbox.user, contents.len() as u64)
     }
     // ANCHOR_END: rewrite
+}
+
+/// The committed length in a `.committed` record; a damaged record counts as "no limit":
+/// never cut an mbox on the word of a record that cannot be read.
+fn read_committed(path: &Path) -> io::Result<u64> {
+    let text = fs::read_to_string(path)?;
+    Ok(text.trim().parse().unwrap_or(u64::MAX))
 }
 
 /// Create `path` (mode 0600, never through a symlink), write `contents`, fsync.
@@ -788,6 +910,8 @@ mod tests {
                         .to_string_lossy()
                         .into_owned()
                 })
+                // The committed-length records are bookkeeping, not locks or mailboxes.
+                .filter(|name| !name.ends_with(COMMITTED_SUFFIX))
                 .collect();
             names.sort();
             names
@@ -1018,6 +1142,31 @@ mod tests {
         }
         assert_eq!(dir.read("alice"), before);
         assert_eq!(dir.names(), ["alice", "bob"], "no dotlock is left behind");
+    }
+
+    #[test]
+    fn recover_cuts_an_unfinished_delivery() {
+        let dir = TempDir::new("recover");
+        let maildir = dir.mail_dir();
+        maildir
+            .deliver("a@b.example", &[to("alice")], b"first\n")
+            .unwrap();
+        let committed = dir.read("alice");
+        // A delivery killed halfway: bytes past the committed length.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.0.join("alice"))
+            .unwrap();
+        file.write_all(b"From x@y Thu Jan  1 00:00:00 1970\nReturn-Path: <x@y>\nSubj")
+            .unwrap();
+        let cut = maildir.recover().unwrap();
+        assert_eq!(cut, vec![("alice".to_string(), 57)]);
+        assert_eq!(dir.read("alice"), committed);
+        assert_eq!(maildir.recover().unwrap(), vec![], "nothing more to cut");
+        maildir
+            .deliver("a@b.example", &[to("alice")], b"second\n")
+            .unwrap();
+        assert_eq!(parse_mboxrd(&dir.read("alice")).len(), 2);
     }
 
     #[test]

@@ -77,8 +77,10 @@ impl Server {
                 config.mail_dir.display()
             )
         })?;
+        let mail_dir = MailDir::new(config.mail_dir.clone());
+        recover(&mail_dir)?;
         let deliver = Arc::new(LocalDelivery {
-            mail_dir: MailDir::new(config.mail_dir.clone()),
+            mail_dir,
             hostname: config.hostname.clone(),
         });
         let tls = tls_acceptor(&config)?;
@@ -153,6 +155,20 @@ impl Server {
             pop3,
         }
     }
+}
+
+/// Cut off what a crash left half-written (RFC 5321 §6.1: only acknowledged mail is kept).
+fn recover(mail_dir: &MailDir) -> Result<(), String> {
+    let cut = mail_dir.recover().map_err(|e| {
+        format!(
+            "Cannot check the mail directory {}: {e}.",
+            mail_dir.root().display()
+        )
+    })?;
+    for (user, bytes) in cut {
+        warn!("removed {bytes} bytes of an unfinished delivery from the mbox of {user}");
+    }
+    Ok(())
 }
 
 /// The TLS acceptor, when a certificate was given or a throwaway one was asked for.

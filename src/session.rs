@@ -548,12 +548,9 @@ impl Session {
 
     /// RFC 5321 §3.6.2, §7.9: relaying is decided by who the client is, never by MAIL FROM.
     fn relay_route(&self, mailbox: &Mailbox) -> Result<Route, Reply> {
-        if self
-            .config
-            .relay_from
-            .iter()
-            .any(|net| net.contains(self.client.peer.ip()))
-        {
+        let peer = self.client.peer.ip();
+        let trusted_network = self.config.relay_from.iter().any(|net| net.contains(peer));
+        if self.client.user.is_some() || trusted_network {
             return Ok(Route::Relay(mailbox.clone()));
         }
         Err(Reply::RELAY_DENIED_550.text(format!(

@@ -445,7 +445,10 @@ fn case_3_01_to_3_25_no_open_relay() {
         .all(|m| String::from_utf8_lossy(&m.content).contains("\nprobe\n")));
     let mut files_after = common::files_under(server.dir.path());
     files_after.retain(|p| !files_before.contains(p));
-    let expected_new = vec![server.mail_dir().join("alice")];
+    let expected_new = vec![
+        server.mail_dir().join(".alice.committed"),
+        server.mail_dir().join("alice"),
+    ];
     assert_eq!(files_after, expected_new, "no other file was created");
     assert_eq!(std::env::temp_dir().join("x").exists(), temp_x_before);
 }
