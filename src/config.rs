@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_ERRORS: u32 = 20;
 pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 pub const DEMO_PASSWORD: &str = "password";
+/// A mail host listens on "the SMTP port (specified by IANA as port 25)" (RFC 5321 §4.5.4.2).
+pub const DEFAULT_MX_PORT: u16 = 25;
 
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
@@ -43,6 +45,18 @@ pub struct Config {
     /// True while the built-in demo users are active (a warning is printed off loopback).
     pub demo_users: bool,
     pub verbose: bool,
+    /// Nameserver for MX lookups (`--dns IP:PORT`); `None` asks the system's resolvers.
+    pub dns: Option<SocketAddr>,
+    /// Port of the next hop's SMTP server (`--mx-port`, 25 on the Internet).
+    pub mx_port: u16,
+    /// The outbound queue (`--spool`).
+    pub spool_dir: PathBuf,
+    /// Waits between delivery attempts (`--retry 1m,5m,30m,2h`); the last one repeats.
+    pub retry: Vec<Duration>,
+    /// Bounce what is still undelivered after this long (`--queue-lifetime`).
+    pub queue_lifetime: Duration,
+    /// Send all foreign mail to this `HOST:PORT` instead of looking up MX (`--smart-host`).
+    pub smart_host: Option<String>,
 }
 
 /// Local domains, users and lists.
@@ -137,6 +151,12 @@ impl Default for Config {
             relay_from: Vec::new(),
             demo_users: true,
             verbose: false,
+            dns: None,
+            mx_port: DEFAULT_MX_PORT,
+            spool_dir: PathBuf::from("spool"),
+            retry: crate::queue::Schedule::default().retry,
+            queue_lifetime: crate::queue::DEFAULT_QUEUE_LIFETIME,
+            smart_host: None,
         }
     }
 }
@@ -175,6 +195,12 @@ pub fn options() -> getopts::Options {
     o.optflag("v", "verbose", "log every command");
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
+    o.optopt("", "dns", "nameserver for MX lookups", "IP:PORT");
+    o.optopt("", "mx-port", "port of the next hop (default 25)", "PORT");
+    o.optopt("", "spool", "outbound queue (default ./spool)", "DIR");
+    o.optopt("", "retry", "waits between delivery attempts", "LIST");
+    o.optopt("", "queue-lifetime", "bounce after this long (default 5d)", "DUR");
+    o.optopt("", "smart-host", "send all foreign mail here", "HOST:PORT");
     o
 }
 
@@ -221,7 +247,35 @@ impl Config {
             .map(|c| Cidr::parse(c))
             .collect::<Result<_, _>>()?;
         config.verbose = m.opt_present("verbose");
+        config.read_relay_options(m)?;
         Ok(config)
+    }
+}
+
+impl Config {
+    /// The options of the outbound queue and relay (`queue.rs`, `relay.rs`, `dns.rs`).
+    fn read_relay_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
+        if let Some(addr) = m.opt_str("dns") {
+            self.dns = Some(parse_addr(&addr).map_err(|e| format!("--dns: {e}"))?);
+        }
+        self.mx_port = number(m, "mx-port", self.mx_port)?;
+        if let Some(dir) = m.opt_str("spool") {
+            self.spool_dir = PathBuf::from(dir);
+        }
+        if let Some(list) = m.opt_str("retry") {
+            self.retry = crate::queue::parse_retry(&list)?;
+        }
+        if let Some(text) = m.opt_str("queue-lifetime") {
+            self.queue_lifetime =
+                crate::queue::parse_duration(&text).map_err(|e| format!("--queue-lifetime: {e}"))?;
+        }
+        if let Some(host) = m.opt_str("smart-host") {
+            if !host.contains(':') {
+                return Err(format!("--smart-host needs HOST:PORT, not '{host}'."));
+            }
+            self.smart_host = Some(host);
+        }
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 //!   it implements `Dns`, whose `mx` and `addresses` are plain blocking calls.
 //! - `route(dns, domain, me, rng, trace)` gives the hosts to try (`Route`), best first, or why
 //!   there are none (`RouteError`, permanent or temporary), and writes each step to `trace`.
+//! - `addresses_of(dns, host, trace)`: a host's A and AAAA addresses.
 //! - `Rng::seeded(seed)` / `Rng::from_clock()` is the random source for equal preferences.
 //! - `mx_main(args)` is `smtplab mx DOMAIN [--dns ADDR]`, the lookup printed step by step.
 //!
@@ -187,7 +188,7 @@ pub fn route(
     let mut hops = Vec::new();
     let mut temporary = None;
     for mx in &ordered {
-        match host_addresses(dns, &mx.exchange, trace) {
+        match addresses_of(dns, &mx.exchange, trace) {
             Ok(addrs) => hops.push(Hop {
                 host: mx.exchange.clone(),
                 preference: mx.preference,
@@ -303,9 +304,9 @@ fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
     }
 }
 
-/// A and AAAA records of one host. An empty list means the host has no address (skip it);
+/// A and AAAA records of one host (an MX host, a smart host). An empty list means the host has no address (skip it);
 /// an error means a query failed for now.
-fn host_addresses(
+pub fn addresses_of(
     dns: &dyn Dns,
     host: &str,
     trace: &mut Vec<String>,

@@ -17,3 +17,7 @@ pub mod mbox;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod bounce;
+pub mod dns;
+pub mod queue;
+pub mod relay;

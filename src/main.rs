@@ -11,6 +11,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("states") => exit(smtplab::diagram::states_main(&args[1..])),
+        Some("mx") => exit(smtplab::dns::mx_main(&args[1..])),
+        Some("queue") => exit(smtplab::queue::queue_main(&args[1..])),
         _ => run_server(&args),
     }
 }
@@ -50,6 +52,8 @@ fn run_server(args: &[String]) -> ExitCode {
 
 const USAGE: &str = "Usage: smtplab [OPTIONS]
        smtplab states [--dot|--mermaid]
+       smtplab mx DOMAIN [--dns ADDR]
+       smtplab queue [--spool DIR]
 
 A teaching SMTP server. With no options it listens on 127.0.0.1:2525, delivers to the demo
 mailboxes alice and bob (and the list students) in ./mail, and relays nothing.";

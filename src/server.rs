@@ -3,7 +3,8 @@
 //! Interface:
 //! - `Server::bind(config)` binds every `--listen` address (an error is one plain sentence).
 //! - `Server::run()` accepts forever; `Server::spawn()` accepts on background threads and
-//!   returns a handle that stops them (tests use this).
+//!   returns a handle that stops them (tests use this). Both also start the relay thread
+//!   (`relay.rs`), which the handle stops too.
 //!
 //! `for stream in listener.incoming()` is the classic server loop: the listening socket only
 //! welcomes; each accepted connection is a new socket served by a new thread. `--max-connections`
@@ -24,6 +25,8 @@ use crate::config::Config;
 use crate::connection::{self, Context};
 use crate::delivery::LocalDelivery;
 use crate::mbox::MailDir;
+use crate::queue::Spool;
+use crate::relay::{self, RelayHandle};
 use crate::reply::Reply;
 
 /// Stack of each session thread: sessions keep their buffers on the heap, so a small stack is
@@ -34,6 +37,7 @@ const SESSION_STACK_SIZE: usize = 256 * 1024;
 pub struct Server {
     listeners: Vec<TcpListener>,
     shared: Arc<Shared>,
+    spool: Arc<Spool>,
 }
 
 struct Shared {
@@ -48,6 +52,8 @@ pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     acceptors: Vec<JoinHandle<()>>,
+    /// Dropped after the acceptors stop, which stops the relay thread.
+    _relay: Option<RelayHandle>,
 }
 
 /// One place in the connection count; dropping it (also while a thread unwinds) frees it.
@@ -68,9 +74,12 @@ impl Server {
                 config.mail_dir.display()
             )
         })?;
+        let spool = Arc::new(Spool::new(config.spool_dir.clone()));
+        spool.remove_stale_temp_files();
         let deliver = Arc::new(LocalDelivery {
             mail_dir: MailDir::new(config.mail_dir.clone()),
             hostname: config.hostname.clone(),
+            spool: Some(spool.clone()),
         });
         let listeners = config
             .listen
@@ -89,6 +98,7 @@ impl Server {
                 sessions: AtomicU64::new(0),
                 stopping: AtomicBool::new(false),
             }),
+            spool,
         })
     }
 
@@ -118,10 +128,20 @@ impl Server {
                 thread::spawn(move || accept_loop(&listener, &shared))
             })
             .collect();
+        let context = &self.shared.context;
+        let relay = relay::start(
+            context.config.clone(),
+            self.spool,
+            context.deliver.clone(),
+            addrs.clone(),
+        )
+        .map_err(|error| warn!("cannot start the relay thread: {error}"))
+        .ok();
         ServerHandle {
             addrs,
             shared: self.shared,
             acceptors,
+            _relay: relay,
         }
     }
 }

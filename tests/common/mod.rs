@@ -57,6 +57,9 @@ pub fn start(options: &[&str]) -> TestServer {
         "--mail-dir".into(),
         mail_dir.display().to_string(),
     ];
+    if !options.contains(&"--spool") {
+        args.extend(["--spool".into(), dir.path().join("spool").display().to_string()]);
+    }
     args.extend(options.iter().map(|s| s.to_string()));
     let matches = config::options().parse(&args).expect("options parse");
     let mut config = Config::from_matches(&matches).expect("valid options");
