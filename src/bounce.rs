@@ -165,7 +165,11 @@ mod tests {
     fn status_codes_are_found_or_derived() {
         assert_eq!(status_of("550 5.1.1 No such user"), "5.1.1");
         assert_eq!(status_of("550 No such user"), "5.0.0");
-        assert_eq!(status_of("554 4.4.7 mismatch"), "5.0.0", "the class must agree");
+        assert_eq!(
+            status_of("554 4.4.7 mismatch"),
+            "5.0.0",
+            "the class must agree"
+        );
         assert_eq!(status_of("4.4.7 Delivery time expired"), "4.4.7");
         assert_eq!(status_of("garbage"), "5.0.0");
     }
@@ -184,7 +188,8 @@ mod tests {
             remote: "mx.two.test".into(),
             reply: "550 5.1.1 No such user \u{e9}".into(),
         };
-        let text = String::from_utf8(dsn("one.test", &entry, &[failed], SystemTime::now())).unwrap();
+        let text =
+            String::from_utf8(dsn("one.test", &entry, &[failed], SystemTime::now())).unwrap();
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(text.contains("Content-Type: message/delivery-status\n"));
         assert!(text.contains("Reporting-MTA: dns; one.test\n"));

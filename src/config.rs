@@ -199,7 +199,12 @@ pub fn options() -> getopts::Options {
     o.optopt("", "mx-port", "port of the next hop (default 25)", "PORT");
     o.optopt("", "spool", "outbound queue (default ./spool)", "DIR");
     o.optopt("", "retry", "waits between delivery attempts", "LIST");
-    o.optopt("", "queue-lifetime", "bounce after this long (default 5d)", "DUR");
+    o.optopt(
+        "",
+        "queue-lifetime",
+        "bounce after this long (default 5d)",
+        "DUR",
+    );
     o.optopt("", "smart-host", "send all foreign mail here", "HOST:PORT");
     o
 }
@@ -266,8 +271,8 @@ impl Config {
             self.retry = crate::queue::parse_retry(&list)?;
         }
         if let Some(text) = m.opt_str("queue-lifetime") {
-            self.queue_lifetime =
-                crate::queue::parse_duration(&text).map_err(|e| format!("--queue-lifetime: {e}"))?;
+            self.queue_lifetime = crate::queue::parse_duration(&text)
+                .map_err(|e| format!("--queue-lifetime: {e}"))?;
         }
         if let Some(host) = m.opt_str("smart-host") {
             if !host.contains(':') {

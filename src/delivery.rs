@@ -118,7 +118,10 @@ impl LocalDelivery {
             content,
         );
         spool.prepare(&entry).map(Some).map_err(|error| {
-            warn!("{}: cannot write to the queue, nothing stored: {error}", message.id);
+            warn!(
+                "{}: cannot write to the queue, nothing stored: {error}",
+                message.id
+            );
             match error.kind() {
                 io::ErrorKind::StorageFull => Reply::new(
                     452,

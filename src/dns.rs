@@ -212,18 +212,18 @@ pub fn route(
         });
     }
     for hop in &usable {
-        trace.push(format!("would try {} at {}", hop.host, join_ips(&hop.addrs)));
+        trace.push(format!(
+            "would try {} at {}",
+            hop.host,
+            join_ips(&hop.addrs)
+        ));
     }
     Ok(Route { hops: usable })
 }
 // ANCHOR_END: route
 
 /// The MX records of `domain`, the implicit MX if it has none, or why there are none to use.
-fn mx_records(
-    dns: &dyn Dns,
-    domain: &str,
-    trace: &mut Vec<String>,
-) -> Result<Vec<Mx>, RouteError> {
+fn mx_records(dns: &dyn Dns, domain: &str, trace: &mut Vec<String>) -> Result<Vec<Mx>, RouteError> {
     trace.push(format!("MX query for {domain}"));
     match dns.mx(domain) {
         Err(error) => {
@@ -483,7 +483,12 @@ when there are none, the addresses of each host, and the hosts it would try (RFC
 pub fn mx_main(args: &[String]) -> i32 {
     let mut options = getopts::Options::new();
     options.optopt("", "dns", "nameserver to ask (ip:port)", "ADDR");
-    options.optopt("n", "hostname", "this server's name (cut from the list)", "NAME");
+    options.optopt(
+        "n",
+        "hostname",
+        "this server's name (cut from the list)",
+        "NAME",
+    );
     options.optflag("h", "help", "print this help");
     let matches = match options.parse(args) {
         Ok(m) => m,
@@ -566,8 +571,7 @@ mod tests {
                     exchange: exchange.to_string(),
                 })
                 .collect();
-            self.mx
-                .insert(domain.into(), Ok(Answer::Records(records)));
+            self.mx.insert(domain.into(), Ok(Answer::Records(records)));
             self
         }
         fn a(mut self, host: &str, ip: &str) -> Table {
@@ -619,21 +623,40 @@ mod tests {
     #[test]
     fn mx_hosts_are_tried_by_preference_and_shuffled_among_equals() {
         let dns = Table::default()
-            .mx("d.test", &[(20, "c.d.test"), (10, "a.d.test"), (10, "b.d.test")])
+            .mx(
+                "d.test",
+                &[(20, "c.d.test"), (10, "a.d.test"), (10, "b.d.test")],
+            )
             .a("a.d.test", "192.0.2.1")
             .a("b.d.test", "192.0.2.2")
             .a("c.d.test", "192.0.2.3");
         let mut seen = std::collections::BTreeSet::new();
         for seed in 0..32 {
             let mut trace = Vec::new();
-            let order = hosts(route(&dns, "d.test", &NOBODY, &mut Rng::seeded(seed), &mut trace));
+            let order = hosts(route(
+                &dns,
+                "d.test",
+                &NOBODY,
+                &mut Rng::seeded(seed),
+                &mut trace,
+            ));
             assert_eq!(order[2], "c.d.test", "preference 20 always comes last");
             seen.insert(order[0].clone());
             // The same seed gives the same order: a test can rely on it.
-            let again = hosts(route(&dns, "d.test", &NOBODY, &mut Rng::seeded(seed), &mut trace));
+            let again = hosts(route(
+                &dns,
+                "d.test",
+                &NOBODY,
+                &mut Rng::seeded(seed),
+                &mut trace,
+            ));
             assert_eq!(order, again);
         }
-        assert_eq!(seen.len(), 2, "both preference-10 hosts come first for some seed");
+        assert_eq!(
+            seen.len(),
+            2,
+            "both preference-10 hosts come first for some seed"
+        );
     }
 
     #[test]
@@ -642,25 +665,40 @@ mod tests {
         let mut trace = Vec::new();
         let route1 = route(&dns, "plain.test", &NOBODY, &mut Rng::seeded(1), &mut trace).unwrap();
         assert_eq!(route1.hops[0].host, "plain.test");
-        assert_eq!(route1.hops[0].addrs, vec!["192.0.2.9".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            route1.hops[0].addrs,
+            vec!["192.0.2.9".parse::<IpAddr>().unwrap()]
+        );
         assert!(trace.iter().any(|s| s.contains("implicit MX")), "{trace:?}");
-        let missing = route(&dns, "nowhere.test", &NOBODY, &mut Rng::seeded(1), &mut trace);
+        let missing = route(
+            &dns,
+            "nowhere.test",
+            &NOBODY,
+            &mut Rng::seeded(1),
+            &mut trace,
+        );
         assert!(matches!(
             missing,
-            Err(RouteError::Permanent { status: "5.1.2", .. })
+            Err(RouteError::Permanent {
+                status: "5.1.2",
+                ..
+            })
         ));
     }
 
     #[test]
     fn null_mx_bounces_and_temporary_errors_stay_temporary() {
         let mut dns = Table::default().mx("null.test", &[(0, ".")]);
-        dns.mx
-            .insert("flaky.test".into(), Err("SERVFAIL".into()));
+        dns.mx.insert("flaky.test".into(), Err("SERVFAIL".into()));
         let mut trace = Vec::new();
         let null = route(&dns, "null.test", &NOBODY, &mut Rng::seeded(1), &mut trace);
         assert!(matches!(
             null,
-            Err(RouteError::Permanent { code: 556, status: "5.1.10", .. })
+            Err(RouteError::Permanent {
+                code: 556,
+                status: "5.1.10",
+                ..
+            })
         ));
         let flaky = route(&dns, "flaky.test", &NOBODY, &mut Rng::seeded(1), &mut trace);
         assert!(matches!(flaky, Err(RouteError::Temporary { .. })));
@@ -677,20 +715,49 @@ mod tests {
         assert_eq!(found.hops.len(), 1);
         assert_eq!(found.hops[0].addrs.len(), 2, "A and AAAA");
         let only_gone = Table::default().mx("d.test", &[(10, "gone.d.test")]);
-        let error = route(&only_gone, "d.test", &NOBODY, &mut Rng::seeded(1), &mut trace);
-        assert!(matches!(error, Err(RouteError::Permanent { status: "5.4.4", .. })));
+        let error = route(
+            &only_gone,
+            "d.test",
+            &NOBODY,
+            &mut Rng::seeded(1),
+            &mut trace,
+        );
+        assert!(matches!(
+            error,
+            Err(RouteError::Permanent {
+                status: "5.4.4",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn the_list_is_cut_where_it_names_this_server() {
         let dns = Table::default()
-            .mx("d.test", &[(10, "backup.d.test"), (5, "primary.d.test"), (10, "relay.test")])
+            .mx(
+                "d.test",
+                &[
+                    (10, "backup.d.test"),
+                    (5, "primary.d.test"),
+                    (10, "relay.test"),
+                ],
+            )
             .a("primary.d.test", "192.0.2.1")
             .a("backup.d.test", "192.0.2.2")
             .a("relay.test", "192.0.2.3");
         let mut trace = Vec::new();
-        let order = hosts(route(&dns, "d.test", &NOBODY, &mut Rng::seeded(3), &mut trace));
-        assert_eq!(order, vec!["primary.d.test"], "preference 10 and up is dropped");
+        let order = hosts(route(
+            &dns,
+            "d.test",
+            &NOBODY,
+            &mut Rng::seeded(3),
+            &mut trace,
+        ));
+        assert_eq!(
+            order,
+            vec!["primary.d.test"],
+            "preference 10 and up is dropped"
+        );
         // Known by address: the best MX listens where we do, so the mail would loop.
         let listen = ["192.0.2.1:25".parse().unwrap()];
         let me = Me {
@@ -699,6 +766,12 @@ mod tests {
             mx_port: 25,
         };
         let looped = route(&dns, "d.test", &me, &mut Rng::seeded(3), &mut trace);
-        assert!(matches!(looped, Err(RouteError::Permanent { status: "5.4.6", .. })));
+        assert!(matches!(
+            looped,
+            Err(RouteError::Permanent {
+                status: "5.4.6",
+                ..
+            })
+        ));
     }
 }

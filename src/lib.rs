@@ -4,6 +4,7 @@
 //! Standards: RFC 5321 §2.3
 
 pub mod address;
+pub mod bounce;
 pub mod command;
 pub mod config;
 pub mod connection;
@@ -11,13 +12,12 @@ pub mod data;
 pub mod datetime;
 pub mod delivery;
 pub mod diagram;
+pub mod dns;
 pub mod extensions;
 pub mod line;
 pub mod mbox;
+pub mod queue;
+pub mod relay;
 pub mod reply;
 pub mod server;
 pub mod session;
-pub mod bounce;
-pub mod dns;
-pub mod queue;
-pub mod relay;

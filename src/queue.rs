@@ -88,7 +88,12 @@ pub struct Entry {
 
 impl Entry {
     /// A new entry with every recipient pending, due now.
-    pub fn new(message_id: &str, sender: String, recipients: Vec<String>, content: Vec<u8>) -> Entry {
+    pub fn new(
+        message_id: &str,
+        sender: String,
+        recipients: Vec<String>,
+        content: Vec<u8>,
+    ) -> Entry {
         let now = unix_now();
         Entry {
             id: new_queue_id(now),
@@ -157,7 +162,9 @@ impl Schedule {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("'{text}' is not a duration like 30s, 5m, 2h or 5d.");
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| bad())?;
     let seconds = match unit {
@@ -442,7 +449,11 @@ fn deserialize(name: &str, bytes: &[u8]) -> Result<Entry, String> {
     };
     for line in lines {
         let (key, value) = line.split_once(": ").ok_or("a header line without ': '")?;
-        let number = || value.parse::<u64>().map_err(|_| format!("bad number in {key}"));
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("bad number in {key}"))
+        };
         match key {
             "id" => entry.id = value.to_string(),
             "message-id" => entry.message_id = value.to_string(),
@@ -468,7 +479,10 @@ fn recipient(value: &str) -> Result<Rcpt, String> {
         Some("failed") => RcptState::Failed,
         _ => return Err("unknown recipient state".into()),
     };
-    let path = fields.next().filter(|p| !p.is_empty()).ok_or("recipient without a path")?;
+    let path = fields
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("recipient without a path")?;
     Ok(Rcpt {
         state,
         path: path.to_string(),
@@ -627,13 +641,20 @@ mod tests {
         };
         assert_eq!(schedule.delay_after(1), Duration::from_secs(60));
         assert_eq!(schedule.delay_after(2), Duration::from_secs(300));
-        assert_eq!(schedule.delay_after(9), Duration::from_secs(300), "the last repeats");
+        assert_eq!(
+            schedule.delay_after(9),
+            Duration::from_secs(300),
+            "the last repeats"
+        );
         let entry = sample();
         assert!(!schedule.expired(&entry, entry.created + 599));
         assert!(schedule.expired(&entry, entry.created + 600));
         let default = Schedule::default();
         assert!(default.retry[0] >= Duration::from_secs(60));
-        assert!(default.lifetime >= Duration::from_secs(4 * 86_400), "RFC 5321 §4.5.4.1");
+        assert!(
+            default.lifetime >= Duration::from_secs(4 * 86_400),
+            "RFC 5321 §4.5.4.1"
+        );
     }
 
     #[test]
@@ -644,7 +665,10 @@ mod tests {
         entry.recipients[0].remote = "mx.two.test".into();
         let text = listing(&[Ok(entry)], sample().created);
         assert!(text.contains("next try in 1m30s"), "{text}");
-        assert!(text.contains("451 4.4.1 Connection refused (from mx.two.test)"), "{text}");
+        assert!(
+            text.contains("451 4.4.1 Connection refused (from mx.two.test)"),
+            "{text}"
+        );
         assert!(text.contains("1 message(s) waiting."), "{text}");
         assert_eq!(listing(&[], 0), "The queue is empty.\n");
     }

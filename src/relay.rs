@@ -32,7 +32,7 @@ use log::{debug, info, warn};
 use crate::address::{self, Domain, ForwardPath, ReversePath};
 use crate::bounce;
 use crate::config::Config;
-use crate::dns::{self, Me, Resolver, RouteError, Rng};
+use crate::dns::{self, Me, Resolver, Rng, RouteError};
 use crate::extensions::MailOptions;
 use crate::queue::{unix_now, Entry, Rcpt, RcptState, Schedule, Spool};
 use crate::session::{Client, Deliver, Envelope, Message, Recipient, Route};
@@ -267,10 +267,17 @@ impl Relay {
     }
 
     /// Recipients by destination: one domain each, or all together for a smart host.
-    fn group_by_destination(&self, entry: &Entry, pending: &[usize]) -> BTreeMap<String, Vec<usize>> {
+    fn group_by_destination(
+        &self,
+        entry: &Entry,
+        pending: &[usize],
+    ) -> BTreeMap<String, Vec<usize>> {
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for &i in pending {
-            let key = match (&self.config.smart_host, domain_of(&entry.recipients[i].path)) {
+            let key = match (
+                &self.config.smart_host,
+                domain_of(&entry.recipients[i].path),
+            ) {
                 (Some(host), _) => host.clone(),
                 (None, Some(domain)) => domain,
                 (None, None) => String::new(), // unparseable: deliver_group bounces it
@@ -281,7 +288,13 @@ impl Relay {
     }
 
     /// Deliver to one destination: find the hosts, try them in order, one outcome per path.
-    fn deliver_group(&mut self, tag: &str, entry: &Entry, destination: &str, paths: &[String]) -> Vec<Outcome> {
+    fn deliver_group(
+        &mut self,
+        tag: &str,
+        entry: &Entry,
+        destination: &str,
+        paths: &[String],
+    ) -> Vec<Outcome> {
         let all = |outcome: Outcome| vec![outcome; paths.len()];
         let targets = match self.targets(tag, destination) {
             Ok(targets) => targets,
@@ -309,7 +322,10 @@ impl Relay {
             match self.try_target(tag, target, entry, paths) {
                 Ok(outcomes) => return outcomes,
                 Err(reply) => {
-                    info!("[{tag}] {} [{}]: {reply}; trying the next host", target.host, target.addr);
+                    info!(
+                        "[{tag}] {} [{}]: {reply}; trying the next host",
+                        target.host, target.addr
+                    );
                     last = Outcome::Retry {
                         remote: target.host.clone(),
                         reply,
@@ -397,9 +413,18 @@ impl Relay {
     }
 
     /// One SMTP conversation. `Err(reply)`: this host did not take the message; try the next.
-    fn try_target(&self, tag: &str, target: &Target, entry: &Entry, paths: &[String]) -> Result<Vec<Outcome>, String> {
+    fn try_target(
+        &self,
+        tag: &str,
+        target: &Target,
+        entry: &Entry,
+        paths: &[String],
+    ) -> Result<Vec<Outcome>, String> {
         let stream = TcpStream::connect_timeout(&target.addr, CONNECT_TIMEOUT).map_err(|e| {
-            format!("451 4.4.1 Cannot connect to {} [{}]: {e}", target.host, target.addr)
+            format!(
+                "451 4.4.1 Cannot connect to {} [{}]: {e}",
+                target.host, target.addr
+            )
         })?;
         if let Ok(clone) = stream.try_clone() {
             *lock(&self.current) = Some(clone);
@@ -420,7 +445,8 @@ impl Relay {
     /// Tell the sender which recipients failed: a DSN from `<>` (RFC 3461 §6.1). Never for a
     /// message that is itself a bounce, or two servers could bounce bounces forever.
     fn bounce(&self, tag: &str, entry: &Entry, failed: &[Rcpt]) {
-        let Ok((ReversePath::Mailbox(sender), _)) = address::reverse_path(&entry.sender, true) else {
+        let Ok((ReversePath::Mailbox(sender), _)) = address::reverse_path(&entry.sender, true)
+        else {
             warn!("[{tag}] undeliverable bounce (sender <>), not bounced again: {failed:?}");
             return;
         };
@@ -442,7 +468,13 @@ impl Relay {
     // ANCHOR_END: bounce
 
     /// A local sender: the report goes through the same `Deliver` hook as any local mail.
-    fn bounce_locally(&self, entry: &Entry, sender: address::Mailbox, users: Vec<String>, report: Vec<u8>) -> Result<(), String> {
+    fn bounce_locally(
+        &self,
+        entry: &Entry,
+        sender: address::Mailbox,
+        users: Vec<String>,
+        report: Vec<u8>,
+    ) -> Result<(), String> {
         let own = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
         let message = Message {
             id: format!("{}.dsn", entry.id),
@@ -463,7 +495,9 @@ impl Relay {
             },
             content: report,
         };
-        self.deliver.deliver(&message).map_err(|reply| reply.to_string())
+        self.deliver
+            .deliver(&message)
+            .map_err(|reply| reply.to_string())
     }
 
     /// A foreign sender: the report is queued like any other message, from `<>`.
@@ -483,7 +517,10 @@ impl Relay {
 
 /// The relay's resolver, made on first use: a server that never relays never reads the DNS
 /// configuration. A failure to make one is temporary (the configuration may be fixed).
-fn resolver(slot: &mut Option<Resolver>, nameserver: Option<SocketAddr>) -> Result<&Resolver, RouteError> {
+fn resolver(
+    slot: &mut Option<Resolver>,
+    nameserver: Option<SocketAddr>,
+) -> Result<&Resolver, RouteError> {
     if slot.is_none() {
         *slot = Some(Resolver::new(nameserver).map_err(|text| RouteError::Temporary { text })?);
     }
@@ -576,7 +613,9 @@ pub struct RemoteReply {
 impl RemoteReply {
     /// `550 5.1.1 No such user`, a multi-line reply joined with spaces (for logs and the spool).
     pub fn one_line(&self) -> String {
-        format!("{} {}", self.code, self.lines.join(" ")).trim_end().to_string()
+        format!("{} {}", self.code, self.lines.join(" "))
+            .trim_end()
+            .to_string()
     }
 
     /// Does an EHLO reply list this keyword (`STARTTLS`, `SIZE 1000`)?
@@ -598,9 +637,14 @@ pub fn read_reply(reader: &mut impl BufRead) -> io::Result<RemoteReply> {
     let mut code = None;
     loop {
         let line = read_capped_line(reader)?;
-        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{why}: {line:?}"));
-        let digits = line.get(..3).filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
-        let this_code: u16 = digits.and_then(|d| d.parse().ok()).ok_or_else(|| bad("no reply code"))?;
+        let bad =
+            |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{why}: {line:?}"));
+        let digits = line
+            .get(..3)
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
+        let this_code: u16 = digits
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| bad("no reply code"))?;
         if !(200..600).contains(&this_code) || code.is_some_and(|c| c != this_code) {
             return Err(bad("unexpected reply code"));
         }
@@ -630,7 +674,10 @@ fn read_capped_line(reader: &mut impl BufRead) -> io::Result<String> {
     loop {
         let buffer = reader.fill_buf()?;
         if buffer.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         let (chunk, done) = match buffer.iter().position(|&b| b == b'\n') {
             Some(end) => (&buffer[..=end], true),
@@ -645,7 +692,10 @@ fn read_capped_line(reader: &mut impl BufRead) -> io::Result<String> {
             break;
         }
         if total > MAX_REPLY_LINE_READ {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "reply line too long"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply line too long",
+            ));
         }
     }
     while matches!(line.last(), Some(b'\n' | b'\r')) {
@@ -657,9 +707,15 @@ fn read_capped_line(reader: &mut impl BufRead) -> io::Result<String> {
 /// Why a step did not get the reply it expected.
 enum StepError {
     /// The host answered, with another code.
-    Refused { step: &'static str, reply: RemoteReply },
+    Refused {
+        step: &'static str,
+        reply: RemoteReply,
+    },
     /// The connection broke, timed out, or the reply made no sense.
-    Broken { step: &'static str, error: io::Error },
+    Broken {
+        step: &'static str,
+        error: io::Error,
+    },
 }
 
 /// The client side of one SMTP conversation.
@@ -679,7 +735,10 @@ impl SmtpClient {
 
     fn read(&mut self, step: &'static str, timeout: Duration) -> Result<RemoteReply, StepError> {
         let broken = |error| StepError::Broken { step, error };
-        self.reader.get_ref().set_read_timeout(Some(timeout)).map_err(broken)?;
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .map_err(broken)?;
         let reply = read_reply(&mut self.reader).map_err(broken)?;
         for (n, line) in reply.lines.iter().enumerate() {
             let sep = if n + 1 < reply.lines.len() { '-' } else { ' ' };
@@ -697,7 +756,13 @@ impl SmtpClient {
 
     // ANCHOR: cmd
     /// Send one command and read its reply; `Ok` only if the code is one the step expects.
-    fn cmd(&mut self, expect: &[u16], step: &'static str, line: &str, timeout: Duration) -> Result<RemoteReply, StepError> {
+    fn cmd(
+        &mut self,
+        expect: &[u16],
+        step: &'static str,
+        line: &str,
+        timeout: Duration,
+    ) -> Result<RemoteReply, StepError> {
         debug!("[{}] C: {line}", self.tag);
         self.write(step, format!("{line}\r\n").as_bytes())?;
         let reply = self.read(step, timeout)?;
@@ -730,15 +795,28 @@ impl SmtpClient {
     // ANCHOR: send_message
     /// One message to one host: a reply per recipient, or `Err` if the host never got as far
     /// as MAIL FROM (then the next host may take it).
-    fn send_message(&mut self, hostname: &str, entry: &Entry, paths: &[String]) -> Result<Vec<RemoteReply>, String> {
+    fn send_message(
+        &mut self,
+        hostname: &str,
+        entry: &Entry,
+        paths: &[String],
+    ) -> Result<Vec<RemoteReply>, String> {
         let ehlo = self.hello(hostname).map_err(|e| self.diagnose(e))?;
         if ehlo.has_keyword("STARTTLS") {
             // SEAM: opportunistic STARTTLS (RFC 3207) goes here, once tls.rs exists: send
             // STARTTLS, expect 220, wrap the stream in TLS, and say EHLO again.
-            debug!("[{}] the next hop offers STARTTLS; sending in plain text for now", self.tag);
+            debug!(
+                "[{}] the next hop offers STARTTLS; sending in plain text for now",
+                self.tag
+            );
         }
         let sender = entry.sender.clone();
-        let replies = match self.cmd(OK, "MAIL FROM", &format!("MAIL FROM:{sender}"), MAIL_TIMEOUT) {
+        let replies = match self.cmd(
+            OK,
+            "MAIL FROM",
+            &format!("MAIL FROM:{sender}"),
+            MAIL_TIMEOUT,
+        ) {
             Ok(_) => self.recipients_and_data(entry, paths),
             Err(error) => vec![self.as_reply(error); paths.len()],
         };
@@ -751,7 +829,8 @@ impl SmtpClient {
     fn recipients_and_data(&mut self, entry: &Entry, paths: &[String]) -> Vec<RemoteReply> {
         let mut replies = Vec::with_capacity(paths.len());
         for path in paths {
-            let reply = match self.cmd(RCPT_OK, "RCPT TO", &format!("RCPT TO:{path}"), RCPT_TIMEOUT) {
+            let reply = match self.cmd(RCPT_OK, "RCPT TO", &format!("RCPT TO:{path}"), RCPT_TIMEOUT)
+            {
                 Ok(reply) => reply,
                 Err(error) => self.as_reply(error),
             };
@@ -777,7 +856,11 @@ impl SmtpClient {
             .cmd(&[354], "DATA", "DATA", DATA_TIMEOUT)
             .and_then(|_| {
                 let wire = wire_data(content);
-                debug!("[{}] C: <message, {} octets, ending with .>", self.tag, wire.len());
+                debug!(
+                    "[{}] C: <message, {} octets, ending with .>",
+                    self.tag,
+                    wire.len()
+                );
                 self.write("message content", &wire)
             })
             .and_then(|()| self.read("end of data", DATA_END_TIMEOUT));
@@ -826,7 +909,11 @@ mod tests {
         let ehlo = reply("250-mx.two.test\r\n250-SIZE 1000\r\n250 STARTTLS\r\n").unwrap();
         assert_eq!(ehlo.lines.len(), 3);
         assert!(ehlo.has_keyword("starttls") && ehlo.has_keyword("SIZE"));
-        assert_eq!(reply("354\n").unwrap().code, 354, "bare LF and no text are fine");
+        assert_eq!(
+            reply("354\n").unwrap().code,
+            354,
+            "bare LF and no text are fine"
+        );
     }
 
     #[test]
@@ -845,7 +932,11 @@ mod tests {
         let many = "250-x\r\n".repeat(MAX_REPLY_LINES + 1) + "250 end\r\n";
         assert!(reply(&many).is_err());
         let long = format!("250 {}\r\n", "y".repeat(MAX_REPLY_LINE * 4));
-        assert_eq!(reply(&long).unwrap().lines[0].len(), MAX_REPLY_LINE - 4, "cut, not refused");
+        assert_eq!(
+            reply(&long).unwrap().lines[0].len(),
+            MAX_REPLY_LINE - 4,
+            "cut, not refused"
+        );
         let endless = format!("250 {}", "y".repeat(MAX_REPLY_LINE_READ + 10));
         assert!(reply(&endless).is_err());
     }
@@ -874,9 +965,15 @@ mod tests {
             code,
             lines: vec!["x".into()],
         };
-        assert!(matches!(outcome("h".into(), r(250)), Outcome::Delivered { .. }));
+        assert!(matches!(
+            outcome("h".into(), r(250)),
+            Outcome::Delivered { .. }
+        ));
         assert!(matches!(outcome("h".into(), r(451)), Outcome::Retry { .. }));
-        assert!(matches!(outcome("h".into(), r(550)), Outcome::Bounce { .. }));
+        assert!(matches!(
+            outcome("h".into(), r(550)),
+            Outcome::Bounce { .. }
+        ));
         assert_eq!(domain_of("<Bob@Two.TEST>").as_deref(), Some("two.test"));
         assert_eq!(literal_ip("[IPv6:::1]"), Some("::1".parse().unwrap()));
     }
