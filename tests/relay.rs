@@ -501,3 +501,160 @@ fn smtplab_queue_lists_what_waits() {
     assert!(listing.contains("next try in"), "{listing}");
     assert!(Path::new(spool.dir()).is_dir());
 }
+
+/// carol@far.test is a foreign sender who may relay (a loopback client).
+fn send_from_carol(one: &TestServer, to: &str) -> common::Reply {
+    let mut client = one.connect();
+    let content = format!("From: carol@far.test\r\nTo: {to}\r\nSubject: far\r\n\r\nhi\r\n");
+    let reply = client.send_mail("carol@far.test", &[to], &content);
+    client.cmd("QUIT");
+    reply
+}
+
+#[test]
+fn a_foreign_sender_gets_the_dsn_by_relay_from_the_null_path() {
+    let dns = DnsServer::start(fake_zone("strict.test").mx("far.test", 10, "mx.strict.test"));
+    let hop = FakeHop::start(&["550 5.1.1 no such user", "250 2.1.5 OK"]);
+    let one = start_one(&dns, hop.addr.port(), "1s", &[]);
+    assert_eq!(send_from_carol(&one, "bob@strict.test").code, 250);
+    wait_until("the DSN to reach far.test", || hop.sessions().len() >= 2);
+    let spool = spool_of(&one);
+    wait_until("the queue to empty", || queued(&spool) == 0);
+    let dsn = &hop.sessions()[1];
+    assert!(dsn.commands.iter().any(|c| c == "MAIL FROM:<>"), "{dsn:?}");
+    assert!(
+        dsn.commands.iter().any(|c| c == "RCPT TO:<carol@far.test>"),
+        "{dsn:?}"
+    );
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(
+        text.contains("Final-Recipient: rfc822; bob@strict.test\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bounce_that_fails_is_never_bounced_again() {
+    let dns = DnsServer::start(fake_zone("strict.test").mx("far.test", 10, "mx.strict.test"));
+    let hop = FakeHop::start(&["550 5.1.1 no such user"]);
+    let one = start_one(&dns, hop.addr.port(), "1s", &[]);
+    assert_eq!(send_from_carol(&one, "bob@strict.test").code, 250);
+    let spool = spool_of(&one);
+    wait_until("the DSN attempt", || hop.sessions().len() >= 2);
+    wait_until("the queue to empty", || queued(&spool) == 0);
+    let sessions = hop.sessions();
+    assert_eq!(
+        sessions.len(),
+        2,
+        "the message, then its bounce: no bounce of the bounce"
+    );
+    assert!(sessions[1].commands.iter().any(|c| c == "MAIL FROM:<>"));
+}
+
+#[test]
+fn mail_that_outlives_the_queue_lifetime_bounces_with_4_4_7() {
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("two.test", 10, "dead.two.test")
+            .a("dead.two.test", DEAD),
+    );
+    let one = start_one(&dns, 2525, "1s", &["--queue-lifetime", "1s"]);
+    assert_eq!(
+        send_from_alice(&one, "bob@two.test", "too late\r\n").code,
+        250
+    );
+    let dsn = bounce_for_alice(&one);
+    let text = String::from_utf8_lossy(&dsn.content);
+    assert!(text.contains("Status: 4.4.7\n"), "{text}");
+    assert!(text.contains("Delivery time expired"), "{text}");
+    assert!(
+        text.contains("Cannot connect to dead.two.test"),
+        "the last error: {text}"
+    );
+}
+
+#[test]
+fn an_mx_list_that_names_this_server_bounces_as_a_loop() {
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("loop.test", 10, "mx.one.test")
+            .a("mx.one.test", ONE),
+    );
+    let one = start_one(&dns, 2525, "1h", &[]);
+    assert_eq!(
+        send_from_alice(&one, "bob@loop.test", "round and round\r\n").code,
+        250
+    );
+    let dsn = bounce_for_alice(&one);
+    let text = String::from_utf8_lossy(&dsn.content);
+    assert!(text.contains("Status: 5.4.6\n"), "{text}");
+}
+
+#[test]
+fn a_smart_host_takes_everything_without_dns() {
+    let hop = FakeHop::start(&["250 2.1.5 OK"]);
+    let smart = hop.addr.to_string();
+    let one = common::start(&[
+        "--domain",
+        "one.test",
+        "--relay-from",
+        "127.0.0.0/8",
+        "--smart-host",
+        &smart,
+        "--dns",
+        "127.0.0.1:9",
+        "--retry",
+        "1h",
+    ]);
+    assert_eq!(
+        send_from_alice(&one, "bob@nowhere.invalid", "via the smart host\r\n").code,
+        250
+    );
+    wait_until("the smart host to get it", || {
+        hop.sessions().iter().any(|s| !s.data.is_empty())
+    });
+    assert!(hop.sessions()[0]
+        .commands
+        .iter()
+        .any(|c| c == "RCPT TO:<bob@nowhere.invalid>"));
+}
+
+#[test]
+fn smtplab_mx_prints_the_lookup_step_by_step() {
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("two.test", 20, "backup.two.test")
+            .mx("two.test", 10, "mx.two.test")
+            .a("mx.two.test", TWO)
+            .aaaa("mx.two.test", "::1".parse().unwrap())
+            .a("backup.two.test", DEAD)
+            .a("plain.test", TWO)
+            .mx("null.test", 0, "."),
+    );
+    let run = |domain: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+            .args(["mx", domain, "--dns", &dns.addr().to_string()])
+            .output()
+            .expect("run smtplab mx");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, text) = run("two.test");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("two.test MX 10 mx.two.test"), "{text}");
+    assert!(text.contains("mx.two.test A 127.0.0.3"), "{text}");
+    assert!(text.contains("mx.two.test AAAA ::1"), "{text}");
+    assert!(
+        text.contains("=> try in this order: mx.two.test, backup.two.test"),
+        "{text}"
+    );
+    let (_, text) = run("plain.test");
+    assert!(text.contains("implicit MX"), "{text}");
+    let (code, text) = run("null.test");
+    assert_eq!(code, Some(1));
+    assert!(text.contains("556 5.1.10"), "{text}");
+    let (_, text) = run("nowhere.test");
+    assert!(text.contains("NXDOMAIN"), "{text}");
+}
