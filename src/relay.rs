@@ -152,6 +152,22 @@ enum Outcome {
     Bounce { remote: String, reply: String },
 }
 
+impl Outcome {
+    /// `delivered (mx.two.test said 250 2.0.0 OK)`, for the log.
+    fn describe(&self) -> String {
+        let (what, remote, reply) = match self {
+            Outcome::Delivered { remote, reply } => ("delivered", remote, reply),
+            Outcome::Retry { remote, reply } => ("deferred", remote, reply),
+            Outcome::Bounce { remote, reply } => ("bounced", remote, reply),
+        };
+        if remote.is_empty() {
+            format!("{what} ({reply})")
+        } else {
+            format!("{what} ({remote} said {reply})")
+        }
+    }
+}
+
 /// One address to connect to, with the name it was found under.
 #[derive(Debug, Clone)]
 struct Target {
@@ -213,7 +229,11 @@ impl Relay {
                 .collect();
             let outcomes = self.deliver_group(&tag, &entry, &destination, &paths);
             for (&i, outcome) in group.iter().zip(outcomes) {
-                info!("[{tag}] {} {outcome:?}", entry.recipients[i].path);
+                info!(
+                    "[{tag}] {}: {}",
+                    entry.recipients[i].path,
+                    outcome.describe()
+                );
                 record(&mut entry.recipients[i], outcome);
             }
         }
