@@ -8,10 +8,10 @@
 //!
 //! The relay sends the report from the null reverse-path `<>`, and never reports on a message
 //! that itself came from `<>`: two servers that bounce bounces at each other would loop forever
-//! (RFC 5321 §6.1, RFC 3464 §3). Lines end in `\n` like every stored message; the relay
+//! (RFC 5321 §4.5.5, RFC 5321 §6.1). Lines end in `\n` like every stored message; the relay
 //! writes CRLF on the wire.
 //!
-//! Standards: RFC 3464 §2.1, RFC 3464 §2.2, RFC 3464 §2.3, RFC 3464 §3, RFC 3461 §6.1, RFC 3461 §6.2, RFC 3463 §2, RFC 5321 §6.1
+//! Standards: RFC 3464 §2.1, RFC 3464 §2.2, RFC 3464 §2.3, RFC 5321 §4.5.5, RFC 3461 §6.1, RFC 3461 §6.2, RFC 3463 §2, RFC 5321 §6.1
 
 use std::fmt::Write as _;
 use std::time::SystemTime;

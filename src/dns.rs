@@ -21,7 +21,7 @@
 //! domain's own A/AAAA records are an implicit MX); and a host has IPv4 *and* IPv6 addresses, so
 //! both A and AAAA must be asked for.
 //!
-//! Standards: RFC 5321 §5.1, RFC 5321 §4.5.4.1, RFC 7505 §3, RFC 3463 §3.2
+//! Standards: RFC 5321 §5.1, RFC 5321 §4.5.4.1, RFC 7505 §3, RFC 7505 §4.1, RFC 3463 §3.2
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -258,7 +258,8 @@ fn mx_records(dns: &dyn Dns, domain: &str, trace: &mut Vec<String>) -> Result<Ve
     }
 }
 
-/// RFC 7505 §3: a single MX `0 .` means the domain accepts no mail: bounce at once, 556 5.1.10.
+/// RFC 7505 §3: a single MX `0 .` means the domain accepts no mail; §4.1: bounce at once,
+/// 556 5.1.10, without trying the domain's A/AAAA records.
 /// A root exchange beside real MX records is a broken zone; the real records are used.
 fn without_null_mx(
     domain: &str,
