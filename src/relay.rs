@@ -449,6 +449,11 @@ impl Relay {
         if let Ok(clone) = stream.try_clone() {
             *lock(&self.current) = Some(clone);
         }
+        if self.stopping() {
+            // The handle may have looked for a conversation to cut just before this one began.
+            *lock(&self.current) = None;
+            return Err("451 4.3.2 The relay is stopping".into());
+        }
         let mut client = SmtpClient::new(stream, tag).map_err(|e| format!("451 4.4.2 {e}"))?;
         let result = client.send_message(&self.config.hostname, entry, paths);
         *lock(&self.current) = None;
