@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 pub const DEMO_PASSWORD: &str = "password";
 /// Pause before a POP3 `-ERR` for a wrong password, to slow down password guessing.
 pub const DEFAULT_POP3_AUTH_DELAY: Duration = Duration::from_secs(1);
+/// A mail host listens on "the SMTP port (specified by IANA as port 25)" (RFC 5321 §4.5.4.2).
+pub const DEFAULT_MX_PORT: u16 = 25;
 
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
@@ -55,6 +57,18 @@ pub struct Config {
     pub pop3: Vec<SocketAddr>,
     /// Pause before answering a failed POP3 login.
     pub pop3_auth_delay: Duration,
+    /// Nameserver for MX lookups (`--dns IP:PORT`); `None` asks the system's resolvers.
+    pub dns: Option<SocketAddr>,
+    /// Port of the next hop's SMTP server (`--mx-port`, 25 on the Internet).
+    pub mx_port: u16,
+    /// The outbound queue (`--spool`).
+    pub spool_dir: PathBuf,
+    /// Waits between delivery attempts (`--retry 1m,5m,30m,2h`); the last one repeats.
+    pub retry: Vec<Duration>,
+    /// Bounce what is still undelivered after this long (`--queue-lifetime`).
+    pub queue_lifetime: Duration,
+    /// Send all foreign mail to this `HOST:PORT` instead of looking up MX (`--smart-host`).
+    pub smart_host: Option<String>,
 }
 
 /// Where the TLS certificate comes from.
@@ -163,6 +177,12 @@ impl Default for Config {
             verbose: false,
             pop3: Vec::new(),
             pop3_auth_delay: DEFAULT_POP3_AUTH_DELAY,
+            dns: None,
+            mx_port: DEFAULT_MX_PORT,
+            spool_dir: PathBuf::from("spool"),
+            retry: crate::queue::Schedule::default().retry,
+            queue_lifetime: crate::queue::DEFAULT_QUEUE_LIFETIME,
+            smart_host: None,
         }
     }
 }
@@ -216,6 +236,17 @@ pub fn options() -> getopts::Options {
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
     o.optmulti("", "pop3", "POP3 listener (repeatable)", "ADDR");
+    o.optopt("", "dns", "nameserver for MX lookups", "IP:PORT");
+    o.optopt("", "mx-port", "port of the next hop (default 25)", "PORT");
+    o.optopt("", "spool", "outbound queue (default ./spool)", "DIR");
+    o.optopt("", "retry", "waits between delivery attempts", "LIST");
+    o.optopt(
+        "",
+        "queue-lifetime",
+        "bounce after this long (default 5d)",
+        "DUR",
+    );
+    o.optopt("", "smart-host", "send all foreign mail here", "HOST:PORT");
     o
 }
 
@@ -273,7 +304,35 @@ impl Config {
             .iter()
             .map(|a| parse_addr(a))
             .collect::<Result<_, _>>()?;
+        config.read_relay_options(m)?;
         Ok(config)
+    }
+}
+
+impl Config {
+    /// The options of the outbound queue and relay (`queue.rs`, `relay.rs`, `dns.rs`).
+    fn read_relay_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
+        if let Some(addr) = m.opt_str("dns") {
+            self.dns = Some(parse_addr(&addr).map_err(|e| format!("--dns: {e}"))?);
+        }
+        self.mx_port = number(m, "mx-port", self.mx_port)?;
+        if let Some(dir) = m.opt_str("spool") {
+            self.spool_dir = PathBuf::from(dir);
+        }
+        if let Some(list) = m.opt_str("retry") {
+            self.retry = crate::queue::parse_retry(&list)?;
+        }
+        if let Some(text) = m.opt_str("queue-lifetime") {
+            self.queue_lifetime = crate::queue::parse_duration(&text)
+                .map_err(|e| format!("--queue-lifetime: {e}"))?;
+        }
+        if let Some(host) = m.opt_str("smart-host") {
+            if !host.contains(':') {
+                return Err(format!("--smart-host needs HOST:PORT, not '{host}'."));
+            }
+            self.smart_host = Some(host);
+        }
+        Ok(())
     }
 }
 

@@ -2,12 +2,15 @@
 //!
 //! Interface:
 //! - `LocalDelivery::deliver(message)` prepends `Return-Path:` and `Received:` for each recipient
-//!   and appends the message to every local mailbox at once, all or nothing.
+//!   and appends the message to every local mailbox at once, all or nothing; recipients in
+//!   other domains (`Route::Relay`) are written to the outbound queue in the same all-or-nothing
+//!   step (queue file synced, mboxes written, then the queue file committed).
 //! - `received_header(..)` builds the trace line of RFC 5321 §4.4.
 //!
 //! Standards: RFC 5321 §4.4, RFC 5321 §6.1, RFC 5321 §4.2.5, RFC 3463 §3.4, RFC 3848 §3, RFC 6531 §3.7.3
 
 use std::io;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use log::{info, warn};
@@ -15,6 +18,7 @@ use log::{info, warn};
 use crate::address::ReversePath;
 use crate::datetime;
 use crate::mbox::{Delivery, DeliveryError, MailDir};
+use crate::queue::{self, Prepared, Spool};
 use crate::reply::Reply;
 use crate::session::{Client, Deliver, Message, Recipient, Route};
 
@@ -22,35 +26,43 @@ use crate::session::{Client, Deliver, Message, Recipient, Route};
 pub struct LocalDelivery {
     pub mail_dir: MailDir,
     pub hostname: String,
+    /// The outbound queue for recipients in other domains; `None` refuses them with 451.
+    pub spool: Option<Arc<Spool>>,
 }
 
 impl Deliver for LocalDelivery {
     // ANCHOR: deliver
     /// RFC 5321 §6.1: 250 means the message is safe, so the reply waits for every fsync.
     fn deliver(&self, message: &Message) -> Result<(), Reply> {
-        if message
-            .envelope
-            .recipients
-            .iter()
-            .any(|r| matches!(r.route, Route::Relay(_)))
-        {
-            // DEVIATION: until the relay queue exists, foreign mail is refused with a temporary
-            // error that says why, so the sending client keeps it and tries again later.
-            return Err(Reply::new(
-                451,
-                "4.3.2",
-                "Relaying to other domains is not built yet; try again later",
-            ));
-        }
+        // Step 1: the copy for other domains, synced under a temporary name (not yet queued).
+        let queued = self.prepare_relay(message)?;
+        // Step 2: the local mailboxes. If this fails, dropping `queued` removes its file.
         let deliveries = self.deliveries(message);
+        if !deliveries.is_empty() {
+            self.deliver_local(message, &deliveries)?;
+        }
+        // Step 3: commit the queue file; the relay thread wakes and picks it up.
+        if let Some(prepared) = queued {
+            let id = prepared.id().to_string();
+            prepared.commit().map_err(|error| {
+                warn!("{}: cannot commit queue file {id}: {error}", message.id);
+                Reply::LOCAL_ERROR_451
+            })?;
+            info!("{}: queued as {id} for relaying", message.id);
+        }
+        Ok(())
+    }
+    // ANCHOR_END: deliver
+}
+
+impl LocalDelivery {
+    /// Append to the local mailboxes, all or nothing.
+    fn deliver_local(&self, message: &Message, deliveries: &[Delivery]) -> Result<(), Reply> {
         let sender = match &message.envelope.sender {
             ReversePath::Null => String::new(),
             ReversePath::Mailbox(mailbox) => mailbox.to_string(),
         };
-        match self
-            .mail_dir
-            .deliver(&sender, &deliveries, &message.content)
-        {
+        match self.mail_dir.deliver(&sender, deliveries, &message.content) {
             Ok(()) => {
                 let users: Vec<&str> = deliveries.iter().map(|d| d.user.as_str()).collect();
                 info!(
@@ -67,10 +79,61 @@ impl Deliver for LocalDelivery {
             }
         }
     }
-    // ANCHOR_END: deliver
-}
 
-impl LocalDelivery {
+    // ANCHOR: prepare_relay
+    /// The queue entry for the recipients in other domains, written and synced but not yet
+    /// committed; `None` when every recipient is local.
+    fn prepare_relay(&self, message: &Message) -> Result<Option<Prepared<'_>>, Reply> {
+        let relayed: Vec<&Recipient> = message
+            .envelope
+            .recipients
+            .iter()
+            .filter(|r| matches!(r.route, Route::Relay(_)))
+            .collect();
+        if relayed.is_empty() {
+            return Ok(None);
+        }
+        let Some(spool) = &self.spool else {
+            // DEVIATION: without a spool, foreign mail is refused with a temporary error that
+            // says why, so the sending client keeps it and tries again later.
+            return Err(Reply::new(
+                451,
+                "4.3.2",
+                "Relaying to other domains is not configured here; try again later",
+            ));
+        };
+        let mut paths: Vec<String> = Vec::new();
+        for path in relayed.iter().map(|r| r.path.to_string()) {
+            if !paths.contains(&path) {
+                paths.push(path); // one copy per address, however often it was given
+            }
+        }
+        // RFC 5321 §4.4: a relay adds its own Received line before passing the message on.
+        let mut content = relay_received_header(message, &self.hostname, &relayed).into_bytes();
+        content.extend_from_slice(&message.content);
+        let entry = queue::Entry::new(
+            &message.id,
+            message.envelope.sender.to_string(),
+            paths,
+            content,
+        );
+        spool.prepare(&entry).map(Some).map_err(|error| {
+            warn!(
+                "{}: cannot write to the queue, nothing stored: {error}",
+                message.id
+            );
+            match error.kind() {
+                io::ErrorKind::StorageFull => Reply::new(
+                    452,
+                    "4.3.1",
+                    "Insufficient system storage; nothing was stored",
+                ),
+                _ => Reply::LOCAL_ERROR_451,
+            }
+        })
+    }
+    // ANCHOR_END: prepare_relay
+
     /// One delivery per distinct mailbox, with the trace headers of the first recipient that
     /// reached it (a user listed twice, directly and through a list, gets one copy).
     fn deliveries(&self, message: &Message) -> Vec<Delivery> {
@@ -92,7 +155,7 @@ impl LocalDelivery {
                         message.envelope.options.smtputf8,
                         &self.hostname,
                         &message.id,
-                        recipient,
+                        Some(recipient),
                         now
                     )
                 );
@@ -114,15 +177,17 @@ pub fn received_header(
     smtputf8: bool,
     hostname: &str,
     id: &str,
-    recipient: &Recipient,
+    recipient: Option<&Recipient>,
     now: SystemTime,
 ) -> String {
     let helo = client.helo.as_deref().unwrap_or("unknown");
     let protocol = protocol(client, smtputf8);
+    let for_clause = recipient
+        .map(|r| format!("\n\tfor {}", r.path))
+        .unwrap_or_default();
     format!(
-        "Received: from {helo} ([{}])\n\tby {hostname} (smtplab) with {protocol} id {id}\n\tfor {}; {}\n",
+        "Received: from {helo} ([{}])\n\tby {hostname} (smtplab) with {protocol} id {id}{for_clause}; {}\n",
         client.peer.ip(),
-        recipient.path,
         datetime::rfc5322(now)
     )
 }
@@ -139,6 +204,24 @@ fn protocol(client: &Client, smtputf8: bool) -> String {
     let tls = if client.tls { "S" } else { "" };
     let auth = if client.user.is_some() { "A" } else { "" };
     format!("{base}{tls}{auth}")
+}
+
+/// The `Received:` line of a relayed message. Its `for` clause names the recipient only when
+/// there is one: with several, naming one would show the others (a Bcc, say) who got it.
+fn relay_received_header(message: &Message, hostname: &str, relayed: &[&Recipient]) -> String {
+    let only = match relayed {
+        [only] => Some(*only),
+        _ => None,
+    };
+    let smtputf8 = message.envelope.options.smtputf8;
+    received_header(
+        &message.client,
+        smtputf8,
+        hostname,
+        &message.id,
+        only,
+        SystemTime::now(),
+    )
 }
 
 /// A failed delivery is temporary: the client keeps the message and tries again (RFC 5321 §4.2.5).

@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod auth;
+pub mod bounce;
 pub mod command;
 pub mod compare;
 pub mod config;
@@ -13,11 +14,14 @@ pub mod data;
 pub mod datetime;
 pub mod delivery;
 pub mod diagram;
+pub mod dns;
 pub mod extensions;
 pub mod line;
 pub mod mbox;
 pub mod pop3;
 pub mod pop3_server;
+pub mod queue;
+pub mod relay;
 pub mod replay;
 pub mod reply;
 pub mod server;

@@ -3,7 +3,8 @@
 //! Interface:
 //! - `Server::bind(config)` binds every `--listen` address (an error is one plain sentence).
 //! - `Server::run()` accepts forever; `Server::spawn()` accepts on background threads and
-//!   returns a handle that stops them (tests use this).
+//!   returns a handle that stops them (tests use this). Both also start the relay thread
+//!   (`relay.rs`), which the handle stops too.
 //!
 //! `for stream in listener.incoming()` is the classic server loop: the listening socket only
 //! welcomes; each accepted connection is a new socket served by a new thread. `--max-connections`
@@ -27,6 +28,8 @@ use crate::connection::{self, Context};
 use crate::delivery::LocalDelivery;
 use crate::mbox::MailDir;
 use crate::pop3_server::{Pop3Handle, Pop3Listener};
+use crate::queue::Spool;
+use crate::relay::{self, RelayHandle};
 use crate::reply::Reply;
 use crate::session::Role;
 use crate::tls;
@@ -41,6 +44,7 @@ pub struct Server {
     shared: Arc<Shared>,
     /// `--pop3` listeners; they serve the same mail directory.
     pop3: Vec<Pop3Listener>,
+    spool: Arc<Spool>,
 }
 
 struct Shared {
@@ -57,6 +61,8 @@ pub struct ServerHandle {
     acceptors: Vec<JoinHandle<()>>,
     /// Dropped after `acceptors` are stopped; each stops its own POP3 acceptor.
     pop3: Vec<Pop3Handle>,
+    /// Dropped after the acceptors stop, which stops the relay thread.
+    _relay: Option<RelayHandle>,
 }
 
 /// One place in the connection count; dropping it (also while a thread unwinds) frees it.
@@ -79,9 +85,12 @@ impl Server {
         })?;
         let mail_dir = MailDir::new(config.mail_dir.clone());
         recover(&mail_dir)?;
+        let spool = Arc::new(Spool::new(config.spool_dir.clone()));
+        spool.remove_stale_temp_files();
         let deliver = Arc::new(LocalDelivery {
             mail_dir,
             hostname: config.hostname.clone(),
+            spool: Some(spool.clone()),
         });
         let tls = tls_acceptor(&config)?;
         let mut listeners = Vec::new();
@@ -113,6 +122,7 @@ impl Server {
                 stopping: AtomicBool::new(false),
             }),
             pop3,
+            spool,
         })
     }
 
@@ -148,11 +158,21 @@ impl Server {
             .into_iter()
             .map(|listener| listener.spawn(config.clone()))
             .collect();
+        let context = &self.shared.context;
+        let relay = relay::start(
+            context.config.clone(),
+            self.spool,
+            context.deliver.clone(),
+            addrs.iter().map(|(addr, _)| *addr).collect(),
+        )
+        .map_err(|error| warn!("cannot start the relay thread: {error}"))
+        .ok();
         ServerHandle {
             addrs,
             shared: self.shared,
             acceptors,
             pop3,
+            _relay: relay,
         }
     }
 }

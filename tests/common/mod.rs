@@ -45,7 +45,7 @@ pub struct TestServer {
 }
 
 /// Start a server with these command-line options (plus a loopback port, a temp mail
-/// directory and the host name `smtplab.test`, unless the options say otherwise).
+/// directory, a temp spool and the host name `smtplab.test`, unless the options say otherwise).
 pub fn start(options: &[&str]) -> TestServer {
     let dir = TempDir::new("server");
     let mail_dir = dir.path().join("mail");
@@ -57,6 +57,18 @@ pub fn start(options: &[&str]) -> TestServer {
         "--mail-dir".into(),
         mail_dir.display().to_string(),
     ];
+    if options.contains(&"--hostname") {
+        // The test names its own host: drop the default `--hostname smtplab.test`.
+        if let Some(i) = args.iter().position(|a| a == "--hostname") {
+            args.drain(i..i + 2);
+        }
+    }
+    if !options.contains(&"--spool") {
+        args.extend([
+            "--spool".into(),
+            dir.path().join("spool").display().to_string(),
+        ]);
+    }
     args.extend(options.iter().map(|s| s.to_string()));
     let matches = config::options().parse(&args).expect("options parse");
     let mut config = Config::from_matches(&matches).expect("valid options");

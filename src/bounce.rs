@@ -1,0 +1,204 @@
+//! Bounces: the delivery status notification (DSN) that tells a sender which recipients failed.
+//!
+//! Interface:
+//! - `dsn(hostname, entry, failed, now)` builds the report for the failed recipients of a queued
+//!   message: a `multipart/report; report-type=delivery-status` message with a readable part,
+//!   the `message/delivery-status` part, and the original headers (`text/rfc822-headers`).
+//! - `status_of(reply)` finds the RFC 3463 status code in a reply line (`550 5.1.1 ...` -> `5.1.1`).
+//!
+//! The relay sends the report from the null reverse-path `<>`, and never reports on a message
+//! that itself came from `<>`: two servers that bounce bounces at each other would loop forever
+//! (RFC 5321 §4.5.5, RFC 5321 §6.1). Lines end in `\n` like every stored message; the relay
+//! writes CRLF on the wire.
+//!
+//! Standards: RFC 3464 §2.1, RFC 3464 §2.2, RFC 3464 §2.3, RFC 5321 §4.5.5, RFC 3461 §6.1, RFC 3461 §6.2, RFC 3463 §2, RFC 5321 §6.1
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use crate::datetime;
+use crate::queue::{system_time, Entry, Rcpt};
+
+/// The subject line most mail systems use, so that filters and people recognise a bounce.
+const SUBJECT: &str = "Undelivered Mail Returned to Sender";
+
+// ANCHOR: dsn
+/// The whole bounce message for `failed` recipients of `entry`.
+pub fn dsn(hostname: &str, entry: &Entry, failed: &[Rcpt], now: SystemTime) -> Vec<u8> {
+    let boundary = format!("=_smtplab-dsn-{}", entry.id);
+    let mut m = String::new();
+    // RFC 3464 §2.1 via RFC 6522: the report is the second part of a multipart/report.
+    let _ = writeln!(m, "From: Mail Delivery System <MAILER-DAEMON@{hostname}>");
+    let _ = writeln!(m, "To: {}", entry.sender);
+    let _ = writeln!(m, "Subject: {SUBJECT}");
+    let _ = writeln!(m, "Date: {}", datetime::rfc5322(now));
+    let _ = writeln!(m, "Message-ID: <{}.dsn@{hostname}>", entry.id);
+    let _ = writeln!(m, "Auto-Submitted: auto-replied");
+    let _ = writeln!(m, "MIME-Version: 1.0");
+    let _ = writeln!(
+        m,
+        "Content-Type: multipart/report; report-type=delivery-status;\n\tboundary=\"{boundary}\""
+    );
+    m.push('\n');
+    m.push_str("This is a MIME-encapsulated message: a delivery status notification.\n\n");
+    let _ = writeln!(m, "--{boundary}");
+    readable_part(&mut m, hostname, failed);
+    let _ = writeln!(m, "--{boundary}");
+    status_part(&mut m, hostname, entry, failed, now);
+    let _ = writeln!(m, "--{boundary}");
+    m.push_str("Content-Type: text/rfc822-headers\n");
+    m.push_str("Content-Description: Headers of the undelivered message\n\n");
+    let mut bytes = m.into_bytes();
+    bytes.extend_from_slice(original_headers(&entry.content));
+    bytes.extend_from_slice(format!("\n--{boundary}--\n").as_bytes());
+    bytes
+}
+// ANCHOR_END: dsn
+
+/// The part a person reads first.
+fn readable_part(m: &mut String, hostname: &str, failed: &[Rcpt]) {
+    m.push_str("Content-Type: text/plain; charset=us-ascii\n");
+    m.push_str("Content-Description: Notification\n\n");
+    let _ = writeln!(m, "This is the mail system at {hostname}.\n");
+    m.push_str("Your message could not be delivered to the recipients below.\n");
+    m.push_str("This is a permanent error; the headers of your message are attached.\n\n");
+    for rcpt in failed {
+        let who = if rcpt.remote.is_empty() {
+            String::new()
+        } else {
+            format!(" host {} said:", rcpt.remote)
+        };
+        let _ = writeln!(m, "{}:{who} {}", rcpt.path, ascii(&rcpt.reply));
+    }
+    m.push('\n');
+}
+
+// ANCHOR: status_part
+/// `message/delivery-status`: per-message fields, an empty line, then one block per recipient.
+fn status_part(m: &mut String, hostname: &str, entry: &Entry, failed: &[Rcpt], now: SystemTime) {
+    m.push_str("Content-Type: message/delivery-status\n");
+    m.push_str("Content-Description: Delivery report\n\n");
+    // RFC 3464 §2.2: Reporting-MTA is required; Arrival-Date says when we accepted it.
+    let _ = writeln!(m, "Reporting-MTA: dns; {hostname}");
+    let _ = writeln!(m, "X-Smtplab-Queue-ID: {}", entry.id);
+    let _ = writeln!(
+        m,
+        "Arrival-Date: {}",
+        datetime::rfc5322(system_time(entry.created))
+    );
+    for rcpt in failed {
+        // RFC 3464 §2.3: Final-Recipient, Action and Status are required in every block.
+        m.push('\n');
+        let address = rcpt.path.trim_start_matches('<').trim_end_matches('>');
+        let _ = writeln!(m, "Final-Recipient: rfc822; {}", ascii(address));
+        let _ = writeln!(m, "Action: failed");
+        let _ = writeln!(m, "Status: {}", status_of(&rcpt.reply));
+        if !rcpt.remote.is_empty() {
+            // The reply came from the next hop: RFC 3464 §2.3.5 and §2.3.6, type "smtp".
+            let _ = writeln!(m, "Remote-MTA: dns; {}", ascii(&rcpt.remote));
+            let _ = writeln!(m, "Diagnostic-Code: smtp; {}", ascii(&rcpt.reply));
+        } else {
+            // Our own diagnosis (DNS, expiry): an "X-" type (RFC 3464 §2.1.2).
+            let _ = writeln!(m, "Diagnostic-Code: X-Smtplab; {}", ascii(&rcpt.reply));
+        }
+        let _ = writeln!(m, "Last-Attempt-Date: {}", datetime::rfc5322(now));
+    }
+    m.push('\n');
+}
+// ANCHOR_END: status_part
+
+/// The RFC 3463 status in a reply: `550 5.1.1 No such user` -> `5.1.1`; without one, the class
+/// of the reply code (`550 Nope` -> `5.0.0`); a bare status (`4.4.7 expired`) is taken as it is.
+pub fn status_of(reply: &str) -> String {
+    let mut words = reply.split_whitespace();
+    let first = words.next().unwrap_or("");
+    if is_status(first) {
+        return first.to_string();
+    }
+    let class = match first.as_bytes() {
+        [c @ (b'2' | b'4' | b'5'), _, _] => *c as char,
+        _ => '5',
+    };
+    match words.next() {
+        Some(second) if is_status(second) && second.starts_with(class) => second.to_string(),
+        _ => format!("{class}.0.0"),
+    }
+}
+
+/// `status-code = class "." subject "." detail` (RFC 3463 §2): digits, two dots.
+fn is_status(word: &str) -> bool {
+    let parts: Vec<&str> = word.split('.').collect();
+    parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The header section of a message: everything up to and including the empty line.
+fn original_headers(content: &[u8]) -> &[u8] {
+    match content.windows(2).position(|w| w == b"\n\n") {
+        Some(end) => &content[..end + 1],
+        None => content,
+    }
+}
+
+/// DSN fields are ASCII (RFC 3464 §2.1.1); anything else in a remote reply becomes `?`.
+fn ascii(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::RcptState;
+
+    #[test]
+    fn status_codes_are_found_or_derived() {
+        assert_eq!(status_of("550 5.1.1 No such user"), "5.1.1");
+        assert_eq!(status_of("550 No such user"), "5.0.0");
+        assert_eq!(
+            status_of("554 4.4.7 mismatch"),
+            "5.0.0",
+            "the class must agree"
+        );
+        assert_eq!(status_of("4.4.7 Delivery time expired"), "4.4.7");
+        assert_eq!(status_of("garbage"), "5.0.0");
+    }
+
+    #[test]
+    fn the_report_has_the_three_parts_and_the_required_fields() {
+        let entry = Entry::new(
+            "S1.1",
+            "<alice@one.test>".into(),
+            vec!["<bob@two.test>".into()],
+            b"Subject: hello\nFrom: alice@one.test\n\nsecret body\n".to_vec(),
+        );
+        let failed = Rcpt {
+            path: "<bob@two.test>".into(),
+            state: RcptState::Failed,
+            remote: "mx.two.test".into(),
+            reply: "550 5.1.1 No such user \u{e9}".into(),
+        };
+        let text =
+            String::from_utf8(dsn("one.test", &entry, &[failed], SystemTime::now())).unwrap();
+        assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
+        assert!(text.contains("Content-Type: message/delivery-status\n"));
+        assert!(text.contains("Reporting-MTA: dns; one.test\n"));
+        assert!(text.contains("Final-Recipient: rfc822; bob@two.test\n"));
+        assert!(text.contains("Action: failed\nStatus: 5.1.1\n"));
+        assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 No such user ?\n"));
+        assert!(text.contains("Content-Type: text/rfc822-headers\n"));
+        assert!(text.contains("Subject: hello\n"));
+        assert!(!text.contains("secret body"), "only the headers come back");
+        assert!(text.ends_with(&format!("--=_smtplab-dsn-{}--\n", entry.id)));
+    }
+}
