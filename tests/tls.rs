@@ -144,10 +144,14 @@ fn a_failed_handshake_closes_only_that_connection() {
     c.send(b"HELO x\r\n");
     let mut rest = Vec::new();
     let closed = std::io::Read::read_to_end(&mut c.reader, &mut rest);
-    assert!(
-        closed.is_ok(),
-        "the server closes the connection: {closed:?}"
-    );
+    // A close with unread input may arrive as a reset; only a timeout means "still open".
+    let timed_out = closed.as_ref().is_err_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    });
+    assert!(!timed_out, "the server closes the connection: {closed:?}");
     let text = String::from_utf8_lossy(&rest);
     assert!(
         !text.contains("250"),
