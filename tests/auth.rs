@@ -416,7 +416,10 @@ enum Posing {
     LoginBeforeStarttls,
 }
 
-fn pose(server: &TestServer, posing: Posing) -> (Box<dyn FnMut(&str) -> Reply>, &'static str) {
+/// A command sender for a client that is plain or inside TLS.
+type Commands = Box<dyn FnMut(&str) -> Reply>;
+
+fn pose(server: &TestServer, posing: Posing) -> (Commands, &'static str) {
     let mut c = greeted(server);
     let mail = match posing {
         Posing::FailedAuth => {
