@@ -282,3 +282,223 @@ pub fn have_tool(tool: &str) -> bool {
     }
     found
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS, external tools and users files (STARTTLS, SMTPS, AUTH tests)
+
+/// The name the test server's certificate is made for.
+pub const TLS_HOST: &str = "smtplab.test";
+
+/// A client-side TLS connector that trusts the server's throwaway certificate.
+pub fn tls_connector() -> native_tls::TlsConnector {
+    native_tls::TlsConnector::builder()
+        .danger_accept_invalid_certs(true)
+        .danger_accept_invalid_hostnames(true)
+        .build()
+        .expect("TLS connector")
+}
+
+/// An SMTP client inside TLS (after STARTTLS, or implicit TLS); every read has a timeout.
+pub struct TlsClient {
+    pub reader: BufReader<native_tls::TlsStream<TcpStream>>,
+    /// The 220 greeting for implicit TLS; None after STARTTLS (the greeting came in the clear).
+    pub greeting: Option<Reply>,
+}
+
+impl Client {
+    /// Send STARTTLS, expect 220 2.0.0, and run the client side of the handshake.
+    pub fn starttls(mut self) -> TlsClient {
+        let reply = self.cmd("STARTTLS");
+        assert_eq!(
+            (reply.code, reply.status().as_str()),
+            (220, "2.0.0"),
+            "{reply:?}"
+        );
+        self.handshake()
+    }
+
+    /// The client side of the handshake, after the 220 was read. Nothing may be buffered.
+    pub fn handshake(self) -> TlsClient {
+        assert!(
+            self.reader.buffer().is_empty(),
+            "bytes after the 220 before TLS: {:?}",
+            String::from_utf8_lossy(self.reader.buffer())
+        );
+        let tcp = self.reader.into_inner();
+        let tls = tls_connector()
+            .connect(TLS_HOST, tcp)
+            .expect("TLS handshake");
+        TlsClient {
+            reader: BufReader::new(tls),
+            greeting: None,
+        }
+    }
+}
+
+impl TlsClient {
+    /// Implicit TLS (`--smtps`): the handshake, then the greeting inside TLS.
+    pub fn connect_implicit(addr: SocketAddr) -> TlsClient {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+        tcp.set_write_timeout(Some(READ_TIMEOUT)).expect("timeout");
+        let tls = tls_connector()
+            .connect(TLS_HOST, tcp)
+            .expect("TLS handshake");
+        let mut reader = BufReader::new(tls);
+        let greeting = read_reply(&mut reader).expect("greeting");
+        TlsClient {
+            reader,
+            greeting: Some(greeting),
+        }
+    }
+
+    /// Write raw bytes (no line end added).
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes).expect("write");
+        stream.flush().expect("flush");
+    }
+
+    pub fn cmd(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    pub fn reply(&mut self) -> Reply {
+        read_reply(&mut self.reader).expect("a reply")
+    }
+
+    pub fn try_reply(&mut self) -> Option<Reply> {
+        read_reply(&mut self.reader)
+    }
+
+    pub fn expect(&mut self, line: &str, code: u16) -> Reply {
+        let reply = self.cmd(line);
+        assert_eq!(reply.code, code, "{line:?} got {reply:?}");
+        reply
+    }
+
+    /// True when the server has closed the connection (end of file, or a TLS close).
+    pub fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.reader.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    /// True when no byte arrives for `wait` (a read timeout); the normal timeout is restored.
+    pub fn is_silent_for(&mut self, wait: Duration) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let tcp = self.reader.get_ref().get_ref();
+        tcp.set_read_timeout(Some(wait)).expect("timeout");
+        let mut byte = [0u8; 1];
+        let result = self.reader.read(&mut byte);
+        let tcp = self.reader.get_ref().get_ref();
+        tcp.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+        match result {
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            Ok(_) => false,
+        }
+    }
+}
+
+/// True when `tool args...` runs and succeeds (for tools without `--version`, such as
+/// `openssl version`); otherwise prints the SKIP line the rules ask for.
+pub fn have_tool_with(tool: &str, args: &[&str]) -> bool {
+    let found = std::process::Command::new(tool)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        println!("SKIP: {tool} not installed");
+    }
+    found
+}
+
+/// What an external tool printed, and whether it finished before the deadline.
+pub struct ToolRun {
+    pub stdout: String,
+    pub stderr: String,
+    pub success: bool,
+}
+
+/// Run a command with `input` on its stdin; kill it if it runs longer than `limit`.
+pub fn run_tool(command: &mut std::process::Command, input: &[u8], limit: Duration) -> ToolRun {
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the tool");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().expect("stdout")));
+    let err = read_all(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    ToolRun {
+        success: status.is_some_and(|s| s.success()),
+        stdout,
+        stderr,
+    }
+}
+
+/// Write a `--users` file (`user:password` lines) into `dir`; returns its path as text.
+pub fn write_users(dir: &Path, lines: &[&str]) -> String {
+    let path = dir.join("users");
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write users file");
+    path.display().to_string()
+}
+
+/// The message as the sender wrote it: a stored message without the `Return-Path:` and
+/// `Received:` trace headers the server put in front (continuation lines included).
+pub fn without_trace_headers(content: &[u8]) -> Vec<u8> {
+    let mut rest = content;
+    loop {
+        let is_trace = rest.starts_with(b"Return-Path:") || rest.starts_with(b"Received:");
+        let is_continuation = rest.starts_with(b"\t") || rest.starts_with(b" ");
+        if !(is_trace || is_continuation) {
+            return rest.to_vec();
+        }
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(end) => rest = &rest[end + 1..],
+            None => return Vec::new(),
+        }
+    }
+}
