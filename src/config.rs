@@ -55,6 +55,12 @@ pub struct Config {
     pub pop3: Vec<SocketAddr>,
     /// Pause before answering a failed POP3 login.
     pub pop3_auth_delay: Duration,
+    /// `--trace`: print every line in and out, with state transitions, on stdout.
+    pub trace: bool,
+    /// `--explain`: end reply texts with the RFC section and the next expected command.
+    pub explain: bool,
+    /// `--fault RULE`: scripted refusals for client-writing labs.
+    pub faults: Vec<crate::fault::Rule>,
 }
 
 /// Where the TLS certificate comes from.
@@ -163,6 +169,9 @@ impl Default for Config {
             verbose: false,
             pop3: Vec::new(),
             pop3_auth_delay: DEFAULT_POP3_AUTH_DELAY,
+            trace: false,
+            explain: false,
+            faults: Vec::new(),
         }
     }
 }
@@ -216,6 +225,22 @@ pub fn options() -> getopts::Options {
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
     o.optmulti("", "pop3", "POP3 listener (repeatable)", "ADDR");
+    o.optflag(
+        "",
+        "trace",
+        "print every C:/S: line with the state transition",
+    );
+    o.optflag(
+        "",
+        "explain",
+        "end each reply with its RFC section and the next command",
+    );
+    o.optmulti(
+        "",
+        "fault",
+        "scripted reply, e.g. rcpt:3=452 (repeatable)",
+        "RULE",
+    );
     o
 }
 
@@ -272,6 +297,13 @@ impl Config {
             .opt_strs("pop3")
             .iter()
             .map(|a| parse_addr(a))
+            .collect::<Result<_, _>>()?;
+        config.trace = m.opt_present("trace");
+        config.explain = m.opt_present("explain");
+        config.faults = m
+            .opt_strs("fault")
+            .iter()
+            .map(|rule| crate::fault::Rule::parse(rule))
             .collect::<Result<_, _>>()?;
         Ok(config)
     }
