@@ -1036,6 +1036,7 @@ impl Session {
             (MailGiven, Verb::Data) => {
                 "Send RCPT TO:<recipient> first: DATA needs at least one recipient"
             }
+            (Chunking, _) => "A BDAT transfer is open: send the next BDAT chunk, or RSET",
             (MailGiven | RcptGiven, Verb::Mail) => {
                 "Nested MAIL: a transaction is already open; finish it or RSET"
             }

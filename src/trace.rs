@@ -63,7 +63,12 @@ impl Style {
 // ANCHOR: lines
 /// `[S1] C: HELO client.example`
 pub fn client(style: Style, id: &str, bytes: &[u8]) -> String {
-    style.line(id, CLIENT_COLOUR, &format!("C: {}", shown(bytes)))
+    // An empty line is `C:` alone, as in the transcripts.
+    let text = match bytes {
+        [] => "C:".to_string(),
+        _ => format!("C: {}", shown(bytes)),
+    };
+    style.line(id, CLIENT_COLOUR, &text)
 }
 
 /// One `[S1] S: ...` line per line of a reply as written on the wire (CRLFs removed).
@@ -234,6 +239,7 @@ mod tests {
     fn plain_lines() {
         let p = Style::PLAIN;
         assert_eq!(client(p, "S1", b"HELO x"), "[S1] C: HELO x\n");
+        assert_eq!(client(p, "S1", b""), "[S1] C:\n");
         assert_eq!(
             server(p, "S2", "250-a\r\n250 b\r\n"),
             "[S2] S: 250-a\n[S2] S: 250 b\n"
