@@ -642,6 +642,19 @@ mod tests {
     }
 
     #[test]
+    fn message_text_and_spaced_colons_are_recognised() {
+        assert!(looks_like_header(b"Subject: hi"));
+        assert!(looks_like_header(b"From: mary@client.example"));
+        assert!(looks_like_header(b"To:"));
+        assert!(!looks_like_header(b"MAIL FROM:<a@b>"));
+        assert!(!looks_like_header(b"Hi Alice!"));
+        assert!(!looks_like_header(b": no name"));
+        assert!(space_after_colon(b"mail from: <a@b>"));
+        assert!(space_after_colon(b"RCPT TO: <a@b>"));
+        assert!(!space_after_colon(b"MAIL FROM:<a@b>"));
+    }
+
+    #[test]
     fn obsolete_verbs_are_recognised() {
         assert_eq!(parse(b"TURN"), Ok(Command::Obsolete(Verb::Turn)));
         assert_eq!(

@@ -658,6 +658,20 @@ fn fault_end_of_data_gets_554_and_nothing_is_stored() {
     assert_eq!(d.reply().code, 554);
 }
 
+/// The last BDAT chunk is an end of data too (RFC 3030 §2).
+#[test]
+fn fault_end_of_data_applies_to_the_last_bdat_chunk() {
+    let server = common::start(&["--fault", "eod:1=554"]);
+    let mut c = server.connect();
+    c.expect("EHLO client.example", 250);
+    c.expect("MAIL FROM:<mary@client.example>", 250);
+    c.expect("RCPT TO:<alice@localhost>", 250);
+    c.send(b"BDAT 4 LAST\r\nhi\r\n");
+    assert_eq!(c.reply().code, 554);
+    assert_eq!(server.message_count("alice"), 0);
+    c.expect("MAIL FROM:<mary@client.example>", 250);
+}
+
 #[test]
 fn fault_close_after_the_first_data_drops_the_connection() {
     let server = common::start(&["--fault", "data:1=close"]);
