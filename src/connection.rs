@@ -7,6 +7,8 @@
 //! may send a group of commands at once and must get every reply, in order). Every read has a
 //! deadline (RFC 5321 §4.5.3.2.7), so a silent or trickling client is closed with 421. STARTTLS
 //! drops every byte that arrived before the handshake (RFC 3207 §4.2, CVE-2011-0411).
+//! With `--trace` every line in and out, each state transition, connect, disconnect and TLS
+//! start go to the console (`trace::Console`); `--fault greeting=...` rules act in `start`.
 //!
 //! Standards: RFC 5321 §4.5.3.2.7, RFC 5321 §3.8, RFC 2920 §3.1, RFC 5321 §4.1.1.4, RFC 3207 §4.2, RFC 8314 §3.3, RFC 3030 §2
 

@@ -7,6 +7,8 @@
 //!   whether to read a command next, read message data, or close.
 //! - `Session::end_of_data(result)` hands the message to the `Deliver` hook and answers it.
 //! - `Envelope` is what MAIL, RCPT and DATA gather; RSET, HELO/EHLO and the end of DATA drop it.
+//! - `--fault` rules answer before a command is handled (`scripted_fault`); `--explain` notes
+//!   are added to every reply of a step (`trace::explain`).
 //!
 //! No sockets and no files here: the session is tested line by line without a network.
 //!
