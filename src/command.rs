@@ -419,6 +419,25 @@ fn keyword_colon<'a>(
     Ok(&argument[keyword.len()..])
 }
 
+/// Did the client write `MAIL FROM: <x>` or `RCPT TO: <x>`, with the space the grammar of
+/// RFC 5321 §4.1.2 does not have? (Accepted all the same; see `keyword_colon`.)
+pub fn space_after_colon(line: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(line).to_ascii_uppercase();
+    text.starts_with("MAIL FROM: ") || text.starts_with("RCPT TO: ")
+}
+
+/// Does this line look like a header field of a message (`Subject: hi`, `From: x`)?
+/// `field-name = 1*ftext`, `ftext = %d33-57 / %d59-126` (RFC 5322 §3.6.8): printable, no colon.
+pub fn looks_like_header(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let name = &line[..colon];
+    !name.is_empty()
+        && name.iter().all(|&b| (33..=126).contains(&b))
+        && Verb::from_name(&String::from_utf8_lossy(name)).is_none()
+}
+
 /// Turn an address error into a 501/553 reply that names the rule that was broken.
 fn address_reply(error: AddressError, bad: Reply, verb: Verb, path_text: &str) -> Reply {
     match error {
@@ -620,6 +639,19 @@ mod tests {
         assert_eq!(code("BDAT -1"), 501);
         assert_eq!(code("BDAT 5 FIRST"), 501);
         assert_eq!(code("STARTTLS now"), 501);
+    }
+
+    #[test]
+    fn message_text_and_spaced_colons_are_recognised() {
+        assert!(looks_like_header(b"Subject: hi"));
+        assert!(looks_like_header(b"From: mary@client.example"));
+        assert!(looks_like_header(b"To:"));
+        assert!(!looks_like_header(b"MAIL FROM:<a@b>"));
+        assert!(!looks_like_header(b"Hi Alice!"));
+        assert!(!looks_like_header(b": no name"));
+        assert!(space_after_colon(b"mail from: <a@b>"));
+        assert!(space_after_colon(b"RCPT TO: <a@b>"));
+        assert!(!space_after_colon(b"MAIL FROM:<a@b>"));
     }
 
     #[test]

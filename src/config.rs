@@ -69,6 +69,12 @@ pub struct Config {
     pub queue_lifetime: Duration,
     /// Send all foreign mail to this `HOST:PORT` instead of looking up MX (`--smart-host`).
     pub smart_host: Option<String>,
+    /// `--trace`: print every line in and out, with state transitions, on stdout.
+    pub trace: bool,
+    /// `--explain`: end reply texts with the RFC section and the next expected command.
+    pub explain: bool,
+    /// `--fault RULE`: scripted refusals for client-writing labs.
+    pub faults: Vec<crate::fault::Rule>,
 }
 
 /// Where the TLS certificate comes from.
@@ -183,6 +189,9 @@ impl Default for Config {
             retry: crate::queue::Schedule::default().retry,
             queue_lifetime: crate::queue::DEFAULT_QUEUE_LIFETIME,
             smart_host: None,
+            trace: false,
+            explain: false,
+            faults: Vec::new(),
         }
     }
 }
@@ -247,6 +256,22 @@ pub fn options() -> getopts::Options {
         "DUR",
     );
     o.optopt("", "smart-host", "send all foreign mail here", "HOST:PORT");
+    o.optflag(
+        "",
+        "trace",
+        "print every C:/S: line with the state transition",
+    );
+    o.optflag(
+        "",
+        "explain",
+        "end each reply with its RFC section and the next command",
+    );
+    o.optmulti(
+        "",
+        "fault",
+        "scripted reply, e.g. rcpt:3=452 (repeatable)",
+        "RULE",
+    );
     o
 }
 
@@ -305,6 +330,13 @@ impl Config {
             .map(|a| parse_addr(a))
             .collect::<Result<_, _>>()?;
         config.read_relay_options(m)?;
+        config.trace = m.opt_present("trace");
+        config.explain = m.opt_present("explain");
+        config.faults = m
+            .opt_strs("fault")
+            .iter()
+            .map(|rule| crate::fault::Rule::parse(rule))
+            .collect::<Result<_, _>>()?;
         Ok(config)
     }
 }

@@ -7,23 +7,27 @@
 //! may send a group of commands at once and must get every reply, in order). Every read has a
 //! deadline (RFC 5321 §4.5.3.2.7), so a silent or trickling client is closed with 421. STARTTLS
 //! drops every byte that arrived before the handshake (RFC 3207 §4.2, CVE-2011-0411).
+//! With `--trace` every line in and out, each state transition, connect, disconnect and TLS
+//! start go to the console (`trace::Console`); `--fault greeting=...` rules act in `start`.
 //!
 //! Standards: RFC 5321 §4.5.3.2.7, RFC 5321 §3.8, RFC 2920 §3.1, RFC 5321 §4.1.1.4, RFC 3207 §4.2, RFC 8314 §3.3, RFC 3030 §2
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use native_tls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::data::DataReader;
-use crate::line::{CommandLine, Ending, LineReader, ReadError};
+use crate::fault::{self, Action};
+use crate::line::{CommandLine, Ending, LineReader, Piece, ReadError};
 use crate::reply::Reply;
-use crate::session::{Deliver, Endpoint, Next, Role, Session, Step};
+use crate::session::{Deliver, Endpoint, Next, Role, Session, StateName, Step};
 use crate::tls::Stream;
+use crate::trace::{self, Console, Style};
 use crate::transcript::{LineEnding, Recorder};
 
 /// What every connection shares: the configuration, the delivery hook, the TLS acceptor.
@@ -48,6 +52,8 @@ struct Connection {
     output: Vec<u8>,
     /// `--transcripts`: this session written down as it happens.
     recorder: Option<Recorder>,
+    /// `--trace`: the teacher's console.
+    console: Option<Console>,
 }
 
 /// Run one session on this thread. Errors end the connection; they are logged, never panics.
@@ -82,6 +88,16 @@ pub fn serve(tcp: TcpStream, context: Context, number: u64, role: Role) {
             })
             .ok()
     });
+    let console = context.config.trace.then(|| Console {
+        style: Style {
+            colour: io::stdout().is_terminal(),
+            session: number,
+        },
+        id: id.clone(),
+    });
+    if let Some(console) = &console {
+        console.event(&connect_text(peer, local, role, &context.config.faults));
+    }
     let mut connection = Connection {
         stream: Some(Stream::Plain(tcp)),
         peer,
@@ -90,24 +106,67 @@ pub fn serve(tcp: TcpStream, context: Context, number: u64, role: Role) {
         context,
         output: Vec::new(),
         recorder,
+        console,
     };
-    let outcome = connection.start(role).and_then(|()| connection.run());
+    let outcome = match connection.start(role) {
+        Ok(None) => connection.run(),
+        Ok(Some(reason)) => Ok(reason),
+        Err(error) => Err(error),
+    };
     let state = connection.session.state().name();
-    match outcome {
-        Ok(reason) => info!("[{id}] disconnect from {peer} ({reason}, state {state:?})"),
-        Err(error) => info!("[{id}] disconnect from {peer} ({error}, state {state:?})"),
+    let reason = match outcome {
+        Ok(reason) => reason.to_string(),
+        Err(error) => error.to_string(),
+    };
+    info!("[{id}] disconnect from {peer} ({reason}, state {state:?})");
+    if let Some(console) = &connection.console {
+        console.event(&format!("disconnect ({reason}, state {state:?})"));
     }
 }
 
+/// `connect from 127.0.0.1:40112 to 127.0.0.1:2525 (Relay)`, and the faults in force.
+fn connect_text(peer: SocketAddr, local: SocketAddr, role: Role, faults: &[fault::Rule]) -> String {
+    let mut text = format!("connect from {peer} to {local} ({role:?} listener)");
+    if !faults.is_empty() {
+        let rules: Vec<&str> = faults.iter().map(|r| r.text.as_str()).collect();
+        text.push_str(&format!("; scripted faults: {}", rules.join(", ")));
+    }
+    text
+}
+
+/// How long a DATA phase may be silent before the console hint: `DATA_HINT_AFTER`, or half
+/// the idle timeout when that is shorter, so the hint comes before the 421.
+fn data_hint_after(idle: Duration) -> Duration {
+    trace::DATA_HINT_AFTER.min(idle / 2)
+}
+
 impl Connection {
-    /// Implicit TLS (RFC 8314 §3.3): the handshake comes before the greeting.
-    fn start(&mut self, role: Role) -> io::Result<()> {
+    /// Implicit TLS (RFC 8314 §3.3): the handshake comes before the greeting. `--fault greeting=`
+    /// rules may delay the greeting, replace it with 421, or close without one; then the
+    /// session is over before it began (`Some(reason)`).
+    fn start(&mut self, role: Role) -> io::Result<Option<Ended>> {
         if role == Role::ImplicitTls {
             self.handshake()?;
         }
+        let config = self.context.config.clone();
+        for rule in fault::greeting_rules(&config.faults) {
+            if let Some(console) = &self.console {
+                console.event(&format!("scripted fault {}", rule.text));
+            }
+            match (rule.action, rule.reply()) {
+                // One thread per client: this sleep holds up this client only.
+                (Action::Delay(pause), _) => std::thread::sleep(pause),
+                (_, Some(reply)) => {
+                    self.send_and_flush(&[reply])?;
+                    return Ok(Some("scripted fault before the greeting"));
+                }
+                (_, None) => return Ok(Some("scripted fault: closed before the greeting")),
+            }
+        }
         let greeting = self.session.greeting();
         self.send(&[greeting]);
-        self.flush()
+        self.flush()?;
+        Ok(None)
     }
 
     // ANCHOR: run
@@ -160,10 +219,12 @@ impl Connection {
         let line = match lines.read_command(stream, deadline) {
             Ok(CommandLine::Line(line)) => line,
             Ok(CommandLine::TooLong) => {
-                return Ok(Ok((
-                    self.session.refuse_line(Reply::LINE_TOO_LONG_500),
-                    Ending::CrLf,
-                )));
+                if let Some(console) = &self.console {
+                    console.client(b"(a line over 512 octets, skipped)");
+                }
+                let step = self.session.refuse_line(Reply::LINE_TOO_LONG_500);
+                self.trace_step(&step);
+                return Ok(Ok((step, Ending::CrLf)));
             }
             Err(error) => return self.read_failed(error).map(Err),
         };
@@ -173,6 +234,10 @@ impl Connection {
             String::from_utf8_lossy(&line.bytes)
         );
         self.record_client(&line.bytes, Some(line.ending));
+        if let Some(console) = &self.console {
+            let sasl = self.session.state().name() == StateName::Authenticating;
+            console.client(&trace::mask_secret(&line.bytes, sasl));
+        }
         // Rule LE-3: a CR inside a command line is not a line end; say so instead of guessing.
         let step = if line.bytes.contains(&b'\r') {
             self.session.refuse_line(
@@ -181,7 +246,15 @@ impl Connection {
         } else {
             self.session.command(&line.bytes)
         };
+        self.trace_step(&step);
         Ok(Ok((step, line.ending)))
+    }
+
+    /// `--trace`: the state the step moved the session to, and the RFC section behind it.
+    fn trace_step(&self, step: &Step) {
+        if let Some(console) = &self.console {
+            console.transition((step.from, step.to), step.rfc, step.fault.as_deref());
+        }
     }
 
     // ANCHOR: read_message
@@ -190,13 +263,14 @@ impl Connection {
     fn read_message(&mut self, data_ending: Ending) -> io::Result<Result<Step, Ended>> {
         let max = usize::try_from(self.context.config.max_size).unwrap_or(usize::MAX);
         let mut data = DataReader::new(max, data_ending);
+        let mut shown = TracedData::default();
         loop {
-            let deadline = Instant::now() + self.context.config.idle_timeout;
-            let (lines, stream) = self.io()?;
-            match lines.read_data(stream, deadline) {
+            match self.read_data_piece(&mut shown.hinted)? {
                 Ok(piece) => {
                     self.record_client(&piece.bytes, piece.ending);
-                    if data.push(&piece, self.lines.saw_cr()) {
+                    let end = data.push(&piece, self.lines.saw_cr());
+                    shown.line(self.console.as_ref(), &piece.bytes, end);
+                    if end {
                         break;
                     }
                 }
@@ -204,9 +278,34 @@ impl Connection {
             }
         }
         let content = data.finish(self.lines.saw_cr());
-        Ok(Ok(self.session.end_of_data(content)))
+        let step = self.session.end_of_data(content);
+        self.trace_step(&step);
+        Ok(Ok(step))
     }
     // ANCHOR_END: read_message
+
+    // ANCHOR: data_hint
+    /// The next piece of message data, within the idle timeout. With `--trace`, a silence of
+    /// `data_hint_after` first prints a hint once (a student forgot the lone dot), then the
+    /// read goes on until the real deadline.
+    fn read_data_piece(&mut self, hinted: &mut bool) -> io::Result<Result<Piece, ReadError>> {
+        let idle = self.context.config.idle_timeout;
+        let deadline = Instant::now() + idle;
+        let hint_at = Instant::now() + data_hint_after(idle);
+        let console = self.console.clone();
+        let (lines, stream) = self.io()?;
+        if let (Some(console), false) = (console, *hinted) {
+            match lines.read_data(stream, hint_at) {
+                Err(ReadError::Timeout) => {
+                    console.data_hint();
+                    *hinted = true;
+                }
+                other => return Ok(other),
+            }
+        }
+        Ok(lines.read_data(stream, deadline))
+    }
+    // ANCHOR_END: data_hint
 
     /// After `BDAT size`: read exactly that many octets (RFC 3030 §2).
     fn read_chunk(&mut self, size: u64) -> io::Result<Result<Step, Ended>> {
@@ -214,7 +313,14 @@ impl Connection {
         let room = self.session.chunk_room();
         let (lines, stream) = self.io()?;
         match lines.read_chunk(stream, size, room, deadline) {
-            Ok(kept) => Ok(Ok(self.session.chunk(kept, size))),
+            Ok(kept) => {
+                if let Some(console) = &self.console {
+                    console.client(format!("(a chunk of {size} octets)").as_bytes());
+                }
+                let step = self.session.chunk(kept, size);
+                self.trace_step(&step);
+                Ok(Ok(step))
+            }
             Err(error) => self.read_failed(error).map(Err),
         }
     }
@@ -247,6 +353,11 @@ impl Connection {
         match plain.start_tls(&acceptor) {
             Ok(tls) => {
                 info!("[{}] TLS started with {}", self.session.id(), self.peer);
+                if let Some(console) = &self.console {
+                    console.event(
+                        "TLS started (RFC 3207 §4.2: the session starts again from Connected)",
+                    );
+                }
                 self.stream = Some(tls);
                 Ok(())
             }
@@ -302,6 +413,9 @@ impl Connection {
                 debug!("[{}] S: {}", self.session.id(), text.trim_end());
             }
             self.output.extend_from_slice(text.as_bytes());
+            if let Some(console) = &self.console {
+                console.server(&text);
+            }
             if let Some(recorder) = &mut self.recorder {
                 recorder.server_reply(&text);
             }
@@ -333,5 +447,36 @@ impl Connection {
             stream.write_all(&output)?;
         }
         stream.flush()
+    }
+}
+
+/// What the console has shown of one message: a projector has room for a letter.
+#[derive(Default)]
+struct TracedData {
+    lines: usize,
+    hidden: usize,
+    /// The "still in DATA" hint was printed for this message.
+    hinted: bool,
+}
+
+impl TracedData {
+    /// Show a data line, up to `MAX_DATA_LINES_SHOWN`; the end-of-data line always shows,
+    /// after a count of the lines left out.
+    fn line(&mut self, console: Option<&Console>, bytes: &[u8], end: bool) {
+        let Some(console) = console else {
+            return;
+        };
+        self.lines += 1;
+        if end && self.hidden > 0 {
+            console.event(&format!(
+                "({} more lines of the message not shown)",
+                self.hidden
+            ));
+        }
+        if end || self.lines <= trace::MAX_DATA_LINES_SHOWN {
+            console.client(bytes);
+        } else {
+            self.hidden += 1;
+        }
     }
 }

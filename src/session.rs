@@ -7,6 +7,8 @@
 //!   whether to read a command next, read message data, or close.
 //! - `Session::end_of_data(result)` hands the message to the `Deliver` hook and answers it.
 //! - `Envelope` is what MAIL, RCPT and DATA gather; RSET, HELO/EHLO and the end of DATA drop it.
+//! - `--fault` rules answer before a command is handled (`scripted_fault`); `--explain` notes
+//!   are added to every reply of a step (`trace::explain`).
 //!
 //! No sockets and no files here: the session is tested line by line without a network.
 //!
@@ -21,7 +23,9 @@ use crate::command::{self, Command, Param, Verb, VERBS};
 use crate::config::Config;
 use crate::data;
 use crate::extensions::{self, BodyType, Limits, MailOptions, Offer};
+use crate::fault::{self, Point};
 use crate::reply::Reply;
+use crate::trace;
 
 // ANCHOR: state
 /// Where a session is. Variants carry the data of their phase, so no flag stands in for a state.
@@ -257,6 +261,8 @@ pub struct Step {
     pub to: StateName,
     /// The RFC section of the command or transition, for `--trace`.
     pub rfc: &'static str,
+    /// The `--fault` rule that answered instead of the server, for `--trace`.
+    pub fault: Option<String>,
 }
 
 /// One client's session.
@@ -270,6 +276,10 @@ pub struct Session {
     auth_failures: u32,
     id: String,
     messages: u32,
+    /// `--fault`: how often each point was reached in this session.
+    faults: fault::Counter,
+    /// The rule that fired during the current step, until `finish` puts it in the `Step`.
+    fired: Option<String>,
 }
 
 /// RFC 4954 §4 leaves the number of tries to the server; three, then 421, stops password guessing.
@@ -316,6 +326,8 @@ impl Session {
             auth_failures: 0,
             id,
             messages: 0,
+            faults: fault::Counter::default(),
+            fired: None,
         }
     }
 
@@ -332,11 +344,16 @@ impl Session {
     }
 
     /// RFC 5321 §4.2: "220 <domain> Service ready", with a hint for a student at a telnet prompt.
+    /// With `--explain` it gets its note too: clients read only the code of the greeting.
     pub fn greeting(&self) -> Reply {
-        Reply::new(220, "", "").text(format!(
+        let greeting = Reply::new(220, "", "").text(format!(
             "{} ESMTP smtplab ready; type HELO <your-name> to start, or HELP",
             self.config.hostname
-        ))
+        ));
+        if self.config.explain {
+            return trace::explain(greeting, "RFC 5321 §3.1", Connected, false);
+        }
+        greeting
     }
 
     // ANCHOR: command
@@ -348,22 +365,104 @@ impl Session {
             let next = self.after_auth(&mut replies);
             return self.finish(from, replies, next, "RFC 4954 §4");
         }
+        let mut ehlo = false;
         let (replies, next, rfc) = match command::parse(line) {
             Ok(command) => {
-                let rfc = command.verb().info().rfc;
-                let (replies, next) = self.dispatch(command);
-                (replies, next, rfc)
+                let verb = command.verb();
+                ehlo = verb == Verb::Ehlo;
+                let (mut replies, next) = match self.scripted_fault(&command) {
+                    Some(fault) => fault,
+                    None => self.dispatch(command),
+                };
+                coach_space_after_colon(line, &mut replies);
+                (replies, next, verb.info().rfc)
             }
-            Err(reply) => (vec![reply], Next::ReadCommand, "RFC 5321 §4.2.4"),
+            Err(reply) => (
+                vec![self.coach_parse_error(line, reply)],
+                Next::ReadCommand,
+                "RFC 5321 §4.2.4",
+            ),
         };
-        self.finish(from, replies, next, rfc)
+        let step = self.finish(from, replies, next, rfc);
+        self.explained(step, ehlo)
     }
     // ANCHOR_END: command
+
+    // ANCHOR: scripted_fault
+    /// `--fault`: a rule for this command answers instead of the server, before the command is
+    /// handled, so the state does not change, as with any refusal (RFC 5321 §4.1.4).
+    fn scripted_fault(&mut self, command: &Command) -> Option<(Vec<Reply>, Next)> {
+        let address = match command {
+            Command::Mail { path, .. } => Some(path.to_string()),
+            Command::Rcpt { path, .. } => Some(path.to_string()),
+            _ => None,
+        };
+        self.fault_at(Point::Command(command.verb()), address.as_deref())
+    }
+
+    /// Count one arrival at `point`; if a rule fires, its reply (or a silent close). A 421
+    /// closes the connection, as that code promises (RFC 5321 §3.8).
+    fn fault_at(&mut self, point: Point, address: Option<&str>) -> Option<(Vec<Reply>, Next)> {
+        let rule = self
+            .faults
+            .check(&self.config.faults, point, address)?
+            .clone();
+        self.fired = Some(rule.text.clone());
+        match rule.reply() {
+            Some(reply) if reply.code == 421 => {
+                self.state = State::Closed;
+                Some((vec![reply], Next::Close))
+            }
+            Some(reply) => Some((vec![reply], Next::ReadCommand)),
+            None => {
+                self.state = State::Closed;
+                Some((Vec::new(), Next::Close))
+            }
+        }
+    }
+    // ANCHOR_END: scripted_fault
+
+    /// `--explain`: every reply of the step ends with its RFC section and the next command.
+    fn explained(&self, mut step: Step, ehlo: bool) -> Step {
+        if self.config.explain {
+            step.replies = step
+                .replies
+                .into_iter()
+                .map(|reply| trace::explain(reply, step.rfc, step.to, ehlo))
+                .collect();
+        }
+        step
+    }
+
+    // ANCHOR: coach_parse_error
+    /// A line that is not a command but looks like message text (`Subject: hi`, or the lone
+    /// dot) was meant for DATA: the code stays 500, the text says what to do instead.
+    fn coach_parse_error(&self, line: &[u8], reply: Reply) -> Reply {
+        let lone_dot = line == b".";
+        if !lone_dot && !command::looks_like_header(line) {
+            return reply;
+        }
+        let what = if lone_dot {
+            "A lone dot ends a message only after DATA and its 354 reply"
+        } else {
+            "This looks like message text"
+        };
+        let todo = match self.state.name() {
+            RcptGiven => "type DATA first and wait for 354",
+            MailGiven => "add RCPT TO:<recipient>, then type DATA and wait for 354",
+            Greeted => "send MAIL FROM and RCPT TO, then type DATA and wait for 354",
+            Connected => "say HELO first, then MAIL FROM, RCPT TO and DATA, and wait for 354",
+            _ => return reply,
+        };
+        reply.text(format!("{what}; {todo}"))
+    }
+    // ANCHOR_END: coach_parse_error
 
     /// A line the connection refused before parsing (too long, bare CR): it counts as an error.
     pub fn refuse_line(&mut self, reply: Reply) -> Step {
         let from = self.state.name();
-        self.finish(from, vec![reply], Next::ReadCommand, "RFC 5321 §4.5.3.1.4")
+        let step = self.finish(from, vec![reply], Next::ReadCommand, "RFC 5321 §4.5.3.1.4");
+        self.explained(step, false)
     }
 
     /// Count errors; at the limit add 421 and close (RFC 5321 §7.8, as Postfix's hard error limit).
@@ -388,6 +487,7 @@ impl Session {
             from,
             to: self.state.name(),
             rfc,
+            fault: self.fired.take(),
         }
     }
 
@@ -596,11 +696,19 @@ impl Session {
             let reply = Reply::BAD_SEQUENCE_503;
             return self.finish(from, vec![reply], Next::ReadCommand, "RFC 5321 §4.1.1.4");
         };
-        let reply = match content {
-            Err(reply) => reply,
-            Ok(content) => self.deliver_message(envelope, content),
+        // The transaction is over whatever the answer; a scripted fault stores nothing.
+        let (replies, next) = match self.fault_at(Point::EndOfData, None) {
+            Some(fault) => fault,
+            None => match content {
+                Err(reply) => (vec![reply], Next::ReadCommand),
+                Ok(content) => (
+                    vec![self.deliver_message(envelope, content)],
+                    Next::ReadCommand,
+                ),
+            },
         };
-        self.finish(from, vec![reply], Next::ReadCommand, "RFC 5321 §4.1.1.4")
+        let step = self.finish(from, replies, next, "RFC 5321 §4.1.1.4");
+        self.explained(step, false)
     }
     // ANCHOR_END: end_of_data
 
@@ -658,6 +766,15 @@ impl Session {
     /// after the LAST one the delivery's answer (RFC 3030 §2).
     pub fn chunk(&mut self, kept: Vec<u8>, size: u64) -> Step {
         let from = self.state.name();
+        if matches!(self.state, State::Chunking { last: true, .. }) {
+            if let Some((replies, next)) = self.fault_at(Point::EndOfData, None) {
+                if next != Next::Close {
+                    self.state = State::Greeted;
+                }
+                let step = self.finish(from, replies, next, "RFC 3030 §2");
+                return self.explained(step, false);
+            }
+        }
         let reply = match std::mem::replace(&mut self.state, State::Greeted) {
             State::Chunking {
                 envelope,
@@ -684,7 +801,8 @@ impl Session {
                 self.out_of_order(Verb::Bdat)
             }
         };
-        self.finish(from, vec![reply], Next::ReadCommand, "RFC 3030 §2")
+        let step = self.finish(from, vec![reply], Next::ReadCommand, "RFC 3030 §2");
+        self.explained(step, false)
     }
 
     /// The whole message is in: check its size and bytes, then deliver it like DATA's.
@@ -917,6 +1035,7 @@ impl Session {
             (MailGiven, Verb::Data) => {
                 "Send RCPT TO:<recipient> first: DATA needs at least one recipient"
             }
+            (Chunking, _) => "A BDAT transfer is open: send the next BDAT chunk, or RSET",
             (MailGiven | RcptGiven, Verb::Mail) => {
                 "Nested MAIL: a transaction is already open; finish it or RSET"
             }
@@ -946,11 +1065,54 @@ fn obsolete(verb: Verb) -> Reply {
 
 fn help_for_verb(verb: Verb) -> Reply {
     let info = verb.info();
-    Reply::HELP_214
+    let help = Reply::HELP_214
         .text(format!("{}: {}", info.name, info.summary))
         .line(format!("Syntax:  {}", info.syntax))
         .line(format!("Example: {}", info.example))
-        .line(format!("Defined in {}", info.rfc))
+        .line(format!("Defined in {}", info.rfc));
+    match history(verb) {
+        Some(why) => help.line(format!("History: {why}")),
+        None => help,
+    }
+}
+
+// ANCHOR: history
+/// Why a verb is gone, or often switched off: the story behind the 502 or 252 a student meets.
+fn history(verb: Verb) -> Option<&'static str> {
+    Some(match verb {
+        Verb::Send | Verb::Soml | Verb::Saml => {
+            "in 1982 SMTP could also write to a user's terminal (SEND), or try the terminal \
+             first (SOML), or do both (SAML); nobody sits at a mail host's terminal any more, \
+             so RFC 5321 Appendix F.6 retired them and servers answer 502"
+        }
+        Verb::Turn => {
+            "TURN let the client become the server and take the mail queued for it, with no \
+             proof of who it was, so anyone could collect another host's mail; RFC 5321 \
+             Appendix F.1 retired it (ETRN and ATRN replaced it) and servers answer 502"
+        }
+        Verb::Vrfy | Verb::Expn => {
+            "spammers harvest addresses by asking VRFY and EXPN, so most public servers answer \
+             252 (cannot verify, but will try to deliver) or 502 (RFC 5321 §7.3); smtplab \
+             answers them so a class can see how they work"
+        }
+        _ => return None,
+    })
+}
+// ANCHOR_END: history
+
+/// DEVIATION (see `command::keyword_colon`): `MAIL FROM: <x>` is accepted, and the reply says
+/// that the grammar has no space there, so a student learns the rule without being stopped.
+fn coach_space_after_colon(line: &[u8], replies: &mut [Reply]) {
+    if !command::space_after_colon(line) {
+        return;
+    }
+    if let Some(reply) = replies.first_mut().filter(|r| r.code == 250) {
+        let text = format!(
+            "{} (accepted, but RFC 5321 §4.1.2 has no space after the colon)",
+            reply.text
+        );
+        *reply = reply.clone().text(text);
+    }
 }
 
 /// `alice`, `<alice@localhost>` or `alice@localhost` → `alice` (VRFY/EXPN arguments).

@@ -1,0 +1,332 @@
+//! The classroom console: `--trace` prints every line in and out with the state it moves the
+//! session to, and `--explain` ends each reply with the RFC section and the next command.
+//!
+//! Interface:
+//! - `client`, `server`, `transition`, `event`, `data_hint` format one console line each, as
+//!   plain strings (coloured when `Style::colour` is set); pure functions, tested without I/O.
+//! - `Console` prints those strings for one session: one write per block under the stdout lock,
+//!   so the lines of several sessions interleave but never tear.
+//! - `explain(reply, rfc, next, ehlo)` adds the `--explain` note to a reply; `next_expected`
+//!   says in words what a client should send in a state.
+//! - `shown(bytes)` makes client bytes readable (`<BS>`, `<DEL>`); `mask_secret` hides AUTH data.
+//!
+//! Standards: RFC 5321 §4.1.4, RFC 5321 §4.2, RFC 5321 §4.1.1.1, RFC 4954 §4
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::reply::Reply;
+use crate::session::StateName;
+
+/// After this long without a line in DATA the console reminds the teacher how DATA ends (or
+/// after half the idle timeout, when that is shorter, so the hint always comes before the 421).
+pub const DATA_HINT_AFTER: Duration = Duration::from_secs(15);
+
+/// The console shows this many lines of each message, then counts the rest: a projector has
+/// room for a letter, not for a 10 MB attachment.
+pub const MAX_DATA_LINES_SHOWN: usize = 40;
+
+/// Colours for session ids, one per session in turn (ANSI SGR codes). Red and green are kept
+/// for refusals and successes.
+const SESSION_COLOURS: [&str; 6] = ["36", "35", "33", "34", "96", "95"];
+const CLIENT_COLOUR: &str = "1";
+const POSITIVE_COLOUR: &str = "32";
+const NEGATIVE_COLOUR: &str = "31";
+const QUIET_COLOUR: &str = "2";
+
+/// How to print the lines of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    /// ANSI colours (stdout is a terminal).
+    pub colour: bool,
+    /// The session's number, which picks its colour.
+    pub session: u64,
+}
+
+impl Style {
+    pub const PLAIN: Style = Style {
+        colour: false,
+        session: 0,
+    };
+
+    /// `[S3] ` + body, each in its colour, and a newline.
+    fn line(&self, id: &str, body_colour: &str, body: &str) -> String {
+        if !self.colour {
+            return format!("[{id}] {body}\n");
+        }
+        let index = usize::try_from(self.session).unwrap_or(0) % SESSION_COLOURS.len();
+        let id_colour = SESSION_COLOURS[index];
+        format!("\x1b[{id_colour}m[{id}]\x1b[0m \x1b[{body_colour}m{body}\x1b[0m\n")
+    }
+}
+
+// ANCHOR: lines
+/// `[S1] C: HELO client.example`
+pub fn client(style: Style, id: &str, bytes: &[u8]) -> String {
+    // An empty line is `C:` alone, as in the transcripts.
+    let text = match bytes {
+        [] => "C:".to_string(),
+        _ => format!("C: {}", shown(bytes)),
+    };
+    style.line(id, CLIENT_COLOUR, &text)
+}
+
+/// One `[S1] S: ...` line per line of a reply as written on the wire (CRLFs removed).
+pub fn server(style: Style, id: &str, wire: &str) -> String {
+    wire.lines()
+        .map(|line| {
+            let colour = if line.starts_with(['4', '5']) {
+                NEGATIVE_COLOUR
+            } else {
+                POSITIVE_COLOUR
+            };
+            style.line(id, colour, &format!("S: {line}"))
+        })
+        .collect()
+}
+
+/// `[S1]    Greeted → MailGiven  (RFC 5321 §4.1.1.2)`; a refusal leaves the state unchanged.
+pub fn transition(
+    style: Style,
+    id: &str,
+    (from, to): (StateName, StateName),
+    rfc: &str,
+    fault: Option<&str>,
+) -> String {
+    let moved = if from == to {
+        format!("{from:?} (unchanged)")
+    } else {
+        format!("{from:?} → {to:?}")
+    };
+    let fault = fault.map_or(String::new(), |rule| format!("  scripted fault {rule}"));
+    style.line(id, QUIET_COLOUR, &format!("   {moved}  ({rfc}){fault}"))
+}
+// ANCHOR_END: lines
+
+/// `[S1] -- connect from 127.0.0.1:40112`: what happens to the connection itself.
+pub fn event(style: Style, id: &str, text: &str) -> String {
+    style.line(id, QUIET_COLOUR, &format!("-- {text}"))
+}
+
+/// The reminder for a student who typed a message and forgot the lone dot.
+pub fn data_hint(style: Style, id: &str) -> String {
+    event(
+        style,
+        id,
+        "still in DATA: end the message with a line holding only a dot",
+    )
+}
+
+/// Client bytes made readable on a projector: control characters get names, bytes that are
+/// not UTF-8 are shown in hex, so a stray backspace is seen rather than guessed.
+pub fn shown(bytes: &[u8]) -> String {
+    let mut text = String::new();
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\u{8}' => text.push_str("<BS>"),
+                '\u{7f}' => text.push_str("<DEL>"),
+                '\0' => text.push_str("<NUL>"),
+                '\r' => text.push_str("<CR>"),
+                '\t' => text.push_str("<TAB>"),
+                c if c.is_control() => text.push_str(&format!("<0x{:02X}>", c as u32)),
+                c => text.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            text.push_str(&format!("<0x{byte:02X}>"));
+        }
+    }
+    text
+}
+
+/// Hide credentials (RFC 4954 §4): a whole SASL response, or the initial response after
+/// `AUTH <mechanism>`. A projected console must not show a password, even in base64.
+pub fn mask_secret(bytes: &[u8], sasl_response: bool) -> Vec<u8> {
+    if sasl_response {
+        return b"(credentials hidden)".to_vec();
+    }
+    let words: Vec<&[u8]> = bytes.splitn(3, |&b| b == b' ').collect();
+    match words.as_slice() {
+        [verb, mechanism, _] if verb.eq_ignore_ascii_case(b"AUTH") => {
+            [*verb, b" ", *mechanism, b" (credentials hidden)"].concat()
+        }
+        _ => bytes.to_vec(),
+    }
+}
+
+// ANCHOR: explain
+/// What a client should send next, in words, in each state.
+pub fn next_expected(state: StateName) -> &'static str {
+    match state {
+        StateName::Connected => "HELO or EHLO",
+        StateName::Greeted => "MAIL FROM",
+        StateName::MailGiven => "RCPT TO",
+        StateName::RcptGiven => "RCPT TO or DATA",
+        StateName::Data => "the message, then a line with only a dot",
+        StateName::Chunking => "BDAT",
+        StateName::Authenticating => "the SASL response",
+        StateName::Closed => "nothing, the connection closes",
+    }
+}
+
+/// `--explain`: end the reply with `[RFC 5321 §4.1.1.2; next: RCPT TO]`. The code and status
+/// stay, so real clients still work. The note goes on the last line, except after EHLO, whose
+/// later lines are extension keywords that clients parse: there it ends the first line, the
+/// free-text greeting (RFC 5321 §4.1.1.1). A 334 challenge is base64 and is never touched.
+pub fn explain(reply: Reply, rfc: &str, next: StateName, ehlo: bool) -> Reply {
+    if reply.code == 334 {
+        return reply;
+    }
+    let note = format!("[{rfc}; next: {}]", next_expected(next));
+    let text = reply.text.to_string();
+    let (head, tail) = match text.split_once('\n') {
+        Some((first, rest)) if ehlo => (first.to_string(), format!("\n{rest}")),
+        _ => (text, String::new()),
+    };
+    let joined = if head.is_empty() {
+        note
+    } else {
+        format!("{head} {note}")
+    };
+    reply.text(format!("{joined}{tail}"))
+}
+// ANCHOR_END: explain
+
+/// The console of one session.
+#[derive(Debug, Clone)]
+pub struct Console {
+    pub style: Style,
+    pub id: String,
+}
+
+impl Console {
+    /// Write a block of lines with one call under the stdout lock: the block never tears.
+    /// A console that cannot be written must not end a session, so errors are ignored.
+    pub fn print(&self, block: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(block.as_bytes());
+        let _ = out.flush();
+    }
+
+    pub fn client(&self, bytes: &[u8]) {
+        self.print(&client(self.style, &self.id, bytes));
+    }
+
+    pub fn server(&self, wire: &str) {
+        self.print(&server(self.style, &self.id, wire));
+    }
+
+    pub fn transition(&self, states: (StateName, StateName), rfc: &str, fault: Option<&str>) {
+        self.print(&transition(self.style, &self.id, states, rfc, fault));
+    }
+
+    pub fn event(&self, text: &str) {
+        self.print(&event(self.style, &self.id, text));
+    }
+
+    pub fn data_hint(&self) {
+        self.print(&data_hint(self.style, &self.id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use StateName::*;
+
+    #[test]
+    fn plain_lines() {
+        let p = Style::PLAIN;
+        assert_eq!(client(p, "S1", b"HELO x"), "[S1] C: HELO x\n");
+        assert_eq!(client(p, "S1", b""), "[S1] C:\n");
+        assert_eq!(
+            server(p, "S2", "250-a\r\n250 b\r\n"),
+            "[S2] S: 250-a\n[S2] S: 250 b\n"
+        );
+        assert_eq!(
+            transition(p, "S1", (Greeted, MailGiven), "RFC 5321 §4.1.1.2", None),
+            "[S1]    Greeted → MailGiven  (RFC 5321 §4.1.1.2)\n"
+        );
+        assert_eq!(
+            transition(
+                p,
+                "S1",
+                (RcptGiven, RcptGiven),
+                "RFC 5321 §4.1.1.3",
+                Some("rcpt:3=452")
+            ),
+            "[S1]    RcptGiven (unchanged)  (RFC 5321 §4.1.1.3)  scripted fault rcpt:3=452\n"
+        );
+        assert_eq!(event(p, "S1", "connect"), "[S1] -- connect\n");
+        assert!(data_hint(p, "S3").starts_with("[S3] -- still in DATA"));
+    }
+
+    #[test]
+    fn colours_differ_per_session_and_per_kind() {
+        let one = Style {
+            colour: true,
+            session: 1,
+        };
+        let two = Style {
+            colour: true,
+            session: 2,
+        };
+        let a = client(one, "S1", b"NOOP");
+        let b = client(two, "S2", b"NOOP");
+        assert!(a.contains("\x1b["), "{a:?}");
+        assert_ne!(a.split(']').next(), b.split(']').next());
+        let ok = server(one, "S1", "250 OK\r\n");
+        let refused = server(one, "S1", "550 no\r\n");
+        assert!(ok.contains("\x1b[32m") && refused.contains("\x1b[31m"));
+        assert!(a.ends_with("\x1b[0m\n"));
+    }
+
+    #[test]
+    fn control_characters_are_named() {
+        assert_eq!(shown(b"HEL\x08LO"), "HEL<BS>LO");
+        assert_eq!(shown(b"X\x7f\0\xff"), "X<DEL><NUL><0xFF>");
+        assert_eq!(shown("Grüße".as_bytes()), "Grüße");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(
+            mask_secret(b"AUTH PLAIN AGFsaWNl", false),
+            b"AUTH PLAIN (credentials hidden)"
+        );
+        assert_eq!(mask_secret(b"AUTH LOGIN", false), b"AUTH LOGIN");
+        assert_eq!(mask_secret(b"cGFzc3dvcmQ=", true), b"(credentials hidden)");
+        assert_eq!(mask_secret(b"MAIL FROM:<a@b>", false), b"MAIL FROM:<a@b>");
+    }
+
+    #[test]
+    fn explain_keeps_the_code_and_notes_the_next_command() {
+        let reply = explain(Reply::SENDER_OK_250, "RFC 5321 §4.1.1.2", MailGiven, false);
+        assert_eq!(
+            reply.to_string(),
+            "250 2.1.0 Sender OK [RFC 5321 §4.1.1.2; next: RCPT TO]\r\n"
+        );
+        let help = Reply::HELP_214.text("a").line("b");
+        assert_eq!(
+            explain(help, "RFC 5321 §4.1.1.8", Greeted, false).to_string(),
+            "214-2.0.0 a\r\n214 2.0.0 b [RFC 5321 §4.1.1.8; next: MAIL FROM]\r\n"
+        );
+        let ehlo = Reply::new(250, "", "host greets c")
+            .line("SIZE 10")
+            .line("HELP");
+        assert_eq!(
+            explain(ehlo, "RFC 5321 §4.1.1.1", Greeted, true).to_string(),
+            "250-host greets c [RFC 5321 §4.1.1.1; next: MAIL FROM]\r\n250-SIZE 10\r\n250 HELP\r\n"
+        );
+        let challenge = Reply::new(334, "", "").text("VXNlcm5hbWU6");
+        assert_eq!(
+            explain(challenge.clone(), "RFC 4954 §4", Authenticating, false),
+            challenge
+        );
+        assert_eq!(
+            explain(Reply::new(250, "2.0.0", ""), "R", Greeted, false).to_string(),
+            "250 2.0.0 [R; next: MAIL FROM]\r\n"
+        );
+    }
+}
