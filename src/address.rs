@@ -179,6 +179,7 @@ fn postmaster(arg: &str) -> Option<&str> {
     head.eq_ignore_ascii_case(POSTMASTER).then_some(rest)
 }
 
+// ANCHOR: path
 /// `Path = "<" [ A-d-l ":" ] Mailbox ">"`
 fn path(arg: &str, smtputf8: bool) -> Result<(Mailbox, &str), AddressError> {
     let mut parser = Parser::new(arg, smtputf8);
@@ -197,6 +198,7 @@ fn path(arg: &str, smtputf8: bool) -> Result<(Mailbox, &str), AddressError> {
     }
     Ok((mailbox, skip_spaces(parser.rest())))
 }
+// ANCHOR_END: path
 
 /// Reads a path from left to right. `pos` only moves forward, one whole character at a time, so
 /// every slice it takes falls on a UTF-8 character boundary and no input can make it panic.

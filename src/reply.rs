@@ -123,6 +123,7 @@ impl Reply {
         Reply::new(555, "5.5.4", "MAIL FROM/RCPT TO parameter not recognized");
 }
 
+// ANCHOR: display
 impl fmt::Display for Reply {
     /// RFC 5321 §4.2: every line but the last has a hyphen after the code.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -140,6 +141,7 @@ impl fmt::Display for Reply {
         Ok(())
     }
 }
+// ANCHOR_END: display
 
 #[cfg(test)]
 mod tests {
