@@ -55,6 +55,8 @@ pub struct Config {
     pub verbose: bool,
     /// POP3 listeners (`--pop3`); none by default.
     pub pop3: Vec<SocketAddr>,
+    /// POP3 inside TLS from the first byte (`--pop3s`, RFC 8314).
+    pub pop3s: Vec<SocketAddr>,
     /// Pause before answering a failed POP3 login.
     pub pop3_auth_delay: Duration,
     /// Nameserver for MX lookups (`--dns IP:PORT`); `None` asks the system's resolvers.
@@ -182,6 +184,7 @@ impl Default for Config {
             demo_users: true,
             verbose: false,
             pop3: Vec::new(),
+            pop3s: Vec::new(),
             pop3_auth_delay: DEFAULT_POP3_AUTH_DELAY,
             dns: None,
             mx_port: DEFAULT_MX_PORT,
@@ -245,6 +248,7 @@ pub fn options() -> getopts::Options {
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
     o.optmulti("", "pop3", "POP3 listener (repeatable)", "ADDR");
+    o.optmulti("", "pop3s", "POP3 over implicit TLS", "ADDR");
     o.optopt("", "dns", "nameserver for MX lookups", "IP:PORT");
     o.optopt("", "mx-port", "port of the next hop (default 25)", "PORT");
     o.optopt("", "spool", "outbound queue (default ./spool)", "DIR");
@@ -324,6 +328,7 @@ impl Config {
             .map(|c| Cidr::parse(c))
             .collect::<Result<_, _>>()?;
         config.verbose = m.opt_present("verbose");
+        config.pop3s = addresses(m, "pop3s")?;
         config.pop3 = m
             .opt_strs("pop3")
             .iter()

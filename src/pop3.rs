@@ -15,7 +15,7 @@
 //! byte-stuffing and without the terminating `.` line. So LIST n equals the bytes a client has
 //! after it removes the stuffing and the termination from RETR n.
 //!
-//! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §5, RFC 1939 §6, RFC 1939 §7, RFC 1939 §11, RFC 2449 §5, RFC 2449 §6.6, RFC 2449 §8.1.2
+//! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §5, RFC 1939 §6, RFC 1939 §7, RFC 1939 §11, RFC 2449 §5, RFC 2449 §6.6, RFC 2449 §8.1.2, RFC 2595 §4
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,6 +45,7 @@ pub enum Verb {
     Top,
     Uidl,
     Capa,
+    Stls,
 }
 
 /// A verb's facts: its name on the wire, its syntax (the hint in an `-ERR`), its RFC section.
@@ -79,6 +80,7 @@ pub const VERBS: &[VerbInfo] = &[
     verb(Verb::Top,  "TOP",  "TOP msg lines",   "RFC 1939 §7"),
     verb(Verb::Uidl, "UIDL", "UIDL [msg]",      "RFC 1939 §7"),
     verb(Verb::Capa, "CAPA", "CAPA",            "RFC 2449 §5"),
+    verb(Verb::Stls, "STLS", "STLS",            "RFC 2595 §4"),
 ];
 // ANCHOR_END: verbs
 
@@ -110,6 +112,7 @@ pub enum Command {
     Top { msg: usize, lines: usize },
     Uidl(Option<usize>),
     Capa,
+    Stls,
 }
 
 impl Command {
@@ -127,6 +130,7 @@ impl Command {
             Command::Top { .. } => Verb::Top,
             Command::Uidl(_) => Verb::Uidl,
             Command::Capa => Verb::Capa,
+            Command::Stls => Verb::Stls,
         }
     }
 }
@@ -164,6 +168,7 @@ pub fn parse(line: &[u8]) -> Result<Command, Response> {
         (Verb::Uidl, []) => Command::Uidl(None),
         (Verb::Uidl, [msg]) => Command::Uidl(Some(number(msg)?)),
         (Verb::Capa, []) => Command::Capa,
+        (Verb::Stls, []) => Command::Stls,
         _ => return Err(syntax()),
     };
     Ok(command)
@@ -285,6 +290,8 @@ pub const POP3_TRANSITIONS: &[Transition] = &[
     // Only with the right password and the maildrop lock; otherwise -ERR and no move (§4).
     row(Authorization, Verb::Pass, Transaction,   "RFC 1939 §7"),
     row(Authorization, Verb::Capa, Authorization, "RFC 2449 §5"),
+    // STLS only before login (RFC 2595 §4); after the handshake the session is still here.
+    row(Authorization, Verb::Stls, Authorization, "RFC 2595 §4"),
     // QUIT before login: no UPDATE, nothing to remove.
     row(Authorization, Verb::Quit, Closed,        "RFC 1939 §4"),
     row(Transaction,   Verb::Stat, Transaction,   "RFC 1939 §5"),
@@ -496,6 +503,8 @@ pub enum Next {
     ReadCommand,
     /// Send the responses, then call `Session::update` (the session is in UPDATE).
     Update,
+    /// Send the responses, drop unread input, run the TLS handshake, then `tls_started`.
+    StartTls,
     Close,
 }
 
@@ -518,17 +527,47 @@ pub struct Session {
     maildrops: Arc<dyn Maildrops>,
     errors: u32,
     auth_failures: u32,
+    tls: Tls,
+}
+
+/// TLS for this session: can STLS be offered, and is the connection inside TLS already?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tls {
+    pub available: bool,
+    pub active: bool,
 }
 
 impl Session {
-    pub fn new(config: Arc<Config>, maildrops: Arc<dyn Maildrops>) -> Session {
+    pub fn new(config: Arc<Config>, maildrops: Arc<dyn Maildrops>, tls: Tls) -> Session {
         Session {
             state: State::Authorization { user: None },
             config,
             maildrops,
             errors: 0,
             auth_failures: 0,
+            tls,
         }
+    }
+
+    /// After the STLS handshake (RFC 2595 §4): still in AUTHORIZATION, now inside TLS. A USER
+    /// given before the handshake is forgotten, like everything said in the clear.
+    pub fn tls_started(&mut self) {
+        self.tls.active = true;
+        self.state = State::Authorization { user: None };
+    }
+
+    /// STLS (RFC 2595 §4): `+OK`, then the handshake.
+    fn stls(&mut self) -> (Response, Next) {
+        if self.tls.active {
+            return (Response::err("TLS is already active"), Next::ReadCommand);
+        }
+        if !self.tls.available {
+            return (
+                Response::err("STLS is not configured on this server"),
+                Next::ReadCommand,
+            );
+        }
+        (Response::ok("Begin TLS negotiation"), Next::StartTls)
     }
 
     pub fn state(&self) -> &State {
@@ -617,7 +656,11 @@ impl Session {
             Command::Quit => return self.quit(),
             Command::Pass(password) => self.pass(&password),
             Command::User(name) => (self.user(name), Next::ReadCommand, Duration::ZERO),
-            Command::Capa => (capa(), Next::ReadCommand, Duration::ZERO),
+            Command::Capa => (capa(self.tls), Next::ReadCommand, Duration::ZERO),
+            Command::Stls => {
+                let (response, next) = self.stls();
+                (response, next, Duration::ZERO)
+            }
             other => {
                 let response = match &mut self.state {
                     State::Transaction { maildrop } => maildrop.command(other),
@@ -757,8 +800,8 @@ impl Session {
 }
 
 /// CAPA (RFC 2449 §5): what this server offers, one capability per line.
-fn capa() -> Response {
-    let capabilities = [
+fn capa(tls: Tls) -> Response {
+    let mut capabilities = vec![
         "USER",       // RFC 2449 §6.2
         "TOP",        // RFC 2449 §6.1
         "UIDL",       // RFC 2449 §6.8
@@ -767,6 +810,9 @@ fn capa() -> Response {
         "PIPELINING",
         "IMPLEMENTATION smtplab", // RFC 2449 §6.9
     ];
+    if tls.available && !tls.active {
+        capabilities.push("STLS"); // RFC 2595 §4
+    }
     let body: String = capabilities.iter().map(|c| format!("{c}\r\n")).collect();
     Response::multi("Capability list follows", body.into_bytes())
 }
@@ -955,7 +1001,14 @@ mod tests {
     }
 
     fn session(memory: &Arc<Memory>) -> Session {
-        Session::new(config(), memory.clone())
+        Session::new(
+            config(),
+            memory.clone(),
+            Tls {
+                available: true,
+                active: false,
+            },
+        )
     }
 
     fn run(session: &mut Session, line: &str) -> Step {
@@ -991,6 +1044,7 @@ mod tests {
             Verb::Top => "TOP 1 0",
             Verb::Uidl => "UIDL",
             Verb::Capa => "CAPA",
+            Verb::Stls => "STLS",
         }
     }
 
@@ -1046,6 +1100,7 @@ mod tests {
             Verb::Top,
             Verb::Uidl,
             Verb::Capa,
+            Verb::Stls,
         ];
         assert_eq!(VERBS.len(), all.len());
         for verb in all {
@@ -1230,7 +1285,14 @@ mod tests {
         for capability in ["USER", "TOP", "UIDL", "RESP-CODES", "PIPELINING"] {
             assert!(body.lines().any(|l| l == capability), "{capability}");
         }
-        assert!(!body.contains("STLS"), "no TLS yet");
+        assert!(
+            body.lines().any(|l| l == "STLS"),
+            "TLS is available and not active"
+        );
+        s.tls_started();
+        let capa = run(&mut s, "CAPA").responses[0].clone();
+        let body = String::from_utf8(capa.body.unwrap()).unwrap();
+        assert!(!body.contains("STLS"), "not offered inside TLS");
     }
 
     #[test]

@@ -3,15 +3,15 @@
 //! Interface:
 //! - `Pop3Listener::bind(addr)` binds (an error is one plain sentence); `spawn(config)` accepts
 //!   on a background thread and returns a `Pop3Handle` that stops it when dropped.
-//! - `serve(stream, session, id)` runs one session over any `TimedRead + Write` stream (a
-//!   `TcpStream` today; a TLS stream for `--pop3s` later).
+//! - `serve(stream, session, id, acceptor)` runs one session over a `tls::Stream`: in the
+//!   clear with STLS (RFC 2595 §4), or inside TLS from the first byte (`--pop3s`, RFC 8314 §3.3).
 //! - `MboxMaildrops` is the `pop3::Maildrops` hook over the mail directory: the reader lock for
 //!   the session, the delivery lock for a moment to read, and an atomic rewrite in UPDATE.
 //!
 //! The server side of the same loop as `connection.rs`: greet, read a line, step the session,
 //! write; flush only when no further input is waiting, so pipelined commands all get answers.
 //!
-//! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §6, RFC 2449 §6.6
+//! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §6, RFC 2449 §6.6, RFC 2595 §4, RFC 8314 §3.3
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,13 +21,15 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
+use native_tls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::line::{CommandLine, LineReader, ReadError, TimedRead};
+use crate::line::{CommandLine, LineReader, ReadError};
 use crate::mbox::{self, DeliveryError, MailDir};
 use crate::pop3::{
-    self, Maildrops, Next, OpenError, Opened, Response, Session, Step, StoredMessage,
+    self, Maildrops, Next, OpenError, Opened, Response, Session, Step, StoredMessage, Tls,
 };
+use crate::tls::Stream;
 
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
 pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
@@ -39,6 +41,8 @@ const SESSION_STACK_SIZE: usize = 256 * 1024;
 pub struct Pop3Listener {
     listener: TcpListener,
     addr: SocketAddr,
+    /// `--pop3s`: TLS from the first byte.
+    implicit_tls: bool,
 }
 
 /// Stops the acceptor when dropped; sessions already running finish on their own.
@@ -50,6 +54,8 @@ pub struct Pop3Handle {
 
 struct Shared {
     config: Arc<Config>,
+    tls: Option<Arc<TlsAcceptor>>,
+    implicit_tls: bool,
     maildrops: Arc<dyn Maildrops>,
     active: AtomicUsize,
     sessions: AtomicU64,
@@ -66,12 +72,16 @@ impl Drop for Slot {
 }
 
 impl Pop3Listener {
-    pub fn bind(addr: SocketAddr) -> Result<Pop3Listener, String> {
+    pub fn bind(addr: SocketAddr, implicit_tls: bool) -> Result<Pop3Listener, String> {
         let listener = crate::server::bind_one(addr)?;
         let addr = listener
             .local_addr()
             .map_err(|e| format!("Cannot listen on {addr}: {e}."))?;
-        Ok(Pop3Listener { listener, addr })
+        Ok(Pop3Listener {
+            listener,
+            addr,
+            implicit_tls,
+        })
     }
 
     /// The address actually bound (port 0 becomes a real port).
@@ -80,13 +90,15 @@ impl Pop3Listener {
     }
 
     /// Accept on a background thread; maildrops are the mbox files of `config.mail_dir`.
-    pub fn spawn(self, config: Arc<Config>) -> Pop3Handle {
+    pub fn spawn(self, config: Arc<Config>, tls: Option<Arc<TlsAcceptor>>) -> Pop3Handle {
         let addr = self.addr;
         let maildrops = Arc::new(MboxMaildrops {
             mail_dir: MailDir::new(config.mail_dir.clone()),
         });
         let shared = Arc::new(Shared {
             config,
+            tls,
+            implicit_tls: self.implicit_tls,
             maildrops,
             active: AtomicUsize::new(0),
             sessions: AtomicU64::new(0),
@@ -108,6 +120,11 @@ impl Pop3Listener {
 impl Pop3Handle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// True for a `--pop3s` listener (TLS from the first byte).
+    pub fn is_implicit_tls(&self) -> bool {
+        self.shared.implicit_tls
     }
 
     /// POP3 sessions running now.
@@ -155,20 +172,32 @@ fn admit(mut stream: TcpStream, shared: &Arc<Shared>) {
     }
     let slot = Slot(shared.clone());
     let id = format!("P{}", shared.sessions.fetch_add(1, Ordering::SeqCst) + 1);
-    let session = Session::new(shared.config.clone(), shared.maildrops.clone());
+    let tls = Tls {
+        available: shared.tls.is_some(),
+        active: shared.implicit_tls,
+    };
+    let session = Session::new(shared.config.clone(), shared.maildrops.clone(), tls);
+    let acceptor = shared.tls.clone();
+    let implicit_tls = shared.implicit_tls;
     let spawned = thread::Builder::new()
         .name(format!("pop3-{id}"))
         .stack_size(SESSION_STACK_SIZE)
         .spawn(move || {
             let _slot = slot;
-            serve_tcp(stream, session, id);
+            serve_tcp(stream, session, id, acceptor, implicit_tls);
         });
     if let Err(error) = spawned {
         warn!("cannot start a POP3 session thread: {error}");
     }
 }
 
-fn serve_tcp(stream: TcpStream, session: Session, id: String) {
+fn serve_tcp(
+    stream: TcpStream,
+    session: Session,
+    id: String,
+    acceptor: Option<Arc<TlsAcceptor>>,
+    implicit_tls: bool,
+) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -178,14 +207,28 @@ fn serve_tcp(stream: TcpStream, session: Session, id: String) {
         warn!("[{id}] cannot set a write timeout: {error}");
         return;
     }
-    serve(stream, session, &id);
+    let mut stream = Stream::Plain(stream);
+    if implicit_tls {
+        let Some(tls) = acceptor.as_deref() else {
+            return;
+        };
+        stream = match stream.start_tls(tls) {
+            Ok(stream) => stream,
+            Err(error) => {
+                warn!("[{id}] {peer}: {error}");
+                return;
+            }
+        };
+    }
+    serve(stream, session, &id, acceptor);
 }
 
 /// One client on this thread, over any stream with a read deadline. Errors end the
 /// connection; they are logged, never panics.
-pub fn serve<S: TimedRead + Write>(stream: S, session: Session, id: &str) {
+pub fn serve(stream: Stream, session: Session, id: &str, acceptor: Option<Arc<TlsAcceptor>>) {
     let mut connection = Connection {
-        stream,
+        stream: Some(stream),
+        acceptor,
         lines: LineReader::new(),
         session,
         id,
@@ -202,15 +245,17 @@ pub fn serve<S: TimedRead + Write>(stream: S, session: Session, id: &str) {
 }
 
 /// One client, from greeting to close.
-struct Connection<'a, S> {
-    stream: S,
+struct Connection<'a> {
+    /// `None` only for the instant of a TLS handshake.
+    stream: Option<Stream>,
+    acceptor: Option<Arc<TlsAcceptor>>,
     lines: LineReader,
     session: Session,
     id: &'a str,
     output: Vec<u8>,
 }
 
-impl<S: TimedRead + Write> Connection<'_, S> {
+impl Connection<'_> {
     // ANCHOR: run
     /// Read a line, step the session, write the responses; after QUIT in TRANSACTION, UPDATE.
     fn run(&mut self) -> io::Result<&'static str> {
@@ -230,6 +275,12 @@ impl<S: TimedRead + Write> Connection<'_, S> {
                 self.send(&step.responses);
                 step = self.session.update();
             }
+            if step.next == Next::StartTls {
+                self.send(&step.responses);
+                self.flush()?;
+                self.starttls()?;
+                continue;
+            }
             self.send(&step.responses);
             if step.next == Next::Close {
                 self.flush()?;
@@ -245,7 +296,11 @@ impl<S: TimedRead + Write> Connection<'_, S> {
     /// Read and step one command line; `Err(reason)` means the session is over.
     fn read_command(&mut self) -> io::Result<Result<Step, &'static str>> {
         let deadline = Instant::now() + AUTOLOGOUT;
-        let line = match self.lines.read_command(&mut self.stream, deadline) {
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no stream"))?;
+        let line = match self.lines.read_command(stream, deadline) {
             Ok(CommandLine::Line(line)) => line,
             Ok(CommandLine::TooLong) => {
                 let response = Response::err("Command line too long (RFC 2449 §4)");
@@ -273,12 +328,34 @@ impl<S: TimedRead + Write> Connection<'_, S> {
         }
     }
 
+    /// STLS: forget unread plaintext (as SMTP's STARTTLS, CVE-2011-0411), then the handshake.
+    fn starttls(&mut self) -> io::Result<()> {
+        self.lines.discard_buffered();
+        let acceptor = self
+            .acceptor
+            .clone()
+            .ok_or_else(|| io::Error::other("TLS is not configured"))?;
+        let plain = self
+            .stream
+            .take()
+            .ok_or_else(|| io::Error::other("no stream"))?;
+        let tls = plain.start_tls(&acceptor).map_err(io::Error::other)?;
+        self.stream = Some(tls);
+        self.session.tls_started();
+        info!("[{}] POP3 TLS started", self.id);
+        Ok(())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no stream"))?;
         if !self.output.is_empty() {
-            self.stream.write_all(&self.output)?;
+            stream.write_all(&self.output)?;
             self.output.clear();
         }
-        self.stream.flush()
+        stream.flush()
     }
 }
 

@@ -103,11 +103,20 @@ impl Server {
                 listeners.push((bind_one(*addr)?, role));
             }
         }
-        let pop3 = config
+        let plain_pop3 = config
             .pop3
             .iter()
-            .map(|addr| Pop3Listener::bind(*addr))
+            .map(|addr| Pop3Listener::bind(*addr, false));
+        let implicit_pop3 = config
+            .pop3s
+            .iter()
+            .map(|addr| Pop3Listener::bind(*addr, true));
+        let pop3 = plain_pop3
+            .chain(implicit_pop3)
             .collect::<Result<Vec<_>, _>>()?;
+        if !config.pop3s.is_empty() && tls.is_none() {
+            return Err("--pop3s needs --tls-cert and --tls-key, or --tls-self-signed.".into());
+        }
         let context = Context {
             config: Arc::new(config),
             deliver,
@@ -156,7 +165,7 @@ impl Server {
         let pop3 = self
             .pop3
             .into_iter()
-            .map(|listener| listener.spawn(config.clone()))
+            .map(|listener| listener.spawn(config.clone(), self.shared.context.tls.clone()))
             .collect();
         let context = &self.shared.context;
         let relay = relay::start(
@@ -291,7 +300,18 @@ impl ServerHandle {
 
     /// The first `--pop3` address actually bound, if any.
     pub fn pop3_addr(&self) -> Option<SocketAddr> {
-        self.pop3.first().map(Pop3Handle::addr)
+        self.pop3
+            .iter()
+            .find(|h| !h.is_implicit_tls())
+            .map(Pop3Handle::addr)
+    }
+
+    /// The first `--pop3s` address actually bound, if any.
+    pub fn pop3s_addr(&self) -> Option<SocketAddr> {
+        self.pop3
+            .iter()
+            .find(|h| h.is_implicit_tls())
+            .map(Pop3Handle::addr)
     }
 
     /// POP3 sessions running now.
