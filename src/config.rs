@@ -199,83 +199,62 @@ impl Default for Config {
     }
 }
 
-/// The options of `smtplab [OPTIONS]` (design §3).
+/// How an option takes its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Takes {
+    Nothing,
+    One,
+    Many,
+}
+
+use Takes::{Many, Nothing, One};
+
+/// The options of `smtplab [OPTIONS]` (design §3), in the order `--help` shows them.
+#[rustfmt::skip]
+const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
+    ("l", "listen",          Many,    "ADDR",      "SMTP listener, port-25 role (default 127.0.0.1:2525)"),
+    ("s", "submission",      Many,    "ADDR",      "submission listener: AUTH before MAIL (RFC 6409)"),
+    ("",  "smtps",           Many,    "ADDR",      "submission inside TLS from the first byte (RFC 8314)"),
+    ("",  "pop3",            Many,    "ADDR",      "POP3 listener for the same mailboxes"),
+    ("",  "pop3s",           Many,    "ADDR",      "POP3 inside TLS from the first byte"),
+    ("n", "hostname",        One,     "NAME",      "name in the greeting, EHLO and Received"),
+    ("d", "domain",          Many,    "DOMAIN",    "domain delivered here (default localhost + hostname)"),
+    ("m", "mail-dir",        One,     "DIR",       "mbox files live at DIR/<user> (default ./mail)"),
+    ("u", "users",           One,     "FILE",      "user:password lines (default: demo users alice, bob)"),
+    ("a", "aliases",         One,     "FILE",      "'list: user, user' lines (default: students)"),
+    ("",  "tls-cert",        One,     "FILE",      "PEM certificate; enables STARTTLS (with --tls-key)"),
+    ("",  "tls-key",         One,     "FILE",      "PEM PKCS#8 private key"),
+    ("",  "tls-self-signed", Nothing, "",          "make a throwaway certificate at start"),
+    ("",  "max-size",        One,     "BYTES",     "SIZE limit (default 10485760)"),
+    ("",  "max-connections", One,     "N",         "further clients get 421 (default 100)"),
+    ("",  "max-recipients",  One,     "N",         "recipients per message (default 100)"),
+    ("",  "max-errors",      One,     "N",         "errors before 421 and close (default 20)"),
+    ("",  "timeout",         One,     "SECS",      "wait this long for a command (default 300)"),
+    ("",  "relay-from",      Many,    "CIDR",      "network that may relay without AUTH"),
+    ("",  "smart-host",      One,     "HOST:PORT", "send all foreign mail there, no MX lookup"),
+    ("",  "dns",             One,     "IP:PORT",   "nameserver for MX lookups (default: system)"),
+    ("",  "mx-port",         One,     "PORT",      "port of the next hop (default 25)"),
+    ("",  "spool",           One,     "DIR",       "outbound queue (default ./spool)"),
+    ("",  "retry",           One,     "LIST",      "waits between attempts, e.g. 1m,5m,30m,2h"),
+    ("",  "queue-lifetime",  One,     "DUR",       "bounce after this long (default 5d)"),
+    ("",  "transcripts",     One,     "DIR",       "record every session as a transcript"),
+    ("",  "trace",           Nothing, "",          "print every C:/S: line with its state transition"),
+    ("",  "explain",         Nothing, "",          "end replies with the RFC section and next command"),
+    ("",  "fault",           Many,    "RULE",      "scripted reply, e.g. rcpt:3=452 (repeatable)"),
+    ("v", "verbose",         Nothing, "",          "log every command (or set RUST_LOG)"),
+    ("h", "help",            Nothing, "",          "print this help"),
+    ("V", "version",         Nothing, "",          "print the version"),
+];
+
 pub fn options() -> getopts::Options {
     let mut o = getopts::Options::new();
-    o.optmulti("l", "listen", "SMTP listener (repeatable)", "ADDR");
-    o.optmulti(
-        "s",
-        "submission",
-        "submission listener: AUTH before MAIL",
-        "ADDR",
-    );
-    o.optmulti("", "smtps", "implicit-TLS submission listener", "ADDR");
-    o.optopt("", "tls-cert", "PEM certificate (enables STARTTLS)", "FILE");
-    o.optopt("", "tls-key", "PEM PKCS#8 private key", "FILE");
-    o.optflag(
-        "",
-        "tls-self-signed",
-        "make a throwaway certificate at start",
-    );
-    o.optopt(
-        "n",
-        "hostname",
-        "name in greeting, EHLO and Received",
-        "NAME",
-    );
-    o.optmulti(
-        "d",
-        "domain",
-        "domain delivered locally (repeatable)",
-        "DOMAIN",
-    );
-    o.optopt("m", "mail-dir", "mbox files live at DIR/<user>", "DIR");
-    o.optopt("u", "users", "file of user:password lines", "FILE");
-    o.optopt("a", "aliases", "file of 'list: user, user' lines", "FILE");
-    o.optopt("", "max-size", "SIZE limit in octets", "BYTES");
-    o.optopt("", "max-connections", "further clients get 421", "N");
-    o.optopt("", "max-recipients", "recipients per message", "N");
-    o.optopt("", "max-errors", "errors before 421 and close", "N");
-    o.optopt("", "timeout", "seconds to wait for a command", "SECS");
-    o.optopt("", "transcripts", "record each session here", "DIR");
-    o.optmulti(
-        "",
-        "relay-from",
-        "network that may relay without AUTH",
-        "CIDR",
-    );
-    o.optflag("v", "verbose", "log every command");
-    o.optflag("h", "help", "print this help");
-    o.optflag("V", "version", "print the version");
-    o.optmulti("", "pop3", "POP3 listener (repeatable)", "ADDR");
-    o.optmulti("", "pop3s", "POP3 over implicit TLS", "ADDR");
-    o.optopt("", "dns", "nameserver for MX lookups", "IP:PORT");
-    o.optopt("", "mx-port", "port of the next hop (default 25)", "PORT");
-    o.optopt("", "spool", "outbound queue (default ./spool)", "DIR");
-    o.optopt("", "retry", "waits between delivery attempts", "LIST");
-    o.optopt(
-        "",
-        "queue-lifetime",
-        "bounce after this long (default 5d)",
-        "DUR",
-    );
-    o.optopt("", "smart-host", "send all foreign mail here", "HOST:PORT");
-    o.optflag(
-        "",
-        "trace",
-        "print every C:/S: line with the state transition",
-    );
-    o.optflag(
-        "",
-        "explain",
-        "end each reply with its RFC section and the next command",
-    );
-    o.optmulti(
-        "",
-        "fault",
-        "scripted reply, e.g. rcpt:3=452 (repeatable)",
-        "RULE",
-    );
+    for &(short, long, takes, hint, help) in OPTIONS {
+        match takes {
+            Nothing => o.optflag(short, long, help),
+            One => o.optopt(short, long, help, hint),
+            Many => o.optmulti(short, long, help, hint),
+        };
+    }
     o
 }
 
