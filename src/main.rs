@@ -69,31 +69,39 @@ fn init_logging(verbose: bool) {
 
 /// What a student sees first: where to connect and what to type.
 fn banner(config: &Config) -> String {
-    let addrs: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
+    let listeners = [
+        ("SMTP", &config.listen),
+        ("submission", &config.submission),
+        ("SMTPS", &config.smtps),
+        ("POP3", &config.pop3),
+        ("POP3S", &config.pop3s),
+    ];
     let mut text = format!(
-        "smtplab listening on {} as {}; mail goes to {}/<user>",
-        addrs.join(", "),
-        config.hostname,
-        config.mail_dir.display()
+        "smtplab {} as {}",
+        env!("CARGO_PKG_VERSION"),
+        config.hostname
     );
+    for (role, addrs) in listeners {
+        for addr in addrs.iter() {
+            text.push_str(&format!("\n  {role:<10} {addr}"));
+        }
+    }
+    text.push_str(&format!(
+        "\nMail goes to {}/<user>",
+        config.mail_dir.display()
+    ));
     if config.demo_users {
         text.push_str(
             "\nDemo users: alice, bob (password \"password\"); list: students = alice, bob",
         );
-        if config.listen.iter().any(|a| !a.ip().is_loopback()) {
+        let everywhere = listeners.iter().flat_map(|(_, addrs)| addrs.iter());
+        if everywhere.clone().any(|a| !a.ip().is_loopback()) {
             text.push_str("\nWARNING: demo users with known passwords on a non-loopback address!");
         }
     }
-    let first = config
-        .listen
-        .first()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    text.push_str(&format!(
-        "\nTry: telnet {} {}",
-        first.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h),
-        first.rsplit_once(':').map_or("2525", |(_, p)| p)
-    ));
+    if let Some(first) = config.listen.first() {
+        text.push_str(&format!("\nTry: telnet {} {}", first.ip(), first.port()));
+    }
     text
 }
 
