@@ -376,6 +376,7 @@ impl Cidr {
         Ok(Cidr { network, prefix })
     }
 
+    // ANCHOR: cidr_contains
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -387,6 +388,7 @@ impl Cidr {
             _ => false,
         }
     }
+    // ANCHOR_END: cidr_contains
 }
 
 fn same_prefix(a: u128, b: u128, prefix: u32, bits: u32) -> bool {

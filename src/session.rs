@@ -646,6 +646,7 @@ impl Session {
     }
     // ANCHOR_END: route
 
+    // ANCHOR: relay_route
     /// RFC 5321 §3.6.2, §7.9: relaying is decided by who the client is, never by MAIL FROM.
     fn relay_route(&self, mailbox: &Mailbox) -> Result<Route, Reply> {
         let peer = self.client.peer.ip();
@@ -658,6 +659,7 @@ impl Session {
             mailbox.domain
         )))
     }
+    // ANCHOR_END: relay_route
 
     /// A local domain by name, or an address literal naming the address the client connected to.
     fn is_local(&self, domain: &Domain) -> bool {
