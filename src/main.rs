@@ -2,6 +2,7 @@
 //!
 //! Standards: RFC 5321 §4.5.3.2.7
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use smtplab::config::{self, Config};
@@ -42,12 +43,11 @@ fn run_server(args: &[String]) -> ExitCode {
         Err(error) => return fail(&error),
     };
     init_logging(config.verbose);
-    let banner = banner(&config);
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(error) => return fail(&error),
     };
-    println!("{banner}");
+    println!("{}", banner(server.config(), &server.listeners()));
     server.run();
     ExitCode::SUCCESS
 }
@@ -68,24 +68,16 @@ fn init_logging(verbose: bool) {
 }
 
 /// What a student sees first: where to connect and what to type.
-fn banner(config: &Config) -> String {
-    let listeners = [
-        ("SMTP", &config.listen),
-        ("submission", &config.submission),
-        ("SMTPS", &config.smtps),
-        ("POP3", &config.pop3),
-        ("POP3S", &config.pop3s),
-    ];
+fn banner(config: &Config, listeners: &[(&str, SocketAddr)]) -> String {
+    let shown: Vec<String> = listeners
+        .iter()
+        .map(|(role, addr)| format!("{addr} ({role})"))
+        .collect();
     let mut text = format!(
-        "smtplab {} as {}",
-        env!("CARGO_PKG_VERSION"),
+        "smtplab listening on {} as {}",
+        shown.join(", "),
         config.hostname
     );
-    for (role, addrs) in listeners {
-        for addr in addrs.iter() {
-            text.push_str(&format!("\n  {role:<10} {addr}"));
-        }
-    }
     text.push_str(&format!(
         "\nMail goes to {}/<user>",
         config.mail_dir.display()
@@ -94,12 +86,11 @@ fn banner(config: &Config) -> String {
         text.push_str(
             "\nDemo users: alice, bob (password \"password\"); list: students = alice, bob",
         );
-        let everywhere = listeners.iter().flat_map(|(_, addrs)| addrs.iter());
-        if everywhere.clone().any(|a| !a.ip().is_loopback()) {
+        if listeners.iter().any(|(_, addr)| !addr.ip().is_loopback()) {
             text.push_str("\nWARNING: demo users with known passwords on a non-loopback address!");
         }
     }
-    if let Some(first) = config.listen.first() {
+    if let Some((_, first)) = listeners.first() {
         text.push_str(&format!("\nTry: telnet {} {}", first.ip(), first.port()));
     }
     text

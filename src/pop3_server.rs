@@ -42,7 +42,7 @@ pub struct Pop3Listener {
     listener: TcpListener,
     addr: SocketAddr,
     /// `--pop3s`: TLS from the first byte.
-    implicit_tls: bool,
+    pub implicit_tls: bool,
 }
 
 /// Stops the acceptor when dropped; sessions already running finish on their own.

@@ -143,6 +143,30 @@ impl Server {
             .collect()
     }
 
+    /// Every bound listener with the name of its role, for the start-up banner.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let smtp = self.local_addrs().into_iter().map(|(addr, role)| {
+            let name = match role {
+                Role::Relay => "SMTP",
+                Role::Submission => "submission",
+                Role::ImplicitTls => "SMTPS",
+            };
+            (name, addr)
+        });
+        let pop3 = self.pop3.iter().map(|l| {
+            (
+                if l.implicit_tls { "POP3S" } else { "POP3" },
+                l.local_addr(),
+            )
+        });
+        smtp.chain(pop3).collect()
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.context.config
+    }
+
     /// Accept on every listener until the process ends.
     pub fn run(self) {
         for acceptor in self.spawn().acceptors.drain(..) {

@@ -724,7 +724,9 @@ impl Session {
             content,
         };
         match self.deliver.deliver(&message) {
-            Ok(()) => Reply::OK_250.text(format!("OK: message {id} delivered")),
+            Ok(()) => {
+                Reply::OK_250.text(format!("OK: message {id} {}", outcome(&message.envelope)))
+            }
             Err(reply) => reply,
         }
     }
@@ -1044,6 +1046,20 @@ impl Session {
             _ => "Bad sequence of commands; HELP shows what you can type now",
         };
         Reply::BAD_SEQUENCE_503.text(hint)
+    }
+}
+
+/// What 250 after the message means for these recipients: in a mailbox, or in the queue.
+fn outcome(envelope: &Envelope) -> &'static str {
+    let relayed = envelope
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.route, Route::Relay(_)))
+        .count();
+    match relayed {
+        0 => "delivered",
+        n if n == envelope.recipients.len() => "queued for relaying",
+        _ => "delivered here and queued for the other domains",
     }
 }
 
