@@ -1,4 +1,5 @@
-//! Replay: plays the `C:` lines of a transcript against any SMTP server and diffs the replies.
+//! Replay: plays the `C:` lines of a transcript against any SMTP (or POP3) server and diffs
+//! the replies.
 //!
 //! Interface:
 //! - `replay(transcript, server, options)` runs one transcript and returns a `ReplayReport`.
@@ -12,7 +13,10 @@
 //! DATA content are sent as a client would), then one reply is read for each reply in the
 //! following `S:` lines. The first `S:` lines, before any `C:`, are the greeting.
 //!
-//! Standards: RFC 5321 §4.2, RFC 5321 §4.5.3.2, RFC 2920 §3.1
+//! With `# protocol: pop3` the server's lines are not grouped by reply codes (POP3 has none):
+//! each run of `S:` lines is one "reply", and exactly that many lines are read for it.
+//!
+//! Standards: RFC 5321 §4.2, RFC 5321 §4.5.3.2, RFC 2920 §3.1, RFC 1939 §3
 
 use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -23,7 +27,7 @@ use getopts::Options;
 
 use crate::transcript::{
     align, is_last_reply_line, reply_code, ClientLine, Entry, Line, LineEnding, Pair, Pattern,
-    Transcript,
+    Protocol, Transcript,
 };
 
 /// Longest reply line we read; RFC 5321 §4.5.3.1.5 allows 512, some servers send more.
@@ -72,7 +76,18 @@ pub struct Skipped {
     pub line_no: usize,
     /// How many transcript lines were not played.
     pub lines: usize,
+    /// Why, as a machine can tell it (a test may accept a stop at TLS but not at a secret).
+    pub cause: SkipCause,
     pub reason: &'static str,
+}
+
+/// What made replay stop early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipCause {
+    /// The `== TLS ==` marker: replay does not speak TLS.
+    Tls,
+    /// A `C:` line with a masked `{secret}`, which cannot be sent.
+    Secret,
 }
 
 /// The lines sent in one exchange and the replies that differ, diff style.
@@ -108,16 +123,19 @@ struct Exchange<'a> {
 /// Cuts the transcript into exchanges, up to the first line replay cannot play.
 fn plan(transcript: &Transcript) -> (Vec<Exchange<'_>>, Option<Skipped>) {
     let entries = &transcript.entries;
+    let protocol = transcript.header.protocol;
     let mut exchanges = Vec::new();
     let mut current = Exchange::default();
     for (index, Entry { line_no, line }) in entries.iter().enumerate() {
-        let (lines_left, reason) = match line {
+        let (lines_left, cause, reason) = match line {
             Line::Tls => (
                 entries.len() - index - 1,
+                SkipCause::Tls,
                 "the session switched to TLS here, and replay does not speak TLS",
             ),
             Line::Client(client) if client.secret => (
                 entries.len() - index,
+                SkipCause::Secret,
                 "this line holds a masked {secret}, which replay cannot send",
             ),
             Line::Client(client) => {
@@ -128,7 +146,7 @@ fn plan(transcript: &Transcript) -> (Vec<Exchange<'_>>, Option<Skipped>) {
                 continue;
             }
             Line::Server(pattern) => {
-                current.add_reply_line(*line_no, pattern);
+                current.add_reply_line(*line_no, pattern, protocol);
                 continue;
             }
         };
@@ -136,6 +154,7 @@ fn plan(transcript: &Transcript) -> (Vec<Exchange<'_>>, Option<Skipped>) {
         let skipped = Skipped {
             line_no: *line_no,
             lines: lines_left,
+            cause,
             reason,
         };
         return (exchanges, Some(skipped));
@@ -145,13 +164,14 @@ fn plan(transcript: &Transcript) -> (Vec<Exchange<'_>>, Option<Skipped>) {
 }
 
 impl<'a> Exchange<'a> {
-    /// Adds an `S:` line to the reply being built, or starts the next reply.
-    fn add_reply_line(&mut self, line_no: usize, pattern: &'a Pattern) {
-        let reply_done = self
-            .replies
-            .last()
-            .and_then(|reply| reply.last())
-            .is_none_or(|(_, last)| is_last_reply_line(last.source()));
+    /// Adds an `S:` line to the reply being built, or starts the next reply. In POP3 every
+    /// `S:` line after the client's lines belongs to the one reply of this exchange.
+    fn add_reply_line(&mut self, line_no: usize, pattern: &'a Pattern, protocol: Protocol) {
+        let reply_done = match (protocol, self.replies.last().and_then(|reply| reply.last())) {
+            (_, None) => true,
+            (Protocol::Pop3, Some(_)) => false,
+            (Protocol::Smtp, Some((_, last))) => is_last_reply_line(last.source()),
+        };
         if reply_done {
             self.replies.push(Vec::new());
         }
@@ -170,16 +190,22 @@ struct Connection {
     reader: BufReader<TcpStream>,
     read_timeout: Duration,
     deadline: Instant,
+    protocol: Protocol,
 }
 
 impl Connection {
-    fn open(server: SocketAddr, options: &ReplayOptions) -> io::Result<Connection> {
+    fn open(
+        server: SocketAddr,
+        options: &ReplayOptions,
+        protocol: Protocol,
+    ) -> io::Result<Connection> {
         let stream = TcpStream::connect_timeout(&server, options.read_timeout)?;
         stream.set_write_timeout(Some(options.read_timeout))?;
         Ok(Connection {
             reader: BufReader::new(stream),
             read_timeout: options.read_timeout,
             deadline: Instant::now() + options.deadline,
+            protocol,
         })
     }
 
@@ -198,8 +224,12 @@ impl Connection {
         }
     }
 
-    /// Reads one whole reply: lines up to the one without a `-` after the code.
-    fn read_reply(&mut self) -> Result<Vec<String>, String> {
+    /// Reads the reply `expected` stands for: in SMTP the lines up to the one without a `-`
+    /// after the code; in POP3 exactly as many lines as were expected.
+    fn read_reply(&mut self, expected: usize) -> Result<Vec<String>, String> {
+        if self.protocol == Protocol::Pop3 {
+            return (0..expected).map(|_| self.read_line()).collect();
+        }
         let mut lines = Vec::new();
         loop {
             let line = self.read_line()?;
@@ -270,7 +300,8 @@ pub fn replay(
         skipped,
         error: None,
     };
-    let mut connection = match Connection::open(server, options) {
+    let protocol = transcript.header.protocol;
+    let mut connection = match Connection::open(server, options, protocol) {
         Ok(connection) => connection,
         Err(error) => {
             report.error = Some(format!("cannot connect to {server}: {error}"));
@@ -303,8 +334,9 @@ impl ReplayReport {
         let mut first_mismatch = None;
         let mut usable = true;
         for expected in &exchange.replies {
-            let (same, diff) = match connection.read_reply() {
-                Ok(actual) => diff_reply(expected, &actual, codes_only),
+            let (same, diff) = match connection.read_reply(expected.len()) {
+                Ok(actual) if codes_only => diff_status(expected, &actual, connection.protocol),
+                Ok(actual) => diff_reply(expected, &actual),
                 Err(reason) => {
                     usable = false;
                     let mut diff = replaced(expected, &[]);
@@ -342,30 +374,50 @@ impl ReplayReport {
     }
 }
 
-/// Compares one reply: line by line (aligned, so an extra EHLO keyword shows as one `+` line),
-/// or by the code of its last line alone with `codes_only`.
-fn diff_reply(
+/// `codes_only`: compares one reply by its status alone, the code of its last line in SMTP,
+/// `+OK` or `-ERR` at the start of its first line in POP3.
+fn diff_status(
     expected: &[(usize, &Pattern)],
     actual: &[String],
-    codes_only: bool,
+    protocol: Protocol,
 ) -> (bool, Vec<DiffLine>) {
-    if codes_only {
-        let wanted = expected
+    let wanted = match protocol {
+        Protocol::Smtp => expected
             .last()
-            .and_then(|(_, pattern)| pattern.reply_code());
-        let got = actual.last().and_then(|line| reply_code(line));
-        // An S: line that starts with a placeholder accepts any code.
-        let same = wanted.is_none() || wanted == got;
-        let lines = if same {
-            actual
-                .iter()
-                .map(|line| DiffLine::Same(said(line)))
-                .collect()
-        } else {
-            replaced(expected, actual)
-        };
-        return (same, lines);
-    }
+            .and_then(|(_, pattern)| pattern.reply_code())
+            .map(|code| code.to_string()),
+        Protocol::Pop3 => expected
+            .first()
+            .and_then(|(_, pattern)| pop3_status(pattern.source())),
+    };
+    let got = match protocol {
+        Protocol::Smtp => actual
+            .last()
+            .and_then(|line| reply_code(line))
+            .map(|code| code.to_string()),
+        Protocol::Pop3 => actual.first().and_then(|line| pop3_status(line)),
+    };
+    // An S: line that starts with a placeholder accepts any status.
+    let same = wanted.is_none() || wanted == got;
+    let lines = if same {
+        actual
+            .iter()
+            .map(|line| DiffLine::Same(said(line)))
+            .collect()
+    } else {
+        replaced(expected, actual)
+    };
+    (same, lines)
+}
+
+/// The status indicator of a POP3 response line (RFC 1939 §3): `+OK` or `-ERR`.
+fn pop3_status(line: &str) -> Option<String> {
+    let word = line.split(' ').next()?;
+    matches!(word, "+OK" | "-ERR").then(|| word.to_string())
+}
+
+/// Compares one reply line by line, aligned, so an extra EHLO keyword shows as one `+` line.
+fn diff_reply(expected: &[(usize, &Pattern)], actual: &[String]) -> (bool, Vec<DiffLine>) {
     let pairs = align(expected.len(), actual.len(), |i, j| {
         expected[i].1.matches(&actual[j])
     });

@@ -1,4 +1,5 @@
-//! Transcripts: SMTP sessions written down in the `C:`/`S:` notation of the RFC's own examples.
+//! Transcripts: SMTP (and POP3) sessions written down in the `C:`/`S:` notation of the RFCs' own
+//! examples.
 //!
 //! Interface:
 //! - `Transcript::parse(text)` / `Transcript::load(path)` read a transcript; `Display` prints it
@@ -11,7 +12,11 @@
 //!
 //! ```text
 //! # title: Two recipients, one unknown       header lines: title, rfc, server (options), note
-//! S: 220 {host} ESMTP {*}                    a server reply line; placeholders {host} {id} {date} {*}
+//! # port: submission                         which listener to replay against (see below)
+//! # protocol: pop3                           the replies are POP3 lines, not SMTP replies
+//! # setup: deliver alice                     what must happen before the replay (see below)
+//! S: 220 {host} ESMTP {*}                    a server reply line; placeholders {host} {id} {date}
+//!                                            {n} (digits) {*} (anything)
 //! C: MAIL FROM:<mary@client.example>         a client line; sent as the text plus CRLF
 //! C: AUTH PLAIN {secret}                     a masked secret: recorded, never replayed
 //! == TLS ==                                  everything below happened inside TLS
@@ -21,7 +26,19 @@
 //! or a byte that is not UTF-8), `{{` (a literal `{`); at the end of a `C:` line `{LF}` means the
 //! line ended with a bare LF and `{EOF}` that the client closed without ending it.
 //!
-//! Standards: RFC 5321 Appendix D, RFC 5321 §2.3.8, RFC 5321 §4.2, RFC 4954 §4
+//! Replies: in an SMTP transcript the `S:` lines of one reply are told apart by the code rules
+//! (`250-` goes on, `250 ` ends it). POP3 has no such rule (RFC 1939 §3: a multi-line response
+//! ends with a line holding only a dot, one-line responses do not), so with `# protocol: pop3`
+//! each run of `S:` lines after the client's lines is read as exactly that many lines.
+//!
+//! The headers `# server:`, `# port:` and `# setup:` tell a test how to prepare a fresh server;
+//! `smtplab replay` ignores them (it is given a running server). `# port:` names a listener:
+//! `smtp` (the default, `--listen`), `submission`, `smtps` or `pop3`. `# setup: deliver USER`
+//! (one line per message) delivers one short fixed message to `USER@localhost` over SMTP before
+//! the replay, so that a POP3 transcript finds mail in the maildrop. `smtplab compare` compares
+//! SMTP sessions only.
+//!
+//! Standards: RFC 5321 Appendix D, RFC 5321 §2.3.8, RFC 5321 §4.2, RFC 4954 §4, RFC 1939 §3
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -63,6 +80,8 @@ enum Piece {
     Id,
     /// `{date}`: an RFC 5322 date such as `Fri, 27 Nov 2026 05:06:52 +0000`.
     Date,
+    /// `{n}`: a number, one or more ASCII digits (an octet count, a message number).
+    Number,
     /// `{*}`: any text, possibly empty.
     Any,
 }
@@ -109,6 +128,40 @@ pub struct Header {
     pub server: Vec<String>,
     /// `# note: ...`, one entry per line.
     pub notes: Vec<String>,
+    /// `# port: submission`: the listener to replay against; `None` is the `--listen` one.
+    pub port: Option<String>,
+    /// `# protocol: pop3`: how the server's lines are grouped into replies.
+    pub protocol: Protocol,
+    /// `# setup: deliver alice`, one entry per line: what a test does before the replay.
+    pub setup: Vec<String>,
+}
+
+/// The protocol a transcript speaks, which decides how many lines make one reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// RFC 5321 §4.2: a reply ends with the line that has no `-` after its code.
+    #[default]
+    Smtp,
+    /// RFC 1939 §3: no continuation marker; each run of `S:` lines is read as that many lines.
+    Pop3,
+}
+
+impl Protocol {
+    /// The word used in `# protocol:`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Pop3 => "pop3",
+        }
+    }
+
+    fn from_name(name: &str) -> Result<Protocol, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "smtp" => Ok(Protocol::Smtp),
+            "pop3" => Ok(Protocol::Pop3),
+            _ => Err(format!("# protocol: {name:?} is not known (smtp or pop3)")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -150,7 +203,7 @@ impl Transcript {
             if raw.is_empty() {
                 continue;
             } else if let Some(comment) = raw.strip_prefix('#') {
-                transcript.header.read(comment);
+                transcript.header.read(comment).map_err(error)?;
             } else if raw == TLS_MARKER {
                 transcript.push(line_no, Line::Tls);
             } else if let Some(rest) = raw.strip_prefix("C:") {
@@ -191,9 +244,10 @@ fn after_space(rest: &str) -> &str {
 
 impl Header {
     /// Takes in one `#` line (without the `#`); lines that are not `key: value` are comments.
-    fn read(&mut self, comment: &str) {
+    /// Only a value that cannot be right (an unknown protocol) is an error.
+    fn read(&mut self, comment: &str) -> Result<(), String> {
         let Some((key, value)) = comment.trim().split_once(':') else {
-            return;
+            return Ok(());
         };
         let value = value.trim().to_string();
         match key.trim() {
@@ -201,8 +255,12 @@ impl Header {
             "rfc" => self.rfc = Some(value),
             "server" => self.server = value.split_whitespace().map(String::from).collect(),
             "note" => self.notes.push(value),
+            "port" => self.port = Some(value),
+            "protocol" => self.protocol = Protocol::from_name(&value)?,
+            "setup" => self.setup.push(value),
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -325,7 +383,7 @@ fn unknown_in_client_line(name: &str) -> String {
 }
 
 impl Pattern {
-    /// Reads the text after `S: `. Placeholders: `{host}` `{id}` `{date}` `{*}`.
+    /// Reads the text after `S: `. Placeholders: `{host}` `{id}` `{date}` `{n}` `{*}`.
     pub fn parse(source: &str) -> Result<Pattern, String> {
         let mut pieces: Vec<Piece> = Vec::new();
         for token in lex(source)? {
@@ -379,9 +437,10 @@ fn placeholder(name: &str) -> Result<Piece, String> {
         "host" => Ok(Piece::Host),
         "id" => Ok(Piece::Id),
         "date" => Ok(Piece::Date),
+        "n" => Ok(Piece::Number),
         "*" => Ok(Piece::Any),
         _ => Err(format!(
-            "unknown placeholder {{{name}}} (S: lines know {{host}} {{id}} {{date}} {{*}}; \
+            "unknown placeholder {{{name}}} (S: lines know {{host}} {{id}} {{date}} {{n}} {{*}}; \
              write {{{{ for a literal brace)"
         )),
     }
@@ -416,6 +475,7 @@ impl Piece {
         match self {
             Piece::Host => run(is_host_char),
             Piece::Id => run(|c| !c.is_whitespace()),
+            Piece::Number => run(|c| c.is_ascii_digit()),
             Piece::Date | Piece::Any | Piece::Literal(_) => text.len(),
         }
     }
@@ -572,6 +632,15 @@ impl fmt::Display for Header {
         }
         for note in &self.notes {
             writeln!(f, "# note: {note}")?;
+        }
+        if let Some(port) = &self.port {
+            writeln!(f, "# port: {port}")?;
+        }
+        if self.protocol != Protocol::Smtp {
+            writeln!(f, "# protocol: {}", self.protocol.name())?;
+        }
+        for setup in &self.setup {
+            writeln!(f, "# setup: {setup}")?;
         }
         Ok(())
     }
@@ -850,6 +919,32 @@ mod tests {
         assert!(p.matches("250 2.0.0 OK queued as 4Xb9-Q1"));
         assert!(!p.matches("250 2.0.0 OK queued as two words"));
         assert!(pattern("250 {id} accepted").matches("250 <abc@host> accepted"));
+    }
+
+    #[test]
+    fn number_placeholder() {
+        let p = pattern("+OK {n} octets");
+        assert!(p.matches("+OK 200 octets"));
+        assert!(!p.matches("+OK  octets"));
+        assert!(!p.matches("+OK 2x0 octets"));
+        assert!(pattern("{n} {n}").matches("1 260"));
+    }
+
+    #[test]
+    fn port_protocol_and_setup_headers() {
+        let text = "# title: t\n# port: pop3\n# protocol: pop3\n# setup: deliver alice\n\
+                    # setup: deliver alice\nS: +OK {*}\n";
+        let t = Transcript::parse(text).unwrap();
+        assert_eq!(t.header.port.as_deref(), Some("pop3"));
+        assert_eq!(t.header.protocol, Protocol::Pop3);
+        assert_eq!(t.header.setup, ["deliver alice", "deliver alice"]);
+        assert_eq!(t.to_string(), text);
+        assert_eq!(
+            Transcript::parse("# title: t\n").unwrap().header.protocol,
+            Protocol::Smtp
+        );
+        let error = Transcript::parse("# title: t\n# protocol: imap\n").unwrap_err();
+        assert_eq!(error.line_no, 2);
     }
 
     #[test]

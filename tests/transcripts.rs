@@ -1,13 +1,19 @@
 //! The transcript library as golden files: every `transcripts/*.txt` must replay against a fresh
 //! server, and a session recorded with `--transcripts` must replay against a fresh server too.
+//!
+//! A library file is prepared from its header: `# server:` options start the server, `# setup:
+//! deliver USER` lines each deliver `SETUP_MESSAGE` to USER over SMTP first, and `# port:` picks
+//! the listener to replay against. Replay may stop early only at `== TLS ==`.
 
 mod common;
 
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use smtplab::replay::{replay, ReplayOptions};
-use smtplab::transcript::Transcript;
+use smtplab::replay::{replay, ReplayOptions, SkipCause};
+use smtplab::session::Role;
+use smtplab::transcript::{Header, Transcript};
 
 /// The library covers the lessons; fewer files means some were lost.
 const MIN_TRANSCRIPTS: usize = 30;
@@ -23,19 +29,64 @@ fn library_files() -> Vec<PathBuf> {
     files
 }
 
-/// Starts a fresh server with the transcript's `# server:` options and replays it.
-/// Returns what went wrong, or `None` when every reply matched.
-fn replay_against_fresh_server(transcript: &Transcript) -> Option<String> {
-    let options: Vec<&str> = transcript
-        .header
-        .server
-        .iter()
-        .map(String::as_str)
-        .collect();
-    let server = common::start(&options);
-    let report = replay(transcript, server.addr(), &ReplayOptions::default());
+/// The message `# setup: deliver USER` sends (a POP3 transcript shows it again in RETR).
+const SETUP_SENDER: &str = "mary@client.example";
+const SETUP_MESSAGE: &str = "From: <mary@client.example>\r\nSubject: Hello\r\n\r\nHi!\r\n";
+
+/// Runs the `# setup:` lines against `server`; the error names a line it does not know.
+fn run_setup(server: &common::TestServer, header: &Header) -> Result<(), String> {
+    for step in &header.setup {
+        let Some(user) = step.strip_prefix("deliver ") else {
+            return Err(format!("# setup: {step:?} is not known (deliver USER)\n"));
+        };
+        let mut client = server.connect();
+        let recipient = format!("{}@localhost", user.trim());
+        let reply = client.send_mail(SETUP_SENDER, &[&recipient], SETUP_MESSAGE);
+        if reply.code != 250 {
+            return Err(format!("# setup: {step}: the message got {reply:?}\n"));
+        }
+        client.cmd("QUIT");
+    }
     server.wait_idle();
-    if report.is_match() && report.skipped.is_none() {
+    Ok(())
+}
+
+/// The listener `# port:` names (the `--listen` one by default).
+fn listener(server: &common::TestServer, header: &Header) -> Result<SocketAddr, String> {
+    let found = match header.port.as_deref() {
+        None | Some("smtp") => Some(server.addr()),
+        Some("submission") => server.handle.addr_of(Role::Submission),
+        Some("smtps") => server.handle.addr_of(Role::ImplicitTls),
+        Some("pop3") => server.handle.pop3_addr(),
+        Some(other) => return Err(format!("# port: {other:?} is not known\n")),
+    };
+    let port = header.port.as_deref().unwrap_or("smtp");
+    found.ok_or(format!(
+        "# port: {port}, but `# server:` starts no such listener\n"
+    ))
+}
+
+/// Starts a fresh server with the transcript's `# server:` options, runs its `# setup:` and
+/// replays it on its `# port:`. Returns what went wrong, or `None` when every reply matched.
+fn replay_against_fresh_server(transcript: &Transcript) -> Option<String> {
+    let header = &transcript.header;
+    let options: Vec<&str> = header.server.iter().map(String::as_str).collect();
+    let server = common::start(&options);
+    let target = run_setup(&server, header).and_then(|()| listener(&server, header));
+    let report = match target {
+        Ok(addr) => replay(transcript, addr, &ReplayOptions::default()),
+        Err(problem) => return Some(problem),
+    };
+    server.wait_idle();
+    common::wait_until("POP3 sessions to end", || {
+        server.handle.pop3_sessions() == 0
+    });
+    // Replay cannot follow a session into TLS; stopping there is the one early stop allowed.
+    let stopped_at_tls = report
+        .skipped
+        .as_ref()
+        .is_none_or(|skipped| skipped.cause == SkipCause::Tls);
+    if report.is_match() && stopped_at_tls {
         None
     } else {
         Some(report.render(false))
@@ -78,6 +129,30 @@ fn every_transcript_replays() {
         files.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn only_the_tls_marker_may_stop_a_library_file_early() {
+    let starttls = Path::new(env!("CARGO_MANIFEST_DIR")).join("transcripts/40-starttls.txt");
+    let at_tls = Transcript::load(&starttls).unwrap();
+    let server = common::start(&["--tls-self-signed"]);
+    let report = replay(&at_tls, server.addr(), &ReplayOptions::default());
+    assert!(report.is_match(), "{}", report.render(false));
+    assert_eq!(report.skipped.map(|s| s.cause), Some(SkipCause::Tls));
+    assert_eq!(replay_against_fresh_server(&at_tls), None);
+    let at_secret = Transcript::parse("S: 220 {*}\nC: AUTH PLAIN {secret}\nS: 235 {*}\n").unwrap();
+    let problem = replay_against_fresh_server(&at_secret).expect("a stop at a secret is refused");
+    assert!(problem.contains("{secret}"), "{problem}");
+}
+
+#[test]
+fn a_setup_or_port_the_test_does_not_know_is_an_error() {
+    let unknown_setup = Transcript::parse("# setup: empty alice\nS: 220 {*}\n").unwrap();
+    let problem = replay_against_fresh_server(&unknown_setup).unwrap();
+    assert!(problem.contains("not known"), "{problem}");
+    let missing_listener = Transcript::parse("# port: pop3\nS: +OK {*}\n").unwrap();
+    let problem = replay_against_fresh_server(&missing_listener).unwrap();
+    assert!(problem.contains("no such listener"), "{problem}");
 }
 
 #[test]
