@@ -834,7 +834,13 @@ fn trace_lines_of_several_sessions_never_tear() {
             .count();
         assert_eq!(noops, 20, "{id}");
     }
-    for line in server.stdout.text().lines().skip(3) {
+    // The banner comes first; every line after it belongs to a session.
+    for line in server
+        .stdout
+        .text()
+        .lines()
+        .skip_while(|l| !l.starts_with("[S"))
+    {
         let well_formed = line.starts_with("[S")
             && (line.contains("] C: ")
                 || line.contains("] S: ")
