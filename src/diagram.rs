@@ -7,51 +7,33 @@
 //!
 //! Standards: RFC 5321 §4.1.4, RFC 5321 §3.3
 
-use crate::session::{StateName, Transition, Trigger, TRANSITIONS};
+use crate::machine;
+use crate::session::{StateName, Trigger, TRANSITIONS};
 
-/// Edges with the same ends drawn once, labelled with every trigger, in table order.
-fn edges() -> Vec<(StateName, StateName, Vec<String>)> {
-    let mut edges: Vec<(StateName, StateName, Vec<String>)> = Vec::new();
-    for Transition { from, on, to, .. } in TRANSITIONS {
-        let label = match on {
-            Trigger::Command(verb) => verb.name().to_string(),
-            Trigger::EndOfData => "end of data".to_string(),
-            Trigger::LastChunk => "last chunk".to_string(),
-            Trigger::SaslResponse => "SASL response".to_string(),
-        };
-        match edges.iter_mut().find(|(f, t, _)| f == from && t == to) {
-            Some((_, _, labels)) => labels.push(label),
-            None => edges.push((*from, *to, vec![label])),
-        }
+/// How each trigger of the SMTP table is labelled in the picture.
+fn label(on: &Trigger) -> String {
+    match on {
+        Trigger::Command(verb) => verb.name().to_string(),
+        Trigger::EndOfData => "end of data".to_string(),
+        Trigger::LastChunk => "last chunk".to_string(),
+        Trigger::SaslResponse => "SASL response".to_string(),
     }
-    edges
 }
 
-// ANCHOR: mermaid
-/// Mermaid `stateDiagram-v2` text (renders on common code hosts).
+// ANCHOR: smtp_mermaid
+/// Mermaid `stateDiagram-v2` text of the SMTP table (renders on common code hosts).
 pub fn mermaid() -> String {
-    let mut out = String::from("stateDiagram-v2\n    [*] --> Connected: 220 greeting\n");
-    for (from, to, labels) in edges() {
-        out.push_str(&format!("    {from:?} --> {to:?}: {}\n", labels.join(", ")));
-    }
-    out.push_str("    Closed --> [*]\n");
-    out
+    machine::mermaid(
+        TRANSITIONS,
+        (StateName::Connected, "220 greeting", StateName::Closed),
+        label,
+    )
 }
-// ANCHOR_END: mermaid
+// ANCHOR_END: smtp_mermaid
 
 /// Graphviz dot text (`smtplab states --dot | dot -Tpng > states.png`).
 pub fn dot() -> String {
-    let mut out =
-        String::from("digraph smtp_session {\n    rankdir=LR;\n    start [shape=point];\n");
-    out.push_str("    start -> Connected [label=\"220 greeting\"];\n");
-    for (from, to, labels) in edges() {
-        out.push_str(&format!(
-            "    {from:?} -> {to:?} [label=\"{}\"];\n",
-            labels.join(", ")
-        ));
-    }
-    out.push_str("}\n");
-    out
+    machine::dot(TRANSITIONS, (StateName::Connected, "220 greeting"), label)
 }
 
 /// `smtplab states [--dot|--mermaid]`: Mermaid unless `--dot` is given.

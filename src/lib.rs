@@ -18,6 +18,7 @@ pub mod dns;
 pub mod extensions;
 pub mod fault;
 pub mod line;
+pub mod machine;
 pub mod mbox;
 pub mod pop3;
 pub mod pop3_server;

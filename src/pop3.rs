@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::machine;
 
 /// Failed logins before the server closes the connection (RFC 1939 §4 lets it close after any).
 pub const MAX_AUTH_FAILURES: u32 = 3;
@@ -262,14 +263,8 @@ pub enum Trigger {
     Updated,
 }
 
-/// One legal move. A command answered `-ERR` leaves the state as it was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transition {
-    pub from: StateName,
-    pub on: Trigger,
-    pub to: StateName,
-    pub rfc: &'static str,
-}
+/// One legal move of a POP3 session; a command answered `-ERR` leaves the state as it was.
+pub type Transition = machine::Transition<StateName, Trigger>;
 
 const fn row(from: StateName, verb: Verb, to: StateName, rfc: &'static str) -> Transition {
     Transition {
@@ -311,33 +306,19 @@ pub const POP3_TRANSITIONS: &[Transition] = &[
 
 /// The legal move for `verb` in state `from`, if there is one.
 pub fn transition(from: StateName, verb: Verb) -> Option<&'static Transition> {
-    POP3_TRANSITIONS
-        .iter()
-        .find(|t| t.from == from && t.on == Trigger::Command(verb))
+    machine::find(POP3_TRANSITIONS, from, Trigger::Command(verb))
 }
 
 /// Mermaid `stateDiagram-v2` text of `POP3_TRANSITIONS` (`smtplab states --pop3`).
 pub fn mermaid() -> String {
-    let mut edges: Vec<(StateName, StateName, Vec<&str>)> = Vec::new();
-    for t in POP3_TRANSITIONS {
-        let label = match t.on {
-            Trigger::Command(verb) => verb.name(),
-            Trigger::Updated => "deletions committed",
-        };
-        match edges
-            .iter_mut()
-            .find(|(f, to, _)| *f == t.from && *to == t.to)
-        {
-            Some((_, _, labels)) => labels.push(label),
-            None => edges.push((t.from, t.to, vec![label])),
-        }
-    }
-    let mut out = String::from("stateDiagram-v2\n    [*] --> Authorization: +OK greeting\n");
-    for (from, to, labels) in edges {
-        out.push_str(&format!("    {from:?} --> {to:?}: {}\n", labels.join(", ")));
-    }
-    out.push_str("    Closed --> [*]\n");
-    out
+    machine::mermaid(
+        POP3_TRANSITIONS,
+        (Authorization, "+OK greeting", Closed),
+        |on| match on {
+            Trigger::Command(verb) => verb.name().to_string(),
+            Trigger::Updated => "deletions committed".to_string(),
+        },
+    )
 }
 
 /// One message of a maildrop as the hook hands it over.

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::data;
 use crate::extensions::{self, BodyType, Limits, MailOptions, Offer};
 use crate::fault::{self, Point};
+use crate::machine;
 use crate::reply::Reply;
 use crate::trace;
 
@@ -79,14 +80,8 @@ pub enum Trigger {
     SaslResponse,
 }
 
-/// One legal move. A refused command (4xx/5xx) leaves the state as it was (RFC 5321 §4.1.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transition {
-    pub from: StateName,
-    pub on: Trigger,
-    pub to: StateName,
-    pub rfc: &'static str,
-}
+/// One legal move of an SMTP session (see `src/machine.rs`).
+pub type Transition = machine::Transition<StateName, Trigger>;
 
 const fn row(from: StateName, verb: Verb, to: StateName, rfc: &'static str) -> Transition {
     Transition {
@@ -159,9 +154,7 @@ pub const TRANSITIONS: &[Transition] = &[
 
 /// The legal move for `verb` in state `from`, if there is one.
 pub fn transition(from: StateName, verb: Verb) -> Option<&'static Transition> {
-    TRANSITIONS
-        .iter()
-        .find(|t| t.from == from && t.on == Trigger::Command(verb))
+    machine::find(TRANSITIONS, from, Trigger::Command(verb))
 }
 
 /// Where a recipient's copy goes.
