@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod auth;
+pub mod bench;
 pub mod command;
 pub mod compare;
 pub mod config;

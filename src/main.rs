@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Some("states") => exit(smtplab::diagram::states_main(&args[1..])),
         Some("replay") => exit(smtplab::replay::replay_main(&args[1..])),
         Some("compare") => exit(smtplab::compare::compare_main(&args[1..])),
+        Some("bench") => exit(smtplab::bench::bench_main(&args[1..])),
         _ => run_server(&args),
     }
 }
@@ -54,6 +55,7 @@ const USAGE: &str = "Usage: smtplab [OPTIONS]
        smtplab states [--dot|--mermaid]
        smtplab replay FILE... --server HOST:PORT [--codes-only]
        smtplab compare MINE REFERENCE
+       smtplab bench --server HOST:PORT --sessions N --messages M --size BYTES
 
 A teaching SMTP server. With no options it listens on 127.0.0.1:2525, delivers to the demo
 mailboxes alice and bob (and the list students) in ./mail, and relays nothing.";
