@@ -14,9 +14,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Mutex;
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 /// Client reads wait this long: under a heavy load a delivery may wait behind many others.
@@ -71,13 +71,25 @@ fn soak(clients: usize, messages: usize) {
         count_entries("/proc/self/fd"),
     );
 
+    // Connect one by one and read each greeting before the next connect: a burst of 1,000
+    // connects at once overflows the listen backlog (see `connect_greeted`). Then all clients
+    // start sending together.
+    let connected: Vec<BufReader<TcpStream>> = (0..clients)
+        .map(|client| connect_greeted(server.addr(), client).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let start_line = Arc::new(Barrier::new(clients));
     let started = Instant::now();
-    let addr = server.addr();
-    let threads: Vec<_> = (0..clients)
-        .map(|client| {
+    let threads: Vec<_> = connected
+        .into_iter()
+        .enumerate()
+        .map(|(client, reader)| {
+            let start_line = start_line.clone();
             std::thread::Builder::new()
                 .stack_size(CLIENT_STACK)
-                .spawn(move || send_messages(addr, client, messages))
+                .spawn(move || {
+                    start_line.wait();
+                    send_messages(reader, client, messages)
+                })
                 .expect("spawn a client thread")
         })
         .collect();
@@ -94,7 +106,12 @@ fn soak(clients: usize, messages: usize) {
         failures.is_empty(),
         "{} clients failed, first: {}",
         failures.len(),
-        failures[0]
+        failures
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     let markers = count_markers(&server.mbox("alice"));
@@ -127,8 +144,13 @@ fn soak(clients: usize, messages: usize) {
     );
 }
 
-/// One client: EHLO, then `messages` transactions back to back, each with a unique marker.
-fn send_messages(addr: SocketAddr, client: usize, messages: usize) -> Result<(), String> {
+/// Connect and read the 220 greeting.
+///
+/// Why not connect from every client thread at once: the server's listen backlog is 128 (what
+/// `std::net::TcpListener::bind` asks for), and when a burst of connects overflows it, Linux with
+/// SYN cookies drops the connection on the server side while the client believes it is
+/// connected, and waits for a greeting that never comes.
+fn connect_greeted(addr: SocketAddr, client: usize) -> Result<BufReader<TcpStream>, String> {
     let stream = TcpStream::connect(addr).map_err(|e| format!("client {client}: connect: {e}"))?;
     for timeout in [
         stream.set_read_timeout(Some(SOAK_TIMEOUT)),
@@ -137,6 +159,19 @@ fn send_messages(addr: SocketAddr, client: usize, messages: usize) -> Result<(),
         timeout.map_err(|e| e.to_string())?;
     }
     let mut reader = BufReader::new(stream);
+    match read_reply(&mut reader) {
+        Ok(reply) if reply.code == 220 => Ok(reader),
+        other => Err(format!("client {client}: greeting {other:?}")),
+    }
+}
+
+/// One client: EHLO, then `messages` transactions back to back, each with a unique marker.
+fn send_messages(
+    mut reader: BufReader<TcpStream>,
+    client: usize,
+    messages: usize,
+) -> Result<(), String> {
+    let started = Instant::now();
     let mut step = |line: Option<String>, code: u16| -> Result<(), String> {
         if let Some(line) = &line {
             reader
@@ -144,14 +179,14 @@ fn send_messages(addr: SocketAddr, client: usize, messages: usize) -> Result<(),
                 .write_all(line.as_bytes())
                 .map_err(|e| format!("client {client}: write: {e}"))?;
         }
-        match common::read_reply(&mut reader) {
-            Some(reply) if reply.code == code => Ok(()),
+        match read_reply(&mut reader) {
+            Ok(reply) if reply.code == code => Ok(()),
             other => Err(format!(
-                "client {client}: {line:?} got {other:?}, wanted {code}"
+                "client {client}: {line:?} got {other:?}, wanted {code}, after {:.1} s",
+                started.elapsed().as_secs_f64()
             )),
         }
     };
-    step(None, 220)?;
     step(Some("EHLO soak.example\r\n".into()), 250)?;
     for n in 0..messages {
         step(Some("MAIL FROM:<soak@client.example>\r\n".into()), 250)?;
@@ -161,6 +196,29 @@ fn send_messages(addr: SocketAddr, client: usize, messages: usize) -> Result<(),
         step(Some(body), 250)?;
     }
     step(Some("QUIT\r\n".into()), 221)
+}
+
+/// One reply, or why none came (the harness's `read_reply` panics on a timeout; here a timeout
+/// is one client's failure, reported with the others).
+fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<common::Reply, String> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err("connection closed".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        let code: u16 = line
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .ok_or(format!("bad reply {line:?}"))?;
+        lines.push(line.get(4..).unwrap_or("").to_string());
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok(common::Reply { code, lines });
+        }
+    }
 }
 
 /// How often each `X-Soak-Id` marker occurs in the mbox.

@@ -16,10 +16,16 @@ fuzz_target!(|data: &[u8]| {
     };
     for smtputf8 in [false, true] {
         if let Ok((_, rest)) = reverse_path(arg, smtputf8) {
-            assert!(arg.ends_with(rest), "rest {rest:?} is not a suffix of {arg:?}");
+            assert!(
+                arg.ends_with(rest),
+                "rest {rest:?} is not a suffix of {arg:?}"
+            );
         }
         if let Ok((_, rest)) = forward_path(arg, smtputf8) {
-            assert!(arg.ends_with(rest), "rest {rest:?} is not a suffix of {arg:?}");
+            assert!(
+                arg.ends_with(rest),
+                "rest {rest:?} is not a suffix of {arg:?}"
+            );
         }
     }
 });

@@ -12,6 +12,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|line: &[u8]| {
     if let Err(reply) = smtplab::command::parse(line) {
         let text = reply.to_string();
-        assert!(text.starts_with('5'), "a parse error must be a 5xx reply: {text:?}");
+        assert!(
+            text.starts_with('5'),
+            "a parse error must be a 5xx reply: {text:?}"
+        );
     }
 });

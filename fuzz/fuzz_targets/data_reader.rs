@@ -47,7 +47,9 @@ fn read_message(source: &mut Chunks, max_size: usize, data_ending: Ending) -> Ou
     let mut data = DataReader::new(max_size, data_ending);
     let message = loop {
         match lines.read_data(source, deadline) {
-            Ok(piece) if data.push(&piece, lines.saw_cr()) => break Some(data.finish(lines.saw_cr())),
+            Ok(piece) if data.push(&piece, lines.saw_cr()) => {
+                break Some(data.finish(lines.saw_cr()))
+            }
             Ok(_) => {}
             Err(ReadError::Closed { .. }) => break None,
             Err(error) => panic!("unexpected read error {error:?}"),
@@ -64,7 +66,11 @@ fuzz_target!(|input: &[u8]| {
     if input.len() < 9 {
         return;
     }
-    let data_ending = if input[0] & 1 == 0 { Ending::CrLf } else { Ending::Lf };
+    let data_ending = if input[0] & 1 == 0 {
+        Ending::CrLf
+    } else {
+        Ending::Lf
+    };
     let max_size = 64 + usize::from(input[0] >> 1) * 16;
     let sizes: Vec<usize> = input[1..9].iter().map(|&b| usize::from(b) + 1).collect();
     let stream = &input[9..];
@@ -80,5 +86,8 @@ fuzz_target!(|input: &[u8]| {
         at = end;
     }
     let chunked = read_message(&mut Chunks(chunks), max_size, data_ending);
-    assert_eq!(whole, chunked, "chunking changed the result (sizes {sizes:?})");
+    assert_eq!(
+        whole, chunked,
+        "chunking changed the result (sizes {sizes:?})"
+    );
 });
