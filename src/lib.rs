@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod auth;
+pub mod bench;
 pub mod bounce;
 pub mod command;
 pub mod compare;

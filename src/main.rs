@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Some("compare") => exit(smtplab::compare::compare_main(&args[1..])),
         Some("mx") => exit(smtplab::dns::mx_main(&args[1..])),
         Some("queue") => exit(smtplab::queue::queue_main(&args[1..])),
+        Some("bench") => exit(smtplab::bench::bench_main(&args[1..])),
         _ => run_server(&args),
     }
 }
@@ -58,6 +59,7 @@ const USAGE: &str = "Usage: smtplab [OPTIONS]
        smtplab compare MINE REFERENCE
        smtplab mx DOMAIN [--dns ADDR]
        smtplab queue [--spool DIR]
+       smtplab bench --server HOST:PORT --sessions N --messages M --size BYTES
 
 A teaching SMTP server. With no options it listens on 127.0.0.1:2525, delivers to the demo
 mailboxes alice and bob (and the list students) in ./mail, and relays nothing.";
