@@ -18,6 +18,7 @@ pub mod diagram;
 pub mod dns;
 pub mod extensions;
 pub mod fault;
+pub mod gate;
 pub mod line;
 pub mod machine;
 pub mod mbox;

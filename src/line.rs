@@ -258,14 +258,18 @@ impl LineReader {
 
     /// Read more input into the free end of the buffer.
     fn fill(&mut self, source: &mut impl TimedRead, deadline: Instant) -> Result<(), ReadError> {
-        if self.start > 0 {
+        // Move the unread bytes to the front only when the end is full: moving them on every
+        // read would cost a client that sends one byte at a time 16 KiB of copying per byte.
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.start > 0 && self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
         match source.read_before(&mut self.buf[self.end..], deadline) {
             Ok(0) => Err(ReadError::Closed {
-                partial: self.buf[..self.end].to_vec(),
+                partial: self.buf[self.start..self.end].to_vec(),
             }),
             Ok(n) => {
                 self.end += n;

@@ -29,10 +29,12 @@ use std::fs::{self, File, Metadata, OpenOptions, TryLockError};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
 use crate::datetime;
+use crate::gate::{Exclusive, Gates};
 
 /// Longest user name, in bytes: the limit of an address's local part (RFC 5321 §4.5.3.1.1).
 pub const MAX_MAILBOX_NAME: usize = 64;
@@ -99,6 +101,8 @@ compile_error!("O_NOFOLLOW is not known for this target: add its value from <fcn
 #[derive(Debug, Clone)]
 pub struct MailDir {
     root: PathBuf,
+    /// Deliveries queue here per mailbox and share one write and fsync (`src/gate.rs`).
+    gates: Arc<Gates<DeliveryError>>,
     /// Tries of each lock, `LOCK_RETRY_DELAY` apart.
     lock_attempts: u32,
     /// Test hook: fail right after writing to this user's mbox, to exercise the rollback.
@@ -149,6 +153,7 @@ impl MailDir {
     pub fn new(root: impl Into<PathBuf>) -> MailDir {
         MailDir {
             root: root.into(),
+            gates: Arc::new(Gates::default()),
             lock_attempts: LOCK_ATTEMPTS,
             #[cfg(test)]
             fail_after_writing: None,
@@ -189,15 +194,38 @@ impl MailDir {
         }
         let separator = from_line(sender, SystemTime::now());
         let body = quote_mboxrd(content);
+        let messages: Vec<Vec<u8>> = deliveries
+            .iter()
+            .map(|d| [separator.as_bytes(), d.trace_headers.as_bytes(), &body].concat())
+            .collect();
+        if let ([delivery], [message]) = (deliveries.as_slice(), messages.as_slice()) {
+            // One mailbox: join the batch of whoever else is waiting for it (group commit).
+            let user = &delivery.user;
+            return self.gates.submit(user, message.clone(), |batch| {
+                self.write_and_sync(&[user], &[batch])
+            });
+        }
+        // Several mailboxes: hold each one, in sorted order, so two such deliveries can never
+        // each hold a mailbox the other waits for.
+        let users: Vec<&str> = deliveries.iter().map(|d| d.user.as_str()).collect();
+        let _held: Vec<Exclusive<DeliveryError>> = users
+            .iter()
+            .map(|user| self.gates.exclusive(user))
+            .collect();
+        let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        self.write_and_sync(&users, &messages)
+    }
 
-        // Sorted order: two deliveries that share mailboxes take their locks in the same order,
-        // so neither can hold one lock while waiting for a lock the other holds.
-        let mut mboxes = Vec::with_capacity(deliveries.len());
-        for delivery in &deliveries {
-            mboxes.push(self.lock_mailbox(&delivery.user)?);
+    // ANCHOR: write_and_sync
+    /// Lock each mailbox, append its bytes, fsync them all and record the committed lengths;
+    /// on any error truncate every one back. All or nothing.
+    fn write_and_sync(&self, users: &[&str], messages: &[&[u8]]) -> Result<(), DeliveryError> {
+        let mut mboxes = Vec::with_capacity(users.len());
+        for user in users {
+            mboxes.push(self.lock_mailbox(user)?);
         }
         let written = self
-            .append_all(&mut mboxes, &deliveries, &separator, &body)
+            .append_all(&mut mboxes, messages)
             .and_then(|()| self.sync_all(&mboxes));
         if written.is_err() {
             roll_back(&mut mboxes);
@@ -207,6 +235,7 @@ impl MailDir {
         drop(mboxes);
         written
     }
+    // ANCHOR_END: write_and_sync
 
     /// Take the dotlock, open the mbox safely, take the flock, and record the length.
     fn lock_mailbox(&self, user: &str) -> Result<LockedMbox, DeliveryError> {
@@ -239,20 +268,13 @@ impl MailDir {
     fn append_all(
         &self,
         mboxes: &mut [LockedMbox],
-        deliveries: &[&Delivery],
-        separator: &str,
-        body: &[u8],
+        messages: &[&[u8]],
     ) -> Result<(), DeliveryError> {
-        for (mbox, delivery) in mboxes.iter_mut().zip(deliveries) {
+        for (mbox, message) in mboxes.iter_mut().zip(messages) {
             let io_error = |err| DeliveryError::Io(mbox.user.clone(), err);
             // One write of the whole message: the file is opened with O_APPEND and we hold its
             // locks, so it lands at the end, and a crash cuts it at most once.
-            let mut message =
-                Vec::with_capacity(separator.len() + delivery.trace_headers.len() + body.len());
-            message.extend_from_slice(separator.as_bytes());
-            message.extend_from_slice(delivery.trace_headers.as_bytes());
-            message.extend_from_slice(body);
-            mbox.file.write_all(&message).map_err(io_error)?;
+            mbox.file.write_all(message).map_err(io_error)?;
             #[cfg(test)]
             if self.fail_after_writing.as_deref() == Some(mbox.user.as_str()) {
                 return Err(io_error(io::Error::other("injected failure")));
@@ -338,6 +360,20 @@ impl MailDir {
         Ok(cut)
     }
     // ANCHOR_END: committed
+}
+
+/// A batch's failure is handed to every message in it (`src/gate.rs`); an `io::Error` is not
+/// `Clone`, so its copy keeps the kind and the text.
+impl Clone for DeliveryError {
+    fn clone(&self) -> DeliveryError {
+        match self {
+            DeliveryError::UnsafeName(user) => DeliveryError::UnsafeName(user.clone()),
+            DeliveryError::Locked(user) => DeliveryError::Locked(user.clone()),
+            DeliveryError::Io(user, err) => {
+                DeliveryError::Io(user.clone(), io::Error::new(err.kind(), err.to_string()))
+            }
+        }
+    }
 }
 
 /// Is `user` safe as a file name inside the mail directory?
@@ -688,6 +724,9 @@ pub struct MaildropLock {
     mbox: LockedMbox,
     path: PathBuf,
     root: PathBuf,
+    /// Keeps this server's own deliverers waiting in line; fields drop in order, so this is
+    /// released after the mbox's own locks.
+    _held: Exclusive<DeliveryError>,
 }
 
 /// At most one reader session per maildrop: an exclusive flock on `DIR/.<user>.reader`,
@@ -710,8 +749,10 @@ impl MailDir {
     /// Lock a user's mbox as a delivery does (waiting up to the lock attempts); the mbox is
     /// created empty if it does not exist. Deliveries wait until the lock is dropped.
     pub fn lock_maildrop(&self, user: &str) -> Result<MaildropLock, DeliveryError> {
+        let held = self.gates.exclusive(user);
         let mbox = self.lock_mailbox(user)?;
         Ok(MaildropLock {
+            _held: held,
             path: self.root.join(user),
             root: self.root.clone(),
             mbox,
