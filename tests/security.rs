@@ -255,7 +255,11 @@ fn relay_case(server: &TestServer, case: &str, mail: Option<(&str, Want)>, rcpts
 
 /// One open-relay case: its id, the MAIL line and its answer (None: the default sender, 250),
 /// then each RCPT line and its answer.
-type RelayCase = (&'static str, Option<(&'static str, Want)>, &'static [(&'static str, Want)]);
+type RelayCase = (
+    &'static str,
+    Option<(&'static str, Want)>,
+    &'static [(&'static str, Want)],
+);
 
 /// Catalogue cases 3.01–3.25 (3.24 has its own test: its lines hold NUL and control bytes).
 #[rustfmt::skip]

@@ -266,16 +266,7 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
 
 /// True when `tool --version` runs; otherwise prints the SKIP line the rules ask for.
 pub fn have_tool(tool: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        println!("SKIP: {tool} not installed");
-    }
-    found
+    have_tool_with(tool, &["--version"])
 }
 
 // ---------------------------------------------------------------------------------------------
