@@ -7,35 +7,14 @@
 
 mod common;
 
-use common::{Client, Reply, TestServer};
+use common::{assert_reply, start_teach_test, Client, Reply, TestServer};
 use smtplab::auth::{base64_decode, base64_encode, cram_md5_digest};
 use smtplab::session::Role;
 
 const PASSWORD: &str = "password";
 
-fn start(extra: &[&str]) -> TestServer {
-    let mut options = vec!["--domain", "teach.test", "--domain", "localhost"];
-    options.extend_from_slice(extra);
-    common::start(&options)
-}
-
-fn assert_reply(reply: &Reply, code: u16, status: &str) {
-    assert_eq!(
-        (reply.code, reply.status().as_str()),
-        (code, status),
-        "{reply:?}"
-    );
-}
-
 fn b64(text: &str) -> String {
     base64_encode(text.as_bytes())
-}
-
-/// A client that said EHLO.
-fn greeted(server: &TestServer) -> Client {
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
-    c
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -90,9 +69,9 @@ fn begin(c: &mut Client, mechanism: Mechanism) {
 
 #[test]
 fn every_mechanism_accepts_the_right_password() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     for mechanism in MECHANISMS {
-        let mut c = greeted(&server);
+        let mut c = server.greeted();
         let reply = authenticate(&mut c, mechanism, "alice", PASSWORD);
         assert_eq!(
             (reply.code, reply.status().as_str()),
@@ -105,10 +84,10 @@ fn every_mechanism_accepts_the_right_password() {
 
 #[test]
 fn every_mechanism_refuses_a_wrong_password_and_an_unknown_user() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     for mechanism in MECHANISMS {
         for (user, password) in [("alice", "guess"), ("mallory", PASSWORD)] {
-            let mut c = greeted(&server);
+            let mut c = server.greeted();
             let reply = authenticate(&mut c, mechanism, user, password);
             assert_eq!(
                 (reply.code, reply.status().as_str()),
@@ -124,9 +103,9 @@ fn every_mechanism_refuses_a_wrong_password_and_an_unknown_user() {
 
 #[test]
 fn every_mechanism_can_be_cancelled_with_a_star() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     for mechanism in MECHANISMS {
-        let mut c = greeted(&server);
+        let mut c = server.greeted();
         begin(&mut c, mechanism);
         let reply = c.cmd("*");
         assert_eq!(
@@ -144,8 +123,8 @@ fn every_mechanism_can_be_cancelled_with_a_star() {
 
 #[test]
 fn login_cancelled_at_the_password_prompt() {
-    let server = start(&[]);
-    let mut c = greeted(&server);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted();
     c.expect("AUTH LOGIN", 334);
     c.expect(&b64("alice"), 334);
     assert_reply(&c.cmd("*"), 501, "5.5.2");
@@ -154,11 +133,11 @@ fn login_cancelled_at_the_password_prompt() {
 
 #[test]
 fn every_mechanism_refuses_a_response_that_is_not_base64() {
-    let server = start(&[]);
-    let mut c = greeted(&server);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted();
     assert_reply(&c.cmd("AUTH PLAIN %%%not-base64%%%"), 501, "5.5.2");
     for mechanism in MECHANISMS {
-        let mut c = greeted(&server);
+        let mut c = server.greeted();
         begin(&mut c, mechanism);
         let reply = c.cmd("!!!!");
         assert_eq!(
@@ -170,7 +149,7 @@ fn every_mechanism_refuses_a_response_that_is_not_base64() {
         c.expect("QUIT", 221);
     }
     // PLAIN that is base64 but not "authzid NUL user NUL password".
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     assert_reply(
         &c.cmd(&format!("AUTH PLAIN {}", b64("alice password"))),
         501,
@@ -186,9 +165,9 @@ fn every_mechanism_refuses_a_response_that_is_not_base64() {
 
 #[test]
 fn a_second_auth_after_success_is_503() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     for mechanism in MECHANISMS {
-        let mut c = greeted(&server);
+        let mut c = server.greeted();
         assert_eq!(authenticate(&mut c, mechanism, "alice", PASSWORD).code, 235);
         for again in MECHANISMS {
             let line = match again {
@@ -205,8 +184,8 @@ fn a_second_auth_after_success_is_503() {
 
 #[test]
 fn an_unknown_mechanism_is_504() {
-    let server = start(&[]);
-    let mut c = greeted(&server);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted();
     assert_reply(&c.cmd("AUTH GSSAPI"), 504, "5.5.4");
     assert_reply(&c.cmd("AUTH XOAUTH2 dGVzdA=="), 504, "5.5.4");
     c.expect("NOOP", 250);
@@ -214,7 +193,7 @@ fn an_unknown_mechanism_is_504() {
 
 #[test]
 fn auth_before_ehlo_is_503() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     assert_eq!(
         c.cmd(&format!("AUTH PLAIN {}", b64("\0alice\0password")))
@@ -230,8 +209,8 @@ fn auth_before_ehlo_is_503() {
 
 #[test]
 fn auth_inside_a_transaction_is_503() {
-    let server = start(&[]);
-    let mut c = greeted(&server);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted();
     c.expect("MAIL FROM:<a@client.example>", 250);
     assert_eq!(
         c.cmd(&format!("AUTH PLAIN {}", b64("\0alice\0password")))
@@ -249,9 +228,9 @@ fn auth_inside_a_transaction_is_503() {
 
 #[test]
 fn three_failures_end_the_session_with_421() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     for mechanism in MECHANISMS {
-        let mut c = greeted(&server);
+        let mut c = server.greeted();
         for _ in 0..2 {
             assert_eq!(authenticate(&mut c, mechanism, "alice", "guess").code, 535);
         }
@@ -266,7 +245,7 @@ fn three_failures_end_the_session_with_421() {
         assert!(c.is_closed(), "{mechanism:?}: the connection is closed");
     }
     // Failures are counted per connection: a new one may log in.
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     assert_eq!(
         authenticate(&mut c, Mechanism::CramMd5, "alice", PASSWORD).code,
         235
@@ -275,7 +254,7 @@ fn three_failures_end_the_session_with_421() {
 
 #[test]
 fn auth_is_offered_to_a_loopback_client_in_the_clear() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     let ehlo = c.expect("EHLO client.example", 250);
     assert!(
@@ -289,8 +268,8 @@ fn auth_is_offered_to_a_loopback_client_in_the_clear() {
 
 #[test]
 fn authenticated_and_plain_sessions_are_named_in_the_received_header() {
-    let server = start(&[]);
-    let mut c = greeted(&server);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted();
     assert_eq!(
         authenticate(&mut c, Mechanism::Plain, "alice", PASSWORD).code,
         235
@@ -319,7 +298,7 @@ fn submission(server: &TestServer) -> Client {
 
 #[test]
 fn submission_refuses_mail_before_auth_and_accepts_after() {
-    let server = start(&["--submission", "127.0.0.1:0"]);
+    let server = start_teach_test(&["--submission", "127.0.0.1:0"]);
     let mut c = submission(&server);
     assert_reply(&c.cmd("MAIL FROM:<alice@teach.test>"), 530, "5.7.0");
     assert_eq!(c.cmd("RCPT TO:<bob@teach.test>").code, 503);
@@ -347,7 +326,7 @@ fn submission_refuses_mail_before_auth_and_accepts_after() {
 
 #[test]
 fn submission_refuses_a_null_sender_and_a_claimed_auth_param_without_auth() {
-    let server = start(&["--submission", "127.0.0.1:0"]);
+    let server = start_teach_test(&["--submission", "127.0.0.1:0"]);
     let mut c = submission(&server);
     assert_reply(&c.cmd("MAIL FROM:<>"), 530, "5.7.0");
     assert_reply(
@@ -364,9 +343,9 @@ fn submission_refuses_a_null_sender_and_a_claimed_auth_param_without_auth() {
 
 #[test]
 fn an_authenticated_client_may_relay() {
-    let server = start(&["--submission", "127.0.0.1:0"]);
+    let server = start_teach_test(&["--submission", "127.0.0.1:0"]);
     let mut answers = Vec::new();
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     assert_eq!(
         authenticate(&mut c, Mechanism::Plain, "alice", PASSWORD).code,
         235
@@ -420,7 +399,7 @@ enum Posing {
 type Commands = Box<dyn FnMut(&str) -> Reply>;
 
 fn pose(server: &TestServer, posing: Posing) -> (Commands, &'static str) {
-    let mut c = greeted(server);
+    let mut c = server.greeted();
     let mail = match posing {
         Posing::FailedAuth => {
             assert_eq!(
@@ -459,7 +438,7 @@ fn pose(server: &TestServer, posing: Posing) -> (Commands, &'static str) {
 
 #[test]
 fn relay_tricks_after_posing_as_authenticated_are_refused() {
-    let server = start(&["--tls-self-signed"]);
+    let server = start_teach_test(&["--tls-self-signed"]);
     let before = (server.mbox("alice"), server.mbox("bob"));
     let mut wrong = Vec::new();
     for posing in [
@@ -513,13 +492,13 @@ fn relay_tricks_after_posing_as_authenticated_are_refused() {
 /// percent hack, a quoted `@` and a bang path at a local domain still find no local user.
 #[test]
 fn relay_tricks_at_a_local_domain_are_refused_even_after_auth() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     for (case, rcpt) in [
         ("3.08", "RCPT TO:<victim%relay.example@teach.test>"),
         ("3.11", "RCPT TO:<\"victim@relay.example\"@teach.test>"),
         ("3.15", "RCPT TO:<relay.example!victim@teach.test>"),
     ] {
-        let mut c = greeted(&server);
+        let mut c = server.greeted();
         assert_eq!(
             authenticate(&mut c, Mechanism::Plain, "alice", PASSWORD).code,
             235

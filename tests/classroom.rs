@@ -4,26 +4,16 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{wait_until, Client, TempDir, READ_TIMEOUT};
+use common::{on_path, wait_until, Client, Killed, TempDir, READ_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// True when `tool` is an executable on PATH; otherwise prints the SKIP line.
-fn on_path(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
-    if !found {
-        println!("SKIP: {tool} not installed");
-    }
-    found
-}
 
 /// Collects what a child process prints, line by line, on a thread of its own.
 #[derive(Clone, Default)]
@@ -55,22 +45,6 @@ impl Output {
     }
 }
 
-/// A child process that is killed when the test ends, also when it fails.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A free loopback port: bind port 0, note the port, close the socket.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 /// The real `smtplab` binary with `--trace`, its stdout collected.
 struct Binary {
     _child: Killed,
@@ -82,8 +56,7 @@ struct Binary {
 impl Binary {
     fn start(options: &[&str]) -> Binary {
         let mail = TempDir::new("classroom-bin");
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = common::free_addr().to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
             .args(["--listen", &listen, "--hostname", "smtplab.test"])
             .arg("--mail-dir")

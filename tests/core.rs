@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Client, Reply, TestServer};
+use common::{assert_reply, Client, TestServer};
 
 /// True when a reply line starts with an RFC 3463 enhanced status code such as `2.0.0`.
 fn has_enhanced_code(line: &str) -> bool {
@@ -15,25 +15,9 @@ fn has_enhanced_code(line: &str) -> bool {
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
-fn assert_reply(reply: &Reply, code: u16, status: &str) {
-    assert_eq!(
-        (reply.code, reply.status().as_str()),
-        (code, status),
-        "{reply:?}"
-    );
-}
-
-/// A client that has said EHLO.
-fn greeted(server: &TestServer) -> Client {
-    let mut c = server.connect();
-    assert_eq!(c.greeting.code, 220);
-    c.expect("EHLO client.example", 250);
-    c
-}
-
 /// A client with an open transaction: EHLO, MAIL, RCPT alice.
 fn in_transaction(server: &TestServer) -> Client {
-    let mut c = greeted(server);
+    let mut c = server.greeted();
     c.expect("MAIL FROM:<mary@client.example>", 250);
     c.expect("RCPT TO:<alice@localhost>", 250);
     c
@@ -116,7 +100,7 @@ fn helo_mail_rcpt_data_rset_noop_quit() {
 #[test]
 fn vrfy_user_and_unknown() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     let alice = c.expect("VRFY alice", 250);
     assert!(alice.text().contains("alice"), "{alice:?}");
     assert_reply(&c.cmd("VRFY nosuchuser"), 550, "5.1.1");
@@ -125,7 +109,7 @@ fn vrfy_user_and_unknown() {
 #[test]
 fn expn_list_and_unknown() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     let list = c.expect("EXPN students", 250);
     assert!(list.lines.len() >= 2, "multi-line: {list:?}");
     assert!(list.lines.iter().any(|l| l.contains("alice")), "{list:?}");
@@ -136,7 +120,7 @@ fn expn_list_and_unknown() {
 #[test]
 fn help_and_help_mail() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     let help = c.expect("HELP", 214);
     assert!(help.text().contains("MAIL"), "{help:?}");
     let mail = c.expect("HELP MAIL", 214);
@@ -147,7 +131,7 @@ fn help_and_help_mail() {
 #[test]
 fn obsolete_verbs_get_502_mentioning_obsolete() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     for verb in [
         "SEND FROM:<a@b.example>",
         "SOML FROM:<a@b.example>",
@@ -166,7 +150,7 @@ fn obsolete_verbs_get_502_mentioning_obsolete() {
 #[test]
 fn unknown_verb_is_500_5_5_2() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     assert_reply(&c.cmd("FROB nicate"), 500, "5.5.2");
     c.expect("NOOP", 250);
 }
@@ -206,7 +190,7 @@ fn out_of_order_commands_get_503_5_5_1() {
 #[test]
 fn data_after_every_rcpt_refused_is_554() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     c.expect("MAIL FROM:<mary@client.example>", 250);
     assert_reply(&c.cmd("RCPT TO:<nobody@localhost>"), 550, "5.1.1");
     assert_eq!(c.cmd("DATA").code, 554);
@@ -215,7 +199,7 @@ fn data_after_every_rcpt_refused_is_554() {
 #[test]
 fn unknown_mail_and_rcpt_parameters_get_555() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     assert_reply(
         &c.cmd("MAIL FROM:<mary@client.example> FROB=1"),
         555,
@@ -229,7 +213,7 @@ fn unknown_mail_and_rcpt_parameters_get_555() {
 #[test]
 fn mail_with_size_over_the_limit_is_552_and_state_unchanged() {
     let server = common::start(&["--max-size", "1000"]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     assert_reply(&c.cmd("MAIL FROM:<a@b.example> SIZE=1001"), 552, "5.3.4");
     c.expect("MAIL FROM:<a@b.example> SIZE=1000", 250);
     c.expect("RCPT TO:<alice@localhost>", 250);
@@ -257,7 +241,7 @@ fn commands_are_case_insensitive() {
 #[test]
 fn command_line_of_512_octets_is_accepted_513_is_too_long() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     let exact = format!("NOOP {}\r\n", "x".repeat(505));
     assert_eq!(exact.len(), 512);
     c.send(exact.as_bytes());
@@ -295,7 +279,7 @@ fn idle_timeout_in_the_middle_of_data_stores_nothing() {
 #[test]
 fn twenty_errors_end_the_session_with_421() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     // The 421 comes right behind the 20th 500, so the 21st to 25th commands are never sent:
     // writing them to a closed socket would make the kernel reset the connection.
     for i in 1..=20 {
@@ -310,7 +294,7 @@ fn twenty_errors_end_the_session_with_421() {
 #[test]
 fn max_errors_option_sets_the_limit() {
     let server = common::start(&["--max-errors", "3"]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     assert_eq!(c.cmd("BOGUS1").code, 500);
     assert_eq!(c.cmd("BOGUS2").code, 500);
     assert_eq!(c.cmd("BOGUS3").code, 500);
@@ -344,7 +328,7 @@ fn ehlo_and_helo_start_a_fresh_transaction_and_rset_clears() {
 #[test]
 fn pipelined_group_gets_its_replies_in_order() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     c.send(
         b"MAIL FROM:<mary@client.example>\r\nRCPT TO:<alice@localhost>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n",
     );
@@ -530,7 +514,7 @@ fn oversized_message_gets_552_after_the_dot_and_nothing_is_stored() {
 #[test]
 fn a_mebibyte_without_newline_is_500_and_the_session_stays_usable() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     let garbage = vec![b'g'; 1024 * 1024];
     c.send(&garbage);
     c.send(b"\r\n");
@@ -541,7 +525,7 @@ fn a_mebibyte_without_newline_is_500_and_the_session_stays_usable() {
 #[test]
 fn nul_and_eight_bit_bytes_in_commands_get_500() {
     let server = common::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.greeted();
     c.send(b"NO\0OP\r\n");
     assert_eq!(c.reply().code, 500, "NUL inside a verb");
     c.send(b"NO\xe9OP\r\n");

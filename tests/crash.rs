@@ -4,35 +4,21 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::{wait_until, TempDir, READ_TIMEOUT};
+use common::{free_addr, wait_until, Killed, TempDir, READ_TIMEOUT};
 
 const ROUNDS: u64 = 100;
 const CLIENTS: usize = 3;
 
 /// A started server process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
-fn start(addr: SocketAddr, mail_dir: &Path) -> Server {
+fn start(addr: SocketAddr, mail_dir: &Path) -> Killed {
     let child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
         .args([
             "--listen",
@@ -46,7 +32,7 @@ fn start(addr: SocketAddr, mail_dir: &Path) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("start smtplab");
-    let mut server = Server(child);
+    let mut server = Killed(child);
     wait_until("the server to listen", || {
         if let Ok(Some(status)) = server.0.try_wait() {
             panic!("smtplab exited with {status}");

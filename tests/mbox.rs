@@ -1,6 +1,8 @@
 //! Cross-check: an mbox written by `smtplab::mbox` is read by another implementation,
 //! Python's `mailbox.mbox`. Skipped (with a message) where `python3` is not installed.
 
+mod common;
+
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,17 +20,9 @@ for message in messages:
     print(message.get_payload(), end="")
 "#;
 
-fn python3_available() -> bool {
-    Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success())
-}
-
 #[test]
 fn python_mailbox_reads_what_we_write() {
-    if !python3_available() {
-        println!("skipped: python3 is not installed");
+    if !common::have_tool("python3") {
         return;
     }
     let dir: PathBuf =

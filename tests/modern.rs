@@ -4,22 +4,9 @@
 
 mod common;
 
-use common::{Client, Reply, TestServer};
+use common::{assert_reply, Client, Reply, TestServer};
 use smtplab::auth::base64_encode;
-use smtplab::mbox::{parse_mboxrd, StoredMessage};
 use smtplab::session::Role;
-
-fn assert_reply(reply: &Reply, code: u16, status: &str) {
-    assert_eq!(
-        (reply.code, reply.status().as_str()),
-        (code, status),
-        "{reply:?}"
-    );
-}
-
-fn messages(server: &TestServer, user: &str) -> Vec<StoredMessage> {
-    parse_mboxrd(&server.mbox(user))
-}
 
 // ---------------------------------------------------------------------------------------------
 // SMTPUTF8
@@ -45,8 +32,7 @@ fn utf8_server() -> (TestServer, common::TempDir) {
 #[test]
 fn a_utf8_message_reaches_a_utf8_users_mbox() {
     let (server, _users) = utf8_server();
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
+    let mut c = server.greeted();
     c.expect("MAIL FROM:<测试@测试.测试> SMTPUTF8", 250);
     c.expect(&format!("RCPT TO:<{UTF8_USER}@{UTF8_DOMAIN}>"), 250);
     c.expect("DATA", 354);
@@ -56,7 +42,7 @@ fn a_utf8_message_reaches_a_utf8_users_mbox() {
 
     let path = server.mail_dir().join(UTF8_USER);
     assert!(path.exists(), "{} exists", path.display());
-    let stored = messages(&server, UTF8_USER);
+    let stored = server.messages(UTF8_USER);
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].sender, "测试@测试.测试");
     let text = String::from_utf8(stored[0].content.clone()).expect("UTF-8 kept intact");
@@ -72,8 +58,7 @@ fn a_utf8_message_reaches_a_utf8_users_mbox() {
 #[test]
 fn a_utf8_recipient_without_smtputf8_is_553() {
     let (server, _users) = utf8_server();
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
+    let mut c = server.greeted();
     c.expect("MAIL FROM:<ascii@client.example>", 250);
     assert_reply(
         &c.cmd(&format!("RCPT TO:<{UTF8_USER}@{UTF8_DOMAIN}>")),
@@ -88,8 +73,7 @@ fn a_utf8_recipient_without_smtputf8_is_553() {
 #[test]
 fn a_utf8_sender_without_smtputf8_is_553() {
     let (server, _users) = utf8_server();
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
+    let mut c = server.greeted();
     assert_reply(&c.cmd("MAIL FROM:<测试@测试.测试>"), 553, "5.6.7");
     // No transaction was opened.
     assert_eq!(c.cmd(&format!("RCPT TO:<{UTF8_USER}@localhost>")).code, 503);
@@ -153,7 +137,7 @@ fn three_bdat_chunks_store_the_same_message_as_data() {
     assert_eq!(c.reply().code, 250);
     c.expect("QUIT", 221);
 
-    let stored = messages(&server, "alice");
+    let stored = server.messages("alice");
     assert_eq!(stored.len(), 2);
     let chunked = common::without_trace_headers(&stored[0].content);
     let data = common::without_trace_headers(&stored[1].content);
@@ -181,7 +165,7 @@ fn pipelined_bdat_chunks_in_one_write() {
     assert_eq!(c.reply().code, 250);
     assert_eq!(c.reply().code, 250);
     assert_eq!(c.reply().code, 250, "NOOP after the chunks");
-    assert_eq!(messages(&server, "alice").len(), 1);
+    assert_eq!(server.messages("alice").len(), 1);
 }
 
 #[test]
@@ -194,7 +178,7 @@ fn data_after_bdat_is_503() {
     // The chunked transaction goes on.
     assert_eq!(bdat(&mut c, b"\r\nbody\r\n", true).code, 250);
     c.expect("QUIT", 221);
-    let stored = messages(&server, "alice");
+    let stored = server.messages("alice");
     assert_eq!(stored.len(), 1);
     assert!(common::without_trace_headers(&stored[0].content).ends_with(b"Subject: x\n\nbody\n"));
 }
@@ -202,8 +186,7 @@ fn data_after_bdat_is_503() {
 #[test]
 fn bdat_before_rcpt_is_503_after_its_chunk() {
     let server = common::start(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
+    let mut c = server.greeted();
     // Before MAIL, then before RCPT: the chunk is read and dropped, then 503.
     assert_eq!(bdat(&mut c, b"NOOP\r\nRSET\r\n", false).code, 503);
     c.expect("MAIL FROM:<a@client.example>", 250);
@@ -213,7 +196,7 @@ fn bdat_before_rcpt_is_503_after_its_chunk() {
     assert_eq!(noop.code, 250, "{noop:?}");
     c.expect("RCPT TO:<alice@localhost>", 250);
     assert_eq!(bdat(&mut c, b"Subject: y\r\n\r\nok\r\n", true).code, 250);
-    assert_eq!(messages(&server, "alice").len(), 1);
+    assert_eq!(server.messages("alice").len(), 1);
 }
 
 #[test]
@@ -226,7 +209,7 @@ fn binarymime_needs_bdat() {
     let body = b"Subject: binary\r\n\r\n\xff\xfe\x80 raw\r\n";
     assert_eq!(bdat(&mut c, body, true).code, 250);
     c.expect("QUIT", 221);
-    assert_eq!(messages(&server, "alice").len(), 1);
+    assert_eq!(server.messages("alice").len(), 1);
 }
 
 #[test]
@@ -247,7 +230,7 @@ fn bdat_over_max_size_is_552_at_last() {
 // The WITH clause of Received (RFC 3848 §3)
 
 fn received_with(server: &TestServer, user: &str) -> String {
-    let stored = messages(server, user);
+    let stored = server.messages(user);
     let text = String::from_utf8_lossy(&stored.last().expect("a message").content).into_owned();
     let with = text
         .split(" with ")
@@ -260,14 +243,9 @@ fn received_with(server: &TestServer, user: &str) -> String {
 
 #[test]
 fn received_says_esmtps_after_starttls() {
-    let server = common::start(&["--tls-self-signed"]);
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
-    let mut t = c.starttls();
-    t.expect("EHLO client.example", 250);
-    t.expect("MAIL FROM:<a@client.example>", 250);
-    t.expect("RCPT TO:<alice@localhost>", 250);
-    t.expect("DATA", 354);
+    let server = common::start_tls(&[]);
+    let mut t = server.tls_client();
+    t.open_data("a@client.example", &["alice@localhost"]);
     t.send(b"Subject: tls\r\n\r\nhi\r\n.\r\n");
     assert_eq!(t.reply().code, 250);
     t.expect("QUIT", 221);

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 
-use common::{wait_until, TestServer, READ_TIMEOUT};
+use common::{wait_until, TestServer};
 
 fn start() -> TestServer {
     common::start(&["--pop3", "127.0.0.1:0"])
@@ -47,15 +47,8 @@ struct Pop3 {
 
 impl Pop3 {
     fn connect(addr: SocketAddr) -> Pop3 {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(READ_TIMEOUT))
-            .expect("timeout");
-        stream
-            .set_write_timeout(Some(READ_TIMEOUT))
-            .expect("timeout");
         let mut client = Pop3 {
-            reader: BufReader::new(stream),
+            reader: BufReader::new(common::connect_with_timeouts(addr)),
         };
         let greeting = client.line();
         assert!(greeting.starts_with("+OK "), "{greeting}");
@@ -322,14 +315,6 @@ fn unique_ids_are_stable_across_sessions() {
     assert!(listings[0].iter().all(|(_, uid)| uid.len() == 16));
 }
 
-fn have(tool: &str) -> bool {
-    let found = Command::new(tool).arg("--version").output().is_ok();
-    if !found {
-        println!("SKIP: {tool} not installed");
-    }
-    found
-}
-
 const POPLIB: &str = r#"
 import poplib, sys
 m = poplib.POP3("127.0.0.1", int(sys.argv[1]), timeout=10)
@@ -347,7 +332,7 @@ m.quit()
 
 #[test]
 fn python_poplib_fetches_lists_and_deletes() {
-    if !have("python3") {
+    if !common::have_tool("python3") {
         return;
     }
     let server = start();
@@ -378,7 +363,7 @@ fn python_poplib_fetches_lists_and_deletes() {
 
 #[test]
 fn curl_fetches_message_one() {
-    if !have("curl") {
+    if !common::have_tool("curl") {
         return;
     }
     let server = start();

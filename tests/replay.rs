@@ -118,18 +118,22 @@ fn replay_of_the_seed_session_matches() {
     assert!(report.render(false).starts_with("ok: 7 replies matched"));
 }
 
-#[test]
-fn replay_main_exits_0_on_a_match() {
+/// `replay_main` on a fixture against a fresh fake server (usual wording, no color).
+fn replay_main_against_fake(name: &str) -> i32 {
     let server = fake_server(Wording::Usual).to_string();
-    let file = fixture("seed-session.txt");
-    let status = replay_main(&args(&[
+    let file = fixture(name);
+    replay_main(&args(&[
         file.to_str().unwrap(),
         "--server",
         &server,
         "--color",
         "never",
-    ]));
-    assert_eq!(status, 0);
+    ]))
+}
+
+#[test]
+fn replay_main_exits_0_on_a_match() {
+    assert_eq!(replay_main_against_fake("seed-session.txt"), 0);
 }
 
 #[test]
@@ -151,16 +155,7 @@ fn the_wrong_transcript_fails_and_names_its_line() {
 
 #[test]
 fn replay_main_exits_1_on_the_wrong_transcript() {
-    let server = fake_server(Wording::Usual).to_string();
-    let file = fixture("wrong.txt");
-    let status = replay_main(&args(&[
-        file.to_str().unwrap(),
-        "--server",
-        &server,
-        "--color",
-        "never",
-    ]));
-    assert_eq!(status, 1);
+    assert_eq!(replay_main_against_fake("wrong.txt"), 1);
 }
 
 #[test]

@@ -4,26 +4,7 @@
 
 mod common;
 
-use common::{Reply, TestServer};
-
-/// A server whose local domains are `teach.test` (the catalogue's) and `localhost`.
-fn start(extra: &[&str]) -> TestServer {
-    let mut options = vec!["--domain", "teach.test", "--domain", "localhost"];
-    options.extend_from_slice(extra);
-    common::start(&options)
-}
-
-fn assert_reply(reply: &Reply, code: u16, status: &str) {
-    assert_eq!(
-        (reply.code, reply.status().as_str()),
-        (code, status),
-        "{reply:?}"
-    );
-}
-
-fn messages(server: &TestServer, user: &str) -> Vec<smtplab::mbox::StoredMessage> {
-    smtplab::mbox::parse_mboxrd(&server.mbox(user))
-}
+use common::{assert_reply, start_teach_test, Reply, TestServer};
 
 // ---------------------------------------------------------------------------------------------
 // 1. SMTP smuggling
@@ -57,22 +38,21 @@ fn smuggle(server: &TestServer, sequence: &[u8]) -> Reply {
 
 #[test]
 fn case_1_01_standard_end_of_data() {
-    let server = start(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted_as("c");
     c.expect("MAIL FROM:<a@relay.example>", 250);
     c.expect("RCPT TO:<alice@teach.test>", 250);
     c.expect("DATA", 354);
     c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n");
     assert_reply(&c.reply(), 250, "2.0.0");
-    let stored = messages(&server, "alice");
+    let stored = server.messages("alice");
     assert_eq!(stored.len(), 1);
     assert!(stored[0].content.ends_with(b"Subject: x\n\nhello\n"));
 }
 
 #[test]
 fn case_1_02_lf_dot_crlf_smuggling() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let reply = smuggle(&server, b"\n.\r\n");
     assert_reply(&reply, 550, "5.5.2");
     assert!(reply.text().to_lowercase().contains("bare"), "{reply:?}");
@@ -95,7 +75,7 @@ fn case_1_03_to_1_10_every_smuggling_variant() {
         ("1.10 V9", b"\r\n\0.\r\n"),
         ("1.02 V2", b"\n.\r\n"),
     ];
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     for (case, sequence) in variants {
         let reply = smuggle(&server, sequence);
         assert!(
@@ -115,7 +95,7 @@ fn case_1_03_to_1_10_every_smuggling_variant() {
 
 #[test]
 fn case_1_10_nul_before_the_dot_is_554() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     c.open_data("a@relay.example", &["alice@teach.test"]);
     let mut stream = b"a\r\n\0.\r\n".to_vec();
@@ -130,7 +110,7 @@ fn case_1_10_nul_before_the_dot_is_554() {
 /// of data nor a bare line end; what matters is one reply, one message, the bytes kept.
 #[test]
 fn case_1_11_telnet_iac_after_the_dot_is_not_end_of_data() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     c.open_data("a@relay.example", &["alice@teach.test"]);
     let mut stream = b"a\r\n.\xFF\xF1\r\n".to_vec();
@@ -139,7 +119,7 @@ fn case_1_11_telnet_iac_after_the_dot_is_not_end_of_data() {
     let reply = c.reply();
     let rset = c.cmd("RSET");
     assert!(rset.text().contains("Reset"), "one reply only: {rset:?}");
-    let stored = messages(&server, "alice");
+    let stored = server.messages("alice");
     match reply.code {
         250 => {
             assert_eq!(stored.len(), 1, "never a second message");
@@ -158,7 +138,7 @@ fn case_1_11_telnet_iac_after_the_dot_is_not_end_of_data() {
 
 #[test]
 fn case_1_13_netcat_pure_lf_session_finishes_a_message() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     for (line, code) in [
         ("HELO nc\n", 250),
@@ -174,7 +154,7 @@ fn case_1_13_netcat_pure_lf_session_finishes_a_message() {
     }
     c.send(b".\n");
     assert_reply(&c.reply(), 250, "2.0.0");
-    let stored = messages(&server, "alice");
+    let stored = server.messages("alice");
     assert_eq!(stored.len(), 1);
     assert!(stored[0].content.ends_with(b"Subject: hi\n\nhello\n"));
     assert!(!server.mbox_text("alice").contains('\r'));
@@ -182,7 +162,7 @@ fn case_1_13_netcat_pure_lf_session_finishes_a_message() {
 
 #[test]
 fn case_1_14_a_pure_lf_session_becomes_strict_after_its_first_cr() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     for (line, code) in [
         ("HELO nc\n", 250),
@@ -204,9 +184,8 @@ fn case_1_14_a_pure_lf_session_becomes_strict_after_its_first_cr() {
 
 #[test]
 fn case_1_15_bare_lf_inside_a_command_stream_of_a_crlf_session() {
-    let server = start(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted_as("c");
     c.send(b"MAIL FROM:<a@relay.example>\nRCPT TO:<alice@teach.test>\r\n");
     assert_eq!(c.reply().code, 250, "MAIL");
     assert_eq!(c.reply().code, 250, "RCPT");
@@ -245,8 +224,7 @@ const SYNTAX: Want = Want::CodeOnly(501);
 /// After a refused-only case, DATA must not start a message (554 or 503, never 354).
 fn relay_case(server: &TestServer, case: &str, mail: Option<(&str, Want)>, rcpts: &[(&str, Want)]) {
     let before = (server.mbox("alice"), server.mbox("bob"));
-    let mut c = server.connect();
-    c.expect("EHLO probe.example", 250);
+    let mut c = server.greeted_as("probe.example");
     let (mail_line, mail_want) = mail.unwrap_or(("MAIL FROM:<spamtest@relay.example>", Want::Ok));
     let reply = c.cmd(mail_line);
     check(case, mail_line, &reply, mail_want);
@@ -275,169 +253,62 @@ fn relay_case(server: &TestServer, case: &str, mail: Option<(&str, Want)>, rcpts
     }
 }
 
+/// One open-relay case: its id, the MAIL line and its answer (None: the default sender, 250),
+/// then each RCPT line and its answer.
+type RelayCase = (
+    &'static str,
+    Option<(&'static str, Want)>,
+    &'static [(&'static str, Want)],
+);
+
+/// Catalogue cases 3.01–3.25 (3.24 has its own test: its lines hold NUL and control bytes).
+#[rustfmt::skip]
+const RELAY_CASES: &[RelayCase] = &[
+    ("3.01", None, &[("RCPT TO:<victim@relay.example>", DENIED)]),
+    ("3.02", Some(("MAIL FROM:<alice@teach.test>", Want::Ok)), &[("RCPT TO:<victim@relay.example>", DENIED)]),
+    ("3.03", Some(("MAIL FROM:<>", Want::Ok)), &[("RCPT TO:<victim@relay.example>", DENIED)]),
+    ("3.04", Some(("MAIL FROM:<spamtest>", SYNTAX)), &[("RCPT TO:<victim@relay.example>", DENIED)]),
+    ("3.05", Some(("MAIL FROM:<spamtest@[127.0.0.1]>", Want::Ok)), &[("RCPT TO:<victim@relay.example>", DENIED)]),
+    ("3.06", None, &[("RCPT TO:<\"victim@relay.example\">", SYNTAX)]),
+    ("3.07", None, &[("RCPT TO:victim@relay.example", SYNTAX)]),
+    ("3.08", None, &[("RCPT TO:<victim%relay.example@teach.test>", NO_USER)]),
+    ("3.09", None, &[("RCPT TO:<victim%relay.example>", SYNTAX),
+                     ("RCPT TO:<\"victim%relay.example\">", SYNTAX)]),
+    ("3.10", None, &[("RCPT TO:<victim@relay.example@teach.test>", SYNTAX)]),
+    ("3.11", None, &[("RCPT TO:<\"victim@relay.example\"@teach.test>", NO_USER)]),
+    ("3.12", None, &[("RCPT TO:<@teach.test:victim@relay.example>", DENIED)]),
+    ("3.13", None, &[("RCPT TO:<@relay.example:alice@teach.test>", Want::Ok)]),
+    ("3.14", None, &[("RCPT TO:<relay.example!victim>", SYNTAX)]),
+    ("3.15", None, &[("RCPT TO:<relay.example!victim@teach.test>", NO_USER)]),
+    ("3.16", Some(("MAIL FROM:<relay.example!nobody>", SYNTAX)), &[("RCPT TO:<victim@relay.example>", DENIED)]),
+    ("3.17", None, &[("RCPT TO:<victim@[192.0.2.1]>", DENIED)]),
+    ("3.18", None, &[("RCPT TO:<alice@[127.0.0.1]>", Want::Ok)]),
+    ("3.19", None, &[("RCPT TO:<victim@192.0.2.1>", SYNTAX)]),
+    ("3.20", None, &[("RCPT TO:<alice@TEACH.TEST>", Want::Ok),
+                     ("RCPT TO:<Alice@teach.test>", Want::Ok)]),
+    ("3.21", None, &[("RCPT TO:<postmaster>", Want::Ok),
+                     ("RCPT TO:<POSTMASTER@teach.test>", Want::Ok)]),
+    ("3.22", None, &[("RCPT TO:<alice>", SYNTAX)]),
+    ("3.23", None, &[("RCPT TO:<victim@relay.example.>", SYNTAX)]),
+    ("3.25", None, &[("RCPT TO:<../../x@teach.test>", SYNTAX),
+                     ("RCPT TO:<a/b@teach.test>", NO_USER),
+                     ("RCPT TO:<\"..\"@teach.test>", NO_USER),
+                     ("RCPT TO:<\"../../x\"@teach.test>", NO_USER)]),
+];
+
 #[test]
 fn case_3_01_to_3_25_no_open_relay() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let files_before = common::files_under(server.dir.path());
     let temp_x_before = std::env::temp_dir().join("x").exists();
 
-    relay_case(
-        &server,
-        "3.01",
-        None,
-        &[("RCPT TO:<victim@relay.example>", DENIED)],
-    );
-    relay_case(
-        &server,
-        "3.02",
-        Some(("MAIL FROM:<alice@teach.test>", Want::Ok)),
-        &[("RCPT TO:<victim@relay.example>", DENIED)],
-    );
-    relay_case(
-        &server,
-        "3.03",
-        Some(("MAIL FROM:<>", Want::Ok)),
-        &[("RCPT TO:<victim@relay.example>", DENIED)],
-    );
-    relay_case(
-        &server,
-        "3.04",
-        Some(("MAIL FROM:<spamtest>", SYNTAX)),
-        &[("RCPT TO:<victim@relay.example>", DENIED)],
-    );
-    relay_case(
-        &server,
-        "3.05",
-        Some(("MAIL FROM:<spamtest@[127.0.0.1]>", Want::Ok)),
-        &[("RCPT TO:<victim@relay.example>", DENIED)],
-    );
-    relay_case(
-        &server,
-        "3.06",
-        None,
-        &[("RCPT TO:<\"victim@relay.example\">", SYNTAX)],
-    );
-    relay_case(
-        &server,
-        "3.07",
-        None,
-        &[("RCPT TO:victim@relay.example", SYNTAX)],
-    );
-    relay_case(
-        &server,
-        "3.08",
-        None,
-        &[("RCPT TO:<victim%relay.example@teach.test>", NO_USER)],
-    );
-    relay_case(
-        &server,
-        "3.09",
-        None,
-        &[
-            ("RCPT TO:<victim%relay.example>", SYNTAX),
-            ("RCPT TO:<\"victim%relay.example\">", SYNTAX),
-        ],
-    );
-    relay_case(
-        &server,
-        "3.10",
-        None,
-        &[("RCPT TO:<victim@relay.example@teach.test>", SYNTAX)],
-    );
-    relay_case(
-        &server,
-        "3.11",
-        None,
-        &[("RCPT TO:<\"victim@relay.example\"@teach.test>", NO_USER)],
-    );
-    relay_case(
-        &server,
-        "3.12",
-        None,
-        &[("RCPT TO:<@teach.test:victim@relay.example>", DENIED)],
-    );
-    relay_case(
-        &server,
-        "3.13",
-        None,
-        &[("RCPT TO:<@relay.example:alice@teach.test>", Want::Ok)],
-    );
-    relay_case(
-        &server,
-        "3.14",
-        None,
-        &[("RCPT TO:<relay.example!victim>", SYNTAX)],
-    );
-    relay_case(
-        &server,
-        "3.15",
-        None,
-        &[("RCPT TO:<relay.example!victim@teach.test>", NO_USER)],
-    );
-    relay_case(
-        &server,
-        "3.16",
-        Some(("MAIL FROM:<relay.example!nobody>", SYNTAX)),
-        &[("RCPT TO:<victim@relay.example>", DENIED)],
-    );
-    relay_case(
-        &server,
-        "3.17",
-        None,
-        &[("RCPT TO:<victim@[192.0.2.1]>", DENIED)],
-    );
-    relay_case(
-        &server,
-        "3.18",
-        None,
-        &[("RCPT TO:<alice@[127.0.0.1]>", Want::Ok)],
-    );
-    relay_case(
-        &server,
-        "3.19",
-        None,
-        &[("RCPT TO:<victim@192.0.2.1>", SYNTAX)],
-    );
-    relay_case(
-        &server,
-        "3.20",
-        None,
-        &[
-            ("RCPT TO:<alice@TEACH.TEST>", Want::Ok),
-            ("RCPT TO:<Alice@teach.test>", Want::Ok),
-        ],
-    );
-    relay_case(
-        &server,
-        "3.21",
-        None,
-        &[
-            ("RCPT TO:<postmaster>", Want::Ok),
-            ("RCPT TO:<POSTMASTER@teach.test>", Want::Ok),
-        ],
-    );
-    relay_case(&server, "3.22", None, &[("RCPT TO:<alice>", SYNTAX)]);
-    relay_case(
-        &server,
-        "3.23",
-        None,
-        &[("RCPT TO:<victim@relay.example.>", SYNTAX)],
-    );
-    relay_case(
-        &server,
-        "3.25",
-        None,
-        &[
-            ("RCPT TO:<../../x@teach.test>", SYNTAX),
-            ("RCPT TO:<a/b@teach.test>", NO_USER),
-            ("RCPT TO:<\"..\"@teach.test>", NO_USER),
-            ("RCPT TO:<\"../../x\"@teach.test>", NO_USER),
-        ],
-    );
+    for (case, mail, rcpts) in RELAY_CASES {
+        relay_case(&server, case, *mail, rcpts);
+    }
 
     // Only the 250 cases delivered: 3.13, 3.18, 3.20 (twice), 3.21 (twice, to alice).
     server.wait_idle();
-    let alice = messages(&server, "alice");
+    let alice = server.messages("alice");
     assert_eq!(alice.len(), 4, "{}", server.mbox_text("alice"));
     assert!(server.mbox("bob").is_empty());
     assert!(alice
@@ -456,15 +327,14 @@ fn case_3_01_to_3_25_no_open_relay() {
 /// NUL and control characters inside an address (RFC 5321 §4.1.2: "MUST reject ... with a 501").
 #[test]
 fn case_3_24_nul_and_control_characters_in_an_address() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut wrong = Vec::new();
     for bytes in [
         &b"RCPT TO:<a\0b@teach.test>\r\n"[..],
         &b"RCPT TO:<a\x01b@teach.test>\r\n"[..],
         &b"RCPT TO:<a\x7fb@teach.test>\r\n"[..],
     ] {
-        let mut c = server.connect();
-        c.expect("EHLO probe.example", 250);
+        let mut c = server.greeted_as("probe.example");
         c.expect("MAIL FROM:<spamtest@relay.example>", 250);
         c.send(bytes);
         let reply = c.reply();
@@ -480,9 +350,8 @@ fn case_3_24_nul_and_control_characters_in_an_address() {
 
 #[test]
 fn case_3_27_relay_from_loopback_may_relay() {
-    let server = start(&["--relay-from", "127.0.0.0/8"]);
-    let mut c = server.connect();
-    c.expect("EHLO probe.example", 250);
+    let server = start_teach_test(&["--relay-from", "127.0.0.0/8"]);
+    let mut c = server.greeted_as("probe.example");
     c.expect("MAIL FROM:<spamtest@relay.example>", 250);
     c.expect("RCPT TO:<victim@relay.example>", 250);
 }
@@ -492,7 +361,7 @@ fn case_3_27_relay_from_loopback_may_relay() {
 
 #[test]
 fn case_4_01_command_line_of_512_octets() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     c.send(format!("NOOP {}\r\n", "x".repeat(505)).as_bytes());
     assert_eq!(c.reply().code, 250);
@@ -500,9 +369,8 @@ fn case_4_01_command_line_of_512_octets() {
 
 #[test]
 fn case_4_02_a_mebibyte_mail_from_without_newline() {
-    let server = start(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted_as("c");
     c.send(b"MAIL FROM:<");
     c.send(&vec![b'a'; 1024 * 1024]);
     c.send(b">\r\nNOOP\r\n");
@@ -514,9 +382,8 @@ fn case_4_02_a_mebibyte_mail_from_without_newline() {
 
 #[test]
 fn case_4_03_path_limits() {
-    let server = start(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted_as("c");
     c.expect("MAIL FROM:<a@relay.example>", 250);
     let at_limit = format!("RCPT TO:<{}@teach.test>", "a".repeat(64));
     assert_reply(&c.cmd(&at_limit), 550, "5.1.1");
@@ -553,9 +420,8 @@ fn case_4_03_path_limits() {
 
 #[test]
 fn case_4_04_a_hundred_recipients_then_452() {
-    let server = start(&["--max-recipients", "100"]);
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let server = start_teach_test(&["--max-recipients", "100"]);
+    let mut c = server.greeted_as("c");
     c.expect("MAIL FROM:<a@relay.example>", 250);
     let mut group = Vec::new();
     for _ in 0..100 {
@@ -575,7 +441,7 @@ fn case_4_04_a_hundred_recipients_then_452() {
 
 #[test]
 fn case_4_05_size_declared_too_large() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     let ehlo = c.expect("EHLO c", 250);
     assert!(ehlo.lines.iter().any(|l| l == "SIZE 10485760"), "{ehlo:?}");
@@ -589,7 +455,7 @@ fn case_4_05_size_declared_too_large() {
 
 #[test]
 fn case_4_06_message_larger_than_the_limit() {
-    let server = start(&["--max-size", "2048"]);
+    let server = start_teach_test(&["--max-size", "2048"]);
     let mut c = server.connect();
     c.open_data("a@relay.example", &["alice@teach.test"]);
     let mut data = b"Subject: big\r\n\r\n".to_vec();
@@ -605,14 +471,14 @@ fn case_4_06_message_larger_than_the_limit() {
 
 #[test]
 fn case_4_07_long_text_lines_are_stored_intact() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     c.open_data("a@relay.example", &["alice@teach.test"]);
     let line_998 = "L".repeat(998);
     let line_5000 = "M".repeat(5000);
     c.send(format!("Subject: long\r\n\r\n{line_998}\r\n{line_5000}\r\n.\r\n").as_bytes());
     assert_eq!(c.reply().code, 250);
-    let stored = messages(&server, "alice");
+    let stored = server.messages("alice");
     assert_eq!(stored.len(), 1);
     let expected = format!("\n\n{line_998}\n{line_5000}\n");
     assert!(stored[0].content.ends_with(expected.as_bytes()));
@@ -620,25 +486,22 @@ fn case_4_07_long_text_lines_are_stored_intact() {
 
 #[test]
 fn case_4_08_rcpt_before_mail() {
-    let server = start(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted_as("c");
     assert_reply(&c.cmd("RCPT TO:<alice@teach.test>"), 503, "5.5.1");
     c.expect("MAIL FROM:<a@relay.example>", 250);
 }
 
 #[test]
 fn case_4_09_data_is_never_read_as_data_without_354() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     // (a) DATA before RCPT
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let mut c = server.greeted_as("c");
     c.expect("MAIL FROM:<a@relay.example>", 250);
     assert_reply(&c.cmd("DATA"), 503, "5.5.1");
     assert_eq!(c.cmd("Subject: x").code, 500);
     // (b) every RCPT refused
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let mut c = server.greeted_as("c");
     c.expect("MAIL FROM:<a@relay.example>", 250);
     assert_eq!(c.cmd("RCPT TO:<nobody@teach.test>").code, 550);
     assert_reply(&c.cmd("DATA"), 554, "5.5.1");
@@ -647,9 +510,8 @@ fn case_4_09_data_is_never_read_as_data_without_354() {
 
 #[test]
 fn case_4_10_nested_mail() {
-    let server = start(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted_as("c");
     c.expect("MAIL FROM:<a@x.example>", 250);
     assert_reply(&c.cmd("MAIL FROM:<b@x.example>"), 503, "5.5.1");
     c.expect("RCPT TO:<alice@teach.test>", 250);
@@ -657,14 +519,14 @@ fn case_4_10_nested_mail() {
 
 #[test]
 fn case_4_11_mail_before_ehlo() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     assert_reply(&c.cmd("MAIL FROM:<a@x.example>"), 503, "5.5.1");
 }
 
 #[test]
 fn case_4_12_noop_rset_help_vrfy_before_ehlo() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     assert_eq!(c.cmd("NOOP").code, 250);
     assert_eq!(c.cmd("RSET").code, 250);
@@ -675,9 +537,8 @@ fn case_4_12_noop_rset_help_vrfy_before_ehlo() {
 
 #[test]
 fn case_4_13_ehlo_in_a_transaction_resets_it() {
-    let server = start(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted_as("c");
     c.expect("MAIL FROM:<a@x.example>", 250);
     c.expect("RCPT TO:<alice@teach.test>", 250);
     c.expect("EHLO c", 250);
@@ -686,18 +547,16 @@ fn case_4_13_ehlo_in_a_transaction_resets_it() {
 
 #[test]
 fn case_4_14_a_refused_command_leaves_the_state_unchanged() {
-    let server = start(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted_as("c");
     assert_reply(&c.cmd("MAIL FROM:<bad syntax"), 501, "5.1.7");
     c.expect("MAIL FROM:<a@x.example>", 250);
 }
 
 #[test]
 fn case_4_15_unknown_command_and_arguments_on_data_rset_quit() {
-    let server = start(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted_as("c");
     assert_reply(&c.cmd("FOO bar"), 500, "5.5.2");
     c.expect("MAIL FROM:<a@x.example>", 250);
     c.expect("RCPT TO:<alice@teach.test>", 250);
@@ -709,7 +568,7 @@ fn case_4_15_unknown_command_and_arguments_on_data_rset_quit() {
 
 #[test]
 fn case_4_16_error_limit() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     for i in 1..=20 {
         assert_eq!(c.cmd(&format!("XYZZY{i}")).code, 500, "error {i}");
@@ -721,7 +580,7 @@ fn case_4_16_error_limit() {
 
 #[test]
 fn case_4_18_connection_dropped_in_the_middle_of_data() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     assert_eq!(
         c.send_mail(
@@ -751,12 +610,12 @@ fn case_4_18_connection_dropped_in_the_middle_of_data() {
 
 #[test]
 fn case_4_22_dot_unstuffing() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let mut c = server.connect();
     c.open_data("a@relay.example", &["alice@teach.test"]);
     c.send(b"Subject: dots\r\n\r\n..hidden\r\n.x\r\n...\r\n.\r\n");
     assert_eq!(c.reply().code, 250);
-    let stored = messages(&server, "alice");
+    let stored = server.messages("alice");
     assert!(stored[0].content.ends_with(b"\n\n.hidden\nx\n..\n"));
 }
 
@@ -774,7 +633,7 @@ fn deliver_one(server: &TestServer, from: &str, wire_body: &[u8]) -> Reply {
 
 #[test]
 fn case_6_01_from_in_the_body_is_escaped() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let wire = b"Subject: from\r\n\r\nFrom here on\r\n>From x\r\n>>From y\r\nFrom:not-a-separator\r\nFromage\r\n.\r\n";
     assert_eq!(deliver_one(&server, "mary@relay.example", wire).code, 250);
     let mbox = server.mbox_text("alice");
@@ -782,7 +641,7 @@ fn case_6_01_from_in_the_body_is_escaped() {
         mbox.contains("\n\n>From here on\n>>From x\n>>>From y\nFrom:not-a-separator\nFromage\n"),
         "{mbox}"
     );
-    let stored = messages(&server, "alice");
+    let stored = server.messages("alice");
     assert_eq!(stored.len(), 1);
     assert!(stored[0]
         .content
@@ -808,7 +667,7 @@ fn python_count(path: &std::path::Path) -> usize {
 
 #[test]
 fn case_6_02_from_produced_by_dot_unstuffing() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let wire = b"Subject: dot\r\n\r\n.From evil@x Sat Jan  3 01:05:34 1996\r\n.\r\n";
     assert_eq!(deliver_one(&server, "mary@relay.example", wire).code, 250);
     let mbox = server.mbox_text("alice");
@@ -841,7 +700,7 @@ fn is_separator_for(line: &str, sender: &str) -> bool {
 
 #[test]
 fn case_6_03_separator_line_and_trace_headers() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let wire = b"Subject: sep\r\n\r\nbody\r\n.\r\n";
     assert_eq!(deliver_one(&server, "mary@relay.example", wire).code, 250);
     let mbox = server.mbox_text("alice");
@@ -876,9 +735,8 @@ fn case_6_03_separator_line_and_trace_headers() {
 
 #[test]
 fn case_6_04_null_sender() {
-    let server = start(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO c", 250);
+    let server = start_teach_test(&[]);
+    let mut c = server.greeted_as("c");
     c.expect("MAIL FROM:<>", 250);
     c.expect("RCPT TO:<alice@teach.test>", 250);
     c.expect("DATA", 354);
@@ -895,7 +753,7 @@ fn case_6_04_null_sender() {
 
 #[test]
 fn case_6_06_no_cr_in_the_mbox() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let wire = b"Subject: crlf\r\nTo: alice@teach.test\r\n\r\nline one\r\nline two\r\n\r\n.\r\n";
     assert_eq!(deliver_one(&server, "mary@relay.example", wire).code, 250);
     let mbox = server.mbox("alice");
@@ -906,7 +764,7 @@ fn case_6_06_no_cr_in_the_mbox() {
 
 #[test]
 fn case_6_10_bare_lf_cannot_forge_a_separator() {
-    let server = start(&[]);
+    let server = start_teach_test(&[]);
     let wire = b"Subject: forge\r\n\r\nhello\nFrom attacker@evil Sat Jan  1 00:00:00 2000\r\nafter\r\n.\r\n";
     let reply = deliver_one(&server, "mary@relay.example", wire);
     let mbox = server.mbox_text("alice");

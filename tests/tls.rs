@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Reply, TestServer, TlsClient};
+use common::{assert_reply, start_tls, Reply, TestServer, TlsClient};
 use smtplab::session::Role;
 
 /// How long the injection tests wait for bytes that must never come.
@@ -15,31 +15,10 @@ const SILENCE: Duration = Duration::from_secs(2);
 /// How long an external client (python3, openssl) may run.
 const TOOL_LIMIT: Duration = Duration::from_secs(30);
 
-fn tls_server(extra: &[&str]) -> TestServer {
-    let mut options = vec!["--tls-self-signed"];
-    options.extend_from_slice(extra);
-    common::start(&options)
-}
-
-fn assert_reply(reply: &Reply, code: u16, status: &str) {
-    assert_eq!(
-        (reply.code, reply.status().as_str()),
-        (code, status),
-        "{reply:?}"
-    );
-}
-
 fn has_keyword(ehlo: &Reply, keyword: &str) -> bool {
     ehlo.lines
         .iter()
         .any(|l| l.split(' ').next() == Some(keyword))
-}
-
-/// Connect, EHLO, STARTTLS, handshake: a client inside TLS that has not said EHLO yet.
-fn tls_client(server: &TestServer) -> TlsClient {
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
-    c.starttls()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -47,7 +26,7 @@ fn tls_client(server: &TestServer) -> TlsClient {
 
 #[test]
 fn starttls_is_advertised_in_the_clear_and_not_inside_tls() {
-    let server = tls_server(&[]);
+    let server = start_tls(&[]);
     let mut c = server.connect();
     let ehlo = c.expect("EHLO client.example", 250);
     assert!(has_keyword(&ehlo, "STARTTLS"), "{ehlo:?}");
@@ -63,8 +42,8 @@ fn starttls_is_advertised_in_the_clear_and_not_inside_tls() {
 
 #[test]
 fn rcpt_right_after_the_handshake_is_503() {
-    let server = tls_server(&[]);
-    let mut t = tls_client(&server);
+    let server = start_tls(&[]);
+    let mut t = server.tls_client();
     assert_eq!(t.cmd("RCPT TO:<alice@localhost>").code, 503);
     // Not even after the new EHLO: no MAIL was given inside TLS.
     t.expect("EHLO client.example", 250);
@@ -74,8 +53,8 @@ fn rcpt_right_after_the_handshake_is_503() {
 
 #[test]
 fn mail_right_after_the_handshake_without_ehlo_is_503() {
-    let server = tls_server(&[]);
-    let mut t = tls_client(&server);
+    let server = start_tls(&[]);
+    let mut t = server.tls_client();
     assert_eq!(t.cmd("MAIL FROM:<a@client.example>").code, 503);
     t.expect("EHLO client.example", 250);
     t.expect("MAIL FROM:<a@client.example>", 250);
@@ -84,8 +63,8 @@ fn mail_right_after_the_handshake_without_ehlo_is_503() {
 
 #[test]
 fn a_second_starttls_inside_tls_is_503() {
-    let server = tls_server(&[]);
-    let mut t = tls_client(&server);
+    let server = start_tls(&[]);
+    let mut t = server.tls_client();
     t.expect("EHLO client.example", 250);
     t.expect("STARTTLS", 503);
     t.expect("NOOP", 250);
@@ -94,9 +73,8 @@ fn a_second_starttls_inside_tls_is_503() {
 
 #[test]
 fn starttls_with_an_argument_is_501() {
-    let server = tls_server(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
+    let server = start_tls(&[]);
+    let mut c = server.greeted();
     c.expect("STARTTLS now", 501);
     // Still in the clear and in sync: a plain command works.
     c.expect("NOOP", 250);
@@ -116,9 +94,8 @@ fn starttls_without_tls_configured_is_502_and_not_advertised() {
 
 #[test]
 fn starttls_inside_a_transaction_is_503() {
-    let server = tls_server(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
+    let server = start_tls(&[]);
+    let mut c = server.greeted();
     c.expect("MAIL FROM:<a@client.example>", 250);
     c.expect("STARTTLS", 503);
     c.expect("RCPT TO:<alice@localhost>", 250);
@@ -128,7 +105,7 @@ fn starttls_inside_a_transaction_is_503() {
 
 #[test]
 fn starttls_before_ehlo_is_503() {
-    let server = tls_server(&[]);
+    let server = start_tls(&[]);
     let mut c = server.connect();
     c.expect("STARTTLS", 503);
     c.expect("QUIT", 221);
@@ -136,9 +113,8 @@ fn starttls_before_ehlo_is_503() {
 
 #[test]
 fn a_failed_handshake_closes_only_that_connection() {
-    let server = tls_server(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
+    let server = start_tls(&[]);
+    let mut c = server.greeted();
     assert_reply(&c.cmd("STARTTLS"), 220, "2.0.0");
     // Plain text where a TLS ClientHello belongs.
     c.send(b"HELO x\r\n");
@@ -172,9 +148,8 @@ fn a_failed_handshake_closes_only_that_connection() {
 
 #[test]
 fn commands_pipelined_after_starttls_are_discarded() {
-    let server = tls_server(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
+    let server = start_tls(&[]);
+    let mut c = server.greeted();
     c.send(b"STARTTLS\r\nRSET\r\n");
     assert_reply(&c.reply(), 220, "2.0.0");
     let mut t = c.handshake();
@@ -196,9 +171,8 @@ fn commands_pipelined_after_starttls_are_discarded() {
 fn an_injected_ehlo_is_discarded_too() {
     // The EAST form: the injected line is a valid EHLO, so a vulnerable server answers the
     // next real command with the EHLO's 250.
-    let server = tls_server(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
+    let server = start_tls(&[]);
+    let mut c = server.greeted();
     c.send(b"STARTTLS\r\nEHLO x\r\n");
     assert_reply(&c.reply(), 220, "2.0.0");
     let mut t = c.handshake();
@@ -213,9 +187,8 @@ fn an_injected_ehlo_is_discarded_too() {
 
 #[test]
 fn injected_mail_commands_do_not_open_a_transaction() {
-    let server = tls_server(&[]);
-    let mut c = server.connect();
-    c.expect("EHLO client.example", 250);
+    let server = start_tls(&[]);
+    let mut c = server.greeted();
     c.send(b"STARTTLS\r\nEHLO x\r\nMAIL FROM:<attacker@evil.example>\r\n");
     assert_reply(&c.reply(), 220, "2.0.0");
     let mut t = c.handshake();
@@ -230,7 +203,7 @@ fn injected_mail_commands_do_not_open_a_transaction() {
 
 #[test]
 fn implicit_tls_greets_inside_tls_and_never_offers_starttls() {
-    let server = tls_server(&["--smtps", "127.0.0.1:0"]);
+    let server = start_tls(&["--smtps", "127.0.0.1:0"]);
     let addr = server
         .handle
         .addr_of(Role::ImplicitTls)
@@ -261,11 +234,8 @@ fn a_certificate_and_key_from_files_serve_starttls() {
         "--tls-key",
         &key_path.display().to_string(),
     ]);
-    let mut t = tls_client(&server);
-    t.expect("EHLO client.example", 250);
-    t.expect("MAIL FROM:<a@client.example>", 250);
-    t.expect("RCPT TO:<alice@localhost>", 250);
-    t.expect("DATA", 354);
+    let mut t = server.tls_client();
+    t.open_data("a@client.example", &["alice@localhost"]);
     t.send(b"Subject: over TLS\r\n\r\nsecret\r\n.\r\n");
     assert_eq!(t.reply().code, 250);
     t.expect("QUIT", 221);
@@ -280,7 +250,7 @@ fn openssl_s_client_starttls_delivers_a_message() {
     if !common::have_tool_with("openssl", &["version"]) {
         return;
     }
-    let server = tls_server(&[]);
+    let server = start_tls(&[]);
     let port = server.addr().port().to_string();
     // Typed lines end in a bare LF, as s_client sends them without -crlf.
     let input = "EHLO sclient.example\nMAIL FROM:<tester@client.example>\nRCPT TO:<alice@localhost>\nDATA\nSubject: from s_client\n\nhello over STARTTLS\n.\nQUIT\n";
@@ -367,7 +337,7 @@ fn python_smtplib_starttls_login_and_send_on_the_relay_port() {
     if !common::have_tool("python3") {
         return;
     }
-    let server = tls_server(&[]);
+    let server = start_tls(&[]);
     python_sends(&server, "listen", server.addr().port());
     assert_eq!(server.message_count("bob"), 1);
 }
@@ -377,7 +347,7 @@ fn python_smtplib_starttls_login_and_send_on_the_submission_port() {
     if !common::have_tool("python3") {
         return;
     }
-    let server = tls_server(&["--submission", "127.0.0.1:0"]);
+    let server = start_tls(&["--submission", "127.0.0.1:0"]);
     let port = server
         .handle
         .addr_of(Role::Submission)
@@ -392,7 +362,7 @@ fn python_smtplib_smtp_ssl_on_the_smtps_port() {
     if !common::have_tool("python3") {
         return;
     }
-    let server = tls_server(&["--smtps", "127.0.0.1:0"]);
+    let server = start_tls(&["--smtps", "127.0.0.1:0"]);
     let port = server
         .handle
         .addr_of(Role::ImplicitTls)
@@ -429,7 +399,7 @@ for mechanism in ["PLAIN", "LOGIN", "CRAM-MD5"]:
         client.quit()
 print("DONE")
 "#;
-    let server = tls_server(&[]);
+    let server = start_tls(&[]);
     let run = common::run_tool(
         std::process::Command::new("python3").args([
             "-c",

@@ -145,28 +145,26 @@ impl Reply {
     }
 }
 
-pub struct Client {
-    pub reader: BufReader<TcpStream>,
-    pub greeting: Reply,
+/// An SMTP client over any stream (plain TCP or TLS); every read has a timeout.
+pub struct Conn<S, G> {
+    pub reader: BufReader<S>,
+    /// The 220 greeting (`Client`); for `TlsClient` Some only with implicit TLS, since after
+    /// STARTTLS the greeting came in the clear.
+    pub greeting: G,
 }
 
-impl Client {
-    pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(READ_TIMEOUT))
-            .expect("timeout");
-        stream
-            .set_write_timeout(Some(READ_TIMEOUT))
-            .expect("timeout");
-        let mut reader = BufReader::new(stream);
-        let greeting = read_reply(&mut reader).expect("greeting");
-        Client { reader, greeting }
-    }
+/// A client in the clear.
+pub type Client = Conn<TcpStream, Reply>;
 
+/// A client inside TLS (after STARTTLS, or implicit TLS).
+pub type TlsClient = Conn<native_tls::TlsStream<TcpStream>, Option<Reply>>;
+
+impl<S: Read + Write, G> Conn<S, G> {
     /// Write raw bytes (no line end added).
     pub fn send(&mut self, bytes: &[u8]) {
-        self.reader.get_mut().write_all(bytes).expect("write");
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes).expect("write");
+        stream.flush().expect("flush");
     }
 
     /// Send one command line with CRLF and read its reply.
@@ -184,27 +182,43 @@ impl Client {
         read_reply(&mut self.reader)
     }
 
-    /// True when the server has closed the connection (reads end of file within the timeout).
-    pub fn is_closed(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(self.reader.read(&mut byte), Ok(0))
+    /// Send one command line and assert its reply code; returns the reply.
+    pub fn expect(&mut self, line: &str, code: u16) -> Reply {
+        let reply = self.cmd(line);
+        assert_eq!(reply.code, code, "{line:?} got {reply:?}");
+        reply
+    }
+
+    /// EHLO, MAIL FROM, one RCPT TO per recipient, DATA — asserting 250s and the 354.
+    pub fn open_data(&mut self, from: &str, to: &[&str]) {
+        self.expect("EHLO client.example", 250);
+        self.expect(&format!("MAIL FROM:<{from}>"), 250);
+        for rcpt in to {
+            self.expect(&format!("RCPT TO:<{rcpt}>"), 250);
+        }
+        self.expect("DATA", 354);
     }
 
     /// EHLO, MAIL, RCPT..., DATA, content, "." — asserting each step; returns the final reply.
     pub fn send_mail(&mut self, from: &str, to: &[&str], content: &str) -> Reply {
-        assert_eq!(self.cmd("EHLO client.example").code, 250);
-        assert_eq!(self.cmd(&format!("MAIL FROM:<{from}>")).code, 250);
-        for rcpt in to {
-            assert_eq!(
-                self.cmd(&format!("RCPT TO:<{rcpt}>")).code,
-                250,
-                "RCPT {rcpt}"
-            );
-        }
-        assert_eq!(self.cmd("DATA").code, 354);
+        self.open_data(from, to);
         self.send(content.as_bytes());
         self.send(b".\r\n");
         self.reply()
+    }
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let mut reader = BufReader::new(connect_with_timeouts(addr));
+        let greeting = read_reply(&mut reader).expect("greeting");
+        Client { reader, greeting }
+    }
+
+    /// True when the server has closed the connection (reads end of file within the timeout).
+    pub fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.reader.read(&mut byte), Ok(0))
     }
 }
 
@@ -230,25 +244,6 @@ pub fn read_reply(reader: &mut impl BufRead) -> Option<Reply> {
     }
 }
 
-impl Client {
-    /// Send one command line and assert its reply code; returns the reply.
-    pub fn expect(&mut self, line: &str, code: u16) -> Reply {
-        let reply = self.cmd(line);
-        assert_eq!(reply.code, code, "{line:?} got {reply:?}");
-        reply
-    }
-
-    /// EHLO, MAIL FROM, one RCPT TO per recipient, DATA — asserting 250s and the 354.
-    pub fn open_data(&mut self, from: &str, to: &[&str]) {
-        self.expect("EHLO client.example", 250);
-        self.expect(&format!("MAIL FROM:<{from}>"), 250);
-        for rcpt in to {
-            self.expect(&format!("RCPT TO:<{rcpt}>"), 250);
-        }
-        self.expect("DATA", 354);
-    }
-}
-
 /// Every file and directory below `root`, sorted (for "nothing was created" checks).
 pub fn files_under(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -271,16 +266,7 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
 
 /// True when `tool --version` runs; otherwise prints the SKIP line the rules ask for.
 pub fn have_tool(tool: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        println!("SKIP: {tool} not installed");
-    }
-    found
+    have_tool_with(tool, &["--version"])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,13 +282,6 @@ pub fn tls_connector() -> native_tls::TlsConnector {
         .danger_accept_invalid_hostnames(true)
         .build()
         .expect("TLS connector")
-}
-
-/// An SMTP client inside TLS (after STARTTLS, or implicit TLS); every read has a timeout.
-pub struct TlsClient {
-    pub reader: BufReader<native_tls::TlsStream<TcpStream>>,
-    /// The 220 greeting for implicit TLS; None after STARTTLS (the greeting came in the clear).
-    pub greeting: Option<Reply>,
 }
 
 impl Client {
@@ -338,9 +317,7 @@ impl Client {
 impl TlsClient {
     /// Implicit TLS (`--smtps`): the handshake, then the greeting inside TLS.
     pub fn connect_implicit(addr: SocketAddr) -> TlsClient {
-        let tcp = TcpStream::connect(addr).expect("connect");
-        tcp.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
-        tcp.set_write_timeout(Some(READ_TIMEOUT)).expect("timeout");
+        let tcp = connect_with_timeouts(addr);
         let tls = tls_connector()
             .connect(TLS_HOST, tcp)
             .expect("TLS handshake");
@@ -350,32 +327,6 @@ impl TlsClient {
             reader,
             greeting: Some(greeting),
         }
-    }
-
-    /// Write raw bytes (no line end added).
-    pub fn send(&mut self, bytes: &[u8]) {
-        let stream = self.reader.get_mut();
-        stream.write_all(bytes).expect("write");
-        stream.flush().expect("flush");
-    }
-
-    pub fn cmd(&mut self, line: &str) -> Reply {
-        self.send(format!("{line}\r\n").as_bytes());
-        self.reply()
-    }
-
-    pub fn reply(&mut self) -> Reply {
-        read_reply(&mut self.reader).expect("a reply")
-    }
-
-    pub fn try_reply(&mut self) -> Option<Reply> {
-        read_reply(&mut self.reader)
-    }
-
-    pub fn expect(&mut self, line: &str, code: u16) -> Reply {
-        let reply = self.cmd(line);
-        assert_eq!(reply.code, code, "{line:?} got {reply:?}");
-        reply
     }
 
     /// True when the server has closed the connection (end of file, or a TLS close).
@@ -500,5 +451,96 @@ pub fn without_trace_headers(content: &[u8]) -> Vec<u8> {
             Some(end) => rest = &rest[end + 1..],
             None => return Vec::new(),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared by several test files: the test world, replies, connections, processes
+
+/// Assert a reply's code and its enhanced status code together.
+pub fn assert_reply(reply: &Reply, code: u16, status: &str) {
+    assert_eq!(
+        (reply.code, reply.status().as_str()),
+        (code, status),
+        "{reply:?}"
+    );
+}
+
+/// A server whose local domains are `teach.test` (the security catalogue's test world) and
+/// `localhost`, plus these options.
+pub fn start_teach_test(extra: &[&str]) -> TestServer {
+    let mut options = vec!["--domain", "teach.test", "--domain", "localhost"];
+    options.extend_from_slice(extra);
+    start(&options)
+}
+
+/// A server with a throwaway self-signed certificate (`--tls-self-signed`), plus these options.
+pub fn start_tls(extra: &[&str]) -> TestServer {
+    let mut options = vec!["--tls-self-signed"];
+    options.extend_from_slice(extra);
+    start(&options)
+}
+
+impl TestServer {
+    /// A client that was greeted with 220 and said `EHLO client.example`.
+    pub fn greeted(&self) -> Client {
+        self.greeted_as("client.example")
+    }
+
+    /// A client that was greeted with 220 and said `EHLO <name>`.
+    pub fn greeted_as(&self, name: &str) -> Client {
+        let mut c = self.connect();
+        assert_eq!(c.greeting.code, 220, "{:?}", c.greeting);
+        c.expect(&format!("EHLO {name}"), 250);
+        c
+    }
+
+    /// Connect, EHLO, STARTTLS, handshake: a client inside TLS that has not said EHLO yet.
+    pub fn tls_client(&self) -> TlsClient {
+        self.greeted().starttls()
+    }
+
+    /// The messages a user's mbox holds, parsed.
+    pub fn messages(&self, user: &str) -> Vec<smtplab::mbox::StoredMessage> {
+        smtplab::mbox::parse_mboxrd(&self.mbox(user))
+    }
+}
+
+/// A TCP connection to `addr` whose reads and writes give up after `READ_TIMEOUT`.
+pub fn connect_with_timeouts(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    stream
+        .set_write_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    stream
+}
+
+/// A free loopback address: bind port 0, note the address, close the socket.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// True when `tool` is an executable on PATH (for tools without a `--version`, such as
+/// telnet); otherwise prints the SKIP line the rules ask for.
+pub fn on_path(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+    if !found {
+        println!("SKIP: {tool} not installed");
+    }
+    found
+}
+
+/// A child process that is killed (and waited for) when dropped, also when a test fails.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
