@@ -1,9 +1,13 @@
-//! Bounces: the delivery status notification (DSN) that tells a sender which recipients failed.
+//! Bounces: the delivery status notification (DSN) that tells a sender which recipients failed,
+//! or (when the sender asked with `NOTIFY=SUCCESS`) which were relayed.
 //!
 //! Interface:
 //! - `dsn(hostname, entry, failed, now)` builds the report for the failed recipients of a queued
 //!   message: a `multipart/report; report-type=delivery-status` message with a readable part,
-//!   the `message/delivery-status` part, and the original headers (`text/rfc822-headers`).
+//!   the `message/delivery-status` part, and the original message: its headers
+//!   (`text/rfc822-headers`), or all of it (`message/rfc822`) when the sender asked `RET=FULL`.
+//! - `relayed_dsn(hostname, entry, relayed, now)` builds the "relayed" report for recipients
+//!   whose next hop took the message but cannot report on it (RFC 3461 §5.2.2 (b)).
 //! - `status_of(reply)` finds the RFC 3463 status code in a reply line (`550 5.1.1 ...` -> `5.1.1`).
 //!
 //! The relay sends the report from the null reverse-path `<>`, and never reports on a message
@@ -11,28 +15,69 @@
 //! (RFC 5321 §4.5.5, RFC 5321 §6.1). Lines end in `\n` like every stored message; the relay
 //! writes CRLF on the wire.
 //!
-//! Standards: RFC 3464 §2.1, RFC 3464 §2.2, RFC 3464 §2.3, RFC 5321 §4.5.5, RFC 3461 §6.1, RFC 3461 §6.2, RFC 3463 §2, RFC 5321 §6.1
+//! Standards: RFC 3464 §2.1, RFC 3464 §2.2, RFC 3464 §2.2.1, RFC 3464 §2.3, RFC 3464 §2.3.1, RFC 3464 §2.3.3, RFC 5321 §4.5.5, RFC 3461 §4.3, RFC 3461 §6.1, RFC 3461 §6.2, RFC 3461 §6.3, RFC 3463 §2, RFC 5321 §6.1
 
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use crate::datetime;
+use crate::extensions::{orcpt_decoded, xtext_decode, Ret};
 use crate::queue::{system_time, Entry, Rcpt};
 
 /// The subject line most mail systems use, so that filters and people recognise a bounce.
 const SUBJECT: &str = "Undelivered Mail Returned to Sender";
+/// The subject of a report without failures (Postfix uses the same words).
+const SUBJECT_SUCCESS: &str = "Successful Mail Delivery Report";
 
-// ANCHOR: dsn
+/// RFC 3464 §2.3.3: what happened to the recipients a report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// The message could not be delivered.
+    Failed,
+    /// Handed to a next hop that cannot send DSNs itself: our last word on it.
+    Relayed,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
 /// The whole bounce message for `failed` recipients of `entry`.
 pub fn dsn(hostname: &str, entry: &Entry, failed: &[Rcpt], now: SystemTime) -> Vec<u8> {
+    report(hostname, entry, failed, Action::Failed, now)
+}
+
+/// The "relayed" report for recipients that asked `NOTIFY=SUCCESS` (RFC 3461 §5.2.2 (b)).
+pub fn relayed_dsn(hostname: &str, entry: &Entry, relayed: &[Rcpt], now: SystemTime) -> Vec<u8> {
+    report(hostname, entry, relayed, Action::Relayed, now)
+}
+
+// ANCHOR: dsn
+/// A report on `rcpts` of `entry`, all with the same `action`.
+fn report(
+    hostname: &str,
+    entry: &Entry,
+    rcpts: &[Rcpt],
+    action: Action,
+    now: SystemTime,
+) -> Vec<u8> {
     let boundary = format!("=_smtplab-dsn-{}", entry.id);
+    let subject = match action {
+        Action::Failed => SUBJECT,
+        Action::Relayed => SUBJECT_SUCCESS,
+    };
     let mut m = String::new();
     // RFC 3464 §2.1 via RFC 6522: the report is the second part of a multipart/report.
     let _ = writeln!(m, "From: Mail Delivery System <MAILER-DAEMON@{hostname}>");
     let _ = writeln!(m, "To: {}", entry.sender);
-    let _ = writeln!(m, "Subject: {SUBJECT}");
+    let _ = writeln!(m, "Subject: {subject}");
     let _ = writeln!(m, "Date: {}", datetime::rfc5322(now));
-    let _ = writeln!(m, "Message-ID: <{}.dsn@{hostname}>", entry.id);
+    let _ = writeln!(m, "Message-ID: <{}.{}@{hostname}>", entry.id, action.name());
     let _ = writeln!(m, "Auto-Submitted: auto-replied");
     let _ = writeln!(m, "MIME-Version: 1.0");
     let _ = writeln!(
@@ -42,27 +87,56 @@ pub fn dsn(hostname: &str, entry: &Entry, failed: &[Rcpt], now: SystemTime) -> V
     m.push('\n');
     m.push_str("This is a MIME-encapsulated message: a delivery status notification.\n\n");
     let _ = writeln!(m, "--{boundary}");
-    readable_part(&mut m, hostname, failed);
+    readable_part(&mut m, hostname, rcpts, action);
     let _ = writeln!(m, "--{boundary}");
-    status_part(&mut m, hostname, entry, failed, now);
+    status_part(&mut m, hostname, entry, rcpts, action, now);
     let _ = writeln!(m, "--{boundary}");
-    m.push_str("Content-Type: text/rfc822-headers\n");
-    m.push_str("Content-Description: Headers of the undelivered message\n\n");
     let mut bytes = m.into_bytes();
-    bytes.extend_from_slice(original_headers(&entry.content));
+    bytes.extend_from_slice(&returned_part(entry, action));
     bytes.extend_from_slice(format!("\n--{boundary}--\n").as_bytes());
     bytes
 }
 // ANCHOR_END: dsn
 
+// ANCHOR: returned_part
+/// The third part: the whole message for a failure with `RET=FULL`, else only its headers
+/// (RFC 3461 §4.3: a report without failures returns only the headers).
+fn returned_part(entry: &Entry, action: Action) -> Vec<u8> {
+    let (kind, what, content) = match (action, entry.ret) {
+        (Action::Failed, Some(Ret::Full)) => (
+            "message/rfc822",
+            "The undelivered message",
+            &entry.content[..],
+        ),
+        _ => (
+            "text/rfc822-headers",
+            "Headers of the message",
+            original_headers(&entry.content),
+        ),
+    };
+    let mut part = format!("Content-Type: {kind}\nContent-Description: {what}\n\n").into_bytes();
+    part.extend_from_slice(content);
+    part
+}
+// ANCHOR_END: returned_part
+
 /// The part a person reads first.
-fn readable_part(m: &mut String, hostname: &str, failed: &[Rcpt]) {
+fn readable_part(m: &mut String, hostname: &str, rcpts: &[Rcpt], action: Action) {
     m.push_str("Content-Type: text/plain; charset=us-ascii\n");
     m.push_str("Content-Description: Notification\n\n");
     let _ = writeln!(m, "This is the mail system at {hostname}.\n");
-    m.push_str("Your message could not be delivered to the recipients below.\n");
-    m.push_str("This is a permanent error; the headers of your message are attached.\n\n");
-    for rcpt in failed {
+    match action {
+        Action::Failed => {
+            m.push_str("Your message could not be delivered to the recipients below.\n");
+            m.push_str("This is a permanent error; your message or its headers are attached.\n\n");
+        }
+        Action::Relayed => {
+            m.push_str("Your message was relayed to the recipients below, as you asked.\n");
+            m.push_str("The next mail server does not report deliveries, so this is the\n");
+            m.push_str("last notice you will get about them.\n\n");
+        }
+    }
+    for rcpt in rcpts {
         let who = if rcpt.remote.is_empty() {
             String::new()
         } else {
@@ -75,9 +149,20 @@ fn readable_part(m: &mut String, hostname: &str, failed: &[Rcpt]) {
 
 // ANCHOR: status_part
 /// `message/delivery-status`: per-message fields, an empty line, then one block per recipient.
-fn status_part(m: &mut String, hostname: &str, entry: &Entry, failed: &[Rcpt], now: SystemTime) {
+fn status_part(
+    m: &mut String,
+    hostname: &str,
+    entry: &Entry,
+    rcpts: &[Rcpt],
+    action: Action,
+    now: SystemTime,
+) {
     m.push_str("Content-Type: message/delivery-status\n");
     m.push_str("Content-Description: Delivery report\n\n");
+    // RFC 3461 §6.3 (a): ENVID comes back decoded, and only if the sender gave one.
+    if let Some(envid) = entry.envid.as_deref().and_then(xtext_decode) {
+        let _ = writeln!(m, "Original-Envelope-Id: {envid}");
+    }
     // RFC 3464 §2.2: Reporting-MTA is required; Arrival-Date says when we accepted it.
     let _ = writeln!(m, "Reporting-MTA: dns; {hostname}");
     let _ = writeln!(m, "X-Smtplab-Queue-ID: {}", entry.id);
@@ -86,13 +171,21 @@ fn status_part(m: &mut String, hostname: &str, entry: &Entry, failed: &[Rcpt], n
         "Arrival-Date: {}",
         datetime::rfc5322(system_time(entry.created))
     );
-    for rcpt in failed {
-        // RFC 3464 §2.3: Final-Recipient, Action and Status are required in every block.
+    for rcpt in rcpts {
         m.push('\n');
+        // RFC 3461 §6.3 (d): Original-Recipient only when the RCPT had ORCPT.
+        if let Some((kind, address)) = rcpt.orcpt.as_deref().and_then(orcpt_decoded) {
+            let _ = writeln!(m, "Original-Recipient: {kind}; {}", ascii(&address));
+        }
+        // RFC 3464 §2.3: Final-Recipient, Action and Status are required in every block.
         let address = rcpt.path.trim_start_matches('<').trim_end_matches('>');
         let _ = writeln!(m, "Final-Recipient: rfc822; {}", ascii(address));
-        let _ = writeln!(m, "Action: failed");
-        let _ = writeln!(m, "Status: {}", status_of(&rcpt.reply));
+        let _ = writeln!(m, "Action: {}", action.name());
+        let status = match action {
+            Action::Failed => status_of(&rcpt.reply),
+            Action::Relayed => "2.0.0".to_string(),
+        };
+        let _ = writeln!(m, "Status: {status}");
         if !rcpt.remote.is_empty() {
             // The reply came from the next hop: RFC 3464 §2.3.5 and §2.3.6, type "smtp".
             let _ = writeln!(m, "Remote-MTA: dns; {}", ascii(&rcpt.remote));
@@ -187,6 +280,8 @@ mod tests {
             state: RcptState::Failed,
             remote: "mx.two.test".into(),
             reply: "550 5.1.1 No such user \u{e9}".into(),
+            notify: None,
+            orcpt: None,
         };
         let text =
             String::from_utf8(dsn("one.test", &entry, &[failed], SystemTime::now())).unwrap();
@@ -200,5 +295,65 @@ mod tests {
         assert!(text.contains("Subject: hello\n"));
         assert!(!text.contains("secret body"), "only the headers come back");
         assert!(text.ends_with(&format!("--=_smtplab-dsn-{}--\n", entry.id)));
+    }
+
+    fn entry_with_dsn_parameters(ret: Option<Ret>) -> Entry {
+        let mut entry = Entry::new(
+            "S1.1",
+            "<alice@one.test>".into(),
+            vec!["<bob@two.test>".into()],
+            b"Subject: hello\n\nsecret body\n".to_vec(),
+        );
+        entry.ret = ret;
+        entry.envid = Some("QQ+2B314159".into());
+        entry.recipients[0].orcpt = Some("rfc822;Bob+40Two.test".into());
+        entry.recipients[0].remote = "mx.two.test".into();
+        entry.recipients[0].reply = "250 2.0.0 queued".into();
+        entry
+    }
+
+    #[test]
+    fn ret_full_returns_the_whole_message_and_envid_orcpt_come_back_decoded() {
+        let entry = entry_with_dsn_parameters(Some(Ret::Full));
+        let report = dsn("one.test", &entry, &entry.recipients, SystemTime::now());
+        let text = String::from_utf8(report).unwrap();
+        assert!(text.contains("Content-Type: message/rfc822\n"), "{text}");
+        assert!(text.contains("\nsecret body\n"), "{text}");
+        assert!(
+            text.contains("Original-Envelope-Id: QQ+314159\nReporting-MTA:"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Original-Recipient: rfc822; Bob@Two.test\nFinal-Recipient: rfc822; bob@two.test\n"
+            ),
+            "{text}"
+        );
+        let hdrs = entry_with_dsn_parameters(Some(Ret::Hdrs));
+        let text = String::from_utf8(dsn("h", &hdrs, &hdrs.recipients, SystemTime::now())).unwrap();
+        assert!(text.contains("Content-Type: text/rfc822-headers\n") && !text.contains("secret"));
+    }
+
+    #[test]
+    fn a_relayed_report_says_relayed_and_returns_only_headers() {
+        let entry = entry_with_dsn_parameters(Some(Ret::Full));
+        let report = relayed_dsn("one.test", &entry, &entry.recipients, SystemTime::now());
+        let text = String::from_utf8(report).unwrap();
+        assert!(
+            text.contains("Subject: Successful Mail Delivery Report\n"),
+            "{text}"
+        );
+        assert!(text.contains("Action: relayed\nStatus: 2.0.0\n"), "{text}");
+        assert!(
+            text.contains("Content-Type: text/rfc822-headers\n"),
+            "{text}"
+        );
+        assert!(!text.contains("secret body"), "RFC 3461 §4.3: headers only");
+        let mut plain = entry.clone();
+        plain.envid = None;
+        plain.recipients[0].orcpt = None;
+        let text =
+            String::from_utf8(dsn("h", &plain, &plain.recipients, SystemTime::now())).unwrap();
+        assert!(!text.contains("Original-Envelope-Id") && !text.contains("Original-Recipient"));
     }
 }

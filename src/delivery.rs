@@ -4,10 +4,11 @@
 //! - `LocalDelivery::deliver(message)` prepends `Return-Path:` and `Received:` for each recipient
 //!   and appends the message to every local mailbox at once, all or nothing; recipients in
 //!   other domains (`Route::Relay`) are written to the outbound queue in the same all-or-nothing
-//!   step (queue file synced, mboxes written, then the queue file committed).
+//!   step (queue file synced, mboxes written, then the queue file committed), with the DSN
+//!   parameters of the envelope (RET, ENVID, NOTIFY, ORCPT).
 //! - `received_header(..)` builds the trace line of RFC 5321 §4.4.
 //!
-//! Standards: RFC 5321 §4.4, RFC 5321 §6.1, RFC 5321 §4.2.5, RFC 3463 §3.4, RFC 3848 §3, RFC 6531 §3.7.3
+//! Standards: RFC 5321 §4.4, RFC 5321 §6.1, RFC 5321 §4.2.5, RFC 3463 §3.4, RFC 3848 §3, RFC 6531 §3.7.3, RFC 3461 §5.2.1
 
 use std::io;
 use std::sync::Arc;
@@ -103,20 +104,24 @@ impl LocalDelivery {
             ));
         };
         let mut paths: Vec<String> = Vec::new();
-        for path in relayed.iter().map(|r| r.path.to_string()) {
+        let mut unique: Vec<&Recipient> = Vec::new();
+        for recipient in &relayed {
+            let path = recipient.path.to_string();
             if !paths.contains(&path) {
                 paths.push(path); // one copy per address, however often it was given
+                unique.push(recipient);
             }
         }
         // RFC 5321 §4.4: a relay adds its own Received line before passing the message on.
         let mut content = relay_received_header(message, &self.hostname, &relayed).into_bytes();
         content.extend_from_slice(&message.content);
-        let entry = queue::Entry::new(
+        let mut entry = queue::Entry::new(
             &message.id,
             message.envelope.sender.to_string(),
             paths,
             content,
         );
+        keep_dsn_parameters(&mut entry, message, &unique);
         spool.prepare(&entry).map(Some).map_err(|error| {
             warn!(
                 "{}: cannot write to the queue, nothing stored: {error}",
@@ -222,6 +227,17 @@ fn relay_received_header(message: &Message, hostname: &str, relayed: &[&Recipien
         only,
         SystemTime::now(),
     )
+}
+
+/// RFC 3461 §5.2.1: the DSN parameters travel with the queued copy, so the relay can honour
+/// them and pass them on.
+fn keep_dsn_parameters(entry: &mut queue::Entry, message: &Message, recipients: &[&Recipient]) {
+    entry.ret = message.envelope.options.ret;
+    entry.envid = message.envelope.options.envid.clone();
+    for (rcpt, recipient) in entry.recipients.iter_mut().zip(recipients) {
+        rcpt.notify = recipient.options.notify;
+        rcpt.orcpt = recipient.options.orcpt.clone();
+    }
 }
 
 /// A failed delivery is temporary: the client keeps the message and tries again (RFC 5321 §4.2.5).

@@ -28,6 +28,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::datetime;
+use crate::extensions::{Notify, Ret};
 
 /// RFC 5321 §4.5.4.1: "the retry interval SHOULD be at least 30 minutes", and "retries continue
 /// until the message is transmitted or the sender gives up; the give-up time generally needs to
@@ -65,6 +66,10 @@ pub struct Rcpt {
     pub remote: String,
     /// The last reply or error, one line: `451 4.4.1 Connection refused` (why it waits).
     pub reply: String,
+    /// RFC 3461 §4.1 `NOTIFY=` from the RCPT command, if the client gave it.
+    pub notify: Option<Notify>,
+    /// RFC 3461 §4.2 `ORCPT=` from the RCPT command, as the client wrote it (xtext).
+    pub orcpt: Option<String>,
 }
 
 /// One queued message: envelope, recipients with their state, schedule, content.
@@ -82,6 +87,10 @@ pub struct Entry {
     /// The reverse-path with brackets: `<alice@one.test>`, or `<>` for a bounce.
     pub sender: String,
     pub recipients: Vec<Rcpt>,
+    /// RFC 3461 §4.3 `RET=` from the MAIL command: what a failure report returns.
+    pub ret: Option<Ret>,
+    /// RFC 3461 §4.4 `ENVID=` from the MAIL command, as the client wrote it (xtext).
+    pub envid: Option<String>,
     /// The message, lines ending in `\n`, with this server's `Received:` line on top.
     pub content: Vec<u8>,
 }
@@ -109,8 +118,12 @@ impl Entry {
                     state: RcptState::Pending,
                     remote: String::new(),
                     reply: String::new(),
+                    notify: None,
+                    orcpt: None,
                 })
                 .collect(),
+            ret: None,
+            envid: None,
             content,
         }
     }
@@ -389,7 +402,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 // ANCHOR: format
 /// The spool file: a header of `name: value` lines, one `recipient:` line per recipient with
-/// tab-separated fields (state, path, remote host, last reply), an empty line, the content.
+/// tab-separated fields (state, path, remote host, last reply, NOTIFY, ORCPT), an empty line,
+/// the content. The DSN parameters (`ret:`, `envid:`, the last two fields) are written only
+/// when the client gave them, because a relay passes on exactly what it got (RFC 3461 §5.2.1).
 fn serialize(entry: &Entry) -> Vec<u8> {
     let mut head = String::new();
     let _ = writeln!(head, "{MAGIC}");
@@ -399,6 +414,12 @@ fn serialize(entry: &Entry) -> Vec<u8> {
     let _ = writeln!(head, "attempts: {}", entry.attempts);
     let _ = writeln!(head, "next-attempt: {}", entry.next_attempt);
     let _ = writeln!(head, "sender: {}", one_line(&entry.sender));
+    if let Some(ret) = entry.ret {
+        let _ = writeln!(head, "ret: {}", ret.keyword());
+    }
+    if let Some(envid) = &entry.envid {
+        let _ = writeln!(head, "envid: {}", one_line(envid));
+    }
     for rcpt in &entry.recipients {
         let state = match rcpt.state {
             RcptState::Pending => "pending",
@@ -407,10 +428,12 @@ fn serialize(entry: &Entry) -> Vec<u8> {
         };
         let _ = writeln!(
             head,
-            "recipient: {state}\t{}\t{}\t{}",
+            "recipient: {state}\t{}\t{}\t{}\t{}\t{}",
             one_line(&rcpt.path),
             one_line(&rcpt.remote),
-            one_line(&rcpt.reply)
+            one_line(&rcpt.reply),
+            rcpt.notify.map(|n| n.to_string()).unwrap_or_default(),
+            one_line(rcpt.orcpt.as_deref().unwrap_or("")),
         );
     }
     head.push('\n');
@@ -445,6 +468,8 @@ fn deserialize(name: &str, bytes: &[u8]) -> Result<Entry, String> {
         next_attempt: 0,
         sender: String::new(),
         recipients: Vec::new(),
+        ret: None,
+        envid: None,
         content: bytes[end + 2..].to_vec(),
     };
     for line in lines {
@@ -462,6 +487,8 @@ fn deserialize(name: &str, bytes: &[u8]) -> Result<Entry, String> {
             "next-attempt" => entry.next_attempt = number()?,
             "sender" => entry.sender = value.to_string(),
             "recipient" => entry.recipients.push(recipient(value)?),
+            "ret" => entry.ret = Some(Ret::parse(value).ok_or("bad ret")?),
+            "envid" => entry.envid = Some(value.to_string()),
             _ => {} // a field from a newer version: keep going
         }
     }
@@ -483,11 +510,21 @@ fn recipient(value: &str) -> Result<Rcpt, String> {
         .next()
         .filter(|p| !p.is_empty())
         .ok_or("recipient without a path")?;
+    let remote = fields.next().unwrap_or("").to_string();
+    let reply = fields.next().unwrap_or("").to_string();
+    // Files written before DSN support have no fifth and sixth field.
+    let notify = match fields.next().filter(|n| !n.is_empty()) {
+        Some(text) => Some(Notify::parse(text).ok_or("bad NOTIFY value")?),
+        None => None,
+    };
+    let orcpt = fields.next().filter(|o| !o.is_empty()).map(str::to_string);
     Ok(Rcpt {
         state,
         path: path.to_string(),
-        remote: fields.next().unwrap_or("").to_string(),
-        reply: fields.next().unwrap_or("").to_string(),
+        remote,
+        reply,
+        notify,
+        orcpt,
     })
 }
 
@@ -605,6 +642,15 @@ mod tests {
         let mut entry = sample();
         entry.recipients[0].state = RcptState::Delivered;
         entry.recipients[1].reply = "451 4.4.1 refused\tby\npeer".into();
+        entry.ret = Some(Ret::Hdrs);
+        entry.envid = Some("QQ+2B314159".into());
+        entry.recipients[0].notify = Some(Notify::NEVER);
+        entry.recipients[1].notify = Some(Notify {
+            success: true,
+            failure: true,
+            delay: false,
+        });
+        entry.recipients[1].orcpt = Some("rfc822;a+20b@two.test".into());
         spool.prepare(&entry).unwrap().commit().unwrap();
         let loaded = spool.load_all();
         assert_eq!(loaded.len(), 1);

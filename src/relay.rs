@@ -12,12 +12,17 @@
 //! (`Relay::try_target`), until one has answered for the message; then record each recipient's
 //! fate in the spool file, bounce what failed, and schedule the next attempt for the rest.
 //!
+//! DSN (RFC 3461): when the next hop lists `DSN` after EHLO, RET and ENVID go on MAIL FROM and
+//! NOTIFY and ORCPT on each RCPT TO, as the client gave them, and the next hop reports from
+//! then on. When it does not, this server keeps that duty: a recipient with `NOTIFY=SUCCESS`
+//! gets a "relayed" report, and a failure is reported only if NOTIFY asks for it (or is absent).
+//!
 //! The client states at every step what it expects (`cmd(OK, "MAIL FROM", ...)`), as Go's
 //! net/smtp does. Before MAIL FROM a failure means "this host cannot take mail now": the next
 //! host is tried. From MAIL FROM on, the host has answered for the message: 2xx is done, 4xx is
 //! tried again later, 5xx is bounced (RFC 5321 §4.2.1).
 //!
-//! Standards: RFC 5321 §3.3, RFC 5321 §4.2, RFC 5321 §4.2.1, RFC 5321 §4.5.2, RFC 5321 §4.5.3.1.5, RFC 5321 §4.5.3.2, RFC 5321 §4.5.4.1, RFC 5321 §5.1, RFC 5321 §2.3.8
+//! Standards: RFC 3461 §5.2.1, RFC 3461 §5.2.2, RFC 3461 §6.1, RFC 5321 §3.3, RFC 5321 §4.2, RFC 5321 §4.2.1, RFC 5321 §4.5.2, RFC 5321 §4.5.3.1.5, RFC 5321 §4.5.3.2, RFC 5321 §4.5.4.1, RFC 5321 §5.1, RFC 5321 §2.3.8
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, BufRead, BufReader, Write};
@@ -33,7 +38,7 @@ use crate::address::{self, Domain, ForwardPath, ReversePath};
 use crate::bounce;
 use crate::config::Config;
 use crate::dns::{self, Me, Resolver, Rng, RouteError};
-use crate::extensions::MailOptions;
+use crate::extensions::{MailOptions, Notify, RcptOptions};
 use crate::queue::{unix_now, Entry, Rcpt, RcptState, Schedule, Spool};
 use crate::session::{Client, Deliver, Envelope, Message, Recipient, Route};
 
@@ -147,16 +152,27 @@ struct Relay {
 /// What became of one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
-    Delivered { remote: String, reply: String },
-    Retry { remote: String, reply: String },
-    Bounce { remote: String, reply: String },
+    /// `dsn`: the next hop speaks DSN and took over reporting (RFC 3461 §5.2.1).
+    Delivered {
+        remote: String,
+        reply: String,
+        dsn: bool,
+    },
+    Retry {
+        remote: String,
+        reply: String,
+    },
+    Bounce {
+        remote: String,
+        reply: String,
+    },
 }
 
 impl Outcome {
     /// `delivered (mx.two.test said 250 2.0.0 OK)`, for the log.
     fn describe(&self) -> String {
         let (what, remote, reply) = match self {
-            Outcome::Delivered { remote, reply } => ("delivered", remote, reply),
+            Outcome::Delivered { remote, reply, .. } => ("delivered", remote, reply),
             Outcome::Retry { remote, reply } => ("deferred", remote, reply),
             Outcome::Bounce { remote, reply } => ("bounced", remote, reply),
         };
@@ -222,32 +238,38 @@ impl Relay {
         let pending: Vec<usize> = (0..entry.recipients.len())
             .filter(|&i| entry.recipients[i].state == RcptState::Pending)
             .collect();
+        let mut relayed = Vec::new();
         for (destination, group) in self.group_by_destination(&entry, &pending) {
-            let paths: Vec<String> = group
-                .iter()
-                .map(|&i| entry.recipients[i].path.clone())
-                .collect();
-            let outcomes = self.deliver_group(&tag, &entry, &destination, &paths);
+            let rcpts: Vec<Rcpt> = group.iter().map(|&i| entry.recipients[i].clone()).collect();
+            let outcomes = self.deliver_group(&tag, &entry, &destination, &rcpts);
             for (&i, outcome) in group.iter().zip(outcomes) {
                 info!(
                     "[{tag}] {}: {}",
                     entry.recipients[i].path,
                     outcome.describe()
                 );
+                let notice = needs_relayed_notice(&entry.recipients[i], &outcome);
                 record(&mut entry.recipients[i], outcome);
+                if notice {
+                    relayed.push(entry.recipients[i].clone());
+                }
             }
         }
         let now = unix_now();
         if self.schedule.expired(&entry, now) {
             self.expire(&mut entry);
         }
+        // RFC 3461 §5.2.2 (c), (d), (f): a failure is reported unless NOTIFY left FAILURE out.
         let failed: Vec<Rcpt> = pending
             .iter()
             .map(|&i| entry.recipients[i].clone())
-            .filter(|r| r.state == RcptState::Failed)
+            .filter(|r| r.state == RcptState::Failed && Notify::wants_failure(r.notify))
             .collect();
         if !failed.is_empty() {
             self.bounce(&tag, &entry, &failed);
+        }
+        if !relayed.is_empty() {
+            self.report_relayed(&tag, &entry, &relayed);
         }
         self.finish(&tag, entry, now);
     }
@@ -307,15 +329,15 @@ impl Relay {
         groups
     }
 
-    /// Deliver to one destination: find the hosts, try them in order, one outcome per path.
+    /// Deliver to one destination: find the hosts, try them in order, one outcome per recipient.
     fn deliver_group(
         &mut self,
         tag: &str,
         entry: &Entry,
         destination: &str,
-        paths: &[String],
+        rcpts: &[Rcpt],
     ) -> Vec<Outcome> {
-        let all = |outcome: Outcome| vec![outcome; paths.len()];
+        let all = |outcome: Outcome| vec![outcome; rcpts.len()];
         let targets = match self.targets(tag, destination) {
             Ok(targets) => targets,
             Err(RouteError::Permanent { code, status, text }) => {
@@ -339,7 +361,7 @@ impl Relay {
             if self.stopping() {
                 break;
             }
-            match self.try_target(tag, target, entry, paths) {
+            match self.try_target(tag, target, entry, rcpts) {
                 Ok(outcomes) => return outcomes,
                 Err(reply) => {
                     info!(
@@ -438,7 +460,7 @@ impl Relay {
         tag: &str,
         target: &Target,
         entry: &Entry,
-        paths: &[String],
+        rcpts: &[Rcpt],
     ) -> Result<Vec<Outcome>, String> {
         let stream = TcpStream::connect_timeout(&target.addr, CONNECT_TIMEOUT).map_err(|e| {
             format!(
@@ -455,13 +477,13 @@ impl Relay {
             return Err("451 4.3.2 The relay is stopping".into());
         }
         let mut client = SmtpClient::new(stream, tag).map_err(|e| format!("451 4.4.2 {e}"))?;
-        let result = client.send_message(&self.config.hostname, entry, paths);
+        let result = client.send_message(&self.config.hostname, entry, rcpts);
         *lock(&self.current) = None;
         let remote = target.host.clone();
-        result.map(|replies| {
+        result.map(|(replies, dsn)| {
             replies
                 .into_iter()
-                .map(|reply| outcome(remote.clone(), reply))
+                .map(|reply| outcome(remote.clone(), reply, dsn))
                 .collect()
         })
     }
@@ -476,6 +498,23 @@ impl Relay {
             return;
         };
         let report = bounce::dsn(&self.config.hostname, entry, failed, SystemTime::now());
+        self.send_report(tag, entry, &sender, report);
+    }
+    // ANCHOR_END: bounce
+
+    /// RFC 3461 §5.2.2 (b): the next hop took the message for recipients that asked
+    /// `NOTIFY=SUCCESS` but cannot report on it, so this server says "relayed" now.
+    fn report_relayed(&self, tag: &str, entry: &Entry, relayed: &[Rcpt]) {
+        let Ok((ReversePath::Mailbox(sender), _)) = address::reverse_path(&entry.sender, true)
+        else {
+            return; // RFC 3461 §5.2: never a DSN for a message from <>
+        };
+        let report = bounce::relayed_dsn(&self.config.hostname, entry, relayed, SystemTime::now());
+        self.send_report(tag, entry, &sender, report);
+    }
+
+    /// Deliver a report to the sender: locally, or through the queue from `<>`.
+    fn send_report(&self, tag: &str, entry: &Entry, sender: &address::Mailbox, report: Vec<u8>) {
         let directory = &self.config.directory;
         let result = if directory.is_local_domain(&sender.domain) {
             match directory.mailboxes(&sender.local_part_unquoted()) {
@@ -486,11 +525,10 @@ impl Relay {
             self.bounce_by_queue(entry, &sender.to_string(), report)
         };
         match result {
-            Ok(()) => info!("[{tag}] bounce sent to <{sender}>"),
-            Err(error) => warn!("[{tag}] bounce to <{sender}> lost: {error}"),
+            Ok(()) => info!("[{tag}] report sent to <{sender}>"),
+            Err(error) => warn!("[{tag}] report to <{sender}> lost: {error}"),
         }
     }
-    // ANCHOR_END: bounce
 
     /// A local sender: the report goes through the same `Deliver` hook as any local mail.
     fn bounce_locally(
@@ -517,6 +555,7 @@ impl Relay {
                 recipients: vec![Recipient {
                     path: ForwardPath::Mailbox(sender),
                     route: Route::Local(users),
+                    options: RcptOptions::default(),
                 }],
                 refused_recipients: 0,
             },
@@ -529,12 +568,14 @@ impl Relay {
 
     /// A foreign sender: the report is queued like any other message, from `<>`.
     fn bounce_by_queue(&self, entry: &Entry, sender: &str, report: Vec<u8>) -> Result<(), String> {
-        let dsn = Entry::new(
+        let mut dsn = Entry::new(
             &format!("{}.dsn", entry.message_id),
             "<>".into(),
             vec![format!("<{sender}>")],
             report,
         );
+        // RFC 3461 §6.1: a report is sent without RET, and NOTIFY, if given, must be NEVER.
+        dsn.recipients[0].notify = Some(Notify::NEVER);
         self.spool
             .prepare(&dsn)
             .and_then(|prepared| prepared.commit())
@@ -559,7 +600,7 @@ fn resolver(
 /// Store an outcome in the recipient's line of the spool file.
 fn record(rcpt: &mut Rcpt, outcome: Outcome) {
     let (state, remote, reply) = match outcome {
-        Outcome::Delivered { remote, reply } => (RcptState::Delivered, remote, reply),
+        Outcome::Delivered { remote, reply, .. } => (RcptState::Delivered, remote, reply),
         Outcome::Retry { remote, reply } => (RcptState::Pending, remote, reply),
         Outcome::Bounce { remote, reply } => (RcptState::Failed, remote, reply),
     };
@@ -568,13 +609,20 @@ fn record(rcpt: &mut Rcpt, outcome: Outcome) {
     rcpt.reply = reply;
 }
 
+/// Does this recipient get a "relayed" report? Only for NOTIFY=SUCCESS, and only when the
+/// next hop did not take the parameters over (RFC 3461 §5.2.1, §5.2.2 (b), (e)).
+fn needs_relayed_notice(rcpt: &Rcpt, outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Delivered { dsn: false, .. }) && Notify::wants_success(rcpt.notify)
+}
+
 /// RFC 5321 §4.2.1: the first digit decides. 2 done, 4 later, 5 never.
-fn outcome(remote: String, reply: RemoteReply) -> Outcome {
+fn outcome(remote: String, reply: RemoteReply, dsn: bool) -> Outcome {
     let reply_text = reply.one_line();
     match reply.code / 100 {
         2 => Outcome::Delivered {
             remote,
             reply: reply_text,
+            dsn,
         },
         5 => Outcome::Bounce {
             remote,
@@ -586,6 +634,37 @@ fn outcome(remote: String, reply: RemoteReply) -> Outcome {
         },
     }
 }
+
+// ANCHOR: dsn_parameters
+/// ` RET=HDRS ENVID=QQ314159` for MAIL FROM: exactly what the client gave, only to a host
+/// that lists DSN (RFC 3461 §5.2.1 (a), (b)).
+fn mail_parameters(entry: &Entry, dsn: bool) -> String {
+    let mut params = String::new();
+    if dsn {
+        if let Some(ret) = entry.ret {
+            params.push_str(&format!(" RET={}", ret.keyword()));
+        }
+        if let Some(envid) = &entry.envid {
+            params.push_str(&format!(" ENVID={envid}"));
+        }
+    }
+    params
+}
+
+/// ` NOTIFY=SUCCESS ORCPT=rfc822;bob@two.test` for RCPT TO (RFC 3461 §5.2.1 (c), (d)).
+fn rcpt_parameters(rcpt: &Rcpt, dsn: bool) -> String {
+    let mut params = String::new();
+    if dsn {
+        if let Some(notify) = rcpt.notify {
+            params.push_str(&format!(" NOTIFY={notify}"));
+        }
+        if let Some(orcpt) = &rcpt.orcpt {
+            params.push_str(&format!(" ORCPT={orcpt}"));
+        }
+    }
+    params
+}
+// ANCHOR_END: dsn_parameters
 
 /// The domain of `<local@domain>`, lower case (domains are not case sensitive, RFC 5321 §2.4).
 fn domain_of(path: &str) -> Option<String> {
@@ -820,14 +899,15 @@ impl SmtpClient {
     }
 
     // ANCHOR: send_message
-    /// One message to one host: a reply per recipient, or `Err` if the host never got as far
-    /// as MAIL FROM (then the next host may take it).
+    /// One message to one host: a reply per recipient and whether the host took the DSN
+    /// parameters, or `Err` if the host never got as far as MAIL FROM (then the next host may
+    /// take it).
     fn send_message(
         &mut self,
         hostname: &str,
         entry: &Entry,
-        paths: &[String],
-    ) -> Result<Vec<RemoteReply>, String> {
+        rcpts: &[Rcpt],
+    ) -> Result<(Vec<RemoteReply>, bool), String> {
         let ehlo = self.hello(hostname).map_err(|e| self.diagnose(e))?;
         if ehlo.has_keyword("STARTTLS") {
             // SEAM: opportunistic STARTTLS (RFC 3207) goes here, once tls.rs exists: send
@@ -837,27 +917,29 @@ impl SmtpClient {
                 self.tag
             );
         }
-        let sender = entry.sender.clone();
-        let replies = match self.cmd(
-            OK,
-            "MAIL FROM",
-            &format!("MAIL FROM:{sender}"),
-            MAIL_TIMEOUT,
-        ) {
-            Ok(_) => self.recipients_and_data(entry, paths),
-            Err(error) => vec![self.as_reply(error); paths.len()],
+        // RFC 3461 §5.2.1, §5.2.2 (a): the DSN parameters go on only to a host that lists DSN.
+        let dsn = ehlo.has_keyword("DSN");
+        let mail = format!("MAIL FROM:{}{}", entry.sender, mail_parameters(entry, dsn));
+        let replies = match self.cmd(OK, "MAIL FROM", &mail, MAIL_TIMEOUT) {
+            Ok(_) => self.recipients_and_data(entry, rcpts, dsn),
+            Err(error) => vec![self.as_reply(error); rcpts.len()],
         };
         let _ = self.cmd(&[221], "QUIT", "QUIT", MAIL_TIMEOUT);
-        Ok(replies)
+        Ok((replies, dsn))
     }
     // ANCHOR_END: send_message
 
     /// RCPT for every recipient, then DATA if any was accepted; one reply per recipient.
-    fn recipients_and_data(&mut self, entry: &Entry, paths: &[String]) -> Vec<RemoteReply> {
-        let mut replies = Vec::with_capacity(paths.len());
-        for path in paths {
-            let reply = match self.cmd(RCPT_OK, "RCPT TO", &format!("RCPT TO:{path}"), RCPT_TIMEOUT)
-            {
+    fn recipients_and_data(
+        &mut self,
+        entry: &Entry,
+        rcpts: &[Rcpt],
+        dsn: bool,
+    ) -> Vec<RemoteReply> {
+        let mut replies = Vec::with_capacity(rcpts.len());
+        for rcpt in rcpts {
+            let line = format!("RCPT TO:{}{}", rcpt.path, rcpt_parameters(rcpt, dsn));
+            let reply = match self.cmd(RCPT_OK, "RCPT TO", &line, RCPT_TIMEOUT) {
                 Ok(reply) => reply,
                 Err(error) => self.as_reply(error),
             };
@@ -993,12 +1075,15 @@ mod tests {
             lines: vec!["x".into()],
         };
         assert!(matches!(
-            outcome("h".into(), r(250)),
+            outcome("h".into(), r(250), false),
             Outcome::Delivered { .. }
         ));
-        assert!(matches!(outcome("h".into(), r(451)), Outcome::Retry { .. }));
         assert!(matches!(
-            outcome("h".into(), r(550)),
+            outcome("h".into(), r(451), false),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            outcome("h".into(), r(550), false),
             Outcome::Bounce { .. }
         ));
         assert_eq!(domain_of("<Bob@Two.TEST>").as_deref(), Some("two.test"));

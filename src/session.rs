@@ -22,7 +22,7 @@ use crate::auth::{self, Credentials, Exchange, Sasl};
 use crate::command::{self, Command, Param, Verb, VERBS};
 use crate::config::Config;
 use crate::data;
-use crate::extensions::{self, BodyType, Limits, MailOptions, Offer};
+use crate::extensions::{self, BodyType, Limits, MailOptions, Offer, RcptOptions};
 use crate::fault::{self, Point};
 use crate::machine;
 use crate::reply::Reply;
@@ -171,6 +171,8 @@ pub enum Route {
 pub struct Recipient {
     pub path: ForwardPath,
     pub route: Route,
+    /// The RCPT parameters: NOTIFY and ORCPT of RFC 3461 §4.1, §4.2.
+    pub options: RcptOptions,
 }
 
 /// What one mail transaction has gathered (RFC 5321 §3.3).
@@ -589,15 +591,20 @@ impl Session {
             }
         };
         let smtputf8 = envelope.options.smtputf8;
-        let checked = extensions::rcpt_options(params).and_then(|()| self.route(&path, smtputf8));
+        let checked = extensions::rcpt_options(params)
+            .and_then(|options| Ok((self.route(&path, smtputf8)?, options)));
         let reply = match checked {
             // RFC 5321 §4.5.3.1.10: over an implementation limit, answer 452 and keep the others.
             Ok(_) if envelope.recipients.len() >= self.config.max_recipients => {
                 Reply::TOO_MANY_RECIPIENTS_452
             }
-            Ok(route) => {
+            Ok((route, options)) => {
                 let text = format!("Recipient {path} OK; next: another RCPT TO, or DATA");
-                envelope.recipients.push(Recipient { path, route });
+                envelope.recipients.push(Recipient {
+                    path,
+                    route,
+                    options,
+                });
                 Reply::RECIPIENT_OK_250.text(text)
             }
             Err(reply) => {

@@ -544,3 +544,134 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+// A scripted next hop (DSN and queue-crash tests)
+
+/// What a scripted next hop saw in one connection.
+#[derive(Debug, Default, Clone)]
+pub struct HopSession {
+    pub commands: Vec<String>,
+    /// The raw DATA stream, from after 354 up to and including the final `.` line.
+    pub data: Vec<u8>,
+}
+
+/// How a scripted next hop answers.
+#[derive(Debug, Clone, Copy)]
+pub struct HopScript {
+    /// List `DSN` after EHLO (RFC 3461 §3).
+    pub dsn: bool,
+    /// The reply to every RCPT TO.
+    pub rcpt_reply: &'static str,
+}
+
+/// A next hop on `addr` that answers from a script and records every session; stopped (and
+/// its thread joined) when dropped.
+pub struct ScriptedHop {
+    pub addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<HopSession>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ScriptedHop {
+    pub fn start(addr: &str, script: HopScript) -> ScriptedHop {
+        let listener = std::net::TcpListener::bind(addr).expect("bind the next hop");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("address");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log, flag) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let session = hop_converse(stream, script);
+                        log.lock().expect("lock").push(session);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        ScriptedHop {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn sessions(&self) -> Vec<HopSession> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// The DATA streams received so far, one per accepted message.
+    pub fn messages(&self) -> Vec<Vec<u8>> {
+        self.sessions()
+            .into_iter()
+            .filter(|s| !s.data.is_empty())
+            .map(|s| s.data)
+            .collect()
+    }
+}
+
+impl Drop for ScriptedHop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One SMTP conversation as a minimal server; every read has a timeout.
+fn hop_converse(stream: TcpStream, script: HopScript) -> HopSession {
+    let mut session = HopSession::default();
+    if stream.set_nonblocking(false).is_err()
+        || stream.set_read_timeout(Some(READ_TIMEOUT)).is_err()
+    {
+        return session;
+    }
+    let Ok(mut writer) = stream.try_clone() else {
+        return session;
+    };
+    let mut reader = BufReader::new(stream);
+    let _ = writer.write_all(b"220 hop.test ESMTP\r\n");
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return session;
+        }
+        let command = line.trim_end().to_string();
+        session.commands.push(command.clone());
+        let verb = command.get(..4).unwrap_or("").to_ascii_uppercase();
+        let reply = match verb.as_str() {
+            "EHLO" if script.dsn => "250-hop.test\r\n250-8BITMIME\r\n250 DSN",
+            "EHLO" => "250-hop.test\r\n250 8BITMIME",
+            "MAIL" | "RSET" | "NOOP" => "250 2.1.0 OK",
+            "RCPT" => script.rcpt_reply,
+            "DATA" => {
+                let _ = writer.write_all(b"354 go ahead\r\n");
+                session.data = hop_read_data(&mut reader);
+                "250 2.0.0 queued"
+            }
+            "QUIT" => {
+                let _ = writer.write_all(b"221 2.0.0 bye\r\n");
+                return session;
+            }
+            _ => "502 5.5.1 no",
+        };
+        let _ = writer.write_all(format!("{reply}\r\n").as_bytes());
+    }
+}
+
+/// Raw bytes until `\r\n.\r\n` (the stream starts at a line start, so a lone `.\r\n` counts).
+fn hop_read_data(reader: &mut impl Read) -> Vec<u8> {
+    let mut data = Vec::new();
+    let mut byte = [0u8; 1];
+    while !(data == b".\r\n" || data.ends_with(b"\r\n.\r\n")) {
+        match reader.read(&mut byte) {
+            Ok(1) => data.push(byte[0]),
+            _ => break,
+        }
+    }
+    data
+}

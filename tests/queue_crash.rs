@@ -1,0 +1,135 @@
+//! SIGKILL with mail in the outbound queue: the real binary accepts three messages for another
+//! domain while the next hop is down, is killed, and is started again on the same spool once
+//! the next hop is up. Every message must arrive exactly once, and the queue must end empty
+//! (RFC 5321 §6.1: a 250 is a promise that survives a crash).
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::{wait_until, HopScript, ScriptedHop, TempDir};
+
+/// A started server process, killed when dropped (also when an assertion fails).
+struct Server(Child);
+
+impl Server {
+    /// SIGKILL: no chance to flush, close or clean up anything.
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback address nobody listens on (bound, then released).
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// smtplab for one.test, sending all foreign mail to `next_hop`, its queue in `spool`.
+fn start(listen: SocketAddr, next_hop: SocketAddr, spool: &Path, mail: &Path) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+        .args(["--listen", &listen.to_string()])
+        .args(["--hostname", "mx.one.test", "--domain", "one.test"])
+        .args(["--relay-from", "127.0.0.0/8"])
+        .args(["--smart-host", &next_hop.to_string()])
+        .args(["--retry", "1s"])
+        .arg("--spool")
+        .arg(spool)
+        .arg("--mail-dir")
+        .arg(mail)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start smtplab");
+    let mut server = Server(child);
+    wait_until("the server to listen", || {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            panic!("smtplab exited with {status}");
+        }
+        TcpStream::connect(listen).is_ok()
+    });
+    server
+}
+
+/// What `smtplab queue --spool DIR` prints.
+fn queue_listing(spool: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+        .arg("queue")
+        .arg("--spool")
+        .arg(spool)
+        .output()
+        .expect("run smtplab queue");
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn queued_mail_survives_sigkill_and_is_relayed_exactly_once() {
+    let dir = TempDir::new("queue-crash");
+    let (spool, mail) = (dir.path().join("spool"), dir.path().join("mail"));
+    let next_hop = free_addr(); // down for now: every attempt is refused
+    let listen = free_addr();
+    let first = start(listen, next_hop, &spool, &mail);
+
+    let markers: Vec<String> = (1..=3).map(|n| format!("crash-marker-{n}")).collect();
+    let mut client = common::Client::connect(listen);
+    for (n, marker) in markers.iter().enumerate() {
+        let to = format!("user{n}@two.test");
+        let content = format!("Subject: {marker}\r\n\r\n{marker}\r\n");
+        let reply = client.send_mail("alice@one.test", &[&to], &content);
+        assert_eq!(reply.code, 250, "{reply:?}");
+    }
+    client.cmd("QUIT");
+    assert!(
+        queue_listing(&spool).contains("3 message(s) waiting."),
+        "{}",
+        queue_listing(&spool)
+    );
+
+    first.kill();
+    let hop = ScriptedHop::start(
+        &next_hop.to_string(),
+        HopScript {
+            dsn: false,
+            rcpt_reply: "250 2.1.5 OK",
+        },
+    );
+    let second = start(listen, next_hop, &spool, &mail);
+    wait_until("the next hop to get all three", || {
+        hop.messages().len() >= 3
+    });
+    wait_until("the queue to empty", || {
+        queue_listing(&spool) == "The queue is empty.\n"
+    });
+    drop(second);
+
+    let received: Vec<String> = hop
+        .messages()
+        .iter()
+        .map(|data| String::from_utf8_lossy(data).into_owned())
+        .collect();
+    assert_eq!(received.len(), 3, "no message twice");
+    for marker in &markers {
+        let copies = received
+            .iter()
+            .filter(|m| m.contains(&format!("\r\n{marker}\r\n")))
+            .count();
+        assert_eq!(copies, 1, "{marker} arrived {copies} times");
+    }
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .expect("the spool directory")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "files left in the spool: {left:?}");
+}
