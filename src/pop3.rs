@@ -760,7 +760,8 @@ impl Session {
         let host = &self.config.hostname;
         let response = match result {
             Ok(removed) => Response::ok(format!(
-                "{host} POP3 smtplab signing off ({removed} messages deleted)"
+                "{host} POP3 smtplab signing off ({} deleted)",
+                counted(removed, "message")
             )),
             // RFC 1939 §6: "If there is an error, ... -ERR": some deletions did not happen.
             Err(_) => {
@@ -778,6 +779,15 @@ impl Session {
         }
     }
     // ANCHOR_END: update
+}
+
+/// "1 message", "2 messages": the console is read by people.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// CAPA (RFC 2449 §5): what this server offers, one capability per line.
@@ -864,7 +874,7 @@ impl Maildrop {
     /// "n messages (m octets)", counting only messages not marked as deleted.
     fn summary(&self) -> String {
         let (count, octets) = self.totals();
-        format!("{count} messages ({octets} octets)")
+        format!("{} ({octets} octets)", counted(count, "message"))
     }
 
     fn totals(&self) -> (usize, usize) {

@@ -180,7 +180,7 @@ fn a_rust_client_lists_reads_and_deletes() {
     assert_eq!(pop.ok("DELE 1"), "Message 1 deleted (for good at QUIT)");
     assert!(pop.cmd("RETR 1").starts_with("-ERR"));
     assert_eq!(pop.stat().0, 1);
-    assert!(pop.ok("QUIT").contains("1 messages deleted"));
+    assert!(pop.ok("QUIT").contains("1 message deleted"));
     assert!(pop.is_closed());
     assert_eq!(subjects(&server), ["two"]);
     // The survivor keeps its unique-id.
@@ -229,7 +229,7 @@ fn mail_delivered_during_a_session_survives_the_quit() {
     deliver(&server, &simple("new"));
     assert_eq!(subjects(&server), ["old", "kept", "new"]);
     assert_eq!(pop.stat().0, 1, "the session sees its snapshot");
-    assert!(pop.ok("QUIT").contains("1 messages deleted"));
+    assert!(pop.ok("QUIT").contains("1 message deleted"));
     assert_eq!(subjects(&server), ["kept", "new"]);
 }
 
