@@ -188,9 +188,10 @@ fn a_full_disk_gives_452_stores_no_partial_message_and_recovers() {
 // What a client can still do: send a whole line every 1.9 s (with a 2 s timeout; every 299 s
 // with the default 300) and keep its session, and its thread, for as long as it likes: the
 // deadline is per line, not per session or per message. Postfix adds a minimum data rate
-// (`smtpd_min_data_rate`) and caps the time per message for that reason. For smtplab the cost
-// is bounded by `--max-connections` (a slow client takes one slot), so a rate limit is not
-// needed for a teaching server; a production server would want one.
+// (`smtpd_min_data_rate`) for that reason. In smtplab each such client costs one thread and one
+// of the `--max-connections` slots; enough of them can still fill every slot (the slowloris
+// attack), which a rate limit would not fully stop either. A teaching server on a classroom
+// network does not need one; a server facing the Internet would want one.
 
 /// What the trickling client saw.
 #[derive(Debug)]
