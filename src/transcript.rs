@@ -456,6 +456,13 @@ fn match_pieces(pieces: &[Piece], text: &str) -> bool {
     let Some((first, rest)) = pieces.split_first() else {
         return text.is_empty();
     };
+    // A final " {*}" also matches nothing at all, space included: `250 {host} {*}` is meant
+    // to accept a server that says only `250 mx.example`.
+    if let ([Piece::Literal(space), Piece::Any], true) = (pieces, text.is_empty()) {
+        if space == " " {
+            return true;
+        }
+    }
     if let Piece::Literal(literal) = first {
         return text
             .strip_prefix(literal.as_str())
@@ -874,6 +881,15 @@ mod tests {
             );
             assert_eq!(line.to_string(), format!("C: {text}"));
         }
+    }
+
+    #[test]
+    fn a_final_space_and_star_may_match_nothing() {
+        let pattern = Pattern::parse("250 {host} {*}").unwrap();
+        assert!(pattern.matches("250 mx.example"));
+        assert!(pattern.matches("250 mx.example greets you"));
+        assert!(!pattern.matches("250"));
+        assert!(!Pattern::parse("250 {*}").unwrap().matches("251 x"));
     }
 
     #[test]
