@@ -5,7 +5,7 @@
 //!   are already in memory (a bounce report, a test) and never spills.
 //! - `push(bytes)` appends; past `SPILL_THRESHOLD` octets the bytes go to an unlinked file in
 //!   `spill_dir`, so a session holds at most `SPILL_THRESHOLD` octets of any message.
-//! - `len()`, `is_spilled()`, `head(n)` (the first octets, for header checks),
+//! - `len()`, `is_spilled()`, `as_slice()` (a small body's bytes), `head(n)` (the first octets, for header checks),
 //!   `for_each_chunk(f)` (the whole content, `READ_CHUNK` octets at a time, as often as needed),
 //!   and `to_vec()` for the few places that need one copy in memory.
 //!
@@ -100,6 +100,14 @@ impl Body {
         self.len() == 0
     }
 
+    /// The whole content, when it is all in memory (a body that never spilled).
+    pub fn as_slice(&self) -> Option<&[u8]> {
+        match self.file {
+            None => Some(&self.tail),
+            Some(_) => None,
+        }
+    }
+
     /// Has the body moved to a spill file? A spilled body is large: it is streamed, never
     /// copied into memory whole.
     pub fn is_spilled(&self) -> bool {
@@ -111,7 +119,9 @@ impl Body {
     pub fn head(&self, n: usize) -> io::Result<Vec<u8>> {
         let len = usize::try_from(self.len()).unwrap_or(usize::MAX).min(n);
         let mut head = vec![0; len];
-        let in_file = usize::try_from(self.file_len).unwrap_or(usize::MAX).min(len);
+        let in_file = usize::try_from(self.file_len)
+            .unwrap_or(usize::MAX)
+            .min(len);
         if let Some(file) = &self.file {
             file.read_exact_at(&mut head[..in_file], 0)?;
         }
@@ -222,7 +232,11 @@ mod tests {
         assert!(body.is_spilled());
         assert!(body.tail.len() < SPILL_THRESHOLD, "memory stays bounded");
         assert_eq!(body.len(), content.len() as u64);
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "the spill file is unlinked");
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            0,
+            "the spill file is unlinked"
+        );
         // Read twice: reading keeps no position.
         assert_eq!(body.to_vec().unwrap(), content);
         assert_eq!(body.to_vec().unwrap(), content);

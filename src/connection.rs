@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use native_tls::TlsAcceptor;
 
-use crate::config::Config;
 use crate::body::READ_CHUNK;
+use crate::config::Config;
 use crate::data::DataReader;
 use crate::fault::{self, Action};
 use crate::line::{CommandLine, Ending, LineReader, Piece, ReadError};

@@ -66,7 +66,10 @@ impl LocalDelivery {
             ReversePath::Null => String::new(),
             ReversePath::Mailbox(mailbox) => mailbox.to_string(),
         };
-        match self.mail_dir.deliver_body(&sender, deliveries, &message.content) {
+        match self
+            .mail_dir
+            .deliver_body(&sender, deliveries, &message.content)
+        {
             Ok(()) => {
                 let users: Vec<&str> = deliveries.iter().map(|d| d.user.as_str()).collect();
                 info!(

@@ -210,13 +210,11 @@ impl MailDir {
             return Err(DeliveryError::UnsafeName(bad.user.clone()));
         }
         let separator = from_line(sender, SystemTime::now());
-        if content.is_spilled() {
+        // A large body is in a spill file: stream it. A small one is quoted in memory.
+        let Some(bytes) = content.as_slice() else {
             return self.deliver_streaming(&separator, &deliveries, content);
-        }
-        let body = content
-            .to_vec()
-            .map(|bytes| quote_mboxrd(&bytes))
-            .map_err(|err| DeliveryError::Io(deliveries_label(&deliveries), err))?;
+        };
+        let body = quote_mboxrd(bytes);
         let messages: Vec<Vec<u8>> = deliveries
             .iter()
             .map(|d| [separator.as_bytes(), d.trace_headers.as_bytes(), &body].concat())
@@ -258,7 +256,10 @@ impl MailDir {
 
     /// Hold each mailbox in the order given (sorted), until the guards are dropped.
     fn hold_all(&self, users: &[&str]) -> Vec<Exclusive<DeliveryError>> {
-        users.iter().map(|user| self.gates.exclusive(user)).collect()
+        users
+            .iter()
+            .map(|user| self.gates.exclusive(user))
+            .collect()
     }
 
     // ANCHOR: write_and_sync
@@ -467,12 +468,6 @@ fn separator_sender(sender: &str) -> String {
         .collect()
 }
 
-/// The names of the mailboxes of a delivery, for an error that concerns them all.
-fn deliveries_label(deliveries: &[&Delivery]) -> String {
-    let users: Vec<&str> = deliveries.iter().map(|d| d.user.as_str()).collect();
-    users.join(",")
-}
-
 /// mboxrd quoting (qmail mbox(5)): a line matching `^>*From ` gets one more `>`. Then the
 /// empty line that ends every message, after a `\n` if the last line lacked one.
 fn quote_mboxrd(content: &[u8]) -> Vec<u8> {
@@ -516,10 +511,7 @@ impl<W: Write> MboxrdQuoter<W> {
     fn new(out: W) -> Self {
         MboxrdQuoter {
             out,
-            line: LineStart::Matching {
-                quotes: 0,
-                from: 0,
-            },
+            line: LineStart::Matching { quotes: 0, from: 0 },
             last: b'\n',
             wrote: false,
         }
@@ -1163,7 +1155,11 @@ mod tests {
             let whole = quote_mboxrd(input);
             // Every single cut point, then many random sets of cuts.
             for cut in 0..=input.len() {
-                assert_eq!(quote_in_pieces(input, &[cut]), whole, "{input:?} cut at {cut}");
+                assert_eq!(
+                    quote_in_pieces(input, &[cut]),
+                    whole,
+                    "{input:?} cut at {cut}"
+                );
             }
             for _ in 0..200 {
                 let mut cuts: Vec<usize> = (0..4)
@@ -1175,7 +1171,11 @@ mod tests {
                     })
                     .collect();
                 cuts.sort_unstable();
-                assert_eq!(quote_in_pieces(input, &cuts), whole, "{input:?} cut at {cuts:?}");
+                assert_eq!(
+                    quote_in_pieces(input, &cuts),
+                    whole,
+                    "{input:?} cut at {cuts:?}"
+                );
             }
         }
     }

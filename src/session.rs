@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::auth::{self, Credentials, Exchange, Sasl};
-use crate::command::{self, Command, Param, Verb, VERBS};
 use crate::body::Body;
+use crate::command::{self, Command, Param, Verb, VERBS};
 use crate::config::Config;
 use crate::data::ChunkReader;
 use crate::extensions::{self, BodyType, Limits, MailOptions, Offer, RcptOptions};
