@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use native_tls::TlsAcceptor;
 
+use crate::body::READ_CHUNK;
 use crate::config::Config;
 use crate::data::DataReader;
 use crate::fault::{self, Action};
@@ -262,7 +263,7 @@ impl Connection {
     /// stored unless the whole message arrived.
     fn read_message(&mut self, data_ending: Ending) -> io::Result<Result<Step, Ended>> {
         let max = usize::try_from(self.context.config.max_size).unwrap_or(usize::MAX);
-        let mut data = DataReader::new(max, data_ending);
+        let mut data = DataReader::new(max, data_ending, &self.context.config.mail_dir);
         let mut shown = TracedData::default();
         loop {
             match self.read_data_piece(&mut shown.hinted)? {
@@ -307,22 +308,31 @@ impl Connection {
     }
     // ANCHOR_END: data_hint
 
-    /// After `BDAT size`: read exactly that many octets (RFC 3030 §2).
+    /// After `BDAT size`: read exactly that many octets (RFC 3030 §2), `READ_CHUNK` at a time,
+    /// handing each piece to the session, so a chunk of any size is never in memory whole.
     fn read_chunk(&mut self, size: u64) -> io::Result<Result<Step, Ended>> {
         let deadline = Instant::now() + self.context.config.idle_timeout;
-        let room = self.session.chunk_room();
-        let (lines, stream) = self.io()?;
-        match lines.read_chunk(stream, size, room, deadline) {
-            Ok(kept) => {
-                if let Some(console) = &self.console {
-                    console.client(format!("(a chunk of {size} octets)").as_bytes());
+        let mut room = self.session.chunk_room();
+        let mut left = size;
+        while left > 0 {
+            let piece = left.min(READ_CHUNK as u64);
+            let keep = room.min(READ_CHUNK);
+            let (lines, stream) = self.io()?;
+            match lines.read_chunk(stream, piece, keep, deadline) {
+                Ok(kept) => {
+                    room -= kept.len();
+                    self.session.chunk_piece(&kept);
                 }
-                let step = self.session.chunk(kept, size);
-                self.trace_step(&step);
-                Ok(Ok(step))
+                Err(error) => return self.read_failed(error).map(Err),
             }
-            Err(error) => self.read_failed(error).map(Err),
+            left -= piece;
         }
+        if let Some(console) = &self.console {
+            console.client(format!("(a chunk of {size} octets)").as_bytes());
+        }
+        let step = self.session.chunk(Vec::new(), size);
+        self.trace_step(&step);
+        Ok(Ok(step))
     }
 
     // ANCHOR: starttls

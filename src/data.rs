@@ -3,12 +3,23 @@
 //! Interface:
 //! - `DataReader::push(piece, saw_cr)` takes the next piece of content from `line.rs` and says
 //!   whether it was the end of data.
-//! - `DataReader::finish(saw_cr)` gives the message (lines ending in `\n`) or the reply that
-//!   refuses it: 552 too big, 550 bare CR/LF, 554 NUL byte or too many hops.
-//! - `chunked_content(octets, binary)` does the same for a message sent with BDAT chunks.
+//! - `DataReader::finish(saw_cr)` gives the message (a `Body`, lines ending in `\n`) or the
+//!   reply that refuses it: 552 too big, 550 bare CR/LF, 554 NUL byte or too many hops, 451 when
+//!   the spill file could not be written.
+//! - `ChunkReader::push(octets)` and `finish()` do the same for a message sent with BDAT chunks,
+//!   one chunk (or piece of one) at a time; `chunked_content(octets, binary)` for all at once.
+//!
+//! The content goes into a `Body` (`src/body.rs`), which moves a large message to a spill file:
+//! a session holds at most `body::SPILL_THRESHOLD` octets of it, whatever `--max-size` says.
 //!
 //! Standards: RFC 5321 §4.1.1.4, RFC 5321 §4.5.2, RFC 5321 §4.5.3.1.7, RFC 5321 §2.3.8, RFC 5321 §6.3, RFC 3030 §2
 
+use std::io;
+use std::path::Path;
+
+use log::warn;
+
+use crate::body::{Body, SPILL_THRESHOLD};
 use crate::line::{Ending, Piece};
 use crate::reply::Reply;
 
@@ -20,7 +31,9 @@ pub const MAX_RECEIVED_HEADERS: usize = 100;
 #[derive(Debug)]
 pub struct DataReader {
     max_size: usize,
-    content: Vec<u8>,
+    content: Body,
+    /// Writing the spill file failed: the message is refused with 451 at the end.
+    spill_failed: bool,
     /// Octets the client sent, counted as on the wire (each line with its CRLF).
     size: usize,
     /// The ending of the previous line (for the first line: of the DATA command itself).
@@ -33,11 +46,12 @@ pub struct DataReader {
 }
 
 impl DataReader {
-    /// `data_ending` is how the DATA command line ended.
-    pub fn new(max_size: usize, data_ending: Ending) -> DataReader {
+    /// `data_ending` is how the DATA command line ended; a large message spills into `spill_dir`.
+    pub fn new(max_size: usize, data_ending: Ending, spill_dir: &Path) -> DataReader {
         DataReader {
             max_size,
-            content: Vec::new(),
+            content: Body::new(spill_dir),
+            spill_failed: false,
             size: 0,
             previous_ending: data_ending,
             at_line_start: true,
@@ -93,18 +107,19 @@ impl DataReader {
         let added = bytes.len() + if line_complete { 2 } else { 0 };
         self.size = self.size.saturating_add(added);
         if self.size > self.max_size {
-            self.content = Vec::new();
+            self.content = Body::default();
             return;
         }
-        self.content.extend_from_slice(bytes);
-        if line_complete {
-            self.content.push(b'\n');
-        }
+        let stored = self.content.push(bytes).and_then(|()| match line_complete {
+            true => self.content.push(b"\n"),
+            false => Ok(()),
+        });
+        self.spill_failed |= note_spill_error(stored);
     }
 
     // ANCHOR: finish
     /// The message, or why it is refused. Nothing refused here is ever stored.
-    pub fn finish(self, saw_cr: bool) -> Result<Vec<u8>, Reply> {
+    pub fn finish(self, saw_cr: bool) -> Result<Body, Reply> {
         if self.size > self.max_size {
             return Err(Reply::TOO_BIG_552.text(format!(
                 "Message size exceeds fixed limit of {} octets; nothing was stored",
@@ -119,37 +134,109 @@ impl DataReader {
         if self.nul_seen {
             return Err(Reply::NUL_IN_MESSAGE_554);
         }
+        if self.spill_failed {
+            return Err(Reply::LOCAL_ERROR_451);
+        }
         check_hops(self.content)
     }
     // ANCHOR_END: finish
 }
 
+/// A failed write to the spill file is logged once here and refuses the message at its end.
+fn note_spill_error(result: io::Result<()>) -> bool {
+    match result {
+        Ok(()) => false,
+        Err(error) => {
+            warn!("cannot write the message to its spill file: {error}");
+            true
+        }
+    }
+}
+
 /// RFC 5321 §6.3: refuse a message that has travelled through too many hops (a mail loop).
-fn check_hops(content: Vec<u8>) -> Result<Vec<u8>, Reply> {
-    if received_headers(&content) > MAX_RECEIVED_HEADERS {
+/// The header section is read from the first `SPILL_THRESHOLD` octets: a hundred `Received:`
+/// fields fit in a small part of that.
+fn check_hops(content: Body) -> Result<Body, Reply> {
+    let head = content.head(SPILL_THRESHOLD).map_err(|error| {
+        warn!("cannot read the message back from its spill file: {error}");
+        Reply::LOCAL_ERROR_451
+    })?;
+    if received_headers(&head) > MAX_RECEIVED_HEADERS {
         return Err(Reply::TOO_MANY_HOPS_554);
     }
     Ok(content)
 }
 
 // ANCHOR: chunked_content
-/// The message sent with BDAT chunks (RFC 3030 §2): the octets exactly as sent, no dot-stuffing.
+/// A message sent with BDAT chunks (RFC 3030 §2): the octets exactly as sent, no dot-stuffing.
 /// Lines are stored ending in `\n` like DATA's, so both commands store the same bytes. A bare CR
 /// could forge a line in the mbox, so it is refused like DATA's; NUL is allowed only with
-/// `BODY=BINARYMIME`.
-pub fn chunked_content(octets: &[u8], binary: bool) -> Result<Vec<u8>, Reply> {
-    let mut content = Vec::with_capacity(octets.len());
-    let mut rest = octets;
-    while let Some((&byte, tail)) = rest.split_first() {
-        match (byte, tail.first()) {
-            (b'\r', Some(b'\n')) => {}
-            (b'\r', _) => return Err(Reply::BARE_LINE_END_550),
-            (0, _) if !binary => return Err(Reply::NUL_IN_MESSAGE_554),
-            _ => content.push(byte),
+/// `BODY=BINARYMIME`. Octets arrive in pieces: a CR at the end of one waits for the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkReader {
+    content: Body,
+    binary: bool,
+    /// The last octet so far was a CR; the next one must be its LF.
+    cr_pending: bool,
+    /// The first reason to refuse the message; later octets are only counted by the session.
+    refused: Option<Reply>,
+    spill_failed: bool,
+}
+
+impl ChunkReader {
+    pub fn new(binary: bool, spill_dir: &Path) -> ChunkReader {
+        ChunkReader {
+            content: Body::new(spill_dir),
+            binary,
+            cr_pending: false,
+            refused: None,
+            spill_failed: false,
         }
-        rest = tail;
     }
-    check_hops(content)
+
+    /// Take the next octets of the message.
+    pub fn push(&mut self, octets: &[u8]) {
+        if self.refused.is_some() || self.spill_failed {
+            return;
+        }
+        let mut kept = Vec::with_capacity(octets.len());
+        for &byte in octets {
+            match (self.cr_pending, byte) {
+                (true, b'\n') => kept.push(b'\n'),
+                (true, _) => self.refused = Some(Reply::BARE_LINE_END_550),
+                (false, b'\r') => {}
+                (false, 0) if !self.binary => self.refused = Some(Reply::NUL_IN_MESSAGE_554),
+                (false, _) => kept.push(byte),
+            }
+            if self.refused.is_some() {
+                return;
+            }
+            self.cr_pending = byte == b'\r';
+        }
+        self.spill_failed |= note_spill_error(self.content.push(&kept));
+    }
+
+    /// The message, or why it is refused.
+    pub fn finish(self) -> Result<Body, Reply> {
+        if let Some(reply) = self.refused {
+            return Err(reply);
+        }
+        if self.cr_pending {
+            return Err(Reply::BARE_LINE_END_550);
+        }
+        if self.spill_failed {
+            return Err(Reply::LOCAL_ERROR_451);
+        }
+        check_hops(self.content)
+    }
+}
+
+/// All of a BDAT message at once (in memory; for tests and small inputs).
+pub fn chunked_content(octets: &[u8], binary: bool) -> Result<Vec<u8>, Reply> {
+    let mut reader = ChunkReader::new(binary, &std::env::temp_dir());
+    reader.push(octets);
+    let body = reader.finish()?;
+    body.to_vec().map_err(|_| Reply::LOCAL_ERROR_451)
 }
 // ANCHOR_END: chunked_content
 
@@ -179,14 +266,18 @@ mod tests {
             let mut data_cmd = Chunks(vec![b"DATA\r\n".to_vec()]);
             let _ = lines.read_command(&mut data_cmd, Instant::now() + Duration::from_secs(1));
         }
-        let mut reader = DataReader::new(max, data_ending);
+        let mut reader = DataReader::new(max, data_ending, &std::env::temp_dir());
         let deadline = Instant::now() + Duration::from_secs(1);
         while let Ok(piece) = lines.read_data(&mut source, deadline) {
             if reader.push(&piece, lines.saw_cr()) {
-                return (reader.finish(lines.saw_cr()), true);
+                return (finish(reader, lines.saw_cr()), true);
             }
         }
-        (reader.finish(lines.saw_cr()), false)
+        (finish(reader, lines.saw_cr()), false)
+    }
+
+    fn finish(reader: DataReader, saw_cr: bool) -> Result<Vec<u8>, Reply> {
+        reader.finish(saw_cr).map(|body| body.to_vec().unwrap())
     }
 
     #[test]
@@ -299,5 +390,35 @@ mod tests {
             received_headers(b"Received: x\nreceived: y\n\nReceived: body\n"),
             2
         );
+    }
+
+    #[test]
+    fn a_cr_at_the_end_of_a_chunk_waits_for_the_next() {
+        let mut reader = ChunkReader::new(false, &std::env::temp_dir());
+        reader.push(b"a\r");
+        reader.push(b"\nb\r\n");
+        assert_eq!(reader.finish().unwrap().to_vec().unwrap(), b"a\nb\n");
+        let mut reader = ChunkReader::new(false, &std::env::temp_dir());
+        reader.push(b"a\r");
+        reader.push(b"b\r\n");
+        assert_eq!(reader.finish().map_err(|r| r.code), Err(550));
+        let mut reader = ChunkReader::new(false, &std::env::temp_dir());
+        reader.push(b"a\r");
+        assert_eq!(reader.finish().map_err(|r| r.code), Err(550));
+    }
+
+    #[test]
+    fn a_large_message_is_kept_exactly() {
+        let mut input = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..2000 {
+            let line = format!("{i:04} {}", "x".repeat(300));
+            input.extend_from_slice(format!(".{line}\r\n").as_bytes());
+            expected.extend_from_slice(format!("{line}\n").as_bytes());
+        }
+        input.extend_from_slice(b".\r\n");
+        let (result, ended) = read(&input, Ending::CrLf, 1 << 24);
+        assert!(ended);
+        assert_eq!(result, Ok(expected));
     }
 }

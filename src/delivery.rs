@@ -8,6 +8,9 @@
 //!   parameters of the envelope (RET, ENVID, NOTIFY, ORCPT).
 //! - `received_header(..)` builds the trace line of RFC 5321 §4.4.
 //!
+//! Memory: local mailboxes are written from the message's `Body` as a stream; a copy for
+//! other domains is held in memory whole while it is queued (the queue entry holds its content).
+//!
 //! Standards: RFC 5321 §4.4, RFC 5321 §6.1, RFC 5321 §4.2.5, RFC 3463 §3.4, RFC 3848 §3, RFC 6531 §3.7.3, RFC 3461 §5.2.1
 
 use std::io;
@@ -63,7 +66,10 @@ impl LocalDelivery {
             ReversePath::Null => String::new(),
             ReversePath::Mailbox(mailbox) => mailbox.to_string(),
         };
-        match self.mail_dir.deliver(&sender, deliveries, &message.content) {
+        match self
+            .mail_dir
+            .deliver_body(&sender, deliveries, &message.content)
+        {
             Ok(()) => {
                 let users: Vec<&str> = deliveries.iter().map(|d| d.user.as_str()).collect();
                 info!(
@@ -114,7 +120,13 @@ impl LocalDelivery {
         }
         // RFC 5321 §4.4: a relay adds its own Received line before passing the message on.
         let mut content = relay_received_header(message, &self.hostname, &relayed).into_bytes();
-        content.extend_from_slice(&message.content);
+        // The queue file format holds the content in memory (`queue::Entry`), so mail for other
+        // domains is copied whole here: it is the one path whose memory grows with the message.
+        let body = message.content.to_vec().map_err(|error| {
+            warn!("{}: cannot read the message back: {error}", message.id);
+            Reply::LOCAL_ERROR_451
+        })?;
+        content.extend_from_slice(&body);
         let mut entry = queue::Entry::new(
             &message.id,
             message.envelope.sender.to_string(),

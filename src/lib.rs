@@ -6,6 +6,7 @@
 pub mod address;
 pub mod auth;
 pub mod bench;
+pub mod body;
 pub mod bounce;
 pub mod command;
 pub mod compare;

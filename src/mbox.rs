@@ -2,8 +2,11 @@
 //!
 //! Interface:
 //! - `MailDir::new(dir)` names the mail directory; `with_lock_attempts(n)` bounds the wait for locks.
-//! - `MailDir::deliver(sender, deliveries, content)` appends one message to several mboxes under
-//!   lock, fsyncs each, and truncates every file back if any append fails.
+//! - `MailDir::deliver_body(sender, deliveries, body)` appends one message to several mboxes
+//!   under lock, fsyncs each, and truncates every file back if any append fails; `deliver(..)`
+//!   does the same for content given as bytes. A small message joins a group commit
+//!   (`src/gate.rs`); a spilled one (`src/body.rs`) is quoted and written as a stream, so a
+//!   large message is never in memory whole.
 //! - `MailDir::path_for(user)` and `is_safe_mailbox_name(user)` say where a user's mbox is, if
 //!   the name is safe to use as a file name.
 //! - `parse_mboxrd(bytes)` reads an mbox back (for tests and POP3), undoing the quoting.
@@ -26,13 +29,14 @@
 
 use std::fmt;
 use std::fs::{self, File, Metadata, OpenOptions, TryLockError};
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, BufWriter, ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
+use crate::body::{Body, READ_CHUNK};
 use crate::datetime;
 use crate::gate::{Exclusive, Gates};
 
@@ -188,12 +192,29 @@ impl MailDir {
         deliveries: &[Delivery],
         content: &[u8],
     ) -> Result<(), DeliveryError> {
+        self.deliver_body(sender, deliveries, &Body::from(content))
+    }
+
+    // ANCHOR: deliver_body
+    /// Append `content` for every delivery, as `deliver` does. A spilled (large) body is
+    /// streamed from its file into each mbox; a small one is built in memory and may share a
+    /// batch with other messages for the same mailbox.
+    pub fn deliver_body(
+        &self,
+        sender: &str,
+        deliveries: &[Delivery],
+        content: &Body,
+    ) -> Result<(), DeliveryError> {
         let deliveries = sorted_unique(deliveries);
         if let Some(bad) = deliveries.iter().find(|d| !is_safe_mailbox_name(&d.user)) {
             return Err(DeliveryError::UnsafeName(bad.user.clone()));
         }
         let separator = from_line(sender, SystemTime::now());
-        let body = quote_mboxrd(content);
+        // A large body is in a spill file: stream it. A small one is quoted in memory.
+        let Some(bytes) = content.as_slice() else {
+            return self.deliver_streaming(&separator, &deliveries, content);
+        };
+        let body = quote_mboxrd(bytes);
         let messages: Vec<Vec<u8>> = deliveries
             .iter()
             .map(|d| [separator.as_bytes(), d.trace_headers.as_bytes(), &body].concat())
@@ -202,30 +223,59 @@ impl MailDir {
             // One mailbox: join the batch of whoever else is waiting for it (group commit).
             let user = &delivery.user;
             return self.gates.submit(user, message.clone(), |batch| {
-                self.write_and_sync(&[user], &[batch])
+                self.write_and_sync(&[user], |_, file| file.write_all(batch))
             });
         }
         // Several mailboxes: hold each one, in sorted order, so two such deliveries can never
         // each hold a mailbox the other waits for.
         let users: Vec<&str> = deliveries.iter().map(|d| d.user.as_str()).collect();
-        let _held: Vec<Exclusive<DeliveryError>> = users
+        let _held = self.hold_all(&users);
+        self.write_and_sync(&users, |i, file| file.write_all(&messages[i]))
+    }
+
+    /// A large message: hold every mailbox (never in a batch, which would gather it in memory)
+    /// and quote the body into each file as it is read back, `READ_CHUNK` octets at a time.
+    fn deliver_streaming(
+        &self,
+        separator: &str,
+        deliveries: &[&Delivery],
+        content: &Body,
+    ) -> Result<(), DeliveryError> {
+        let users: Vec<&str> = deliveries.iter().map(|d| d.user.as_str()).collect();
+        let _held = self.hold_all(&users);
+        self.write_and_sync(&users, |i, file| {
+            let mut out = BufWriter::with_capacity(READ_CHUNK, file);
+            out.write_all(separator.as_bytes())?;
+            out.write_all(deliveries[i].trace_headers.as_bytes())?;
+            let mut quoter = MboxrdQuoter::new(out);
+            content.for_each_chunk(|chunk| quoter.write(chunk))?;
+            quoter.finish()?.flush()
+        })
+    }
+    // ANCHOR_END: deliver_body
+
+    /// Hold each mailbox in the order given (sorted), until the guards are dropped.
+    fn hold_all(&self, users: &[&str]) -> Vec<Exclusive<DeliveryError>> {
+        users
             .iter()
             .map(|user| self.gates.exclusive(user))
-            .collect();
-        let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-        self.write_and_sync(&users, &messages)
+            .collect()
     }
 
     // ANCHOR: write_and_sync
-    /// Lock each mailbox, append its bytes, fsync them all and record the committed lengths;
-    /// on any error truncate every one back. All or nothing.
-    fn write_and_sync(&self, users: &[&str], messages: &[&[u8]]) -> Result<(), DeliveryError> {
+    /// Lock each mailbox, append its message with `write(index, file)`, fsync them all and
+    /// record the committed lengths; on any error truncate every one back. All or nothing.
+    fn write_and_sync(
+        &self,
+        users: &[&str],
+        write: impl Fn(usize, &mut File) -> io::Result<()>,
+    ) -> Result<(), DeliveryError> {
         let mut mboxes = Vec::with_capacity(users.len());
         for user in users {
             mboxes.push(self.lock_mailbox(user)?);
         }
         let written = self
-            .append_all(&mut mboxes, messages)
+            .append_all(&mut mboxes, write)
             .and_then(|()| self.sync_all(&mboxes));
         if written.is_err() {
             roll_back(&mut mboxes);
@@ -268,13 +318,13 @@ impl MailDir {
     fn append_all(
         &self,
         mboxes: &mut [LockedMbox],
-        messages: &[&[u8]],
+        write: impl Fn(usize, &mut File) -> io::Result<()>,
     ) -> Result<(), DeliveryError> {
-        for (mbox, message) in mboxes.iter_mut().zip(messages) {
+        for (i, mbox) in mboxes.iter_mut().enumerate() {
             let io_error = |err| DeliveryError::Io(mbox.user.clone(), err);
-            // One write of the whole message: the file is opened with O_APPEND and we hold its
-            // locks, so it lands at the end, and a crash cuts it at most once.
-            mbox.file.write_all(message).map_err(io_error)?;
+            // The file is opened with O_APPEND and we hold its locks, so every write lands at
+            // the end; a crash halfway is cut off by `recover` (the committed length).
+            write(i, &mut mbox.file).map_err(io_error)?;
             #[cfg(test)]
             if self.fail_after_writing.as_deref() == Some(mbox.user.as_str()) {
                 return Err(io_error(io::Error::other("injected failure")));
@@ -421,25 +471,129 @@ fn separator_sender(sender: &str) -> String {
 /// mboxrd quoting (qmail mbox(5)): a line matching `^>*From ` gets one more `>`. Then the
 /// empty line that ends every message, after a `\n` if the last line lacked one.
 fn quote_mboxrd(content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 2);
-    for line in content.split_inclusive(|&byte| byte == b'\n') {
-        if is_from_line(line) {
-            out.push(b'>');
-        }
-        out.extend_from_slice(line);
-    }
-    if !out.is_empty() && !out.ends_with(b"\n") {
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-    out
+    let mut quoter = MboxrdQuoter::new(Vec::with_capacity(content.len() + 2));
+    // Writing to a Vec cannot fail: it only allocates.
+    let written = quoter.write(content).and_then(|()| quoter.finish());
+    written.unwrap_or_else(|_| unreachable!("a Vec refused a write"))
 }
 
 /// Does `line` match `^>*From ` (a From_ line, quoted any number of times)?
 fn is_from_line(line: &[u8]) -> bool {
     let quotes = line.iter().take_while(|&&byte| byte == b'>').count();
-    line[quotes..].starts_with(b"From ")
+    line[quotes..].starts_with(FROM_)
 }
+
+/// The start of a `From_` line, after any number of `>`.
+const FROM_: &[u8] = b"From ";
+
+// ANCHOR: quoter
+/// mboxrd quoting as a stream: content arrives in pieces cut anywhere, even inside `>>From `,
+/// so the quoter remembers where it is in the current line.
+struct MboxrdQuoter<W: Write> {
+    out: W,
+    line: LineStart,
+    /// The last octet written (`\n` before any), to end the message with one empty line.
+    last: u8,
+    wrote: bool,
+}
+
+/// Where the quoter is in the current line.
+#[derive(Clone, Copy)]
+enum LineStart {
+    /// Still matching `^>*From `: `quotes` `>` and the first `from` octets of `From ` so far,
+    /// held back until we know whether the line needs one more `>`.
+    Matching { quotes: usize, from: usize },
+    /// The line is decided; copy octets up to its `\n`.
+    Rest,
+}
+
+impl<W: Write> MboxrdQuoter<W> {
+    fn new(out: W) -> Self {
+        MboxrdQuoter {
+            out,
+            line: LineStart::Matching { quotes: 0, from: 0 },
+            last: b'\n',
+            wrote: false,
+        }
+    }
+
+    fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while let Some(&byte) = bytes.first() {
+            match self.line {
+                LineStart::Rest => {
+                    let end = bytes
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(bytes.len(), |i| i + 1);
+                    self.emit(&bytes[..end])?;
+                    if self.last == b'\n' {
+                        self.line = LineStart::Matching { quotes: 0, from: 0 };
+                    }
+                    bytes = &bytes[end..];
+                    continue;
+                }
+                LineStart::Matching { quotes, from: 0 } if byte == b'>' => {
+                    self.line = LineStart::Matching {
+                        quotes: quotes + 1,
+                        from: 0,
+                    };
+                }
+                LineStart::Matching { quotes, from } if byte == FROM_[from] => {
+                    if from + 1 == FROM_.len() {
+                        // `^>*From `: one more `>` in front, then what was held back.
+                        self.emit(b">")?;
+                        self.release(quotes, FROM_.len())?;
+                    } else {
+                        self.line = LineStart::Matching {
+                            quotes,
+                            from: from + 1,
+                        };
+                    }
+                }
+                LineStart::Matching { quotes, from } => {
+                    // Not a From_ line: give back what was held, and look at `byte` again.
+                    self.release(quotes, from)?;
+                    continue;
+                }
+            }
+            bytes = &bytes[1..];
+        }
+        Ok(())
+    }
+
+    /// Write the held-back `>`s and start of `From `; the rest of the line is copied as is.
+    fn release(&mut self, quotes: usize, from: usize) -> io::Result<()> {
+        for _ in 0..quotes {
+            self.emit(b">")?;
+        }
+        self.emit(&FROM_[..from])?;
+        self.line = LineStart::Rest;
+        Ok(())
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some(&last) = bytes.last() {
+            self.out.write_all(bytes)?;
+            self.last = last;
+            self.wrote = true;
+        }
+        Ok(())
+    }
+
+    /// The end of the content: what is still held back, a `\n` if the last line lacked one,
+    /// and the empty line that ends every message.
+    fn finish(mut self) -> io::Result<W> {
+        if let LineStart::Matching { quotes, from } = self.line {
+            self.release(quotes, from)?;
+        }
+        if self.wrote && self.last != b'\n' {
+            self.emit(b"\n")?;
+        }
+        self.emit(b"\n")?;
+        Ok(self.out)
+    }
+}
+// ANCHOR_END: quoter
 
 /// A dotlock we created; dropping it removes the file. A lock someone else holds is never
 /// one of these, so we never remove a live lock that is not ours.
@@ -973,6 +1127,90 @@ mod tests {
     }
 
     const TRICKY_BODY: &[u8] = b"Subject: quoting\n\nFrom me\n>From x\n>>From y\nFrom:not-a-separator\nFromage\n.\n\ncaf\xc3\xa9 \xff\xfe 8-bit\nlast line without newline";
+
+    /// Quote `content` cut at the given points, through the streaming quoter.
+    fn quote_in_pieces(content: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut quoter = MboxrdQuoter::new(Vec::new());
+        let mut start = 0;
+        for &cut in cuts.iter().chain([content.len()].iter()) {
+            quoter.write(&content[start..cut]).unwrap();
+            start = cut;
+        }
+        quoter.finish().unwrap()
+    }
+
+    #[test]
+    fn quoting_in_pieces_equals_quoting_at_once() {
+        let inputs: [&[u8]; 6] = [
+            TRICKY_BODY,
+            b"From x",
+            b">>>From",
+            b">\n>From \nFro\n\nFrom",
+            b"",
+            b"no newline",
+        ];
+        // A fixed xorshift sequence: random-looking cuts, the same on every run.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for input in inputs {
+            let whole = quote_mboxrd(input);
+            // Every single cut point, then many random sets of cuts.
+            for cut in 0..=input.len() {
+                assert_eq!(
+                    quote_in_pieces(input, &[cut]),
+                    whole,
+                    "{input:?} cut at {cut}"
+                );
+            }
+            for _ in 0..200 {
+                let mut cuts: Vec<usize> = (0..4)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        (state % (input.len() as u64 + 1)) as usize
+                    })
+                    .collect();
+                cuts.sort_unstable();
+                assert_eq!(
+                    quote_in_pieces(input, &cuts),
+                    whole,
+                    "{input:?} cut at {cuts:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_spilled_message_is_streamed_into_every_mbox() {
+        let dir = TempDir::new("spilled");
+        let mut content = Vec::new();
+        let mut i = 0;
+        while content.len() <= 3 * crate::body::SPILL_THRESHOLD {
+            let line = match i % 3 {
+                0 => format!("From line {i}\n"),
+                1 => format!(">>From quoted {i}\n"),
+                _ => format!("{}\n", "y".repeat(997)),
+            };
+            content.extend_from_slice(line.as_bytes());
+            i += 1;
+        }
+        let mut body = Body::new(&dir.0);
+        for piece in content.chunks(777) {
+            body.push(piece).unwrap();
+        }
+        assert!(body.is_spilled());
+        dir.mail_dir()
+            .deliver_body("a@x", &[to("bob"), to("alice")], &body)
+            .expect("deliver");
+        assert_eq!(dir.names(), ["alice", "bob"], "no spill file or lock left");
+        for user in ["alice", "bob"] {
+            let messages = parse_mboxrd(&dir.read(user));
+            assert_eq!(messages.len(), 1);
+            let mut expected = to(user).trace_headers.into_bytes();
+            expected.extend_from_slice(&content);
+            assert!(messages[0].content == expected, "{user}: content differs");
+        }
+    }
 
     #[test]
     fn round_trip_undoes_the_quoting() {

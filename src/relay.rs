@@ -35,6 +35,7 @@ use std::time::{Duration, SystemTime};
 use log::{debug, info, warn};
 
 use crate::address::{self, Domain, ForwardPath, ReversePath};
+use crate::body::Body;
 use crate::bounce;
 use crate::config::Config;
 use crate::dns::{self, Me, Resolver, Rng, RouteError};
@@ -559,7 +560,7 @@ impl Relay {
                 }],
                 refused_recipients: 0,
             },
-            content: report,
+            content: Body::in_memory(report),
         };
         self.deliver
             .deliver(&message)

@@ -19,9 +19,10 @@ use std::sync::Arc;
 
 use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::auth::{self, Credentials, Exchange, Sasl};
+use crate::body::Body;
 use crate::command::{self, Command, Param, Verb, VERBS};
 use crate::config::Config;
-use crate::data;
+use crate::data::ChunkReader;
 use crate::extensions::{self, BodyType, Limits, MailOptions, Offer, RcptOptions};
 use crate::fault::{self, Point};
 use crate::machine;
@@ -45,7 +46,7 @@ pub enum State {
     /// BDAT chunks are arriving (RFC 3030): `octets` so far, `last` once BDAT ... LAST came.
     Chunking {
         envelope: Envelope,
-        content: Vec<u8>,
+        content: ChunkReader,
         octets: u64,
         last: bool,
     },
@@ -225,8 +226,8 @@ pub struct Message {
     pub id: String,
     pub client: Client,
     pub envelope: Envelope,
-    /// Lines ending in `\n`, dot-stuffing undone.
-    pub content: Vec<u8>,
+    /// Lines ending in `\n`, dot-stuffing undone; a large message is in a spill file.
+    pub content: Body,
 }
 
 /// The delivery hook: the session decides what to say, the hook decides where mail goes.
@@ -692,7 +693,7 @@ impl Session {
 
     // ANCHOR: end_of_data
     /// The end of the message: deliver it through the hook, then drop the transaction.
-    pub fn end_of_data(&mut self, content: Result<Vec<u8>, Reply>) -> Step {
+    pub fn end_of_data(&mut self, content: Result<Body, Reply>) -> Step {
         let from = self.state.name();
         let State::Data { envelope } = std::mem::replace(&mut self.state, State::Greeted) else {
             let reply = Reply::BAD_SEQUENCE_503;
@@ -714,7 +715,7 @@ impl Session {
     }
     // ANCHOR_END: end_of_data
 
-    fn deliver_message(&mut self, envelope: Envelope, content: Vec<u8>) -> Reply {
+    fn deliver_message(&mut self, envelope: Envelope, content: Body) -> Reply {
         self.messages += 1;
         let id = format!("{}.{}", self.id, self.messages);
         let message = Message {
@@ -735,8 +736,11 @@ impl Session {
     fn bdat(&mut self, size: u64, last: bool) -> (Vec<Reply>, Next) {
         self.state = match std::mem::replace(&mut self.state, State::Closed) {
             State::RcptGiven { envelope } => State::Chunking {
+                content: ChunkReader::new(
+                    envelope.options.body == BodyType::BinaryMime,
+                    &self.config.mail_dir,
+                ),
                 envelope,
-                content: Vec::new(),
                 octets: 0,
                 last,
             },
@@ -760,15 +764,26 @@ impl Session {
     pub fn chunk_room(&self) -> usize {
         let max = usize::try_from(self.config.max_size).unwrap_or(usize::MAX);
         match &self.state {
-            State::Chunking { content, .. } => max.saturating_sub(content.len()),
+            State::Chunking { octets, .. } => {
+                max.saturating_sub(usize::try_from(*octets).unwrap_or(usize::MAX))
+            }
             _ => 0,
         }
     }
 
+    /// Some octets of the chunk being read: the connection hands a large chunk over in pieces,
+    /// so it is never in memory whole.
+    pub fn chunk_piece(&mut self, octets: &[u8]) {
+        if let State::Chunking { content, .. } = &mut self.state {
+            content.push(octets);
+        }
+    }
+
     // ANCHOR: chunk
-    /// One BDAT chunk has been read: `kept` of its `size` octets. 250 for each chunk, and
-    /// after the LAST one the delivery's answer (RFC 3030 §2).
+    /// One BDAT chunk has been read: `kept` of its `size` octets (after any `chunk_piece`s).
+    /// 250 for each chunk, and after the LAST one the delivery's answer (RFC 3030 §2).
     pub fn chunk(&mut self, kept: Vec<u8>, size: u64) -> Step {
+        self.chunk_piece(&kept);
         let from = self.state.name();
         if matches!(self.state, State::Chunking { last: true, .. }) {
             if let Some((replies, next)) = self.fault_at(Point::EndOfData, None) {
@@ -782,12 +797,11 @@ impl Session {
         let reply = match std::mem::replace(&mut self.state, State::Greeted) {
             State::Chunking {
                 envelope,
-                mut content,
+                content,
                 octets,
                 last,
             } => {
                 let octets = octets.saturating_add(size);
-                content.extend_from_slice(&kept);
                 if !last {
                     self.state = State::Chunking {
                         envelope,
@@ -797,7 +811,7 @@ impl Session {
                     };
                     Reply::OK_250.text(format!("{size} octets received, {octets} in all"))
                 } else {
-                    self.last_chunk(envelope, &content, octets)
+                    self.last_chunk(envelope, content, octets)
                 }
             }
             other => {
@@ -810,15 +824,14 @@ impl Session {
     }
 
     /// The whole message is in: check its size and bytes, then deliver it like DATA's.
-    fn last_chunk(&mut self, envelope: Envelope, content: &[u8], octets: u64) -> Reply {
+    fn last_chunk(&mut self, envelope: Envelope, content: ChunkReader, octets: u64) -> Reply {
         if octets > self.config.max_size {
             return Reply::TOO_BIG_552.text(format!(
                 "Message size exceeds fixed limit of {} octets; nothing was stored",
                 self.config.max_size
             ));
         }
-        let binary = envelope.options.body == BodyType::BinaryMime;
-        match data::chunked_content(content, binary) {
+        match content.finish() {
             Ok(message) => self.deliver_message(envelope, message),
             Err(reply) => reply,
         }
@@ -1256,7 +1269,7 @@ mod tests {
                     }
                 }
                 Trigger::Command(verb) => s.command(sample(verb).as_bytes()),
-                Trigger::EndOfData => s.end_of_data(Ok(b"Subject: x\n\nhi\n".to_vec())),
+                Trigger::EndOfData => s.end_of_data(Ok(Body::from(&b"Subject: x\n\nhi\n"[..]))),
                 Trigger::LastChunk => {
                     s.command(b"BDAT 4 LAST");
                     s.chunk(b"hi\r\n".to_vec(), 4)
@@ -1333,7 +1346,7 @@ mod tests {
         ] {
             s.command(line.as_bytes());
         }
-        let step = s.end_of_data(Ok(b"hi\n".to_vec()));
+        let step = s.end_of_data(Ok(Body::from(&b"hi\n"[..])));
         assert_eq!(step.replies[0].code, 250);
         let delivered = hook.0.lock().unwrap();
         assert_eq!(delivered[0].id, "S9.1");
@@ -1341,7 +1354,7 @@ mod tests {
             delivered[0].envelope.recipients[0].route,
             Route::Local(vec!["alice".into(), "bob".into()])
         );
-        assert_eq!(delivered[0].content, b"hi\n");
+        assert_eq!(delivered[0].content.to_vec().unwrap(), b"hi\n");
     }
 
     #[test]

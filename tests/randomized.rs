@@ -383,11 +383,12 @@ type Outcome = (Option<Result<Vec<u8>, Reply>>, Vec<CommandLine>);
 fn read_message(source: &mut Chunks, max_size: usize, data_ending: Ending) -> Outcome {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut lines = LineReader::new();
-    let mut data = DataReader::new(max_size, data_ending);
+    let mut data = DataReader::new(max_size, data_ending, &std::env::temp_dir());
     let message = loop {
         match lines.read_data(source, deadline) {
             Ok(piece) if data.push(&piece, lines.saw_cr()) => {
-                break Some(data.finish(lines.saw_cr()))
+                let body = data.finish(lines.saw_cr());
+                break Some(body.map(|body| body.to_vec().expect("read the message back")));
             }
             Ok(_) => {}
             Err(ReadError::Closed { .. }) => break None,

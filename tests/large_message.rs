@@ -1,0 +1,208 @@
+//! A message far larger than the spill threshold goes through the real server process without
+//! its peak memory growing with the message, and lands byte-exact in the mbox.
+//!
+//! Linux only: the peak resident size is read from `/proc/PID/status` (`VmHWM`).
+
+mod common;
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::{free_addr, read_reply, wait_until, without_trace_headers, TempDir, READ_TIMEOUT};
+
+/// 40 MiB: larger than the message, so it is accepted.
+const MAX_SIZE: &str = "41943040";
+/// The message sent with DATA.
+const MESSAGE_SIZE: usize = 30 * 1024 * 1024;
+/// What the server's peak resident memory may grow by while it takes the messages. The
+/// messages are 30 MiB and 12 MiB; the bound is what a session may hold (a spill threshold,
+/// read and write buffers) with room to spare for the allocator.
+const MAX_GROWTH_KIB: u64 = 8 * 1024;
+
+/// The server process, killed when dropped (also when an assertion fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(addr: SocketAddr, dir: &Path) -> Killed {
+    let child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+        .args(["--listen", &addr.to_string(), "--hostname", "smtplab.test"])
+        .args(["--max-size", MAX_SIZE, "--mail-dir"])
+        .arg(dir.join("mail"))
+        .arg("--spool")
+        .arg(dir.join("spool"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start smtplab");
+    let mut server = Killed(child);
+    wait_until("the server to listen", || {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            panic!("smtplab exited with {status}");
+        }
+        TcpStream::connect(addr).is_ok()
+    });
+    server
+}
+
+/// The peak resident set size of a process, in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM line");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .expect("VmHWM value")
+}
+
+/// The message as stored (lines ending in `\n`): lines of 1,000 octets on the wire, among them lines that
+/// start with `.` and with `From `, which both need care on the way (dot-stuffing, quoting).
+fn message(size: usize) -> Vec<u8> {
+    let mut content = b"Subject: a large message\n\n".to_vec();
+    let mut n = 0;
+    while content.len() < size {
+        let start = match n % 10 {
+            3 => ".a dot first",
+            5 => "From the start",
+            7 => ">From quoted",
+            _ => "line",
+        };
+        let line = format!("{start} {n:08} ");
+        content.extend_from_slice(line.as_bytes());
+        content.extend_from_slice(&vec![b'x'; 998 - line.len()]);
+        content.push(b'\n');
+        n += 1;
+    }
+    content
+}
+
+/// The DATA stream for stored content: CRLF line ends, dot-stuffed, then the final dot.
+fn wire(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 500 + 8);
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(&line[..line.len() - 1]);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+struct Client(BufReader<TcpStream>);
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+        let mut client = Client(BufReader::new(stream));
+        client.expect(b"", 220);
+        client
+    }
+
+    fn expect(&mut self, bytes: &[u8], code: u16) {
+        self.0.get_mut().write_all(bytes).expect("send");
+        let reply = read_reply(&mut self.0).expect("a reply");
+        assert_eq!(
+            reply.code,
+            code,
+            "after {:?}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
+        );
+    }
+
+    fn envelope(&mut self) {
+        self.expect(b"MAIL FROM:<big@sender.test>\r\n", 250);
+        self.expect(b"RCPT TO:<alice@localhost>\r\n", 250);
+    }
+}
+
+#[test]
+fn a_large_message_streams_to_disk_in_bounded_memory() {
+    if !Path::new("/proc/self/status").exists() {
+        println!("SKIP: /proc not available");
+        return;
+    }
+    let dir = TempDir::new("large");
+    let addr = free_addr();
+    let server = start(addr, dir.path());
+    let pid = server.0.id();
+
+    // A small message first, so the session machinery has been used once before we measure.
+    let mut client = Client::connect(addr);
+    client.expect(b"EHLO client.test\r\n", 250);
+    client.envelope();
+    client.expect(b"DATA\r\n", 354);
+    client.expect(b"Subject: warm-up\r\n\r\nhi\r\n.\r\n", 250);
+    let before = peak_kib(pid);
+
+    let big = message(MESSAGE_SIZE);
+    client.envelope();
+    client.expect(b"DATA\r\n", 354);
+    client.expect(&wire(&big), 250);
+
+    // The same kind of message with BDAT, in two chunks cut inside a CRLF.
+    let chunked = message(12 * 1024 * 1024);
+    let octets = wire(&chunked);
+    let octets = &octets[..octets.len() - 3]; // BDAT has no final dot
+    let cut = octets.iter().position(|&b| b == b'\r').expect("a CR") + 1;
+    client.envelope();
+    let first = [format!("BDAT {cut}\r\n").as_bytes(), &octets[..cut]].concat();
+    client.expect(&first, 250);
+    let rest = &octets[cut..];
+    let last = [format!("BDAT {} LAST\r\n", rest.len()).as_bytes(), rest].concat();
+    client.expect(&last, 250);
+    // BDAT is not dot-stuffed: its lines are stored as sent, the `..` included.
+    let stored_chunked: Vec<u8> = octets
+        .split_inclusive(|&b| b == b'\n')
+        .flat_map(|line| [&line[..line.len() - 2], b"\n"].concat())
+        .collect();
+    client.expect(b"QUIT\r\n", 221);
+
+    let after = peak_kib(pid);
+    let growth = after.saturating_sub(before);
+    println!("server peak memory: {before} KiB before, {after} KiB after, growth {growth} KiB");
+    assert!(
+        growth < MAX_GROWTH_KIB,
+        "peak memory grew by {growth} KiB for a {MESSAGE_SIZE}-octet message"
+    );
+
+    let mbox = std::fs::read(dir.path().join("mail").join("alice")).expect("the mbox");
+    let messages = smtplab::mbox::parse_mboxrd(&mbox);
+    assert_eq!(messages.len(), 3);
+    assert!(
+        without_trace_headers(&messages[1].content) == big,
+        "the DATA message differs"
+    );
+    assert!(
+        without_trace_headers(&messages[2].content) == stored_chunked,
+        "the BDAT message differs"
+    );
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("mail"))
+        .expect("mail dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(
+        !names.iter().any(|name| name.starts_with(".spill-")),
+        "a spill file was left: {names:?}"
+    );
+    drop(server);
+}
