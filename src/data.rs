@@ -16,11 +16,12 @@
 
 use std::io;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use log::warn;
 
 use crate::body::{Body, SPILL_THRESHOLD};
-use crate::line::{Ending, Piece};
+use crate::line::{CommandLine, Ending, LineReader, Piece, TimedRead};
 use crate::reply::Reply;
 
 /// RFC 5321 §6.3: "SMTP servers using this technique SHOULD use a large rejection threshold,
@@ -240,6 +241,41 @@ pub fn chunked_content(octets: &[u8], binary: bool) -> Result<Vec<u8>, Reply> {
 }
 // ANCHOR_END: chunked_content
 
+/// What one message gave when read without a socket: the message or its refusal (`None`: the
+/// input ended first), then the command lines that followed it.
+pub type Outcome = (Option<Result<Vec<u8>, Reply>>, Vec<CommandLine>);
+
+/// The loop `connection.rs` runs after 354, over any input and without a session: pieces into
+/// a `DataReader` until the end of data, then the command lines after it. The randomized tests
+/// and the fuzzer cut the same bytes in many ways (`line::Chunks`) and compare the outcomes.
+pub fn read_message(
+    source: &mut impl TimedRead,
+    max_size: usize,
+    data_ending: Ending,
+    spill_dir: &Path,
+) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = LineReader::new();
+    let mut data = DataReader::new(max_size, data_ending, spill_dir);
+    let message = loop {
+        match lines.read_data(source, deadline) {
+            Ok(piece) if data.push(&piece, lines.saw_cr()) => {
+                let body = data.finish(lines.saw_cr());
+                break Some(
+                    body.and_then(|body| body.to_vec().map_err(|_| Reply::LOCAL_ERROR_451)),
+                );
+            }
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    let mut after = Vec::new();
+    while let Ok(line) = lines.read_command(source, deadline) {
+        after.push(line);
+    }
+    (message, after)
+}
+
 /// Count the `Received:` fields in the header section (up to the first empty line).
 pub fn received_headers(content: &[u8]) -> usize {
     content
@@ -252,18 +288,18 @@ pub fn received_headers(content: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::line::tests::Chunks;
+    use crate::line::Chunks;
     use crate::line::LineReader;
     use std::time::{Duration, Instant};
 
     /// Feed `input` (after the DATA line, which ended in `data_ending`) and return what
     /// `finish` says, plus the bytes left unread after the end of data.
     fn read(input: &[u8], data_ending: Ending, max: usize) -> (Result<Vec<u8>, Reply>, bool) {
-        let mut source = Chunks(vec![input.to_vec()]);
+        let mut source = Chunks::new([input.to_vec()]);
         let mut lines = LineReader::new();
         if data_ending == Ending::CrLf {
             // The DATA command already set the latch.
-            let mut data_cmd = Chunks(vec![b"DATA\r\n".to_vec()]);
+            let mut data_cmd = Chunks::new([b"DATA\r\n".to_vec()]);
             let _ = lines.read_command(&mut data_cmd, Instant::now() + Duration::from_secs(1));
         }
         let mut reader = DataReader::new(max, data_ending, &std::env::temp_dir());

@@ -11,6 +11,7 @@
 //!
 //! Standards: RFC 5321 §2.3.8, RFC 5321 §4.5.3.1.4, RFC 5321 §4.5.3.1.6, RFC 854 §3
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::TcpStream;
 use std::time::Instant;
@@ -330,36 +331,44 @@ fn subnegotiation_end(line: &[u8], from: usize) -> usize {
         .map_or(line.len(), |j| j + 2)
 }
 
+/// Input held in memory that arrives in the given pieces, one per read, then ends (as if the
+/// client closed). Tests and the fuzzer cut the same bytes in different ways through it: every
+/// cut must give the same result, or a boundary case of the reader is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Chunks(pub VecDeque<Vec<u8>>);
+
+impl Chunks {
+    pub fn new(pieces: impl IntoIterator<Item = Vec<u8>>) -> Chunks {
+        Chunks(pieces.into_iter().collect())
+    }
+}
+
+impl TimedRead for Chunks {
+    fn read_before(&mut self, buf: &mut [u8], _deadline: Instant) -> io::Result<usize> {
+        let Some(chunk) = self.0.front_mut() else {
+            return Ok(0);
+        };
+        let n = chunk.len().min(buf.len());
+        buf[..n].copy_from_slice(&chunk[..n]);
+        chunk.drain(..n);
+        if chunk.is_empty() {
+            self.0.pop_front();
+        }
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use std::time::Duration;
-
-    /// Test input arriving in the given chunks, one chunk per read.
-    pub struct Chunks(pub Vec<Vec<u8>>);
-
-    impl TimedRead for Chunks {
-        fn read_before(&mut self, buf: &mut [u8], _deadline: Instant) -> io::Result<usize> {
-            if self.0.is_empty() {
-                return Ok(0);
-            }
-            let chunk = &mut self.0[0];
-            let n = chunk.len().min(buf.len());
-            buf[..n].copy_from_slice(&chunk[..n]);
-            chunk.drain(..n);
-            if chunk.is_empty() {
-                self.0.remove(0);
-            }
-            Ok(n)
-        }
-    }
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
     }
 
     fn commands(input: &[u8]) -> Vec<CommandLine> {
-        let mut source = Chunks(vec![input.to_vec()]);
+        let mut source = Chunks::new([input.to_vec()]);
         let mut reader = LineReader::new();
         let mut out = Vec::new();
         while let Ok(line) = reader.read_command(&mut source, soon()) {
@@ -406,7 +415,7 @@ pub(crate) mod tests {
     fn a_mebibyte_without_newline_is_skipped_in_bounded_memory() {
         let mut input = vec![b'a'; 1 << 20];
         input.extend_from_slice(b"\r\nNOOP\r\n");
-        let mut source = Chunks(input.chunks(7000).map(<[u8]>::to_vec).collect());
+        let mut source = Chunks::new(input.chunks(7000).map(<[u8]>::to_vec));
         let mut reader = LineReader::new();
         assert_eq!(
             reader.read_command(&mut source, soon()).ok(),
@@ -430,7 +439,7 @@ pub(crate) mod tests {
 
     #[test]
     fn data_pieces_keep_every_byte() {
-        let mut source = Chunks(vec![b".\xff\xf1\r\nab\rc\n".to_vec()]);
+        let mut source = Chunks::new([b".\xff\xf1\r\nab\rc\n".to_vec()]);
         let mut reader = LineReader::new();
         let first = reader.read_data(&mut source, soon()).ok();
         assert_eq!(
@@ -454,7 +463,7 @@ pub(crate) mod tests {
     fn a_long_data_line_comes_in_fragments_and_a_split_crlf_survives() {
         let mut input = vec![b'x'; BUFFER_SIZE - 1];
         input.extend_from_slice(b"\r\n.\r\n");
-        let mut source = Chunks(vec![input]);
+        let mut source = Chunks::new([input]);
         let mut reader = LineReader::new();
         let first = reader
             .read_data(&mut source, soon())
@@ -473,7 +482,7 @@ pub(crate) mod tests {
 
     #[test]
     fn chunks_are_read_exactly_and_capped() {
-        let mut source = Chunks(vec![b"abc".to_vec(), b"defgNOOP\r\n".to_vec()]);
+        let mut source = Chunks::new([b"abc".to_vec(), b"defgNOOP\r\n".to_vec()]);
         let mut reader = LineReader::new();
         let chunk = reader.read_chunk(&mut source, 7, 4, soon()).ok();
         assert_eq!(chunk, Some(b"abcd".to_vec()));
@@ -485,7 +494,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_cr_latch() {
-        let mut source = Chunks(vec![b"HELO a\nNOOP\r\n".to_vec()]);
+        let mut source = Chunks::new([b"HELO a\nNOOP\r\n".to_vec()]);
         let mut reader = LineReader::new();
         let _ = reader.read_command(&mut source, soon());
         assert!(!reader.saw_cr());
@@ -497,7 +506,7 @@ pub(crate) mod tests {
 
     #[test]
     fn closed_mid_line_reports_the_partial_line() {
-        let mut source = Chunks(vec![b"HEL".to_vec()]);
+        let mut source = Chunks::new([b"HEL".to_vec()]);
         let mut reader = LineReader::new();
         let result = reader.read_command(&mut source, soon());
         assert!(matches!(result, Err(ReadError::Closed { partial }) if partial == b"HEL"));

@@ -12,11 +12,9 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
-use std::time::{Duration, Instant};
 
-use smtplab::data::DataReader;
-use smtplab::line::{CommandLine, Ending, LineReader, ReadError, TimedRead};
-use smtplab::reply::Reply;
+use smtplab::data::{self, Outcome};
+use smtplab::line::{Chunks, Ending};
 
 // ---------------------------------------------------------------------------------------------
 // The generator
@@ -358,48 +356,9 @@ fn without_trace_headers(content: &[u8]) -> Option<&[u8]> {
 // The DATA reader does not care how the bytes were split
 // ---------------------------------------------------------------------------------------------
 
-/// Input that arrives in the given chunks, one per read; then the client closes.
-struct Chunks(VecDeque<Vec<u8>>);
-
-impl TimedRead for Chunks {
-    fn read_before(&mut self, buf: &mut [u8], _deadline: Instant) -> io::Result<usize> {
-        let Some(chunk) = self.0.front_mut() else {
-            return Ok(0);
-        };
-        let n = chunk.len().min(buf.len());
-        buf[..n].copy_from_slice(&chunk[..n]);
-        chunk.drain(..n);
-        if chunk.is_empty() {
-            self.0.pop_front();
-        }
-        Ok(n)
-    }
-}
-
-/// The message or refusal (None: the client closed first), then the command lines after it.
-type Outcome = (Option<Result<Vec<u8>, Reply>>, Vec<CommandLine>);
-
-/// What `connection.rs` does after 354: pieces into the DataReader until the end of data.
+/// The socket-free reader, with the spill files in the system's temporary directory.
 fn read_message(source: &mut Chunks, max_size: usize, data_ending: Ending) -> Outcome {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut lines = LineReader::new();
-    let mut data = DataReader::new(max_size, data_ending, &std::env::temp_dir());
-    let message = loop {
-        match lines.read_data(source, deadline) {
-            Ok(piece) if data.push(&piece, lines.saw_cr()) => {
-                let body = data.finish(lines.saw_cr());
-                break Some(body.map(|body| body.to_vec().expect("read the message back")));
-            }
-            Ok(_) => {}
-            Err(ReadError::Closed { .. }) => break None,
-            Err(error) => panic!("unexpected read error {error:?}"),
-        }
-    };
-    let mut after = Vec::new();
-    while let Ok(line) = lines.read_command(source, deadline) {
-        after.push(line);
-    }
-    (message, after)
+    data::read_message(source, max_size, data_ending, &std::env::temp_dir())
 }
 
 /// Message content with everything the reader must treat with care.
@@ -438,7 +397,7 @@ fn data_reader_result_does_not_depend_on_how_reads_split_the_bytes() {
         let bytes = random_data_stream(&mut rng);
         let max_size = rng.pick(&[100, 5_000, 1_000_000]);
         let ending = rng.pick(&[Ending::CrLf, Ending::Lf]);
-        let whole = read_message(&mut Chunks([bytes.clone()].into()), max_size, ending);
+        let whole = read_message(&mut Chunks::new([bytes.clone()]), max_size, ending);
         // One-byte reads of a long line cost a buffer compaction each: keep those inputs short.
         let tiny = if bytes.len() < 4_000 { 1 } else { 500 };
         for max_piece in [tiny, 7, 100, 20_000] {
