@@ -31,6 +31,18 @@ use crate::tls::Stream;
 use crate::trace::{self, Console, Style};
 use crate::transcript::{LineEnding, Recorder};
 
+/// Postfix's `smtpd_min_data_rate`: after a first `--timeout` of grace, a message must keep
+/// arriving at this many octets a second on average. Without it, a client that sends one line
+/// just inside every timeout could hold a thread for ever (slowloris).
+pub const MIN_DATA_RATE: u64 = 500;
+
+/// When the next piece of message data must have arrived: within the idle timeout, and within
+/// the time the octets received so far have earned at `MIN_DATA_RATE`.
+fn data_deadline(started: Instant, received: u64, idle: Duration) -> Instant {
+    let earned = Duration::from_secs(received / MIN_DATA_RATE);
+    (Instant::now() + idle).min(started + idle + earned)
+}
+
 /// What every connection shares: the configuration, the delivery hook, the TLS acceptor.
 #[derive(Clone)]
 pub struct Context {
@@ -265,9 +277,12 @@ impl Connection {
         let max = usize::try_from(self.context.config.max_size).unwrap_or(usize::MAX);
         let mut data = DataReader::new(max, data_ending, &self.context.config.mail_dir);
         let mut shown = TracedData::default();
+        let (started, mut received) = (Instant::now(), 0u64);
         loop {
-            match self.read_data_piece(&mut shown.hinted)? {
+            let deadline = data_deadline(started, received, self.context.config.idle_timeout);
+            match self.read_data_piece(&mut shown.hinted, deadline)? {
                 Ok(piece) => {
+                    received += piece.bytes.len() as u64 + 2;
                     self.record_client(&piece.bytes, piece.ending);
                     let end = data.push(&piece, self.lines.saw_cr());
                     shown.line(self.console.as_ref(), &piece.bytes, end);
@@ -289,10 +304,13 @@ impl Connection {
     /// The next piece of message data, within the idle timeout. With `--trace`, a silence of
     /// `data_hint_after` first prints a hint once (a student forgot the lone dot), then the
     /// read goes on until the real deadline.
-    fn read_data_piece(&mut self, hinted: &mut bool) -> io::Result<Result<Piece, ReadError>> {
+    fn read_data_piece(
+        &mut self,
+        hinted: &mut bool,
+        deadline: Instant,
+    ) -> io::Result<Result<Piece, ReadError>> {
         let idle = self.context.config.idle_timeout;
-        let deadline = Instant::now() + idle;
-        let hint_at = Instant::now() + data_hint_after(idle);
+        let hint_at = (Instant::now() + data_hint_after(idle)).min(deadline);
         let console = self.console.clone();
         let (lines, stream) = self.io()?;
         if let (Some(console), false) = (console, *hinted) {

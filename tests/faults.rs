@@ -185,13 +185,13 @@ fn a_full_disk_gives_452_stores_no_partial_message_and_recovers() {
 // arrive ends in 421 4.4.2, however busy the client looks. One thread per client means the
 // trickler holds up nobody but itself.
 //
-// What a client can still do: send a whole line every 1.9 s (with a 2 s timeout; every 299 s
-// with the default 300) and keep its session, and its thread, for as long as it likes: the
-// deadline is per line, not per session or per message. Postfix adds a minimum data rate
-// (`smtpd_min_data_rate`) for that reason. In smtplab each such client costs one thread and one
-// of the `--max-connections` slots; enough of them can still fill every slot (the slowloris
-// attack), which a rate limit would not fully stop either. A teaching server on a classroom
-// network does not need one; a server facing the Internet would want one.
+// A per-line deadline alone would let a client send a whole line every 1.9 s (with a 2 s
+// timeout) and keep its session for as long as it likes. During DATA the deadline is also
+// bounded by a minimum data rate, as Postfix's `smtpd_min_data_rate`: after one `--timeout` of
+// grace the message must come at `MIN_DATA_RATE` (500) octets a second on average (test 4).
+// Commands have no such rate: a client typing NOOP every 1.9 s keeps its session, costing one
+// thread and one of the `--max-connections` slots; enough of them can fill every slot (the
+// slowloris attack), which a rate limit would not fully stop either.
 
 /// What the trickling client saw.
 #[derive(Debug)]
@@ -379,4 +379,42 @@ fn clients_over_the_cap_get_421_at_once_and_the_others_carry_on() {
     }
     server.wait_idle();
     assert_still_serves(&server, "a full house");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Whole lines, each just inside the timeout: the minimum data rate ends it.
+
+/// A short line every `LINE_PAUSE`, each well inside the 2 s timeout, at far less than
+/// `MIN_DATA_RATE` octets a second on average.
+const LINE_PAUSE: Duration = Duration::from_millis(700);
+
+/// More lines than the deadline allows: 12 lines at 700 ms take 8.4 s, and the 2 s of grace
+/// plus what 12 short lines earn at 500 octets a second is about 2 s.
+const SLOW_LINES: usize = 12;
+
+#[test]
+fn whole_lines_just_inside_the_timeout_are_cut_off_by_the_minimum_data_rate() {
+    assert_eq!(smtplab::connection::MIN_DATA_RATE, 500);
+    let server = common::start(&["--timeout", SHORT_TIMEOUT]);
+    let mut slow = server.connect();
+    slow.open_data("mary@client.example", &["bob@smtplab.test"]);
+    let mut lines_sent = 0;
+    while lines_sent < SLOW_LINES && !answer_within(&mut slow, LINE_PAUSE) {
+        slow.send(b"still typing\r\n");
+        lines_sent += 1;
+    }
+    let reply = slow.try_reply().expect("a reply before the close");
+    assert_reply(&reply, 421, "4.4.2");
+    assert!(
+        lines_sent < SLOW_LINES,
+        "the client kept the session for {lines_sent} lines"
+    );
+    assert!(slow.is_closed());
+    server.wait_idle();
+    assert_eq!(
+        server.message_count("bob"),
+        0,
+        "nothing of the slow message is stored"
+    );
+    assert_still_serves(&server, "slow lines");
 }
