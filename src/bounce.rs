@@ -62,7 +62,15 @@ pub fn dsn(
     spill_dir: &Path,
 ) -> io::Result<Body> {
     let mut report = Body::new(spill_dir);
-    write_report(&mut report, hostname, entry, original, failed, Action::Failed, now)?;
+    write_report(
+        &mut report,
+        hostname,
+        entry,
+        original,
+        failed,
+        Action::Failed,
+        now,
+    )?;
     Ok(report)
 }
 
@@ -76,7 +84,15 @@ pub fn relayed_dsn(
     spill_dir: &Path,
 ) -> io::Result<Body> {
     let mut report = Body::new(spill_dir);
-    write_report(&mut report, hostname, entry, original, relayed, Action::Relayed, now)?;
+    write_report(
+        &mut report,
+        hostname,
+        entry,
+        original,
+        relayed,
+        Action::Relayed,
+        now,
+    )?;
     Ok(report)
 }
 
@@ -398,7 +414,14 @@ mod tests {
         let entry = entry_with_dsn_parameters(Some(Ret::Full));
         let now = SystemTime::now();
         let rcpts = &entry.recipients;
-        let text = text(relayed_dsn("one.test", &entry, ORIGINAL, rcpts, now, &spill()));
+        let text = text(relayed_dsn(
+            "one.test",
+            &entry,
+            ORIGINAL,
+            rcpts,
+            now,
+            &spill(),
+        ));
         assert!(
             text.contains("Subject: Successful Mail Delivery Report\n"),
             "{text}"
@@ -429,7 +452,12 @@ mod tests {
                 Ok(n)
             }
         }
-        for original in [&b"A: 1\nB: 2\n\nbody\n\nmore\n"[..], b"\n\nx", b"no end", b""] {
+        for original in [
+            &b"A: 1\nB: 2\n\nbody\n\nmore\n"[..],
+            b"\n\nx",
+            b"no end",
+            b"",
+        ] {
             let expected = match original.windows(2).position(|w| w == b"\n\n") {
                 Some(end) => &original[..end + 1],
                 None => original,

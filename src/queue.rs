@@ -722,7 +722,11 @@ mod tests {
             delay: false,
         });
         entry.recipients[1].orcpt = Some("rfc822;a+20b@two.test".into());
-        spool.prepare(&entry, HEAD, &body()).unwrap().commit().unwrap();
+        spool
+            .prepare(&entry, HEAD, &body())
+            .unwrap()
+            .commit()
+            .unwrap();
         let loaded = spool.load_all();
         assert_eq!(loaded.len(), 1, "the content file is not an entry");
         let back = loaded[0].clone().unwrap();
@@ -739,7 +743,11 @@ mod tests {
         assert_eq!(content_of(&spool, &entry.id).len(), HEAD.len() + 23);
         spool.remove(&entry.id).unwrap();
         assert!(spool.load_all().is_empty());
-        assert_eq!(fs::read_dir(spool.dir()).unwrap().count(), 0, "both files go");
+        assert_eq!(
+            fs::read_dir(spool.dir()).unwrap().count(),
+            0,
+            "both files go"
+        );
         let _ = fs::remove_dir_all(spool.dir());
     }
 
@@ -764,7 +772,11 @@ mod tests {
         }
         assert!(large.is_spilled());
         let entry = sample();
-        spool.prepare(&entry, HEAD, &large).unwrap().commit().unwrap();
+        spool
+            .prepare(&entry, HEAD, &large)
+            .unwrap()
+            .commit()
+            .unwrap();
         let content = content_of(&spool, &entry.id);
         assert_eq!(content.len() as u64, HEAD.len() as u64 + large.len());
         assert!(content.starts_with(HEAD) && content.ends_with(line));
@@ -775,10 +787,18 @@ mod tests {
     fn orphans_and_old_single_file_entries() {
         let spool = temp_spool("orphans");
         let entry = sample();
-        spool.prepare(&entry, HEAD, &body()).unwrap().commit().unwrap();
+        spool
+            .prepare(&entry, HEAD, &body())
+            .unwrap()
+            .commit()
+            .unwrap();
         fs::write(spool.dir().join("1-2-3.msg"), b"no state file names me").unwrap();
         fs::write(spool.dir().join("tmp.4-5-6"), b"half written").unwrap();
-        fs::write(spool.dir().join("7-8-9"), b"smtplab-queue 1\nid: 7-8-9\n\ncontent").unwrap();
+        fs::write(
+            spool.dir().join("7-8-9"),
+            b"smtplab-queue 1\nid: 7-8-9\n\ncontent",
+        )
+        .unwrap();
         spool.remove_stale_temp_files();
         let mut left: Vec<String> = fs::read_dir(spool.dir())
             .unwrap()
@@ -790,7 +810,9 @@ mod tests {
         let loaded = spool.load_all();
         assert_eq!(loaded.len(), 2);
         assert!(
-            loaded.iter().any(|e| matches!(e, Err(text) if text.contains("first format"))),
+            loaded
+                .iter()
+                .any(|e| matches!(e, Err(text) if text.contains("first format"))),
             "{loaded:?}"
         );
         let _ = fs::remove_dir_all(spool.dir());

@@ -505,7 +505,14 @@ impl Relay {
         };
         let now = SystemTime::now();
         let report = self.spool.open_content(&entry.id).and_then(|original| {
-            bounce::dsn(&self.config.hostname, entry, original, failed, now, self.spool.dir())
+            bounce::dsn(
+                &self.config.hostname,
+                entry,
+                original,
+                failed,
+                now,
+                self.spool.dir(),
+            )
         });
         self.send_report(tag, entry, &sender, report);
     }
@@ -1086,7 +1093,10 @@ impl SmtpClient {
         encoder.finish(&mut wire);
         self.write("message content", &wire)?;
         let octets = sent + wire.len();
-        debug!("[{}] C: <message, {octets} octets, ending with .>", self.tag);
+        debug!(
+            "[{}] C: <message, {octets} octets, ending with .>",
+            self.tag
+        );
         Ok(())
     }
     // ANCHOR_END: send_content

@@ -278,9 +278,11 @@ fn a_large_message_is_relayed_in_bounded_memory() {
     let wire = wire_message(MESSAGE_SIZE);
     client.send(&wire);
     client.expect(b"QUIT\r\n", 221);
-    wait_long("the large message at the next hop", DELIVERY_DEADLINE, || {
-        hop.messages().len() == 2
-    });
+    wait_long(
+        "the large message at the next hop",
+        DELIVERY_DEADLINE,
+        || hop.messages().len() == 2,
+    );
     let spool = dir.path().join("spool");
     wait_long("the queue to empty", DELIVERY_DEADLINE, || {
         spool_files(&spool).is_empty()
