@@ -2,12 +2,14 @@
 //! or (when the sender asked with `NOTIFY=SUCCESS`) which were relayed.
 //!
 //! Interface:
-//! - `dsn(hostname, entry, failed, now)` builds the report for the failed recipients of a queued
-//!   message: a `multipart/report; report-type=delivery-status` message with a readable part,
-//!   the `message/delivery-status` part, and the original message: its headers
-//!   (`text/rfc822-headers`), or all of it (`message/rfc822`) when the sender asked `RET=FULL`.
-//! - `relayed_dsn(hostname, entry, relayed, now)` builds the "relayed" report for recipients
-//!   whose next hop took the message but cannot report on it (RFC 3461 §5.2.2 (b)).
+//! - `dsn(hostname, entry, original, failed, now, spill_dir)` builds the report for the failed
+//!   recipients of a queued message: a `multipart/report; report-type=delivery-status` message
+//!   with a readable part, the `message/delivery-status` part, and the original message read
+//!   from `original` (the queue's content file): its headers (`text/rfc822-headers`), or all of
+//!   it (`message/rfc822`) when the sender asked `RET=FULL`. The report is a `Body` that spills
+//!   into `spill_dir` when large, and the original is copied in chunks, never whole.
+//! - `relayed_dsn(..)` (same arguments) builds the "relayed" report for recipients whose next
+//!   hop took the message but cannot report on it (RFC 3461 §5.2.2 (b)).
 //! - `status_of(reply)` finds the RFC 3463 status code in a reply line (`550 5.1.1 ...` -> `5.1.1`).
 //!
 //! The relay sends the report from the null reverse-path `<>`, and never reports on a message
@@ -18,8 +20,11 @@
 //! Standards: RFC 3464 §2.1, RFC 3464 §2.2, RFC 3464 §2.2.1, RFC 3464 §2.3, RFC 3464 §2.3.1, RFC 3464 §2.3.3, RFC 5321 §4.5.5, RFC 3461 §4.3, RFC 3461 §6.1, RFC 3461 §6.2, RFC 3461 §6.3, RFC 3463 §2, RFC 5321 §6.1
 
 use std::fmt::Write as _;
+use std::io::{self, Read};
+use std::path::Path;
 use std::time::SystemTime;
 
+use crate::body::{Body, READ_CHUNK};
 use crate::datetime;
 use crate::extensions::{orcpt_decoded, xtext_decode, Ret};
 use crate::queue::{system_time, Entry, Rcpt};
@@ -47,25 +52,61 @@ impl Action {
     }
 }
 
-/// The whole bounce message for `failed` recipients of `entry`.
-pub fn dsn(hostname: &str, entry: &Entry, failed: &[Rcpt], now: SystemTime) -> Vec<u8> {
-    report(hostname, entry, failed, Action::Failed, now)
+/// The whole bounce message for `failed` recipients of `entry`, whose content is `original`.
+pub fn dsn(
+    hostname: &str,
+    entry: &Entry,
+    original: impl Read,
+    failed: &[Rcpt],
+    now: SystemTime,
+    spill_dir: &Path,
+) -> io::Result<Body> {
+    let mut report = Body::new(spill_dir);
+    write_report(
+        &mut report,
+        hostname,
+        entry,
+        original,
+        failed,
+        Action::Failed,
+        now,
+    )?;
+    Ok(report)
 }
 
 /// The "relayed" report for recipients that asked `NOTIFY=SUCCESS` (RFC 3461 §5.2.2 (b)).
-pub fn relayed_dsn(hostname: &str, entry: &Entry, relayed: &[Rcpt], now: SystemTime) -> Vec<u8> {
-    report(hostname, entry, relayed, Action::Relayed, now)
+pub fn relayed_dsn(
+    hostname: &str,
+    entry: &Entry,
+    original: impl Read,
+    relayed: &[Rcpt],
+    now: SystemTime,
+    spill_dir: &Path,
+) -> io::Result<Body> {
+    let mut report = Body::new(spill_dir);
+    write_report(
+        &mut report,
+        hostname,
+        entry,
+        original,
+        relayed,
+        Action::Relayed,
+        now,
+    )?;
+    Ok(report)
 }
 
 // ANCHOR: dsn
-/// A report on `rcpts` of `entry`, all with the same `action`.
-fn report(
+/// A report on `rcpts` of `entry`, all with the same `action`, appended to `report`.
+fn write_report(
+    report: &mut Body,
     hostname: &str,
     entry: &Entry,
+    original: impl Read,
     rcpts: &[Rcpt],
     action: Action,
     now: SystemTime,
-) -> Vec<u8> {
+) -> io::Result<()> {
     let boundary = format!("=_smtplab-dsn-{}", entry.id);
     let subject = match action {
         Action::Failed => SUBJECT,
@@ -91,34 +132,56 @@ fn report(
     let _ = writeln!(m, "--{boundary}");
     status_part(&mut m, hostname, entry, rcpts, action, now);
     let _ = writeln!(m, "--{boundary}");
-    let mut bytes = m.into_bytes();
-    bytes.extend_from_slice(&returned_part(entry, action));
-    bytes.extend_from_slice(format!("\n--{boundary}--\n").as_bytes());
-    bytes
+    report.push(m.as_bytes())?;
+    returned_part(report, entry, original, action)?;
+    report.push(format!("\n--{boundary}--\n").as_bytes())
 }
 // ANCHOR_END: dsn
 
 // ANCHOR: returned_part
 /// The third part: the whole message for a failure with `RET=FULL`, else only its headers
 /// (RFC 3461 §4.3: a report without failures returns only the headers).
-fn returned_part(entry: &Entry, action: Action) -> Vec<u8> {
-    let (kind, what, content) = match (action, entry.ret) {
-        (Action::Failed, Some(Ret::Full)) => (
-            "message/rfc822",
-            "The undelivered message",
-            &entry.content[..],
-        ),
-        _ => (
-            "text/rfc822-headers",
-            "Headers of the message",
-            original_headers(&entry.content),
-        ),
+fn returned_part(
+    report: &mut Body,
+    entry: &Entry,
+    original: impl Read,
+    action: Action,
+) -> io::Result<()> {
+    let full = matches!((action, entry.ret), (Action::Failed, Some(Ret::Full)));
+    let (kind, what) = match full {
+        true => ("message/rfc822", "The undelivered message"),
+        false => ("text/rfc822-headers", "Headers of the message"),
     };
-    let mut part = format!("Content-Type: {kind}\nContent-Description: {what}\n\n").into_bytes();
-    part.extend_from_slice(content);
-    part
+    report.push(format!("Content-Type: {kind}\nContent-Description: {what}\n\n").as_bytes())?;
+    copy_original(original, report, !full)
 }
 // ANCHOR_END: returned_part
+
+// ANCHOR: copy_original
+/// Copy the original message into the report chunk by chunk; with `headers_only`, stop at the
+/// empty line that ends the header section (the last header's `\n` is kept, the empty line is
+/// not). The end of the headers may straddle two chunks, so the last octet of one is kept.
+fn copy_original(mut original: impl Read, report: &mut Body, headers_only: bool) -> io::Result<()> {
+    let mut buffer = vec![0; READ_CHUNK];
+    let mut previous = 0u8;
+    loop {
+        let n = match original.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        let chunk = &buffer[..n];
+        if headers_only {
+            if let Some(end) = header_end(previous, chunk) {
+                return report.push(&chunk[..end]);
+            }
+        }
+        report.push(chunk)?;
+        previous = chunk[n - 1];
+    }
+}
+// ANCHOR_END: copy_original
 
 /// The part a person reads first.
 fn readable_part(m: &mut String, hostname: &str, rcpts: &[Rcpt], action: Action) {
@@ -228,12 +291,13 @@ fn is_status(word: &str) -> bool {
             .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The header section of a message: everything up to and including the empty line.
-fn original_headers(content: &[u8]) -> &[u8] {
-    match content.windows(2).position(|w| w == b"\n\n") {
-        Some(end) => &content[..end + 1],
-        None => content,
-    }
+/// Where the header section ends in `chunk`: the index of the second `\n` of the first
+/// `\n\n`, counting `previous` (the last octet before `chunk`) as the octet before index 0.
+fn header_end(previous: u8, chunk: &[u8]) -> Option<usize> {
+    (0..chunk.len()).find(|&i| {
+        let before = if i == 0 { previous } else { chunk[i - 1] };
+        before == b'\n' && chunk[i] == b'\n'
+    })
 }
 
 /// DSN fields are ASCII (RFC 3464 §2.1.1); anything else in a remote reply becomes `?`.
@@ -254,6 +318,16 @@ mod tests {
     use super::*;
     use crate::queue::RcptState;
 
+    const ORIGINAL: &[u8] = b"Subject: hello\n\nsecret body\n";
+
+    fn text(report: io::Result<Body>) -> String {
+        String::from_utf8(report.unwrap().to_vec().unwrap()).unwrap()
+    }
+
+    fn spill() -> std::path::PathBuf {
+        std::env::temp_dir()
+    }
+
     #[test]
     fn status_codes_are_found_or_derived() {
         assert_eq!(status_of("550 5.1.1 No such user"), "5.1.1");
@@ -273,8 +347,8 @@ mod tests {
             "S1.1",
             "<alice@one.test>".into(),
             vec!["<bob@two.test>".into()],
-            b"Subject: hello\nFrom: alice@one.test\n\nsecret body\n".to_vec(),
         );
+        let original = &b"Subject: hello\nFrom: alice@one.test\n\nsecret body\n"[..];
         let failed = Rcpt {
             path: "<bob@two.test>".into(),
             state: RcptState::Failed,
@@ -283,8 +357,8 @@ mod tests {
             notify: None,
             orcpt: None,
         };
-        let text =
-            String::from_utf8(dsn("one.test", &entry, &[failed], SystemTime::now())).unwrap();
+        let now = SystemTime::now();
+        let text = text(dsn("one.test", &entry, original, &[failed], now, &spill()));
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(text.contains("Content-Type: message/delivery-status\n"));
         assert!(text.contains("Reporting-MTA: dns; one.test\n"));
@@ -302,7 +376,6 @@ mod tests {
             "S1.1",
             "<alice@one.test>".into(),
             vec!["<bob@two.test>".into()],
-            b"Subject: hello\n\nsecret body\n".to_vec(),
         );
         entry.ret = ret;
         entry.envid = Some("QQ+2B314159".into());
@@ -315,8 +388,9 @@ mod tests {
     #[test]
     fn ret_full_returns_the_whole_message_and_envid_orcpt_come_back_decoded() {
         let entry = entry_with_dsn_parameters(Some(Ret::Full));
-        let report = dsn("one.test", &entry, &entry.recipients, SystemTime::now());
-        let text = String::from_utf8(report).unwrap();
+        let now = SystemTime::now();
+        let rcpts = &entry.recipients;
+        let text = text(dsn("one.test", &entry, ORIGINAL, rcpts, now, &spill()));
         assert!(text.contains("Content-Type: message/rfc822\n"), "{text}");
         assert!(text.contains("\nsecret body\n"), "{text}");
         assert!(
@@ -330,15 +404,24 @@ mod tests {
             "{text}"
         );
         let hdrs = entry_with_dsn_parameters(Some(Ret::Hdrs));
-        let text = String::from_utf8(dsn("h", &hdrs, &hdrs.recipients, SystemTime::now())).unwrap();
+        let rcpts = &hdrs.recipients;
+        let text = self::text(dsn("h", &hdrs, ORIGINAL, rcpts, now, &spill()));
         assert!(text.contains("Content-Type: text/rfc822-headers\n") && !text.contains("secret"));
     }
 
     #[test]
     fn a_relayed_report_says_relayed_and_returns_only_headers() {
         let entry = entry_with_dsn_parameters(Some(Ret::Full));
-        let report = relayed_dsn("one.test", &entry, &entry.recipients, SystemTime::now());
-        let text = String::from_utf8(report).unwrap();
+        let now = SystemTime::now();
+        let rcpts = &entry.recipients;
+        let text = text(relayed_dsn(
+            "one.test",
+            &entry,
+            ORIGINAL,
+            rcpts,
+            now,
+            &spill(),
+        ));
         assert!(
             text.contains("Subject: Successful Mail Delivery Report\n"),
             "{text}"
@@ -352,8 +435,41 @@ mod tests {
         let mut plain = entry.clone();
         plain.envid = None;
         plain.recipients[0].orcpt = None;
-        let text =
-            String::from_utf8(dsn("h", &plain, &plain.recipients, SystemTime::now())).unwrap();
+        let rcpts = &plain.recipients;
+        let text = self::text(dsn("h", &plain, ORIGINAL, rcpts, now, &spill()));
         assert!(!text.contains("Original-Envelope-Id") && !text.contains("Original-Recipient"));
+    }
+
+    #[test]
+    fn the_headers_end_is_found_across_chunk_boundaries() {
+        /// Gives its bytes `size` at a time, as a file read in small chunks would.
+        struct Trickle<'a>(&'a [u8], usize);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.len().min(self.1).min(buffer.len());
+                buffer[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        for original in [
+            &b"A: 1\nB: 2\n\nbody\n\nmore\n"[..],
+            b"\n\nx",
+            b"no end",
+            b"",
+        ] {
+            let expected = match original.windows(2).position(|w| w == b"\n\n") {
+                Some(end) => &original[..end + 1],
+                None => original,
+            };
+            for size in 1..=original.len().max(1) {
+                let mut report = Body::in_memory(Vec::new());
+                copy_original(Trickle(original, size), &mut report, true).unwrap();
+                assert_eq!(report.to_vec().unwrap(), expected, "{original:?} by {size}");
+                let mut full = Body::in_memory(Vec::new());
+                copy_original(Trickle(original, size), &mut full, false).unwrap();
+                assert_eq!(full.to_vec().unwrap(), original);
+            }
+        }
     }
 }

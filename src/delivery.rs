@@ -8,8 +8,8 @@
 //!   parameters of the envelope (RET, ENVID, NOTIFY, ORCPT).
 //! - `received_header(..)` builds the trace line of RFC 5321 §4.4.
 //!
-//! Memory: local mailboxes are written from the message's `Body` as a stream; a copy for
-//! other domains is held in memory whole while it is queued (the queue entry holds its content).
+//! Memory: local mailboxes and the queue's content file are both written from the message's
+//! `Body` as a stream, so no copy of a large message is ever held in memory whole.
 //!
 //! Standards: RFC 5321 §4.4, RFC 5321 §6.1, RFC 5321 §4.2.5, RFC 3463 §3.4, RFC 3848 §3, RFC 6531 §3.7.3, RFC 3461 §5.2.1
 
@@ -119,22 +119,12 @@ impl LocalDelivery {
             }
         }
         // RFC 5321 §4.4: a relay adds its own Received line before passing the message on.
-        let mut content = relay_received_header(message, &self.hostname, &relayed).into_bytes();
-        // The queue file format holds the content in memory (`queue::Entry`), so mail for other
-        // domains is copied whole here: it is the one path whose memory grows with the message.
-        let body = message.content.to_vec().map_err(|error| {
-            warn!("{}: cannot read the message back: {error}", message.id);
-            Reply::LOCAL_ERROR_451
-        })?;
-        content.extend_from_slice(&body);
-        let mut entry = queue::Entry::new(
-            &message.id,
-            message.envelope.sender.to_string(),
-            paths,
-            content,
-        );
+        let received = relay_received_header(message, &self.hostname, &relayed);
+        let mut entry = queue::Entry::new(&message.id, message.envelope.sender.to_string(), paths);
         keep_dsn_parameters(&mut entry, message, &unique);
-        spool.prepare(&entry).map(Some).map_err(|error| {
+        // The content file is the Received line, then the body streamed chunk by chunk.
+        let prepared = spool.prepare(&entry, received.as_bytes(), &message.content);
+        prepared.map(Some).map_err(|error| {
             warn!(
                 "{}: cannot write to the queue, nothing stored: {error}",
                 message.id

@@ -1,32 +1,39 @@
-//! The outbound queue: one file per message in the spool directory, written so that a message
+//! The outbound queue: two files per message in the spool directory, written so that a message
 //! the server has said `250` to survives a crash, and retried on a schedule until it expires.
 //!
 //! Interface:
-//! - `Spool::new(dir)` names the spool; `spool.prepare(&entry)` writes a new entry under a
-//!   temporary name and fsyncs it; `Prepared::commit()` renames it into the queue, fsyncs the
-//!   directory and wakes the relay; a `Prepared` dropped without `commit` removes its file.
-//! - `spool.save(&entry)` rewrites an entry after a delivery attempt (same safe steps);
-//!   `spool.remove(id)` takes it out; `spool.load_all()` reads every entry back.
+//! - `Spool::new(dir)` names the spool; `spool.prepare(&entry, head, &body)` writes the content
+//!   file (`head` then `body`, streamed) and the entry's small state file under temporary names
+//!   and fsyncs both; `Prepared::commit()` renames them into the queue (content first), fsyncs
+//!   the directory and wakes the relay; a `Prepared` dropped without `commit` removes its files.
+//! - `spool.save(&entry)` rewrites the state file after a delivery attempt (same safe steps; the
+//!   content is never rewritten); `spool.remove(id)` takes both files out; `spool.load_all()`
+//!   reads every state file back (never the content); `spool.open_content(id)` opens the
+//!   content for reading in chunks.
 //! - `spool.generation()` / `spool.wait(seen, timeout)` / `spool.wake()`: the relay sleeps until
 //!   a new message is queued or the timeout passes.
-//! - `Entry` (envelope, per-recipient state, schedule, content), `Schedule` (`--retry`,
+//! - `Entry` (envelope, per-recipient state, schedule), `Schedule` (`--retry`,
 //!   `--queue-lifetime`), `parse_duration`, `parse_retry`.
 //! - `queue_main(args)` is `smtplab queue [--spool DIR]`: what waits, why, and when it is tried next.
 //!
-//! One entry on disk, step by step (`Spool::write`): write `tmp.<id>`, fsync it, rename it to
-//! `<id>` (a rename is atomic: a reader sees the old file or the new one, never half of one),
-//! then fsync the directory, because a new name lives in the directory, not in the file.
+//! One entry on disk, step by step: write `tmp.<id>`, fsync it, rename it to `<id>` (a rename is
+//! atomic: a reader sees the old file or the new one, never half of one), then fsync the
+//! directory, because a new name lives in the directory, not in the file. The content goes the
+//! same way to `<id>.msg`, once, before the state file: a state file never names missing content.
+//! Memory stays bounded whatever the message size: the content is copied from disk to disk in
+//! chunks, and the relay reads it back in chunks.
 //!
 //! Standards: RFC 5321 §4.5.4, RFC 5321 §4.5.4.1, RFC 5321 §6.1
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::body::Body;
 use crate::datetime;
 use crate::extensions::{Notify, Ret};
 
@@ -38,8 +45,12 @@ use crate::extensions::{Notify, Ret};
 pub const DEFAULT_RETRY: &str = "5m,10m,30m,1h,2h,4h";
 pub const DEFAULT_QUEUE_LIFETIME: Duration = Duration::from_secs(5 * 24 * 3600);
 
-/// First line of every spool file, so a stray file is never taken for a message.
-const MAGIC: &str = "smtplab-queue 1";
+/// First line of every state file, so a stray file is never taken for a message.
+const MAGIC: &str = "smtplab-queue 2";
+/// The first format kept the content inside the state file; such a file is reported, not sent.
+const MAGIC_SINGLE_FILE: &str = "smtplab-queue 1";
+/// Suffix of a content file: `<id>.msg` beside the state file `<id>`.
+const CONTENT_SUFFIX: &str = ".msg";
 /// Prefix of a file being written; never read as a queue entry.
 const TEMP_PREFIX: &str = "tmp.";
 /// Mode of a spool file: mail is private.
@@ -72,7 +83,8 @@ pub struct Rcpt {
     pub orcpt: Option<String>,
 }
 
-/// One queued message: envelope, recipients with their state, schedule, content.
+/// One queued message: envelope, recipients with their state, schedule. The content is in its
+/// own file (`Spool::open_content`), so an entry is small whatever the message size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// The queue id, also the file name.
@@ -91,18 +103,11 @@ pub struct Entry {
     pub ret: Option<Ret>,
     /// RFC 3461 §4.4 `ENVID=` from the MAIL command, as the client wrote it (xtext).
     pub envid: Option<String>,
-    /// The message, lines ending in `\n`, with this server's `Received:` line on top.
-    pub content: Vec<u8>,
 }
 
 impl Entry {
     /// A new entry with every recipient pending, due now.
-    pub fn new(
-        message_id: &str,
-        sender: String,
-        recipients: Vec<String>,
-        content: Vec<u8>,
-    ) -> Entry {
+    pub fn new(message_id: &str, sender: String, recipients: Vec<String>) -> Entry {
         let now = unix_now();
         Entry {
             id: new_queue_id(now),
@@ -124,7 +129,6 @@ impl Entry {
                 .collect(),
             ret: None,
             envid: None,
-            content,
         }
     }
 
@@ -253,35 +257,52 @@ impl Spool {
     }
 
     // ANCHOR: prepare
-    /// Step one of queueing: the entry is on disk and synced, but the relay cannot see it yet.
-    /// The caller finishes its other work (local delivery), then commits, or drops to undo.
-    pub fn prepare(&self, entry: &Entry) -> io::Result<Prepared<'_>> {
+    /// Step one of queueing: the content (`head`, then `body`) and the entry are on disk and
+    /// synced, but the relay cannot see them yet. The caller finishes its other work (local
+    /// delivery), then commits, or drops to undo. The body is copied in chunks, never whole.
+    pub fn prepare(&self, entry: &Entry, head: &[u8], body: &Body) -> io::Result<Prepared<'_>> {
         fs::create_dir_all(&self.dir)?;
-        let temp = self.temp_path(&entry.id);
-        let written = write_synced(&temp, &serialize(entry));
-        if let Err(error) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(error);
-        }
-        Ok(Prepared {
+        let prepared = Prepared {
             spool: self,
             id: entry.id.clone(),
             committed: false,
-        })
+        };
+        // On an error `prepared` is dropped here, and its drop removes what was written.
+        write_content_synced(&self.temp_path(&content_name(&entry.id)), head, body)?;
+        write_synced(&self.temp_path(&entry.id), &serialize(entry))?;
+        Ok(prepared)
     }
     // ANCHOR_END: prepare
 
-    /// Rewrite an entry after an attempt: temporary file, fsync, rename, directory fsync.
+    /// Rewrite an entry's state after an attempt: temporary file, fsync, rename, directory
+    /// fsync. The content file stays as it is.
     pub fn save(&self, entry: &Entry) -> io::Result<()> {
         let temp = self.temp_path(&entry.id);
         write_synced(&temp, &serialize(entry))?;
         self.rename_into_queue(&entry.id)
     }
 
-    /// Take an entry out of the queue (every recipient delivered or bounced).
+    /// Take an entry out of the queue (every recipient delivered or bounced): the state file
+    /// first, so a crash in between leaves only content that no entry names (removed at the
+    /// next start by `remove_stale_temp_files`).
     pub fn remove(&self, id: &str) -> io::Result<()> {
         fs::remove_file(self.dir.join(id))?;
+        match fs::remove_file(self.content_path(id)) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
         sync_dir(&self.dir)
+    }
+
+    /// Where the content of entry `id` is: `<id>.msg`.
+    pub fn content_path(&self, id: &str) -> PathBuf {
+        self.dir.join(content_name(id))
+    }
+
+    /// The content of entry `id` (lines ending in `\n`, this server's `Received:` line on top),
+    /// to be read in chunks.
+    pub fn open_content(&self, id: &str) -> io::Result<File> {
+        File::open(self.content_path(id))
     }
 
     /// Every queued entry, oldest first; files that cannot be read come back as errors.
@@ -290,7 +311,7 @@ impl Spool {
             Ok(dir) => dir
                 .filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|name| !name.starts_with(TEMP_PREFIX) && !name.starts_with('.'))
+                .filter(|name| is_state_file(name))
                 .collect::<Vec<_>>(),
             Err(_) => Vec::new(), // no spool directory yet: nothing queued
         };
@@ -307,13 +328,18 @@ impl Spool {
     }
 
     /// Remove temporary files a crash left behind: their messages were never acknowledged
-    /// with 250, so the client still has them. Call before any session starts.
+    /// with 250, so the client still has them. Content whose state file is gone (a crash in
+    /// the middle of `remove`) goes too. Call before any session starts.
     pub fn remove_stale_temp_files(&self) {
         let Ok(dir) = fs::read_dir(&self.dir) else {
             return;
         };
         for entry in dir.filter_map(|e| e.ok()) {
-            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let orphan = name
+                .strip_suffix(CONTENT_SUFFIX)
+                .is_some_and(|id| !self.dir.join(id).exists());
+            if name.starts_with(TEMP_PREFIX) || orphan {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -342,16 +368,28 @@ impl Spool {
         self.dir.join(format!("{TEMP_PREFIX}{id}"))
     }
 
-    fn rename_into_queue(&self, id: &str) -> io::Result<()> {
-        fs::rename(self.temp_path(id), self.dir.join(id))?;
+    fn rename_into_queue(&self, name: &str) -> io::Result<()> {
+        fs::rename(self.temp_path(name), self.dir.join(name))?;
         sync_dir(&self.dir)
     }
 }
 
+/// `<id>.msg`.
+fn content_name(id: &str) -> String {
+    format!("{id}{CONTENT_SUFFIX}")
+}
+
+/// A state file: not being written, not hidden, not content.
+fn is_state_file(name: &str) -> bool {
+    !name.starts_with(TEMP_PREFIX) && !name.starts_with('.') && !name.ends_with(CONTENT_SUFFIX)
+}
+
 impl Prepared<'_> {
     // ANCHOR: commit
-    /// Step two: rename into the queue, sync the directory, wake the relay.
+    /// Step two: rename the content into the queue and sync the directory, then the same for
+    /// the state file, so no crash leaves a state file whose content is missing; wake the relay.
     pub fn commit(mut self) -> io::Result<()> {
+        self.spool.rename_into_queue(&content_name(&self.id))?;
         self.spool.rename_into_queue(&self.id)?;
         self.committed = true;
         self.spool.wake();
@@ -368,20 +406,41 @@ impl Drop for Prepared<'_> {
     /// Not committed: the message was refused after all, so nothing may stay in the spool.
     fn drop(&mut self) {
         if !self.committed {
+            let content = content_name(&self.id);
             let _ = fs::remove_file(self.spool.temp_path(&self.id));
+            let _ = fs::remove_file(self.spool.temp_path(&content));
+            // Renamed already, but no state file names it: a commit that failed half way.
+            if !self.spool.dir.join(&self.id).exists() {
+                let _ = fs::remove_file(self.spool.dir.join(content));
+            }
         }
     }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
+    let mut file = create_private(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+// ANCHOR: write_content
+/// The content file: `head`, then the body chunk by chunk, then fsync. However large the
+/// message, at most one chunk of it is in memory.
+fn write_content_synced(path: &Path, head: &[u8], body: &Body) -> io::Result<()> {
+    let mut file = BufWriter::new(create_private(path)?);
+    file.write_all(head)?;
+    body.for_each_chunk(|chunk| file.write_all(chunk))?;
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+// ANCHOR_END: write_content
+
+fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode_private()
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+        .open(path)
 }
 
 /// `OpenOptions::mode` under a name that says why.
@@ -401,9 +460,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 // ANCHOR: format
-/// The spool file: a header of `name: value` lines, one `recipient:` line per recipient with
-/// tab-separated fields (state, path, remote host, last reply, NOTIFY, ORCPT), an empty line,
-/// the content. The DSN parameters (`ret:`, `envid:`, the last two fields) are written only
+/// The state file: a header of `name: value` lines, one `recipient:` line per recipient with
+/// tab-separated fields (state, path, remote host, last reply, NOTIFY, ORCPT), and an empty
+/// line; the content is in `<id>.msg`. The DSN parameters (`ret:`, `envid:`, the last two fields) are written only
 /// when the client gave them, because a relay passes on exactly what it got (RFC 3461 §5.2.1).
 fn serialize(entry: &Entry) -> Vec<u8> {
     let mut head = String::new();
@@ -437,9 +496,7 @@ fn serialize(entry: &Entry) -> Vec<u8> {
         );
     }
     head.push('\n');
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(&entry.content);
-    bytes
+    head.into_bytes()
 }
 // ANCHOR_END: format
 
@@ -457,8 +514,12 @@ fn deserialize(name: &str, bytes: &[u8]) -> Result<Entry, String> {
         .ok_or("no empty line after the header")?;
     let head = std::str::from_utf8(&bytes[..end]).map_err(|_| "header is not UTF-8")?;
     let mut lines = head.lines();
-    if lines.next() != Some(MAGIC) {
-        return Err("not a smtplab queue file".into());
+    match lines.next() {
+        Some(MAGIC) => {}
+        Some(MAGIC_SINGLE_FILE) => {
+            return Err("a queue file of the first format (content inside); not sent".into())
+        }
+        _ => return Err("not a smtplab queue file".into()),
     }
     let mut entry = Entry {
         id: name.to_string(),
@@ -470,7 +531,6 @@ fn deserialize(name: &str, bytes: &[u8]) -> Result<Entry, String> {
         recipients: Vec::new(),
         ret: None,
         envid: None,
-        content: bytes[end + 2..].to_vec(),
     };
     for line in lines {
         let (key, value) = line.split_once(": ").ok_or("a header line without ': '")?;
@@ -632,8 +692,19 @@ mod tests {
             "S1.1",
             "<alice@one.test>".into(),
             vec!["<bob@two.test>".into(), "<\"a b\"@two.test>".into()],
-            b"Subject: hi\n\nbody\n\nend\n".to_vec(),
         )
+    }
+
+    const HEAD: &[u8] = b"Received: by here\n";
+
+    fn body() -> Body {
+        Body::in_memory(b"Subject: hi\n\nbody\n\nend\n".to_vec())
+    }
+
+    fn content_of(spool: &Spool, id: &str) -> Vec<u8> {
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut spool.open_content(id).unwrap(), &mut content).unwrap();
+        content
     }
 
     #[test]
@@ -651,25 +722,99 @@ mod tests {
             delay: false,
         });
         entry.recipients[1].orcpt = Some("rfc822;a+20b@two.test".into());
-        spool.prepare(&entry).unwrap().commit().unwrap();
+        spool
+            .prepare(&entry, HEAD, &body())
+            .unwrap()
+            .commit()
+            .unwrap();
         let loaded = spool.load_all();
-        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded.len(), 1, "the content file is not an entry");
         let back = loaded[0].clone().unwrap();
         assert_eq!(back.recipients[1].reply, "451 4.4.1 refused by peer");
         entry.recipients[1].reply = back.recipients[1].reply.clone();
         assert_eq!(back, entry);
+        assert_eq!(
+            content_of(&spool, &entry.id),
+            b"Received: by here\nSubject: hi\n\nbody\n\nend\n"
+        );
+        entry.attempts = 3;
+        spool.save(&entry).unwrap();
+        assert_eq!(spool.load_all()[0].clone().unwrap().attempts, 3);
+        assert_eq!(content_of(&spool, &entry.id).len(), HEAD.len() + 23);
         spool.remove(&entry.id).unwrap();
         assert!(spool.load_all().is_empty());
+        assert_eq!(
+            fs::read_dir(spool.dir()).unwrap().count(),
+            0,
+            "both files go"
+        );
         let _ = fs::remove_dir_all(spool.dir());
     }
 
     #[test]
     fn an_uncommitted_entry_leaves_nothing_behind() {
         let spool = temp_spool("uncommitted");
-        let prepared = spool.prepare(&sample()).unwrap();
+        let prepared = spool.prepare(&sample(), HEAD, &body()).unwrap();
         assert!(spool.load_all().is_empty(), "the relay cannot see it yet");
         drop(prepared);
         assert_eq!(fs::read_dir(spool.dir()).unwrap().count(), 0);
+        let _ = fs::remove_dir_all(spool.dir());
+    }
+
+    #[test]
+    fn a_large_body_is_copied_to_the_content_file_in_chunks() {
+        let spool = temp_spool("large");
+        fs::create_dir_all(spool.dir()).unwrap();
+        let mut large = Body::new(spool.dir());
+        let line = b"0123456789abcdefghijklmnopqrstuvwxyz\n";
+        for _ in 0..(3 * crate::body::SPILL_THRESHOLD / line.len()) {
+            large.push(line).unwrap();
+        }
+        assert!(large.is_spilled());
+        let entry = sample();
+        spool
+            .prepare(&entry, HEAD, &large)
+            .unwrap()
+            .commit()
+            .unwrap();
+        let content = content_of(&spool, &entry.id);
+        assert_eq!(content.len() as u64, HEAD.len() as u64 + large.len());
+        assert!(content.starts_with(HEAD) && content.ends_with(line));
+        let _ = fs::remove_dir_all(spool.dir());
+    }
+
+    #[test]
+    fn orphans_and_old_single_file_entries() {
+        let spool = temp_spool("orphans");
+        let entry = sample();
+        spool
+            .prepare(&entry, HEAD, &body())
+            .unwrap()
+            .commit()
+            .unwrap();
+        fs::write(spool.dir().join("1-2-3.msg"), b"no state file names me").unwrap();
+        fs::write(spool.dir().join("tmp.4-5-6"), b"half written").unwrap();
+        fs::write(
+            spool.dir().join("7-8-9"),
+            b"smtplab-queue 1\nid: 7-8-9\n\ncontent",
+        )
+        .unwrap();
+        spool.remove_stale_temp_files();
+        let mut left: Vec<String> = fs::read_dir(spool.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let id = entry.id.clone();
+        assert_eq!(left, vec![id.clone(), format!("{id}.msg"), "7-8-9".into()]);
+        let loaded = spool.load_all();
+        assert_eq!(loaded.len(), 2);
+        assert!(
+            loaded
+                .iter()
+                .any(|e| matches!(e, Err(text) if text.contains("first format"))),
+            "{loaded:?}"
+        );
         let _ = fs::remove_dir_all(spool.dir());
     }
 

@@ -4,7 +4,9 @@
 //! Interface:
 //! - `start(config, spool, deliver, listen)` starts the relay thread; the `RelayHandle` it
 //!   returns stops the thread when dropped (it also cuts a conversation in progress).
-//! - `wire_data(content)` turns stored `\n` lines into the DATA stream: CRLF, dot-stuffed, `.`.
+//! - `wire_data(content)` turns stored `\n` lines into the DATA stream: CRLF, dot-stuffed, `.`;
+//!   `WireEncoder` does the same a chunk at a time, so the relay sends a queued message from
+//!   its content file without ever holding it whole in memory.
 //! - `read_reply(reader)` reads one SMTP reply, multi-line replies included, with limits.
 //!
 //! One attempt at one queued message (`Relay::attempt`): group the pending recipients by domain;
@@ -25,8 +27,10 @@
 //! Standards: RFC 3461 §5.2.1, RFC 3461 §5.2.2, RFC 3461 §6.1, RFC 5321 §3.3, RFC 5321 §4.2, RFC 5321 §4.2.1, RFC 5321 §4.5.2, RFC 5321 §4.5.3.1.5, RFC 5321 §4.5.3.2, RFC 5321 §4.5.4.1, RFC 5321 §5.1, RFC 5321 §2.3.8
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{self, BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -35,7 +39,7 @@ use std::time::{Duration, SystemTime};
 use log::{debug, info, warn};
 
 use crate::address::{self, Domain, ForwardPath, ReversePath};
-use crate::body::Body;
+use crate::body::{Body, READ_CHUNK};
 use crate::bounce;
 use crate::config::Config;
 use crate::dns::{self, Me, Resolver, Rng, RouteError};
@@ -478,7 +482,8 @@ impl Relay {
             return Err("451 4.3.2 The relay is stopping".into());
         }
         let mut client = SmtpClient::new(stream, tag).map_err(|e| format!("451 4.4.2 {e}"))?;
-        let result = client.send_message(&self.config.hostname, entry, rcpts);
+        let content = self.spool.content_path(&entry.id);
+        let result = client.send_message(&self.config.hostname, entry, &content, rcpts);
         *lock(&self.current) = None;
         let remote = target.host.clone();
         result.map(|(replies, dsn)| {
@@ -498,7 +503,17 @@ impl Relay {
             warn!("[{tag}] undeliverable bounce (sender <>), not bounced again: {failed:?}");
             return;
         };
-        let report = bounce::dsn(&self.config.hostname, entry, failed, SystemTime::now());
+        let now = SystemTime::now();
+        let report = self.spool.open_content(&entry.id).and_then(|original| {
+            bounce::dsn(
+                &self.config.hostname,
+                entry,
+                original,
+                failed,
+                now,
+                self.spool.dir(),
+            )
+        });
         self.send_report(tag, entry, &sender, report);
     }
     // ANCHOR_END: bounce
@@ -510,12 +525,29 @@ impl Relay {
         else {
             return; // RFC 3461 §5.2: never a DSN for a message from <>
         };
-        let report = bounce::relayed_dsn(&self.config.hostname, entry, relayed, SystemTime::now());
+        let now = SystemTime::now();
+        let report = self.spool.open_content(&entry.id).and_then(|original| {
+            let hostname = &self.config.hostname;
+            bounce::relayed_dsn(hostname, entry, original, relayed, now, self.spool.dir())
+        });
         self.send_report(tag, entry, &sender, report);
     }
 
     /// Deliver a report to the sender: locally, or through the queue from `<>`.
-    fn send_report(&self, tag: &str, entry: &Entry, sender: &address::Mailbox, report: Vec<u8>) {
+    fn send_report(
+        &self,
+        tag: &str,
+        entry: &Entry,
+        sender: &address::Mailbox,
+        report: io::Result<Body>,
+    ) {
+        let report = match report {
+            Ok(report) => report,
+            Err(error) => {
+                warn!("[{tag}] report to <{sender}> lost: cannot build it: {error}");
+                return;
+            }
+        };
         let directory = &self.config.directory;
         let result = if directory.is_local_domain(&sender.domain) {
             match directory.mailboxes(&sender.local_part_unquoted()) {
@@ -537,7 +569,7 @@ impl Relay {
         entry: &Entry,
         sender: address::Mailbox,
         users: Vec<String>,
-        report: Vec<u8>,
+        report: Body,
     ) -> Result<(), String> {
         let own = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
         let message = Message {
@@ -560,7 +592,7 @@ impl Relay {
                 }],
                 refused_recipients: 0,
             },
-            content: Body::in_memory(report),
+            content: report,
         };
         self.deliver
             .deliver(&message)
@@ -568,17 +600,16 @@ impl Relay {
     }
 
     /// A foreign sender: the report is queued like any other message, from `<>`.
-    fn bounce_by_queue(&self, entry: &Entry, sender: &str, report: Vec<u8>) -> Result<(), String> {
+    fn bounce_by_queue(&self, entry: &Entry, sender: &str, report: Body) -> Result<(), String> {
         let mut dsn = Entry::new(
             &format!("{}.dsn", entry.message_id),
             "<>".into(),
             vec![format!("<{sender}>")],
-            report,
         );
         // RFC 3461 §6.1: a report is sent without RET, and NOTIFY, if given, must be NEVER.
         dsn.recipients[0].notify = Some(Notify::NEVER);
         self.spool
-            .prepare(&dsn)
+            .prepare(&dsn, b"", &report)
             .and_then(|prepared| prepared.commit())
             .map_err(|e| e.to_string())
     }
@@ -687,26 +718,76 @@ fn literal_ip(destination: &str) -> Option<IpAddr> {
 // ANCHOR: wire_data
 /// The DATA stream for stored content: every line ends in CRLF, a line that starts with "."
 /// gets a second one (RFC 5321 §4.5.2), and the stream ends with "." on a line of its own.
+/// The whole content in one piece; the relay uses `WireEncoder` to do the same chunk by chunk.
+pub fn wire_data(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 32 + 5);
+    let mut encoder = WireEncoder::new();
+    encoder.encode(content, &mut out);
+    encoder.finish(&mut out);
+    out
+}
+
+/// Stored content to the DATA stream, a chunk at a time. A line may straddle two chunks, so
+/// the encoder remembers where it stands: at the start of a line, or holding back a CR.
 ///
 /// The order matters (security case 1.12): line ends are made canonical first, so a stray CR
 /// becomes a space and never reaches the next hop; only then is each line dot-stuffed. Stuffing
 /// first could leave a "." after a line break that did not exist yet when we looked.
-pub fn wire_data(content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + content.len() / 32 + 5);
-    let body = content.strip_suffix(b"\n").unwrap_or(content);
-    if !content.is_empty() {
-        for line in body.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.first() == Some(&b'.') {
-                out.push(b'.');
-            }
-            // RFC 5321 §2.3.8: no bare CR may be sent; it becomes a space.
-            out.extend(line.iter().map(|&b| if b == b'\r' { b' ' } else { b }));
-            out.extend_from_slice(b"\r\n");
+#[derive(Debug, Clone)]
+pub struct WireEncoder {
+    /// The next octet starts a line (a "." there is stuffed).
+    line_start: bool,
+    /// A CR was seen and not written: dropped if the line ends next (`\r\n` in the store is
+    /// one line end), a space otherwise.
+    held_cr: bool,
+}
+
+impl Default for WireEncoder {
+    fn default() -> WireEncoder {
+        WireEncoder::new()
+    }
+}
+
+impl WireEncoder {
+    pub fn new() -> WireEncoder {
+        WireEncoder {
+            line_start: true,
+            held_cr: false,
         }
     }
-    out.extend_from_slice(b".\r\n");
-    out
+
+    /// Append the wire form of `chunk` (the next octets of the content) to `out`.
+    pub fn encode(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        for &b in chunk {
+            if b == b'\n' {
+                self.held_cr = false;
+                out.extend_from_slice(b"\r\n");
+                self.line_start = true;
+                continue;
+            }
+            if self.held_cr {
+                // RFC 5321 §2.3.8: no bare CR may be sent; it becomes a space.
+                out.push(b' ');
+                self.held_cr = false;
+            }
+            if self.line_start && b == b'.' {
+                out.push(b'.');
+            }
+            self.line_start = false;
+            match b {
+                b'\r' => self.held_cr = true,
+                _ => out.push(b),
+            }
+        }
+    }
+
+    /// End the stream: close a last line without its line end, then "." on a line of its own.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if !self.line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
 }
 // ANCHOR_END: wire_data
 
@@ -907,6 +988,7 @@ impl SmtpClient {
         &mut self,
         hostname: &str,
         entry: &Entry,
+        content: &Path,
         rcpts: &[Rcpt],
     ) -> Result<(Vec<RemoteReply>, bool), String> {
         let ehlo = self.hello(hostname).map_err(|e| self.diagnose(e))?;
@@ -922,7 +1004,7 @@ impl SmtpClient {
         let dsn = ehlo.has_keyword("DSN");
         let mail = format!("MAIL FROM:{}{}", entry.sender, mail_parameters(entry, dsn));
         let replies = match self.cmd(OK, "MAIL FROM", &mail, MAIL_TIMEOUT) {
-            Ok(_) => self.recipients_and_data(entry, rcpts, dsn),
+            Ok(_) => self.recipients_and_data(content, rcpts, dsn),
             Err(error) => vec![self.as_reply(error); rcpts.len()],
         };
         let _ = self.cmd(&[221], "QUIT", "QUIT", MAIL_TIMEOUT);
@@ -933,7 +1015,7 @@ impl SmtpClient {
     /// RCPT for every recipient, then DATA if any was accepted; one reply per recipient.
     fn recipients_and_data(
         &mut self,
-        entry: &Entry,
+        content: &Path,
         rcpts: &[Rcpt],
         dsn: bool,
     ) -> Vec<RemoteReply> {
@@ -953,7 +1035,7 @@ impl SmtpClient {
             return replies;
         }
         // The message's fate now decides every accepted recipient's (RFC 5321 §3.3).
-        let verdict = self.data(&entry.content);
+        let verdict = self.data(content);
         for i in accepted {
             replies[i] = verdict.clone();
         }
@@ -961,24 +1043,63 @@ impl SmtpClient {
     }
 
     /// DATA, 354, the content, and the reply to the final dot.
-    fn data(&mut self, content: &[u8]) -> RemoteReply {
+    fn data(&mut self, content: &Path) -> RemoteReply {
+        let file = match File::open(content) {
+            Ok(file) => file,
+            Err(error) => {
+                warn!("[{}] cannot open {}: {error}", self.tag, content.display());
+                return RemoteReply {
+                    code: 451,
+                    lines: vec![format!("4.3.0 Cannot read the queued message: {error}")],
+                };
+            }
+        };
         let result = self
             .cmd(&[354], "DATA", "DATA", DATA_TIMEOUT)
-            .and_then(|_| {
-                let wire = wire_data(content);
-                debug!(
-                    "[{}] C: <message, {} octets, ending with .>",
-                    self.tag,
-                    wire.len()
-                );
-                self.write("message content", &wire)
-            })
+            .and_then(|_| self.send_content(file))
             .and_then(|()| self.read("end of data", DATA_END_TIMEOUT));
         match result {
             Ok(reply) => reply,
             Err(error) => self.as_reply(error),
         }
     }
+
+    // ANCHOR: send_content
+    /// The content file on the wire, `READ_CHUNK` octets at a time, then the final dot. If the
+    /// file cannot be read half way, the connection is cut: without the final dot the next
+    /// hop throws the partial message away (RFC 5321 §4.1.1.4), and it is tried again later.
+    fn send_content(&mut self, mut file: File) -> Result<(), StepError> {
+        let mut encoder = WireEncoder::new();
+        let mut chunk = vec![0; READ_CHUNK];
+        let mut wire = Vec::with_capacity(READ_CHUNK + READ_CHUNK / 2);
+        let mut sent = 0;
+        loop {
+            let n = match file.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    let _ = self.reader.get_ref().shutdown(std::net::Shutdown::Both);
+                    let step = "reading the queued message";
+                    return Err(StepError::Broken { step, error });
+                }
+            };
+            wire.clear();
+            encoder.encode(&chunk[..n], &mut wire);
+            self.write("message content", &wire)?;
+            sent += wire.len();
+        }
+        wire.clear();
+        encoder.finish(&mut wire);
+        self.write("message content", &wire)?;
+        let octets = sent + wire.len();
+        debug!(
+            "[{}] C: <message, {octets} octets, ending with .>",
+            self.tag
+        );
+        Ok(())
+    }
+    // ANCHOR_END: send_content
 
     /// A failed step as a reply: the host's own reply, or a 451 we make up for a broken line.
     fn as_reply(&self, error: StepError) -> RemoteReply {
@@ -1066,6 +1187,53 @@ mod tests {
             if b == b'\n' {
                 assert_eq!(wire[i - 1], b'\r');
             }
+        }
+    }
+
+    /// The line-by-line form of `wire_data` (split, strip CR, stuff, join): the reference the
+    /// streaming encoder must agree with.
+    fn wire_data_by_lines(content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let body = content.strip_suffix(b"\n").unwrap_or(content);
+        if !content.is_empty() {
+            for line in body.split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.first() == Some(&b'.') {
+                    out.push(b'.');
+                }
+                out.extend(line.iter().map(|&b| if b == b'\r' { b' ' } else { b }));
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    #[test]
+    fn streaming_in_random_chunks_equals_the_one_piece_result() {
+        // A small linear congruential generator: reproducible, no dependency.
+        let mut seed: u64 = 0x5eed_1234;
+        let mut next = |bound: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % bound
+        };
+        let alphabet = b"..\r\n\nab";
+        for _ in 0..500 {
+            let len = next(200);
+            let content: Vec<u8> = (0..len).map(|_| alphabet[next(alphabet.len())]).collect();
+            let mut encoder = WireEncoder::new();
+            let mut streamed = Vec::new();
+            let mut rest = &content[..];
+            while !rest.is_empty() {
+                let (piece, tail) = rest.split_at(1 + next(rest.len()));
+                encoder.encode(piece, &mut streamed);
+                rest = tail;
+            }
+            encoder.finish(&mut streamed);
+            assert_eq!(streamed, wire_data(&content), "{content:?}");
+            assert_eq!(streamed, wire_data_by_lines(&content), "{content:?}");
         }
     }
 
