@@ -152,9 +152,8 @@ impl Body {
     }
     // ANCHOR_END: for_each_chunk
 
-    /// The whole content in memory. Used only where a copy is unavoidable: a message queued for
-    /// another domain (`src/delivery.rs::prepare_relay`, the queue file format holds content
-    /// in memory) and tests.
+    /// The whole content in memory: for tests and for the socket-free reader the fuzzer uses
+    /// (`src/data.rs::read_message`); the server itself always reads a body in chunks.
     pub fn to_vec(&self) -> io::Result<Vec<u8>> {
         let mut all = Vec::with_capacity(usize::try_from(self.len()).unwrap_or(0));
         self.for_each_chunk(|chunk| {
