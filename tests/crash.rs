@@ -6,40 +6,26 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::{free_addr, wait_until, Killed, TempDir, READ_TIMEOUT};
+use common::{free_addr, start_binary, Killed, TempDir, READ_TIMEOUT};
 
 const ROUNDS: u64 = 100;
 const CLIENTS: usize = 3;
 
 /// A started server process, killed when dropped.
 fn start(addr: SocketAddr, mail_dir: &Path) -> Killed {
-    let child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--hostname",
-            "smtplab.test",
-            "--mail-dir",
-        ])
-        .arg(mail_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start smtplab");
-    let mut server = Killed(child);
-    wait_until("the server to listen", || {
-        if let Ok(Some(status)) = server.0.try_wait() {
-            panic!("smtplab exited with {status}");
-        }
-        TcpStream::connect(addr).is_ok()
-    });
-    server
+    let options = [
+        "--hostname",
+        "smtplab.test",
+        "--mail-dir",
+        &mail_dir.display().to_string(),
+    ]
+    .map(String::from);
+    start_binary(addr, &options)
 }
 
 /// Deliver message after message on one connection until the server goes away; return the

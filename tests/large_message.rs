@@ -8,9 +8,11 @@ mod common;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
-use common::{free_addr, read_reply, wait_until, without_trace_headers, TempDir, READ_TIMEOUT};
+use common::{
+    free_addr, peak_kib, read_reply, start_binary, without_trace_headers, Killed, TempDir,
+    READ_TIMEOUT,
+};
 
 /// 40 MiB: larger than the message, so it is accepted.
 const MAX_SIZE: &str = "41943040";
@@ -21,48 +23,16 @@ const MESSAGE_SIZE: usize = 30 * 1024 * 1024;
 /// read and write buffers) with room to spare for the allocator.
 const MAX_GROWTH_KIB: u64 = 8 * 1024;
 
-/// The server process, killed when dropped (also when an assertion fails).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start(addr: SocketAddr, dir: &Path) -> Killed {
-    let child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
-        .args(["--listen", &addr.to_string(), "--hostname", "smtplab.test"])
-        .args(["--max-size", MAX_SIZE, "--mail-dir"])
-        .arg(dir.join("mail"))
-        .arg("--spool")
-        .arg(dir.join("spool"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start smtplab");
-    let mut server = Killed(child);
-    wait_until("the server to listen", || {
-        if let Ok(Some(status)) = server.0.try_wait() {
-            panic!("smtplab exited with {status}");
-        }
-        TcpStream::connect(addr).is_ok()
-    });
-    server
-}
-
-/// The peak resident set size of a process, in KiB.
-fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .expect("VmHWM line");
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|kib| kib.parse().ok())
-        .expect("VmHWM value")
+    let options = format!(
+        "--hostname smtplab.test --max-size {MAX_SIZE} --mail-dir {} --spool {}",
+        dir.join("mail").display(),
+        dir.join("spool").display()
+    );
+    start_binary(
+        addr,
+        &options.split(' ').map(String::from).collect::<Vec<_>>(),
+    )
 }
 
 /// The message as stored (lines ending in `\n`): lines of 1,000 octets on the wire, among them lines that

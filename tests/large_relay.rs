@@ -9,13 +9,12 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{free_addr, read_reply, wait_until, TempDir, READ_TIMEOUT};
+use common::{free_addr, peak_kib, read_reply, start_binary, Killed, TempDir, READ_TIMEOUT};
 
 /// 40 MiB: larger than the message, so it is accepted.
 const MAX_SIZE: &str = "41943040";
@@ -30,51 +29,20 @@ const MARKER: &[u8] = b"END-OF-THE-LARGE-RELAYED-MESSAGE";
 /// Long enough to move 30 MiB twice through a debug build on a slow machine.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(120);
 
-/// The server process, killed when dropped (also when an assertion fails).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start(addr: SocketAddr, next_hop: SocketAddr, dir: &Path) -> Killed {
-    let child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
-        .args(["--listen", &addr.to_string(), "--hostname", "smtplab.test"])
-        .args(["--relay-from", "127.0.0.0/8"])
-        .args(["--smart-host", &next_hop.to_string()])
-        .args(["--dns", "127.0.0.1:9", "--retry", "1h"])
-        .args(["--max-size", MAX_SIZE, "--mail-dir"])
-        .arg(dir.join("mail"))
-        .arg("--spool")
-        .arg(dir.join("spool"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start smtplab");
-    let mut server = Killed(child);
-    wait_until("the server to listen", || {
-        if let Ok(Some(status)) = server.0.try_wait() {
-            panic!("smtplab exited with {status}");
-        }
-        TcpStream::connect(addr).is_ok()
-    });
-    server
-}
-
-/// The peak resident set size of a process, in KiB.
-fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .expect("VmHWM line");
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|kib| kib.parse().ok())
-        .expect("VmHWM value")
+    let options = format!(
+        "--hostname smtplab.test --relay-from 127.0.0.0/8 --smart-host {next_hop} --dns 127.0.0.1:9 \
+         --retry 1h --max-size {MAX_SIZE} --mail-dir {} --spool {}",
+        dir.join("mail").display(),
+        dir.join("spool").display()
+    );
+    start_binary(
+        addr,
+        &options
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// The message on the wire: 1,000-octet lines, some starting with "." (dot-stuffed), and the

@@ -5,60 +5,27 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use common::{wait_until, HopScript, ScriptedHop, TempDir};
-
-/// A started server process, killed when dropped (also when an assertion fails).
-struct Server(Child);
-
-impl Server {
-    /// SIGKILL: no chance to flush, close or clean up anything.
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback address nobody listens on (bound, then released).
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
+use common::{free_addr, start_binary, wait_until, HopScript, Killed, ScriptedHop, TempDir};
 
 /// smtplab for one.test, sending all foreign mail to `next_hop`, its queue in `spool`.
-fn start(listen: SocketAddr, next_hop: SocketAddr, spool: &Path, mail: &Path) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
-        .args(["--listen", &listen.to_string()])
-        .args(["--hostname", "mx.one.test", "--domain", "one.test"])
-        .args(["--relay-from", "127.0.0.0/8"])
-        .args(["--smart-host", &next_hop.to_string()])
-        .args(["--retry", "1s"])
-        .arg("--spool")
-        .arg(spool)
-        .arg("--mail-dir")
-        .arg(mail)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start smtplab");
-    let mut server = Server(child);
-    wait_until("the server to listen", || {
-        if let Ok(Some(status)) = server.0.try_wait() {
-            panic!("smtplab exited with {status}");
-        }
-        TcpStream::connect(listen).is_ok()
-    });
-    server
+fn start(listen: SocketAddr, next_hop: SocketAddr, spool: &Path, mail: &Path) -> Killed {
+    let options = format!(
+        "--hostname mx.one.test --domain one.test --relay-from 127.0.0.0/8 --smart-host {next_hop} \
+         --retry 1s --spool {} --mail-dir {}",
+        spool.display(),
+        mail.display()
+    );
+    start_binary(
+        listen,
+        &options
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// What `smtplab queue --spool DIR` prints.
@@ -96,7 +63,7 @@ fn queued_mail_survives_sigkill_and_is_relayed_exactly_once() {
         queue_listing(&spool)
     );
 
-    first.kill();
+    drop(first); // SIGKILL: no chance to flush, close or clean up anything
     let hop = ScriptedHop::start(
         &next_hop.to_string(),
         HopScript {

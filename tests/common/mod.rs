@@ -535,7 +535,8 @@ pub fn on_path(tool: &str) -> bool {
     found
 }
 
-/// A child process that is killed (and waited for) when dropped, also when a test fails.
+/// A child process, killed with SIGKILL (no chance to flush or clean up) and waited for when
+/// dropped, also when an assertion fails.
 pub struct Killed(pub std::process::Child);
 
 impl Drop for Killed {
@@ -674,4 +675,41 @@ fn hop_read_data(reader: &mut impl Read) -> Vec<u8> {
         }
     }
     data
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary, for tests that kill it or measure its memory
+
+/// Start the `smtplab` binary listening on `listen` with these further options, and wait (with
+/// a deadline) until it accepts connections. Output is discarded; the process is killed when the
+/// returned guard is dropped.
+pub fn start_binary(listen: SocketAddr, options: &[String]) -> Killed {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_smtplab"))
+        .args(["--listen", &listen.to_string()])
+        .args(options)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start smtplab");
+    let mut server = Killed(child);
+    wait_until("the server to listen", || {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            panic!("smtplab exited with {status}");
+        }
+        TcpStream::connect(listen).is_ok()
+    });
+    server
+}
+
+/// The peak resident set size of a process, in KiB (Linux: `VmHWM` in `/proc/PID/status`).
+pub fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM line");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .expect("VmHWM value")
 }
