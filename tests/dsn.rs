@@ -24,24 +24,7 @@ fn dns_for(domain: &str) -> DnsServer {
 
 /// smtplab as one.test, relaying for loopback clients to the next hop on `mx_port`.
 fn start_one(dns: &DnsServer, mx_port: u16, retry: &str) -> TestServer {
-    let dns = dns.addr().to_string();
-    let port = mx_port.to_string();
-    common::start(&[
-        "--listen",
-        "127.0.0.2:0",
-        "--hostname",
-        "mx.one.test",
-        "--domain",
-        "one.test",
-        "--relay-from",
-        "127.0.0.0/8",
-        "--dns",
-        &dns,
-        "--mx-port",
-        &port,
-        "--retry",
-        retry,
-    ])
+    common::start_one_test(dns.addr(), mx_port, retry, &[])
 }
 
 fn spool_of(server: &TestServer) -> Spool {

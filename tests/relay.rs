@@ -5,7 +5,7 @@
 mod common;
 mod dns_server;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -40,29 +40,9 @@ fn start_two(dns: &DnsServer, domain: &str, listen: &str) -> TestServer {
     ])
 }
 
-/// The first server: local domain one.test, relays for loopback clients to port `mx_port`,
-/// retries after `retry` (plus any `extra` options).
+/// The first server: one.test, relaying through the lab's nameserver (`common::start_one_test`).
 fn start_one(dns: &DnsServer, mx_port: u16, retry: &str, extra: &[&str]) -> TestServer {
-    let dns = dns.addr().to_string();
-    let port = mx_port.to_string();
-    let mut options = vec![
-        "--listen",
-        "127.0.0.2:0",
-        "--hostname",
-        "mx.one.test",
-        "--domain",
-        "one.test",
-        "--relay-from",
-        "127.0.0.0/8",
-        "--dns",
-        &dns,
-        "--mx-port",
-        &port,
-        "--retry",
-        retry,
-    ];
-    options.extend_from_slice(extra);
-    common::start(&options)
+    common::start_one_test(dns.addr(), mx_port, retry, extra)
 }
 
 fn spool_of(server: &TestServer) -> Spool {
@@ -271,7 +251,7 @@ fn converse(stream: TcpStream, rcpt_reply: &str) -> Seen {
             "RCPT" => rcpt_reply.to_string(),
             "DATA" => {
                 let _ = writer.write_all(b"354 go ahead\r\n");
-                seen.data = read_data(&mut reader);
+                seen.data = common::hop_read_data(&mut reader);
                 "250 2.0.0 queued".to_string()
             }
             "QUIT" => {
@@ -282,19 +262,6 @@ fn converse(stream: TcpStream, rcpt_reply: &str) -> Seen {
         };
         let _ = writer.write_all(format!("{reply}\r\n").as_bytes());
     }
-}
-
-/// Raw bytes until `\r\n.\r\n` (the stream starts at a line start, so a lone `.\r\n` counts).
-fn read_data(reader: &mut impl Read) -> Vec<u8> {
-    let mut data = Vec::new();
-    let mut byte = [0u8; 1];
-    while !(data == b".\r\n" || data.ends_with(b"\r\n.\r\n")) {
-        match reader.read(&mut byte) {
-            Ok(1) => data.push(byte[0]),
-            _ => break,
-        }
-    }
-    data
 }
 
 fn fake_zone(domain: &str) -> Zone {

@@ -665,7 +665,7 @@ fn hop_converse(stream: TcpStream, script: HopScript) -> HopSession {
 }
 
 /// Raw bytes until `\r\n.\r\n` (the stream starts at a line start, so a lone `.\r\n` counts).
-fn hop_read_data(reader: &mut impl Read) -> Vec<u8> {
+pub fn hop_read_data(reader: &mut impl Read) -> Vec<u8> {
     let mut data = Vec::new();
     let mut byte = [0u8; 1];
     while !(data == b".\r\n" || data.ends_with(b"\r\n.\r\n")) {
@@ -712,4 +712,18 @@ pub fn peak_kib(pid: u32) -> u64 {
         .nth(1)
         .and_then(|kib| kib.parse().ok())
         .expect("VmHWM value")
+}
+
+/// The lab's first server: local domain one.test on 127.0.0.2, relaying for loopback clients
+/// to MX hosts on `mx_port` found through the test nameserver `dns`, retrying after `retry`
+/// (plus any `extra` options).
+pub fn start_one_test(dns: SocketAddr, mx_port: u16, retry: &str, extra: &[&str]) -> TestServer {
+    let (dns, port) = (dns.to_string(), mx_port.to_string());
+    #[rustfmt::skip]
+    let mut options = vec![
+        "--listen", "127.0.0.2:0", "--hostname", "mx.one.test", "--domain", "one.test",
+        "--relay-from", "127.0.0.0/8", "--dns", &dns, "--mx-port", &port, "--retry", retry,
+    ];
+    options.extend_from_slice(extra);
+    start(&options)
 }
