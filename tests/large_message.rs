@@ -5,14 +5,10 @@
 
 mod common;
 
-use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 
-use common::{
-    free_addr, peak_kib, read_reply, start_binary, without_trace_headers, Killed, TempDir,
-    READ_TIMEOUT,
-};
+use common::{free_addr, peak_kib, start_binary, without_trace_headers, Client, Killed, TempDir};
 
 /// 40 MiB: larger than the message, so it is accepted.
 const MAX_SIZE: &str = "41943040";
@@ -70,33 +66,9 @@ fn wire(content: &[u8]) -> Vec<u8> {
     out
 }
 
-struct Client(BufReader<TcpStream>);
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
-        let mut client = Client(BufReader::new(stream));
-        client.expect(b"", 220);
-        client
-    }
-
-    fn expect(&mut self, bytes: &[u8], code: u16) {
-        self.0.get_mut().write_all(bytes).expect("send");
-        let reply = read_reply(&mut self.0).expect("a reply");
-        assert_eq!(
-            reply.code,
-            code,
-            "after {:?}",
-            String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
-        );
-    }
-
-    fn envelope(&mut self) {
-        self.expect(b"MAIL FROM:<big@sender.test>\r\n", 250);
-        self.expect(b"RCPT TO:<alice@localhost>\r\n", 250);
-    }
+fn envelope(client: &mut Client) {
+    client.expect("MAIL FROM:<big@sender.test>", 250);
+    client.expect("RCPT TO:<alice@localhost>", 250);
 }
 
 #[test]
@@ -112,34 +84,34 @@ fn a_large_message_streams_to_disk_in_bounded_memory() {
 
     // A small message first, so the session machinery has been used once before we measure.
     let mut client = Client::connect(addr);
-    client.expect(b"EHLO client.test\r\n", 250);
-    client.envelope();
-    client.expect(b"DATA\r\n", 354);
-    client.expect(b"Subject: warm-up\r\n\r\nhi\r\n.\r\n", 250);
+    client.expect("EHLO client.test", 250);
+    envelope(&mut client);
+    client.expect("DATA", 354);
+    client.send_expect(b"Subject: warm-up\r\n\r\nhi\r\n.\r\n", 250);
     let before = peak_kib(pid);
 
     let big = message(MESSAGE_SIZE);
-    client.envelope();
-    client.expect(b"DATA\r\n", 354);
-    client.expect(&wire(&big), 250);
+    envelope(&mut client);
+    client.expect("DATA", 354);
+    client.send_expect(&wire(&big), 250);
 
     // The same kind of message with BDAT, in two chunks cut inside a CRLF.
     let chunked = message(12 * 1024 * 1024);
     let octets = wire(&chunked);
     let octets = &octets[..octets.len() - 3]; // BDAT has no final dot
     let cut = octets.iter().position(|&b| b == b'\r').expect("a CR") + 1;
-    client.envelope();
+    envelope(&mut client);
     let first = [format!("BDAT {cut}\r\n").as_bytes(), &octets[..cut]].concat();
-    client.expect(&first, 250);
+    client.send_expect(&first, 250);
     let rest = &octets[cut..];
     let last = [format!("BDAT {} LAST\r\n", rest.len()).as_bytes(), rest].concat();
-    client.expect(&last, 250);
+    client.send_expect(&last, 250);
     // BDAT is not dot-stuffed: its lines are stored as sent, the `..` included.
     let stored_chunked: Vec<u8> = octets
         .split_inclusive(|&b| b == b'\n')
         .flat_map(|line| [&line[..line.len() - 2], b"\n"].concat())
         .collect();
-    client.expect(b"QUIT\r\n", 221);
+    client.expect("QUIT", 221);
 
     let after = peak_kib(pid);
     let growth = after.saturating_sub(before);

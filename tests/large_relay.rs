@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{free_addr, peak_kib, read_reply, start_binary, Killed, TempDir, READ_TIMEOUT};
+use common::{free_addr, peak_kib, start_binary, Client, Killed, TempDir, READ_TIMEOUT};
 
 /// 40 MiB: larger than the message, so it is accepted.
 const MAX_SIZE: &str = "41943040";
@@ -174,33 +174,13 @@ fn read_data(reader: &mut BufReader<TcpStream>) -> Option<Received> {
     }
 }
 
-/// A client that sends one message and expects `code` for each step.
-struct Client(BufReader<TcpStream>);
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
-        let mut client = Client(BufReader::new(stream));
-        client.expect(b"", 220);
-        client.expect(b"EHLO client.test\r\n", 250);
-        client
-    }
-
-    fn expect(&mut self, bytes: &[u8], code: u16) {
-        self.0.get_mut().write_all(bytes).expect("send");
-        let reply = read_reply(&mut self.0).expect("a reply");
-        assert_eq!(reply.code, code, "{}", reply.text());
-    }
-
-    fn send(&mut self, wire: &[u8]) {
-        self.expect(b"MAIL FROM:<big@sender.test>\r\n", 250);
-        self.expect(b"RCPT TO:<bob@far.test>\r\n", 250);
-        self.expect(b"DATA\r\n", 354);
-        self.0.get_mut().write_all(wire).expect("send the message");
-        self.expect(b".\r\n", 250);
-    }
+/// Send one message for bob@far.test on an open session, asserting each step.
+fn send_relayed(client: &mut Client, wire: &[u8]) {
+    client.expect("MAIL FROM:<big@sender.test>", 250);
+    client.expect("RCPT TO:<bob@far.test>", 250);
+    client.expect("DATA", 354);
+    client.send(wire);
+    client.send_expect(b".\r\n", 250);
 }
 
 /// Poll `condition` every 10 ms until `deadline` passes.
@@ -237,15 +217,16 @@ fn a_large_message_is_relayed_in_bounded_memory() {
 
     // A small relayed message first, so the session and the relay have run once before we measure.
     let mut client = Client::connect(addr);
-    client.send(b"Subject: warm-up\r\n\r\nhi\r\n");
+    client.expect("EHLO client.test", 250);
+    send_relayed(&mut client, b"Subject: warm-up\r\n\r\nhi\r\n");
     wait_long("the warm-up at the next hop", DELIVERY_DEADLINE, || {
         hop.messages().len() == 1
     });
     let before = peak_kib(pid);
 
     let wire = wire_message(MESSAGE_SIZE);
-    client.send(&wire);
-    client.expect(b"QUIT\r\n", 221);
+    send_relayed(&mut client, &wire);
+    client.expect("QUIT", 221);
     wait_long(
         "the large message at the next hop",
         DELIVERY_DEADLINE,

@@ -189,6 +189,15 @@ impl<S: Read + Write, G> Conn<S, G> {
         reply
     }
 
+    /// Send raw bytes (a message, a BDAT chunk) and assert the code of the reply that follows.
+    pub fn send_expect(&mut self, bytes: &[u8], code: u16) -> Reply {
+        self.send(bytes);
+        let reply = self.reply();
+        let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(60)]).into_owned();
+        assert_eq!(reply.code, code, "after {shown:?} got {reply:?}");
+        reply
+    }
+
     /// EHLO, MAIL FROM, one RCPT TO per recipient, DATA — asserting 250s and the 354.
     pub fn open_data(&mut self, from: &str, to: &[&str]) {
         self.expect("EHLO client.example", 250);
