@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::address::Domain;
+use crate::smtp::address::Domain;
 
 /// RFC 5321 §4.5.3.2.7: the server should wait at least 5 minutes for the next command.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -76,7 +76,7 @@ pub struct Config {
     /// `--explain`: end reply texts with the RFC section and the next expected command.
     pub explain: bool,
     /// `--fault RULE`: scripted refusals for client-writing labs.
-    pub faults: Vec<crate::fault::Rule>,
+    pub faults: Vec<crate::lab::fault::Rule>,
 }
 
 /// Where the TLS certificate comes from.
@@ -189,8 +189,8 @@ impl Default for Config {
             dns: None,
             mx_port: DEFAULT_MX_PORT,
             spool_dir: PathBuf::from("spool"),
-            retry: crate::queue::Schedule::default().retry,
-            queue_lifetime: crate::queue::DEFAULT_QUEUE_LIFETIME,
+            retry: crate::relay::queue::Schedule::default().retry,
+            queue_lifetime: crate::relay::queue::DEFAULT_QUEUE_LIFETIME,
             smart_host: None,
             trace: false,
             explain: false,
@@ -319,7 +319,7 @@ impl Config {
         config.faults = m
             .opt_strs("fault")
             .iter()
-            .map(|rule| crate::fault::Rule::parse(rule))
+            .map(|rule| crate::lab::fault::Rule::parse(rule))
             .collect::<Result<_, _>>()?;
         Ok(config)
     }
@@ -336,10 +336,10 @@ impl Config {
             self.spool_dir = PathBuf::from(dir);
         }
         if let Some(list) = m.opt_str("retry") {
-            self.retry = crate::queue::parse_retry(&list)?;
+            self.retry = crate::relay::queue::parse_retry(&list)?;
         }
         if let Some(text) = m.opt_str("queue-lifetime") {
-            self.queue_lifetime = crate::queue::parse_duration(&text)
+            self.queue_lifetime = crate::relay::queue::parse_duration(&text)
                 .map_err(|e| format!("--queue-lifetime: {e}"))?;
         }
         if let Some(host) = m.opt_str("smart-host") {

@@ -11,12 +11,12 @@ use smtplab::server::Server;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("states") => exit(smtplab::diagram::states_main(&args[1..])),
-        Some("replay") => exit(smtplab::replay::replay_main(&args[1..])),
-        Some("compare") => exit(smtplab::compare::compare_main(&args[1..])),
-        Some("mx") => exit(smtplab::dns::mx_main(&args[1..])),
-        Some("queue") => exit(smtplab::queue::queue_main(&args[1..])),
-        Some("bench") => exit(smtplab::bench::bench_main(&args[1..])),
+        Some("states") => exit(smtplab::lab::diagram::states_main(&args[1..])),
+        Some("replay") => exit(smtplab::lab::replay::replay_main(&args[1..])),
+        Some("compare") => exit(smtplab::lab::compare::compare_main(&args[1..])),
+        Some("mx") => exit(smtplab::relay::dns::mx_main(&args[1..])),
+        Some("queue") => exit(smtplab::relay::queue::queue_main(&args[1..])),
+        Some("bench") => exit(smtplab::lab::bench::bench_main(&args[1..])),
         _ => run_server(&args),
     }
 }

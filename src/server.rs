@@ -24,15 +24,15 @@ use log::{info, warn};
 use native_tls::TlsAcceptor;
 
 use crate::config::{Config, TlsSource};
-use crate::connection::{self, Context};
-use crate::delivery::LocalDelivery;
-use crate::mbox::MailDir;
-use crate::pop3_server::{Pop3Handle, Pop3Listener};
-use crate::queue::Spool;
-use crate::relay::{self, RelayHandle};
-use crate::reply::Reply;
-use crate::session::Role;
-use crate::tls;
+use crate::net::tls;
+use crate::pop3::server::{Pop3Handle, Pop3Listener};
+use crate::relay::queue::Spool;
+use crate::relay::worker::{self, RelayHandle};
+use crate::smtp::connection::{self, Context};
+use crate::smtp::reply::Reply;
+use crate::smtp::session::Role;
+use crate::store::delivery::LocalDelivery;
+use crate::store::mbox::MailDir;
 
 /// Stack of each session thread: sessions keep their buffers on the heap, so a small stack is
 /// plenty, and a thousand idle clients cost little memory.
@@ -192,7 +192,7 @@ impl Server {
             .map(|listener| listener.spawn(config.clone(), self.shared.context.tls.clone()))
             .collect();
         let context = &self.shared.context;
-        let relay = relay::start(
+        let relay = worker::start(
             context.config.clone(),
             self.spool,
             context.deliver.clone(),

@@ -8,8 +8,8 @@
 mod common;
 
 use common::{assert_reply, start_teach_test, Client, Reply, TestServer};
-use smtplab::auth::{base64_decode, base64_encode, cram_md5_digest};
-use smtplab::session::Role;
+use smtplab::smtp::auth::{base64_decode, base64_encode, cram_md5_digest};
+use smtplab::smtp::session::Role;
 
 const PASSWORD: &str = "password";
 
@@ -319,7 +319,7 @@ fn submission_refuses_mail_before_auth_and_accepts_after() {
     c.send(b"Subject: submitted\r\n\r\nhello bob\r\n.\r\n");
     assert_eq!(c.reply().code, 250);
     c.expect("QUIT", 221);
-    let stored = smtplab::mbox::parse_mboxrd(&server.mbox("bob"));
+    let stored = smtplab::store::mbox::parse_mboxrd(&server.mbox("bob"));
     assert_eq!(stored.len(), 1);
     assert!(String::from_utf8_lossy(&stored[0].content).contains("\nhello bob\n"));
 }

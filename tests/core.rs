@@ -353,7 +353,7 @@ fn dot_stuffing_and_from_lines_round_trip_byte_exact() {
     c.open_data("mary@client.example", &["alice@localhost"]);
     c.send(TRICKY_WIRE);
     assert_eq!(c.reply().code, 250);
-    let messages = smtplab::mbox::parse_mboxrd(&server.mbox("alice"));
+    let messages = smtplab::store::mbox::parse_mboxrd(&server.mbox("alice"));
     assert_eq!(messages.len(), 1, "{}", server.mbox_text("alice"));
     let content = &messages[0].content;
     assert!(
@@ -424,7 +424,7 @@ fn fifty_clients_at_once_deliver_fifty_intact_messages() {
     for t in threads {
         t.join().expect("client thread");
     }
-    let messages = smtplab::mbox::parse_mboxrd(&server.mbox("alice"));
+    let messages = smtplab::store::mbox::parse_mboxrd(&server.mbox("alice"));
     assert_eq!(messages.len(), 50);
     let filler = "filler ".repeat(40);
     for i in 0..50 {
@@ -591,7 +591,7 @@ fn trace_headers_say_esmtp_or_smtp() {
     c.expect("DATA", 354);
     c.send(b"Subject: h\r\n\r\nh\r\n.\r\n");
     assert_eq!(c.reply().code, 250);
-    let messages = smtplab::mbox::parse_mboxrd(&server.mbox("alice"));
+    let messages = smtplab::store::mbox::parse_mboxrd(&server.mbox("alice"));
     assert_eq!(messages.len(), 2);
     for (message, with) in messages.iter().zip(["with ESMTP", "with SMTP"]) {
         let text = String::from_utf8_lossy(&message.content);

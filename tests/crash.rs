@@ -128,7 +128,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_mail() {
 /// Every acknowledged marker once; every stored message whole (its body exactly as sent).
 fn check_mbox(path: &Path, acked: &[String]) {
     let bytes = std::fs::read(path).unwrap_or_default();
-    let messages = smtplab::mbox::parse_mboxrd(&bytes);
+    let messages = smtplab::store::mbox::parse_mboxrd(&bytes);
     let mut seen = Vec::new();
     for message in &messages {
         let text = String::from_utf8_lossy(&message.content);

@@ -9,9 +9,9 @@ use std::net::{Ipv4Addr, TcpListener};
 
 use common::{wait_until, HopScript, ScriptedHop, TestServer};
 use dns_server::{DnsServer, Zone};
-use smtplab::extensions::{Notify, Ret};
-use smtplab::mbox::parse_mboxrd;
-use smtplab::queue::Spool;
+use smtplab::relay::queue::Spool;
+use smtplab::smtp::extensions::{Notify, Ret};
+use smtplab::store::mbox::parse_mboxrd;
 
 /// The scripted next hop listens here (the MX of every test domain).
 const HOP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{have_tool, run_tool, wait_until, TempDir, TestServer};
 use dns_server::{DnsServer, Zone};
-use smtplab::session::Role;
+use smtplab::smtp::session::Role;
 
 /// An external client that runs longer than this is killed and the test fails.
 const TOOL_LIMIT: Duration = Duration::from_secs(20);

@@ -122,7 +122,7 @@ fn a_large_message_streams_to_disk_in_bounded_memory() {
     );
 
     let mbox = std::fs::read(dir.path().join("mail").join("alice")).expect("the mbox");
-    let messages = smtplab::mbox::parse_mboxrd(&mbox);
+    let messages = smtplab::store::mbox::parse_mboxrd(&mbox);
     assert_eq!(messages.len(), 3);
     assert!(
         without_trace_headers(&messages[1].content) == big,

@@ -1,4 +1,4 @@
-//! Cross-check: an mbox written by `smtplab::mbox` is read by another implementation,
+//! Cross-check: an mbox written by `smtplab::store::mbox` is read by another implementation,
 //! Python's `mailbox.mbox`. Skipped (with a message) where `python3` is not installed.
 
 mod common;
@@ -7,7 +7,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
-use smtplab::mbox::{Delivery, MailDir};
+use smtplab::store::mbox::{Delivery, MailDir};
 
 /// Prints the number of messages, then each message's body, separated by `=====` lines.
 const READ_WITH_PYTHON: &str = r#"

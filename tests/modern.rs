@@ -5,8 +5,8 @@
 mod common;
 
 use common::{assert_reply, Client, Reply, TestServer};
-use smtplab::auth::base64_encode;
-use smtplab::session::Role;
+use smtplab::smtp::auth::base64_encode;
+use smtplab::smtp::session::Role;
 
 // ---------------------------------------------------------------------------------------------
 // SMTPUTF8

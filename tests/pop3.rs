@@ -134,7 +134,7 @@ impl Pop3 {
 }
 
 fn subjects(server: &TestServer) -> Vec<String> {
-    smtplab::mbox::parse_mboxrd(&server.mbox("alice"))
+    smtplab::store::mbox::parse_mboxrd(&server.mbox("alice"))
         .iter()
         .filter_map(|m| {
             let text = String::from_utf8_lossy(&m.content).into_owned();

@@ -13,8 +13,8 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 
-use smtplab::data::{self, Outcome};
-use smtplab::line::{Chunks, Ending};
+use smtplab::net::line::{Chunks, Ending};
+use smtplab::smtp::data::{self, Outcome};
 
 // ---------------------------------------------------------------------------------------------
 // The generator
@@ -324,7 +324,7 @@ fn random_bodies_round_trip_byte_exact_through_the_mbox() {
         );
     }
     client.expect("QUIT", 221);
-    let stored = smtplab::mbox::parse_mboxrd(&server.mbox("alice"));
+    let stored = smtplab::store::mbox::parse_mboxrd(&server.mbox("alice"));
     assert_eq!(stored.len(), sent.len());
     for (n, (message, expected)) in stored.iter().zip(&sent).enumerate() {
         assert_eq!(

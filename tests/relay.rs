@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use common::{wait_until, TempDir, TestServer, READ_TIMEOUT};
 use dns_server::{DnsServer, Zone};
-use smtplab::mbox::parse_mboxrd;
-use smtplab::queue::{RcptState, Spool};
+use smtplab::relay::queue::{RcptState, Spool};
+use smtplab::store::mbox::parse_mboxrd;
 
 const ONE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const TWO: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
@@ -142,7 +142,7 @@ fn a_domain_without_mx_is_its_own_mail_host() {
 }
 
 /// The DSN in alice's mbox on the first server (waits for it).
-fn bounce_for_alice(one: &TestServer) -> smtplab::mbox::StoredMessage {
+fn bounce_for_alice(one: &TestServer) -> smtplab::store::mbox::StoredMessage {
     wait_until("a bounce for alice", || one.message_count("alice") == 1);
     parse_mboxrd(&one.mbox("alice")).remove(0)
 }
@@ -459,7 +459,8 @@ fn smtplab_queue_lists_what_waits() {
     wait_until("a deferred attempt", || {
         spool.load_all().iter().flatten().any(|e| e.attempts >= 1)
     });
-    let listing = smtplab::queue::listing(&spool.load_all(), smtplab::queue::unix_now());
+    let listing =
+        smtplab::relay::queue::listing(&spool.load_all(), smtplab::relay::queue::unix_now());
     assert!(listing.contains("from <alice@one.test>"), "{listing}");
     assert!(
         listing.contains("pending   <bob@two.test>  451 4.4.3"),

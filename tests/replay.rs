@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use smtplab::compare::{compare, compare_main, Finding};
-use smtplab::replay::{replay, replay_main, ReplayOptions};
-use smtplab::transcript::{Line, LineEnding, Recorder, Transcript};
+use smtplab::lab::compare::{compare, compare_main, Finding};
+use smtplab::lab::replay::{replay, replay_main, ReplayOptions};
+use smtplab::lab::transcript::{Line, LineEnding, Recorder, Transcript};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{assert_reply, start_tls, Reply, TestServer, TlsClient};
-use smtplab::session::Role;
+use smtplab::smtp::session::Role;
 
 /// How long the injection tests wait for bytes that must never come.
 const SILENCE: Duration = Duration::from_secs(2);
@@ -223,7 +223,7 @@ fn implicit_tls_greets_inside_tls_and_never_offers_starttls() {
 #[test]
 fn a_certificate_and_key_from_files_serve_starttls() {
     let dir = common::TempDir::new("tls-files");
-    let (cert, key) = smtplab::tls::self_signed(common::TLS_HOST).expect("self-signed pair");
+    let (cert, key) = smtplab::net::tls::self_signed(common::TLS_HOST).expect("self-signed pair");
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert).expect("write cert");
@@ -272,7 +272,7 @@ fn openssl_s_client_starttls_delivers_a_message() {
         run.stdout,
         run.stderr
     );
-    let stored = smtplab::mbox::parse_mboxrd(&server.mbox("alice"));
+    let stored = smtplab::store::mbox::parse_mboxrd(&server.mbox("alice"));
     assert_eq!(stored.len(), 1, "{}", server.mbox_text("alice"));
     let text = String::from_utf8_lossy(&stored[0].content);
     assert!(text.contains("Subject: from s_client\n"), "{text}");
@@ -320,7 +320,7 @@ fn python_sends(server: &TestServer, mode: &str, port: u16) {
         run.stdout,
         run.stderr
     );
-    let stored = smtplab::mbox::parse_mboxrd(&server.mbox("bob"));
+    let stored = smtplab::store::mbox::parse_mboxrd(&server.mbox("bob"));
     let last = stored.last().expect("a message for bob");
     let text = String::from_utf8_lossy(&last.content);
     assert!(

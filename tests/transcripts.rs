@@ -11,9 +11,9 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use smtplab::replay::{replay, ReplayOptions, SkipCause};
-use smtplab::session::Role;
-use smtplab::transcript::{Header, Transcript};
+use smtplab::lab::replay::{replay, ReplayOptions, SkipCause};
+use smtplab::lab::transcript::{Header, Transcript};
+use smtplab::smtp::session::Role;
 
 /// The library covers the lessons; fewer files means some were lost.
 const MIN_TRANSCRIPTS: usize = 30;

@@ -1,4 +1,4 @@
-//! Fuzz the RFC 5321 §4.1.2 path parsers `smtplab::address::{reverse_path, forward_path}`, with
+//! Fuzz the RFC 5321 §4.1.2 path parsers `smtplab::smtp::address::{reverse_path, forward_path}`, with
 //! and without SMTPUTF8: never a panic, and the rest they return is a suffix of the input.
 //!
 //! Run (from the repository root; only a stable toolchain is needed):
@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtplab::address::{forward_path, reverse_path};
+use smtplab::smtp::address::{forward_path, reverse_path};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(arg) = std::str::from_utf8(data) else {

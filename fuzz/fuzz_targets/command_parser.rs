@@ -1,4 +1,4 @@
-//! Fuzz `smtplab::command::parse` with arbitrary command lines: it must never panic, and a
+//! Fuzz `smtplab::smtp::command::parse` with arbitrary command lines: it must never panic, and a
 //! refusal must be a 5xx reply (a parse error is a reply, never a crash).
 //!
 //! Run (from the repository root; only a stable toolchain is needed):
@@ -10,7 +10,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|line: &[u8]| {
-    if let Err(reply) = smtplab::command::parse(line) {
+    if let Err(reply) = smtplab::smtp::command::parse(line) {
         let text = reply.to_string();
         assert!(
             text.starts_with('5'),

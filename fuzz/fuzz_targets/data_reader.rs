@@ -1,4 +1,4 @@
-//! Fuzz the DATA reader (`smtplab::line::LineReader` + `smtplab::data::DataReader`): the same
+//! Fuzz the DATA reader (`smtplab::net::line::LineReader` + `smtplab::smtp::data::DataReader`): the same
 //! bytes delivered in arbitrary chunks must give the same message (or the same refusal) and leave
 //! the same bytes unread as when delivered in one piece. Never a panic.
 //!
@@ -12,8 +12,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtplab::data::{self, Outcome};
-use smtplab::line::{Chunks, Ending};
+use smtplab::net::line::{Chunks, Ending};
+use smtplab::smtp::data::{self, Outcome};
 
 /// The socket-free reader of the library, with spill files in the system's temporary directory.
 fn read_message(source: &mut Chunks, max_size: usize, data_ending: Ending) -> Outcome {

@@ -1,4 +1,4 @@
-//! Fuzz `smtplab::transcript::Transcript::parse`: never a panic, and for any text it accepts,
+//! Fuzz `smtplab::lab::transcript::Transcript::parse`: never a panic, and for any text it accepts,
 //! printing the transcript and parsing the print gives the same transcript (`parse(print(t)) == t`).
 //!
 //! Run (from the repository root; only a stable toolchain is needed):
@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtplab::transcript::Transcript;
+use smtplab::lab::transcript::Transcript;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

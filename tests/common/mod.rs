@@ -99,7 +99,7 @@ impl TestServer {
 
     /// How many messages a user's mbox holds.
     pub fn message_count(&self, user: &str) -> usize {
-        smtplab::mbox::parse_mboxrd(&self.mbox(user)).len()
+        smtplab::store::mbox::parse_mboxrd(&self.mbox(user)).len()
     }
 
     pub fn connect(&self) -> Client {
@@ -510,8 +510,8 @@ impl TestServer {
     }
 
     /// The messages a user's mbox holds, parsed.
-    pub fn messages(&self, user: &str) -> Vec<smtplab::mbox::StoredMessage> {
-        smtplab::mbox::parse_mboxrd(&self.mbox(user))
+    pub fn messages(&self, user: &str) -> Vec<smtplab::store::mbox::StoredMessage> {
+        smtplab::store::mbox::parse_mboxrd(&self.mbox(user))
     }
 }
 

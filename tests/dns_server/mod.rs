@@ -3,7 +3,7 @@
 //! a known name without records of the asked type, and SERVFAIL for names marked so.
 //!
 //! It speaks the wire format through `hickory-proto`'s message types, so the resolver in
-//! `src/dns.rs` is tested end to end over a socket, not through a stub inside the resolver.
+//! `src/relay/dns.rs` is tested end to end over a socket, not through a stub inside the resolver.
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::path::Path;
 
-use crate::transcript::{align, is_last_reply_line, Line, Pair, Transcript};
+use crate::lab::transcript::{align, is_last_reply_line, Line, Pair, Transcript};
 
 /// The server's first reply, before any command; it is compared like a command's reply.
 const GREETING: &str = "greeting";

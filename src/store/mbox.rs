@@ -5,7 +5,7 @@
 //! - `MailDir::deliver_body(sender, deliveries, body)` appends one message to several mboxes
 //!   under lock, fsyncs each, and truncates every file back if any append fails; `deliver(..)`
 //!   does the same for content given as bytes. A small message joins a group commit
-//!   (`src/gate.rs`); a spilled one (`src/body.rs`) is quoted and written as a stream, so a
+//!   (`src/store/gate.rs`); a spilled one (`src/smtp/body.rs`) is quoted and written as a stream, so a
 //!   large message is never in memory whole.
 //! - `MailDir::path_for(user)` and `is_safe_mailbox_name(user)` say where a user's mbox is, if
 //!   the name is safe to use as a file name.
@@ -36,9 +36,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use crate::body::{Body, READ_CHUNK};
 use crate::datetime;
-use crate::gate::{Exclusive, Gates};
+use crate::smtp::body::{Body, READ_CHUNK};
+use crate::store::gate::{Exclusive, Gates};
 
 /// Longest user name, in bytes: the limit of an address's local part (RFC 5321 §4.5.3.1.1).
 pub const MAX_MAILBOX_NAME: usize = 64;
@@ -105,7 +105,7 @@ compile_error!("O_NOFOLLOW is not known for this target: add its value from <fcn
 #[derive(Debug, Clone)]
 pub struct MailDir {
     root: PathBuf,
-    /// Deliveries queue here per mailbox and share one write and fsync (`src/gate.rs`).
+    /// Deliveries queue here per mailbox and share one write and fsync (`src/store/gate.rs`).
     gates: Arc<Gates<DeliveryError>>,
     /// Tries of each lock, `LOCK_RETRY_DELAY` apart.
     lock_attempts: u32,
@@ -412,7 +412,7 @@ impl MailDir {
     // ANCHOR_END: committed
 }
 
-/// A batch's failure is handed to every message in it (`src/gate.rs`); an `io::Error` is not
+/// A batch's failure is handed to every message in it (`src/store/gate.rs`); an `io::Error` is not
 /// `Clone`, so its copy keeps the kind and the text.
 impl Clone for DeliveryError {
     fn clone(&self) -> DeliveryError {
@@ -1185,7 +1185,7 @@ mod tests {
         let dir = TempDir::new("spilled");
         let mut content = Vec::new();
         let mut i = 0;
-        while content.len() <= 3 * crate::body::SPILL_THRESHOLD {
+        while content.len() <= 3 * crate::smtp::body::SPILL_THRESHOLD {
             let line = match i % 3 {
                 0 => format!("From line {i}\n"),
                 1 => format!(">>From quoted {i}\n"),

@@ -38,14 +38,14 @@ use std::time::{Duration, SystemTime};
 
 use log::{debug, info, warn};
 
-use crate::address::{self, Domain, ForwardPath, ReversePath};
-use crate::body::{Body, READ_CHUNK};
-use crate::bounce;
 use crate::config::Config;
-use crate::dns::{self, Me, Resolver, Rng, RouteError};
-use crate::extensions::{MailOptions, Notify, RcptOptions};
-use crate::queue::{unix_now, Entry, Rcpt, RcptState, Schedule, Spool};
-use crate::session::{Client, Deliver, Envelope, Message, Recipient, Route};
+use crate::relay::bounce;
+use crate::relay::dns::{self, Me, Resolver, Rng, RouteError};
+use crate::relay::queue::{unix_now, Entry, Rcpt, RcptState, Schedule, Spool};
+use crate::smtp::address::{self, Domain, ForwardPath, ReversePath};
+use crate::smtp::body::{Body, READ_CHUNK};
+use crate::smtp::extensions::{MailOptions, Notify, RcptOptions};
+use crate::smtp::session::{Client, Deliver, Envelope, Message, Recipient, Route};
 
 /// How often the relay looks at the spool when nobody wakes it: due retries start at most
 /// this late. A new message wakes it at once.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use getopts::Options;
 
-use crate::transcript::{
+use crate::lab::transcript::{
     align, is_last_reply_line, reply_code, ClientLine, Entry, Line, LineEnding, Pair, Pattern,
     Protocol, Transcript,
 };

@@ -20,16 +20,16 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use native_tls::TlsAcceptor;
 
-use crate::body::READ_CHUNK;
 use crate::config::Config;
-use crate::data::DataReader;
-use crate::fault::{self, Action};
-use crate::line::{CommandLine, Ending, LineReader, Piece, ReadError};
-use crate::reply::Reply;
-use crate::session::{Deliver, Endpoint, Next, Role, Session, StateName, Step};
-use crate::tls::Stream;
-use crate::trace::{self, Console, Style};
-use crate::transcript::{LineEnding, Recorder};
+use crate::lab::fault::{self, Action};
+use crate::lab::trace::{self, Console, Style};
+use crate::lab::transcript::{LineEnding, Recorder};
+use crate::net::line::{CommandLine, Ending, LineReader, Piece, ReadError};
+use crate::net::tls::Stream;
+use crate::smtp::body::READ_CHUNK;
+use crate::smtp::data::DataReader;
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{Deliver, Endpoint, Next, Role, Session, StateName, Step};
 
 /// Postfix's `smtpd_min_data_rate`: after a first `--timeout` of grace, a message must keep
 /// arriving at this many octets a second on average. Without it, a client that sends one line

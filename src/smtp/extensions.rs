@@ -14,8 +14,8 @@
 //!
 //! Standards: RFC 5321 §4.1.1.1, RFC 1870 §3, RFC 1870 §6, RFC 6152 §2, RFC 2920 §3, RFC 2034 §2, RFC 6531 §3.4, RFC 3030 §3, RFC 4954 §5, RFC 3461 §4, RFC 3461 §4.1, RFC 3461 §4.2, RFC 3461 §4.3, RFC 3461 §4.4, RFC 3461 §4.5, RFC 3461 §5.1
 
-use crate::command::Param;
-use crate::reply::Reply;
+use crate::smtp::command::Param;
+use crate::smtp::reply::Reply;
 
 /// What this session may offer beyond the fixed list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -183,7 +183,7 @@ pub fn ehlo_keywords(limits: Limits, offer: Offer) -> Vec<String> {
         keywords.push("STARTTLS".to_string()); // RFC 3207
     }
     if offer.auth {
-        keywords.push(format!("AUTH {}", crate::auth::MECHANISMS)); // RFC 4954
+        keywords.push(format!("AUTH {}", crate::smtp::auth::MECHANISMS)); // RFC 4954
     }
     keywords.push("HELP".to_string()); // RFC 5321 §4.1.1.8
     keywords

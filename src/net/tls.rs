@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use native_tls::{Identity, TlsAcceptor, TlsStream};
 
-use crate::line::TimedRead;
+use crate::net::line::TimedRead;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

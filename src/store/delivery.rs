@@ -19,12 +19,12 @@ use std::time::SystemTime;
 
 use log::{info, warn};
 
-use crate::address::ReversePath;
 use crate::datetime;
-use crate::mbox::{Delivery, DeliveryError, MailDir};
-use crate::queue::{self, Prepared, Spool};
-use crate::reply::Reply;
-use crate::session::{Client, Deliver, Message, Recipient, Route};
+use crate::relay::queue::{self, Prepared, Spool};
+use crate::smtp::address::ReversePath;
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{Client, Deliver, Message, Recipient, Route};
+use crate::store::mbox::{Delivery, DeliveryError, MailDir};
 
 /// Delivers to mbox files under the mail directory.
 pub struct LocalDelivery {

@@ -28,8 +28,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::command::Verb;
-use crate::reply::Reply;
+use crate::smtp::command::Verb;
+use crate::smtp::reply::Reply;
 
 /// The longest delay a rule may ask for: longer than the 5-minute greeting timeout a client
 /// should use (RFC 5321 §4.5.3.2.1) would only test patience.

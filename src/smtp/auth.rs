@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::reply::Reply;
+use crate::smtp::reply::Reply;
 
 /// The mechanisms EHLO advertises, in order of preference.
 pub const MECHANISMS: &str = "PLAIN LOGIN CRAM-MD5";

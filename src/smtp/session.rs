@@ -17,17 +17,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
-use crate::auth::{self, Credentials, Exchange, Sasl};
-use crate::body::Body;
-use crate::command::{self, Command, Param, Verb, VERBS};
 use crate::config::Config;
-use crate::data::ChunkReader;
-use crate::extensions::{self, BodyType, Limits, MailOptions, Offer, RcptOptions};
-use crate::fault::{self, Point};
+use crate::lab::fault::{self, Point};
+use crate::lab::trace;
 use crate::machine;
-use crate::reply::Reply;
-use crate::trace;
+use crate::smtp::address::{Domain, ForwardPath, Mailbox, ReversePath};
+use crate::smtp::auth::{self, Credentials, Exchange, Sasl};
+use crate::smtp::body::Body;
+use crate::smtp::command::{self, Command, Param, Verb, VERBS};
+use crate::smtp::data::ChunkReader;
+use crate::smtp::extensions::{self, BodyType, Limits, MailOptions, Offer, RcptOptions};
+use crate::smtp::reply::Reply;
 
 // ANCHOR: state
 /// Where a session is. Variants carry the data of their phase, so no flag stands in for a state.

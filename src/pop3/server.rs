@@ -24,12 +24,12 @@ use log::{debug, info, warn};
 use native_tls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::line::{CommandLine, LineReader, ReadError};
-use crate::mbox::{self, DeliveryError, MailDir};
-use crate::pop3::{
+use crate::net::line::{CommandLine, LineReader, ReadError};
+use crate::net::tls::Stream;
+use crate::pop3::session::{
     self, Maildrops, Next, OpenError, Opened, Response, Session, Step, StoredMessage, Tls,
 };
-use crate::tls::Stream;
+use crate::store::mbox::{self, DeliveryError, MailDir};
 
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
 pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
@@ -390,7 +390,7 @@ impl Maildrops for MboxMaildrops {
                 .map_err(|e| failed(DeliveryError::Io(user.to_string(), e)))?
         };
         let raw = mbox::split_mboxrd(&bytes);
-        let uids = pop3::unique_ids(raw.messages.iter().copied());
+        let uids = session::unique_ids(raw.messages.iter().copied());
         let messages = raw
             .messages
             .iter()
@@ -413,7 +413,7 @@ impl Maildrops for MboxMaildrops {
     /// by unique-id (mail that arrived meanwhile has other ids and stays), rewrite atomically.
     fn commit(&self, user: &str, deleted: &[String]) -> Result<usize, String> {
         let removed = self.mail_dir.rewrite_without(user, |messages| {
-            pop3::unique_ids(messages.iter().copied())
+            session::unique_ids(messages.iter().copied())
                 .iter()
                 .map(|uid| deleted.contains(uid))
                 .collect()

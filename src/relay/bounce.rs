@@ -24,10 +24,10 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::body::{Body, READ_CHUNK};
 use crate::datetime;
-use crate::extensions::{orcpt_decoded, xtext_decode, Ret};
-use crate::queue::{system_time, Entry, Rcpt};
+use crate::relay::queue::{system_time, Entry, Rcpt};
+use crate::smtp::body::{Body, READ_CHUNK};
+use crate::smtp::extensions::{orcpt_decoded, xtext_decode, Ret};
 
 /// The subject line most mail systems use, so that filters and people recognise a bounce.
 const SUBJECT: &str = "Undelivered Mail Returned to Sender";
@@ -316,7 +316,7 @@ fn ascii(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::RcptState;
+    use crate::relay::queue::RcptState;
 
     const ORIGINAL: &[u8] = b"Subject: hello\n\nsecret body\n";
 

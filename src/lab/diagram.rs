@@ -8,7 +8,7 @@
 //! Standards: RFC 5321 §4.1.4, RFC 5321 §3.3
 
 use crate::machine;
-use crate::session::{StateName, Trigger, TRANSITIONS};
+use crate::smtp::session::{StateName, Trigger, TRANSITIONS};
 
 /// How each trigger of the SMTP table is labelled in the picture.
 fn label(on: &Trigger) -> String {
@@ -41,7 +41,7 @@ pub fn states_main(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         None | Some("--mermaid") => print!("{}", mermaid()),
         Some("--dot") => print!("{}", dot()),
-        Some("--pop3") => print!("{}", crate::pop3::mermaid()),
+        Some("--pop3") => print!("{}", crate::pop3::session::mermaid()),
         Some(other) => {
             eprintln!("smtplab states: unknown option {other}; use --dot, --mermaid or --pop3");
             return 2;

@@ -33,9 +33,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::body::Body;
 use crate::datetime;
-use crate::extensions::{Notify, Ret};
+use crate::smtp::body::Body;
+use crate::smtp::extensions::{Notify, Ret};
 
 /// RFC 5321 §4.5.4.1: "the retry interval SHOULD be at least 30 minutes", and "retries continue
 /// until the message is transmitted or the sender gives up; the give-up time generally needs to
@@ -767,7 +767,7 @@ mod tests {
         fs::create_dir_all(spool.dir()).unwrap();
         let mut large = Body::new(spool.dir());
         let line = b"0123456789abcdefghijklmnopqrstuvwxyz\n";
-        for _ in 0..(3 * crate::body::SPILL_THRESHOLD / line.len()) {
+        for _ in 0..(3 * crate::smtp::body::SPILL_THRESHOLD / line.len()) {
             large.push(line).unwrap();
         }
         assert!(large.is_spilled());

@@ -9,7 +9,7 @@
 //! - `ChunkReader::push(octets)` and `finish()` do the same for a message sent with BDAT chunks,
 //!   one chunk (or piece of one) at a time; `chunked_content(octets, binary)` for all at once.
 //!
-//! The content goes into a `Body` (`src/body.rs`), which moves a large message to a spill file:
+//! The content goes into a `Body` (`src/smtp/body.rs`), which moves a large message to a spill file:
 //! a session holds at most `body::SPILL_THRESHOLD` octets of it, whatever `--max-size` says.
 //!
 //! Standards: RFC 5321 §4.1.1.4, RFC 5321 §4.5.2, RFC 5321 §4.5.3.1.7, RFC 5321 §2.3.8, RFC 5321 §6.3, RFC 3030 §2
@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
-use crate::body::{Body, SPILL_THRESHOLD};
-use crate::line::{CommandLine, Ending, LineReader, Piece, TimedRead};
-use crate::reply::Reply;
+use crate::net::line::{CommandLine, Ending, LineReader, Piece, TimedRead};
+use crate::smtp::body::{Body, SPILL_THRESHOLD};
+use crate::smtp::reply::Reply;
 
 /// RFC 5321 §6.3: "SMTP servers using this technique SHOULD use a large rejection threshold,
 /// normally at least 100 Received entries." 100 is the floor the RFC names.
@@ -288,8 +288,8 @@ pub fn received_headers(content: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::line::Chunks;
-    use crate::line::LineReader;
+    use crate::net::line::Chunks;
+    use crate::net::line::LineReader;
     use std::time::{Duration, Instant};
 
     /// Feed `input` (after the DATA line, which ended in `data_ending`) and return what

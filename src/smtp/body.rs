@@ -153,7 +153,7 @@ impl Body {
     // ANCHOR_END: for_each_chunk
 
     /// The whole content in memory: for tests and for the socket-free reader the fuzzer uses
-    /// (`src/data.rs::read_message`); the server itself always reads a body in chunks.
+    /// (`src/smtp/data.rs::read_message`); the server itself always reads a body in chunks.
     pub fn to_vec(&self) -> io::Result<Vec<u8>> {
         let mut all = Vec::with_capacity(usize::try_from(self.len()).unwrap_or(0));
         self.for_each_chunk(|chunk| {

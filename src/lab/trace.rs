@@ -15,8 +15,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::reply::Reply;
-use crate::session::StateName;
+use crate::smtp::reply::Reply;
+use crate::smtp::session::StateName;
 
 /// After this long without a line in DATA the console reminds the teacher how DATA ends (or
 /// after half the idle timeout, when that is shorter, so the hint always comes before the 421).

@@ -9,8 +9,8 @@
 //!
 //! Standards: RFC 5321 §4.1.1, RFC 5321 §4.1.2, RFC 5321 §4.3.2, RFC 5321 Appendix F, RFC 1869 §4.1.2
 
-use crate::address::{self, AddressError, ForwardPath, ReversePath};
-use crate::reply::Reply;
+use crate::smtp::address::{self, AddressError, ForwardPath, ReversePath};
+use crate::smtp::reply::Reply;
 
 /// Every verb smtplab recognises. The compiler checks that `step` handles each one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

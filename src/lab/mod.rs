@@ -1,0 +1,27 @@
+//! The classroom tools: they watch, record, replay, compare and disturb sessions, and measure.
+//!
+//! | file | what | lesson |
+//! |---|---|---|
+//! | `transcript.rs` | the `C:`/`S:` transcript format and the recorder | 12 |
+//! | `replay.rs` | plays a transcript against any server and diffs the replies | 12 |
+//! | `compare.rs` | explains how a student's session differs from a reference | 12 |
+//! | `trace.rs` | `--trace`: every line with its state move and RFC section | 15 |
+//! | `diagram.rs` | the state machine drawn from its table | 6 |
+//! | `fault.rs` | `--fault`: refusals at a chosen point, the same way every time | 15 |
+//! | `bench.rs` | the load generator | 16 |
+//!
+//! Standards: none
+
+pub mod transcript;
+
+pub mod replay;
+
+pub mod compare;
+
+pub mod trace;
+
+pub mod diagram;
+
+pub mod fault;
+
+pub mod bench;

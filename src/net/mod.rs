@@ -1,0 +1,11 @@
+//! The network part: what turns a TCP byte stream into lines a protocol can read.
+//!
+//! | file | what | lesson |
+//! |---|---|---|
+//! | `line.rs` | the line reader: command lines, message lines, the 512-octet limit | 5, 14 |
+//! | `tls.rs` | the certificate, the acceptor, and the stream a connection reads and writes | 9 |
+//!
+//! Standards: none
+
+pub mod line;
+pub mod tls;

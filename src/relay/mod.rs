@@ -1,0 +1,18 @@
+//! The relay: mail for other domains, from the spool to the next hop, or back as a bounce.
+//!
+//! | file | what | lesson |
+//! |---|---|---|
+//! | `queue.rs` | the spool: two files per message, written so a crash loses nothing | 11 |
+//! | `dns.rs` | MX lookup: which hosts take mail for a domain, in which order | 11 |
+//! | `worker.rs` | the thread that takes messages from the spool to the next hop | 11 |
+//! | `bounce.rs` | delivery status notifications for the sender | 11 |
+//!
+//! Standards: none
+
+pub mod queue;
+
+pub mod dns;
+
+pub mod worker;
+
+pub mod bounce;

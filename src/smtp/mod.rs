@@ -1,0 +1,32 @@
+//! The SMTP server side, from the first command to the end of the message. Read in this order:
+//!
+//! | file | what | lesson |
+//! |---|---|---|
+//! | `connection.rs` | one client's loop: read a line, ask the session, write the replies | 5, 6 |
+//! | `command.rs` | the verb table and the command parser | 3 |
+//! | `reply.rs` | replies: code, enhanced code, text, written in one place | 3 |
+//! | `session.rs` | the state machine: one `enum State`, one transition table | 2, 4, 6 |
+//! | `address.rs` | the paths of MAIL FROM and RCPT TO, after the RFC grammar | 4, 10 |
+//! | `data.rs` | DATA: the end of the message, dot-stuffing, the size limit | 5 |
+//! | `body.rs` | a message's content: in memory while small, in a file when large | 16 |
+//! | `extensions.rs` | the EHLO keywords and the MAIL FROM parameters | 8 |
+//! | `auth.rs` | AUTH: the SASL mechanisms, without sockets | 9 |
+//!
+//! Standards: none
+
+pub mod connection;
+
+pub mod command;
+pub mod reply;
+
+pub mod session;
+
+pub mod address;
+
+pub mod data;
+
+pub mod body;
+
+pub mod extensions;
+
+pub mod auth;
