@@ -71,6 +71,12 @@ pub struct Config {
     pub queue_lifetime: Duration,
     /// Send all foreign mail to this `HOST:PORT` instead of looking up MX (`--smart-host`).
     pub smart_host: Option<String>,
+    /// When the relay uses STARTTLS towards the next hop (`--relay-tls`).
+    pub relay_tls: crate::relay::client::TlsPolicy,
+    /// Delivery threads (`--relay-workers`).
+    pub relay_workers: usize,
+    /// The longest one conversation with a next hop may take (`--relay-deadline`).
+    pub relay_deadline: Duration,
     /// `--trace`: print every line in and out, with state transitions, on stdout.
     pub trace: bool,
     /// `--explain`: end reply texts with the RFC section and the next expected command.
@@ -192,6 +198,9 @@ impl Default for Config {
             retry: crate::relay::queue::Schedule::default().retry,
             queue_lifetime: crate::relay::queue::DEFAULT_QUEUE_LIFETIME,
             smart_host: None,
+            relay_tls: crate::relay::client::TlsPolicy::default(),
+            relay_workers: crate::relay::worker::DEFAULT_WORKERS,
+            relay_deadline: crate::relay::worker::DEFAULT_DEADLINE,
             trace: false,
             explain: false,
             faults: Vec::new(),
@@ -237,6 +246,9 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "spool",           One,     "DIR",       "outbound queue (default ./spool)"),
     ("",  "retry",           One,     "LIST",      "waits between attempts, e.g. 1m,5m,30m,2h"),
     ("",  "queue-lifetime",  One,     "DUR",       "bounce after this long (default 5d)"),
+    ("",  "relay-tls",       One,     "LEVEL",     "STARTTLS to the next hop: none, may, encrypt (default may)"),
+    ("",  "relay-workers",   One,     "N",         "delivery threads (default 4)"),
+    ("",  "relay-deadline",  One,     "DUR",       "longest conversation with a next hop (default 15m)"),
     ("",  "transcripts",     One,     "DIR",       "record every session as a transcript"),
     ("",  "trace",           Nothing, "",          "print every C:/S: line with its state transition"),
     ("",  "explain",         Nothing, "",          "end replies with the RFC section and next command"),
@@ -347,6 +359,14 @@ impl Config {
                 return Err(format!("--smart-host needs HOST:PORT, not '{host}'."));
             }
             self.smart_host = Some(host);
+        }
+        if let Some(level) = m.opt_str("relay-tls") {
+            self.relay_tls = crate::relay::client::TlsPolicy::parse(&level)?;
+        }
+        self.relay_workers = number(m, "relay-workers", self.relay_workers)?.max(1);
+        if let Some(text) = m.opt_str("relay-deadline") {
+            self.relay_deadline = crate::relay::queue::parse_duration(&text)
+                .map_err(|e| format!("--relay-deadline: {e}"))?;
         }
         Ok(())
     }

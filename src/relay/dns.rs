@@ -166,6 +166,10 @@ impl Rng {
 // ANCHOR_END: rng
 
 // ANCHOR: route
+/// Addresses tried per domain and attempt (Postfix `smtp_mx_address_limit`; RFC 5321 §5.1
+/// asks for at least two): hosts after the first this many addresses are not even looked up.
+pub const MAX_ADDRESSES: usize = 5;
+
 /// RFC 5321 §5.1, step by step: MX records (or the implicit MX), sorted by preference and
 /// shuffled among equals, each host's A and AAAA addresses, and the list cut where it names us.
 pub fn route(
@@ -187,13 +191,24 @@ pub fn route(
     ));
     let mut hops = Vec::new();
     let mut temporary = None;
+    let mut found = 0;
     for mx in &ordered {
+        if found >= MAX_ADDRESSES {
+            trace.push(format!(
+                "{MAX_ADDRESSES} addresses found: {} and later hosts are not looked up",
+                mx.exchange
+            ));
+            break;
+        }
         match addresses_of(dns, &mx.exchange, trace) {
-            Ok(addrs) => hops.push(Hop {
-                host: mx.exchange.clone(),
-                preference: mx.preference,
-                addrs,
-            }),
+            Ok(addrs) => {
+                found += addrs.len();
+                hops.push(Hop {
+                    host: mx.exchange.clone(),
+                    preference: mx.preference,
+                    addrs,
+                });
+            }
             Err(error) => temporary = Some(error),
         }
     }

@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::datetime;
 use crate::smtp::body::Body;
-use crate::smtp::extensions::{Notify, Ret};
+use crate::smtp::extensions::{BodyType, MailOptions, Notify, Ret};
 
 /// RFC 5321 §4.5.4.1: "the retry interval SHOULD be at least 30 minutes", and "retries continue
 /// until the message is transmitted or the sender gives up; the give-up time generally needs to
@@ -81,6 +81,8 @@ pub struct Rcpt {
     pub notify: Option<Notify>,
     /// RFC 3461 §4.2 `ORCPT=` from the RCPT command, as the client wrote it (xtext).
     pub orcpt: Option<String>,
+    /// The last conversation about this recipient was inside TLS (STARTTLS, RFC 3207).
+    pub tls: bool,
 }
 
 /// One queued message: envelope, recipients with their state, schedule. The content is in its
@@ -103,6 +105,10 @@ pub struct Entry {
     pub ret: Option<Ret>,
     /// RFC 3461 §4.4 `ENVID=` from the MAIL command, as the client wrote it (xtext).
     pub envid: Option<String>,
+    /// RFC 6531 §3.4: the client sent `SMTPUTF8` with MAIL FROM.
+    pub smtputf8: bool,
+    /// RFC 6152, RFC 3030: the `BODY=` the client declared.
+    pub body: BodyType,
 }
 
 impl Entry {
@@ -125,11 +131,23 @@ impl Entry {
                     reply: String::new(),
                     notify: None,
                     orcpt: None,
+                    tls: false,
                 })
                 .collect(),
             ret: None,
             envid: None,
+            smtputf8: false,
+            body: BodyType::SevenBit,
         }
+    }
+
+    /// The MAIL FROM parameters the relay passes on or honours: RET and ENVID (RFC 3461
+    /// §5.2.1), SMTPUTF8 (RFC 6531 §3.4) and BODY (RFC 6152, RFC 3030).
+    pub fn keep_mail_options(&mut self, options: &MailOptions) {
+        self.ret = options.ret;
+        self.envid = options.envid.clone();
+        self.smtputf8 = options.smtputf8;
+        self.body = options.body;
     }
 
     /// True when no recipient is pending: the file can go.
@@ -461,8 +479,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 // ANCHOR: format
 /// The state file: a header of `name: value` lines, one `recipient:` line per recipient with
-/// tab-separated fields (state, path, remote host, last reply, NOTIFY, ORCPT), and an empty
-/// line; the content is in `<id>.msg`. The DSN parameters (`ret:`, `envid:`, the last two fields) are written only
+/// tab-separated fields (state, path, remote host, last reply, NOTIFY, ORCPT, `tls` when the
+/// last conversation was inside TLS), and an empty line; the content is in `<id>.msg`. The MAIL
+/// parameters (`ret:`, `envid:`, `smtputf8:`, `body:`) and NOTIFY and ORCPT are written only
 /// when the client gave them, because a relay passes on exactly what it got (RFC 3461 §5.2.1).
 fn serialize(entry: &Entry) -> Vec<u8> {
     let mut head = String::new();
@@ -479,6 +498,18 @@ fn serialize(entry: &Entry) -> Vec<u8> {
     if let Some(envid) = &entry.envid {
         let _ = writeln!(head, "envid: {}", one_line(envid));
     }
+    if entry.smtputf8 {
+        let _ = writeln!(head, "smtputf8: yes");
+    }
+    match entry.body {
+        BodyType::SevenBit => {}
+        BodyType::EightBitMime => {
+            let _ = writeln!(head, "body: 8BITMIME");
+        }
+        BodyType::BinaryMime => {
+            let _ = writeln!(head, "body: BINARYMIME");
+        }
+    }
     for rcpt in &entry.recipients {
         let state = match rcpt.state {
             RcptState::Pending => "pending",
@@ -487,12 +518,13 @@ fn serialize(entry: &Entry) -> Vec<u8> {
         };
         let _ = writeln!(
             head,
-            "recipient: {state}\t{}\t{}\t{}\t{}\t{}",
+            "recipient: {state}\t{}\t{}\t{}\t{}\t{}\t{}",
             one_line(&rcpt.path),
             one_line(&rcpt.remote),
             one_line(&rcpt.reply),
             rcpt.notify.map(|n| n.to_string()).unwrap_or_default(),
             one_line(rcpt.orcpt.as_deref().unwrap_or("")),
+            if rcpt.tls { "tls" } else { "" },
         );
     }
     head.push('\n');
@@ -531,6 +563,8 @@ fn deserialize(name: &str, bytes: &[u8]) -> Result<Entry, String> {
         recipients: Vec::new(),
         ret: None,
         envid: None,
+        smtputf8: false,
+        body: BodyType::SevenBit,
     };
     for line in lines {
         let (key, value) = line.split_once(": ").ok_or("a header line without ': '")?;
@@ -549,6 +583,8 @@ fn deserialize(name: &str, bytes: &[u8]) -> Result<Entry, String> {
             "recipient" => entry.recipients.push(recipient(value)?),
             "ret" => entry.ret = Some(Ret::parse(value).ok_or("bad ret")?),
             "envid" => entry.envid = Some(value.to_string()),
+            "smtputf8" => entry.smtputf8 = value == "yes",
+            "body" => entry.body = body_type(value)?,
             _ => {} // a field from a newer version: keep going
         }
     }
@@ -578,6 +614,7 @@ fn recipient(value: &str) -> Result<Rcpt, String> {
         None => None,
     };
     let orcpt = fields.next().filter(|o| !o.is_empty()).map(str::to_string);
+    let tls = fields.next() == Some("tls");
     Ok(Rcpt {
         state,
         path: path.to_string(),
@@ -585,7 +622,17 @@ fn recipient(value: &str) -> Result<Rcpt, String> {
         reply,
         notify,
         orcpt,
+        tls,
     })
+}
+
+fn body_type(value: &str) -> Result<BodyType, String> {
+    match value {
+        "8BITMIME" => Ok(BodyType::EightBitMime),
+        "BINARYMIME" => Ok(BodyType::BinaryMime),
+        "7BIT" => Ok(BodyType::SevenBit),
+        _ => Err(format!("unknown body type {value}")),
+    }
 }
 
 const QUEUE_USAGE: &str = "Usage: smtplab queue [--spool DIR]
@@ -658,10 +705,10 @@ fn describe(out: &mut String, entry: &Entry, now: u64) {
             RcptState::Delivered => "delivered",
             RcptState::Failed => "failed",
         };
-        let via = if rcpt.remote.is_empty() {
-            String::new()
-        } else {
-            format!(" (from {})", rcpt.remote)
+        let via = match (rcpt.remote.is_empty(), rcpt.tls) {
+            (true, _) => String::new(),
+            (false, false) => format!(" (from {})", rcpt.remote),
+            (false, true) => format!(" (from {}, over TLS)", rcpt.remote),
         };
         let _ = writeln!(out, "    {state:<9} {}  {}{via}", rcpt.path, rcpt.reply);
     }
@@ -722,6 +769,9 @@ mod tests {
             delay: false,
         });
         entry.recipients[1].orcpt = Some("rfc822;a+20b@two.test".into());
+        entry.recipients[0].tls = true;
+        entry.smtputf8 = true;
+        entry.body = BodyType::BinaryMime;
         spool
             .prepare(&entry, HEAD, &body())
             .unwrap()
