@@ -338,37 +338,59 @@ struct Line {
 
 impl Line {
     /// Set the socket's timeouts for the next read or write; an error once the deadline passed.
-    fn arm(&self) -> io::Result<()> {
+    fn arm(&self) -> io::Result<Duration> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the time for the whole transaction ran out",
-            ));
+            return Err(deadline_passed());
         }
         let timeout = left.min(self.step_timeout);
         self.tcp.set_read_timeout(Some(timeout))?;
-        self.tcp.set_write_timeout(Some(timeout))
+        self.tcp.set_write_timeout(Some(timeout))?;
+        Ok(timeout)
     }
+
+    /// A timed-out read or write says which limit it met, not "resource temporarily unavailable".
+    fn explain(&self, error: io::Error, timeout: Duration) -> io::Error {
+        if !matches!(
+            error.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            return error;
+        }
+        if Instant::now() >= self.deadline {
+            return deadline_passed();
+        }
+        let secs = timeout.as_secs();
+        io::Error::new(io::ErrorKind::TimedOut, format!("nothing within {secs} s"))
+    }
+}
+
+fn deadline_passed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the time for the whole transaction ran out",
+    )
 }
 
 impl Read for Line {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.arm()?;
-        match &mut self.wire {
+        let timeout = self.arm()?;
+        let result = match &mut self.wire {
             Wire::Plain(tcp) => tcp.read(buf),
             Wire::Tls(tls) => tls.read(buf),
-        }
+        };
+        result.map_err(|e| self.explain(e, timeout))
     }
 }
 
 impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.arm()?;
-        match &mut self.wire {
+        let timeout = self.arm()?;
+        let result = match &mut self.wire {
             Wire::Plain(tcp) => tcp.write(buf),
             Wire::Tls(tls) => tls.write(buf),
-        }
+        };
+        result.map_err(|e| self.explain(e, timeout))
     }
 
     fn flush(&mut self) -> io::Result<()> {

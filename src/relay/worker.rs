@@ -414,10 +414,13 @@ impl Delivery<'_> {
             self.expire(&mut entry);
         }
         // RFC 3461 §5.2.2 (c), (d), (f): a failure is reported unless NOTIFY left FAILURE out.
+        // A report that failed (sender <>, NOTIFY=NEVER) is still told to the postmaster.
+        let is_report = entry.sender == "<>";
         let failed: Vec<Rcpt> = pending
             .iter()
             .map(|&i| entry.recipients[i].clone())
-            .filter(|r| r.state == RcptState::Failed && Notify::wants_failure(r.notify))
+            .filter(|r| r.state == RcptState::Failed)
+            .filter(|r| is_report || Notify::wants_failure(r.notify))
             .collect();
         if !failed.is_empty() {
             self.report(&tag, &entry, &failed, bounce::Action::Failed);

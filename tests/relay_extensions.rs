@@ -1,0 +1,428 @@
+//! The relay passes on what the client asked for, or says why it cannot: SMTPUTF8, BODY=8BITMIME
+//! and BINARYMIME (by BDAT), STARTTLS towards the next hop, DSN success reports, the source
+//! address, and parallel delivery that a slow next hop cannot stall. Two smtplab instances (or
+//! one and a scripted hop) and the test nameserver, all on loopback.
+
+mod common;
+mod dns_server;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use common::{wait_until, HopScript, ScriptedHop, TempDir, TestServer};
+use dns_server::{DnsServer, Zone};
+use smtplab::relay::queue::Spool;
+use smtplab::store::mbox::{parse_mboxrd, StoredMessage};
+
+const ONE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const TWO: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+const HOP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+const SLOW: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
+
+/// one.test on 127.0.0.2 and two.test on 127.0.0.3, each the MX of its domain.
+fn lab_zone() -> Zone {
+    Zone::new()
+        .mx("one.test", 10, "mx.one.test")
+        .a("mx.one.test", ONE)
+        .mx("two.test", 10, "mx.two.test")
+        .a("mx.two.test", TWO)
+}
+
+/// The second server: two.test on 127.0.0.3, plus `extra` options.
+fn start_two(dns: &DnsServer, extra: &[&str]) -> TestServer {
+    let dns = dns.addr().to_string();
+    let mut options = vec![
+        "--listen",
+        "127.0.0.3:0",
+        "--hostname",
+        "mx.two.test",
+        "--domain",
+        "two.test",
+        "--dns",
+        &dns,
+    ];
+    options.extend_from_slice(extra);
+    common::start(&options)
+}
+
+fn start_one(dns: &DnsServer, mx_port: u16, extra: &[&str]) -> TestServer {
+    common::start_one_test(dns.addr(), mx_port, "1s", extra)
+}
+
+/// Wait for the first message in `user`'s mbox on `server`.
+fn first_message(server: &TestServer, user: &str) -> StoredMessage {
+    wait_until(&format!("mail for {user}"), || {
+        server.message_count(user) >= 1
+    });
+    parse_mboxrd(&server.mbox(user)).remove(0)
+}
+
+fn text(message: &StoredMessage) -> String {
+    String::from_utf8_lossy(&message.content).into_owned()
+}
+
+fn queue_empties(server: &TestServer) {
+    let spool = Spool::new(server.dir.path().join("spool"));
+    wait_until("the queue to empty", || spool.load_all().is_empty());
+}
+
+/// Send one message with MAIL FROM parameters; the reply to the final dot.
+fn send_with(server: &TestServer, from: &str, params: &str, to: &str, content: &str) -> u16 {
+    let mut client = server.connect();
+    client.expect("EHLO client.example", 250);
+    client.expect(&format!("MAIL FROM:<{from}>{params}"), 250);
+    client.expect(&format!("RCPT TO:<{to}>"), 250);
+    client.expect("DATA", 354);
+    client.send(content.as_bytes());
+    client.send(b".\r\n");
+    let code = client.reply().code;
+    client.cmd("QUIT");
+    code
+}
+
+#[test]
+fn a_utf8_sender_crosses_two_hosts_from_the_hosts_own_address() {
+    let dns = DnsServer::start(lab_zone());
+    let two = start_two(&dns, &[]);
+    let one = start_one(&dns, two.addr().port(), &[]);
+    let content = "From: José <josé@one.test>\r\nSubject: café\r\n\r\nHola\r\n";
+    let code = send_with(&one, "josé@one.test", " SMTPUTF8", "bob@two.test", content);
+    assert_eq!(code, 250);
+    let stored = first_message(&two, "bob");
+    assert_eq!(stored.sender, "josé@one.test");
+    let text = text(&stored);
+    assert!(text.contains("Subject: café\n"), "{text}");
+    // The next hop's trace line names 127.0.0.2, the address one.test listens on (item 8).
+    assert!(text.contains("from mx.one.test ([127.0.0.2])"), "{text}");
+    assert!(text.contains("with UTF8SMTP"), "{text}");
+    queue_empties(&one);
+    assert_eq!(
+        one.message_count("alice"),
+        0,
+        "no bounce, no postmaster notice"
+    );
+}
+
+#[test]
+fn a_binarymime_message_goes_on_by_bdat() {
+    let dns = DnsServer::start(lab_zone());
+    let two = start_two(&dns, &[]);
+    let one = start_one(&dns, two.addr().port(), &[]);
+    let mut client = one.connect();
+    client.expect("EHLO client.example", 250);
+    client.expect("MAIL FROM:<alice@one.test> BODY=BINARYMIME", 250);
+    client.expect("RCPT TO:<bob@two.test>", 250);
+    let content = b"Subject: binary\r\n\r\nnul\0byte\r\n.\r\nend\r\n";
+    client.send(format!("BDAT {} LAST\r\n", content.len()).as_bytes());
+    client.send(content);
+    assert_eq!(client.reply().code, 250);
+    client.cmd("QUIT");
+    let stored = first_message(&two, "bob");
+    let body = &stored.content;
+    assert!(
+        body.windows(9).any(|w| w == b"nul\0byte\n"),
+        "the NUL crossed intact: {:?}",
+        String::from_utf8_lossy(body)
+    );
+    assert!(body.ends_with(b"\n.\nend\n"), "a lone dot is data in BDAT");
+    queue_empties(&one);
+}
+
+#[test]
+fn a_hop_without_smtputf8_makes_a_5_6_7_bounce_for_the_sender() {
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("two.test", 10, "hop.two.test")
+            .a("hop.two.test", HOP),
+    );
+    let script = HopScript {
+        dsn: false,
+        rcpt_reply: "250 2.1.5 OK",
+    };
+    let hop = ScriptedHop::start(&format!("{HOP}:0"), script);
+    let one = start_one(&dns, hop.addr.port(), &[]);
+    let code = send_with(
+        &one,
+        "alice@one.test",
+        " SMTPUTF8",
+        "pepé@two.test",
+        "Subject: x\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250);
+    let report = first_message(&one, "alice");
+    let text = text(&report);
+    assert!(text.contains("Action: failed\nStatus: 5.6.7\n"), "{text}");
+    assert!(text.contains("SMTPUTF8"), "{text}");
+    assert!(
+        text.starts_with("Return-Path: <>\nReceived: by mx.one.test (smtplab) id "),
+        "a report's own trace line: {text}"
+    );
+    assert!(
+        hop.sessions()
+            .iter()
+            .all(|s| !s.commands.iter().any(|c| c.starts_with("MAIL"))),
+        "nothing was offered to a host that cannot take it"
+    );
+    queue_empties(&one);
+}
+
+#[test]
+fn a_bounce_for_a_sender_without_a_mailbox_goes_to_postmaster() {
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("two.test", 10, "hop.two.test")
+            .a("hop.two.test", HOP),
+    );
+    let script = HopScript {
+        dsn: false,
+        rcpt_reply: "550 5.1.1 no such user",
+    };
+    let hop = ScriptedHop::start(&format!("{HOP}:0"), script);
+    let one = start_one(&dns, hop.addr.port(), &[]);
+    let code = send_with(
+        &one,
+        "nobody@one.test",
+        "",
+        "bob@two.test",
+        "Subject: x\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250);
+    // The demo's postmaster is alice.
+    let report = first_message(&one, "alice");
+    let text = text(&report);
+    assert!(
+        text.contains("Final-Recipient: rfc822; bob@two.test\n"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.1\n"), "{text}");
+    queue_empties(&one);
+}
+
+#[test]
+fn body_8bitmime_is_passed_on_to_a_hop_that_offers_it() {
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("two.test", 10, "hop.two.test")
+            .a("hop.two.test", HOP),
+    );
+    let script = HopScript {
+        dsn: false,
+        rcpt_reply: "250 2.1.5 OK",
+    };
+    let hop = ScriptedHop::start(&format!("{HOP}:0"), script);
+    let one = start_one(&dns, hop.addr.port(), &[]);
+    // The scripted hop offers 8BITMIME (and not SIZE): BODY=8BITMIME goes on, SIZE= does not.
+    let content = "Subject: x\r\n\r\ncaf\u{e9}\r\n";
+    assert_eq!(
+        send_with(
+            &one,
+            "alice@one.test",
+            " BODY=8BITMIME",
+            "bob@two.test",
+            content
+        ),
+        250
+    );
+    wait_until("the hop to get the message", || !hop.messages().is_empty());
+    let mail = hop
+        .sessions()
+        .into_iter()
+        .find(|s| !s.data.is_empty())
+        .expect("a session");
+    assert!(
+        mail.commands
+            .contains(&"MAIL FROM:<alice@one.test> BODY=8BITMIME".to_string()),
+        "{:?}",
+        mail.commands
+    );
+    queue_empties(&one);
+}
+
+#[test]
+fn the_next_hop_sees_starttls_and_writes_esmtps() {
+    let dns = DnsServer::start(lab_zone());
+    let transcripts = TempDir::new("two-transcripts");
+    let dir = transcripts.path().display().to_string();
+    let two = start_two(&dns, &["--tls-self-signed", "--transcripts", &dir]);
+    let one = start_one(&dns, two.addr().port(), &[]);
+    assert_eq!(
+        send_with(
+            &one,
+            "alice@one.test",
+            "",
+            "bob@two.test",
+            "Subject: tls\r\n\r\nx\r\n"
+        ),
+        250
+    );
+    let stored = first_message(&two, "bob");
+    let text = text(&stored);
+    assert!(
+        text.contains("by mx.two.test (smtplab) with ESMTPS id"),
+        "{text}"
+    );
+    queue_empties(&one);
+    let recorded: String = common::files_under(transcripts.path())
+        .iter()
+        .map(|file| std::fs::read_to_string(file).unwrap_or_default())
+        .collect();
+    assert!(recorded.contains("C: STARTTLS\n"), "{recorded}");
+    assert!(recorded.contains("== TLS =="), "{recorded}");
+}
+
+#[test]
+fn relay_tls_none_keeps_to_the_clear() {
+    let dns = DnsServer::start(lab_zone());
+    let two = start_two(&dns, &["--tls-self-signed"]);
+    let one = start_one(&dns, two.addr().port(), &["--relay-tls", "none"]);
+    assert_eq!(
+        send_with(
+            &one,
+            "alice@one.test",
+            "",
+            "bob@two.test",
+            "Subject: x\r\n\r\nx\r\n"
+        ),
+        250
+    );
+    let text = text(&first_message(&two, "bob"));
+    assert!(
+        text.contains("by mx.two.test (smtplab) with ESMTP id"),
+        "{text}"
+    );
+}
+
+#[test]
+fn notify_success_on_local_delivery_reports_delivered() {
+    let dns = DnsServer::start(lab_zone());
+    let one = start_one(&dns, 25, &[]);
+    let mut client = one.connect();
+    client.expect("EHLO client.example", 250);
+    client.expect("MAIL FROM:<alice@one.test> ENVID=lab1", 250);
+    client.expect("RCPT TO:<bob@one.test> NOTIFY=SUCCESS", 250);
+    client.expect("DATA", 354);
+    client.send(b"Subject: hi bob\r\n\r\nsecret\r\n.\r\n");
+    assert_eq!(client.reply().code, 250);
+    client.cmd("QUIT");
+    assert_eq!(first_message(&one, "bob").sender, "alice@one.test");
+    let report = first_message(&one, "alice");
+    assert_eq!(report.sender, "MAILER-DAEMON");
+    let text = text(&report);
+    assert!(
+        text.contains("Action: delivered\nStatus: 2.0.0\n"),
+        "{text}"
+    );
+    assert!(text.contains("Original-Envelope-Id: lab1\n"), "{text}");
+    assert!(
+        text.contains("Subject: hi bob\n") && !text.contains("secret"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("Received: ").count(),
+        1,
+        "the report's own trace line only: {text}"
+    );
+    queue_empties(&one);
+    assert_eq!(one.message_count("alice"), 1, "one report");
+}
+
+/// A next hop that accepts connections and sends its greeting one octet every 200 ms, forever:
+/// a tarpit. Stopped (threads joined) when dropped.
+struct Tarpit {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Tarpit {
+    fn start() -> Tarpit {
+        let listener = TcpListener::bind((SLOW, 0)).expect("bind the tarpit");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                if let Ok((stream, _)) = listener.accept() {
+                    held.push(stream);
+                }
+                for stream in &mut held {
+                    let _ = stream.write_all(b"2");
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Tarpit {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Tarpit {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_tarpit_hop_does_not_delay_another_domains_mail() {
+    let tarpit = Tarpit::start();
+    // Both next hops listen on the same port number, as MX hosts do on port 25.
+    let dns = DnsServer::start(
+        lab_zone()
+            .mx("slow.test", 10, "mx.slow.test")
+            .a("mx.slow.test", SLOW),
+    );
+    let two = start_two(&dns, &["--listen", &format!("{TWO}:{}", tarpit.port)]);
+    let one = start_one(&dns, tarpit.port, &["--relay-deadline", "3s"]);
+    for n in 0..3 {
+        let to = format!("user{n}@slow.test");
+        assert_eq!(
+            send_with(
+                &one,
+                "alice@one.test",
+                "",
+                &to,
+                "Subject: slow\r\n\r\nx\r\n"
+            ),
+            250
+        );
+    }
+    let started = Instant::now();
+    assert_eq!(
+        send_with(
+            &one,
+            "alice@one.test",
+            "",
+            "bob@two.test",
+            "Subject: fast\r\n\r\nx\r\n"
+        ),
+        250
+    );
+    let stored = first_message(&two, "bob");
+    println!(
+        "two.test's mail arrived {:?} after it was sent, beside a tarpit",
+        started.elapsed()
+    );
+    assert!(text(&stored).contains("Subject: fast"));
+    // The deadline ends each tarpit conversation: the slow mail waits in the queue with why.
+    let spool = Spool::new(one.dir.path().join("spool"));
+    wait_until("a tarpit conversation to reach its deadline", || {
+        spool.load_all().into_iter().flatten().any(|entry| {
+            entry
+                .recipients
+                .iter()
+                .any(|r| r.reply.contains("whole transaction ran out"))
+        })
+    });
+}
