@@ -76,7 +76,7 @@ impl Drop for Slot {
 
 impl Server {
     /// Bind every listen address, create the mail directory, and deliver locally.
-    pub fn bind(config: Config) -> Result<Server, String> {
+    pub fn bind(mut config: Config) -> Result<Server, String> {
         std::fs::create_dir_all(&config.mail_dir).map_err(|e| {
             format!(
                 "Cannot create the mail directory {}: {e}.",
@@ -117,6 +117,13 @@ impl Server {
         if !config.pop3s.is_empty() && tls.is_none() {
             return Err("--pop3s needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
+        // The addresses really bound (a port 0 became a real port): the relay compares next
+        // hops with them to find mail that would loop back here (relay/dns.rs `Me`).
+        config.listen = listeners
+            .iter()
+            .filter(|(_, role)| *role == Role::Relay)
+            .filter_map(|(listener, _)| listener.local_addr().ok())
+            .collect();
         let context = Context {
             config: Arc::new(config),
             deliver,

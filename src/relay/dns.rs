@@ -120,14 +120,39 @@ pub struct Me<'a> {
 
 impl Me<'_> {
     fn is_me(&self, host: &str, addrs: &[IpAddr]) -> bool {
-        host.eq_ignore_ascii_case(self.hostname)
-            || addrs.iter().any(|ip| {
-                self.listen.iter().any(|own| {
-                    own.port() == self.mx_port
-                        && (own.ip() == *ip || (own.ip().is_unspecified() && ip.is_loopback()))
-                })
-            })
+        host.eq_ignore_ascii_case(self.hostname) || addrs.iter().any(|&ip| self.reached_at(ip))
     }
+
+    // ANCHOR: reached_at
+    /// Would a connection to `ip` on the next hop's port reach this server? Every form counts:
+    /// the address it listens on, `0.0.0.0` (which connects to this machine), an IPv4-mapped
+    /// IPv6 address (`::ffff:127.0.0.1`), and, for a server listening on every address, any
+    /// address of this machine.
+    pub fn reached_at(&self, ip: IpAddr) -> bool {
+        let target = reached_address(ip);
+        self.listen.iter().any(|own| {
+            let own_ip = own.ip().to_canonical();
+            own.port() == self.mx_port
+                && (own_ip == target || (own_ip.is_unspecified() && is_local_address(target)))
+        })
+    }
+    // ANCHOR_END: reached_at
+}
+
+/// The address a connection to `ip` really goes to: `0.0.0.0` and `::` mean this machine
+/// (Linux connects them to the loopback address), and `::ffff:a.b.c.d` is `a.b.c.d`.
+fn reached_address(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        other => other,
+    }
+}
+
+/// Is `ip` an address of this machine? A socket can be bound only to a local address, so
+/// binding a throwaway UDP socket to it answers without reading the interface list.
+fn is_local_address(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 // ANCHOR: rng
@@ -745,6 +770,44 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn every_form_of_this_servers_address_is_recognised() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let specific = [SocketAddr::from(([127, 0, 0, 2], 25))];
+        let me = Me {
+            hostname: "one.test",
+            listen: &specific,
+            mx_port: 25,
+        };
+        assert!(me.reached_at(ip("127.0.0.2")));
+        assert!(me.reached_at(ip("::ffff:127.0.0.2")));
+        assert!(
+            !me.reached_at(ip("127.0.0.3")),
+            "another server on this machine"
+        );
+        assert!(
+            !me.reached_at(ip("0.0.0.0")),
+            "0.0.0.0 reaches 127.0.0.1, not 127.0.0.2"
+        );
+        let other_port = Me {
+            mx_port: 2525,
+            ..me
+        };
+        assert!(!other_port.reached_at(ip("127.0.0.2")));
+        let everywhere = [SocketAddr::from(([0, 0, 0, 0], 25))];
+        let me = Me {
+            listen: &everywhere,
+            ..me
+        };
+        for form in ["0.0.0.0", "127.0.0.1", "127.0.0.9", "::ffff:127.0.0.1"] {
+            assert!(me.reached_at(ip(form)), "{form}");
+        }
+        assert!(
+            !me.reached_at(ip("192.0.2.1")),
+            "TEST-NET-1 is nobody's interface"
+        );
     }
 
     #[test]

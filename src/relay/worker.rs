@@ -5,7 +5,8 @@
 //! - `start(config, spool, deliver, listen)` starts the dispatcher and `--relay-workers`
 //!   delivery threads; the `RelayHandle` it returns stops them all when dropped (it also cuts
 //!   the conversations in progress).
-//! - `flush(spool, domain)` makes the queued mail for a domain due now (ETRN, RFC 1985).
+//! - `etrn(spool, config, argument)` makes the queued mail for a domain due now and says so
+//!   (ETRN, RFC 1985); `names_this_host(domain, config)` tells a literal that is this server.
 //!
 //! The dispatcher looks at the spool when woken or once a second and gives every due message
 //! to an idle worker, but never more than `PER_DESTINATION` at a time for one next-hop domain:
@@ -44,6 +45,7 @@ use crate::relay::queue::{unix_now, Entry, Rcpt, RcptState, Schedule, Spool};
 use crate::smtp::address::{self, Domain, ForwardPath, Mailbox, ReversePath};
 use crate::smtp::body::{Body, READ_CHUNK};
 use crate::smtp::extensions::{MailOptions, Notify, RcptOptions};
+use crate::smtp::reply::Reply;
 use crate::smtp::session::{Client, Deliver, Envelope, Message, Recipient, Route};
 
 /// How often the relay looks at the spool when nobody wakes it: due retries start at most
@@ -246,14 +248,59 @@ fn next_job(shared: &Shared) -> Option<Entry> {
     }
 }
 
-// ANCHOR: flush
-/// ETRN (RFC 1985 §5): make every queued message with a pending recipient in `domain` due
-/// now, and wake the relay. The number of messages made due; 0 when none waits for it.
-pub fn flush(spool: &Spool, domain: &str) -> io::Result<usize> {
+// ANCHOR: etrn
+/// `ETRN domain`, `ETRN @domain` (the domain and its subdomains) or `ETRN #queue` (here, the
+/// queue of one domain): start a delivery attempt now for the mail queued for it, and say so
+/// with RFC 1985 §5's codes. The session checks first that the client may relay at all.
+pub fn etrn(spool: &Spool, config: &Config, argument: &str) -> Reply {
+    let (node, subdomains) = match argument.as_bytes().first() {
+        Some(b'@') => (&argument[1..], true),
+        Some(b'#') => (&argument[1..], false),
+        _ => (argument, false),
+    };
+    let Some(node) = domain_name_of(node) else {
+        return Reply::new(
+            501,
+            "5.5.4",
+            "Syntax: ETRN domain, ETRN @domain or ETRN #queue",
+        );
+    };
+    if is_local(config, &node) {
+        let text = format!("Node {node} not allowed: its mail is delivered here, not queued");
+        return Reply::new(459, "4.7.1", "").text(text);
+    }
+    let wanted =
+        |domain: &str| domain == node || (subdomains && domain.ends_with(&format!(".{node}")));
+    match flush(spool, wanted) {
+        Ok(0) => {
+            Reply::new(251, "2.0.0", "").text(format!("OK, no messages waiting for node {node}"))
+        }
+        Ok(n) => Reply::new(253, "2.0.0", "")
+            .text(format!("OK, {n} pending messages for node {node} started")),
+        Err(error) => {
+            warn!("ETRN for {node} could not update the queue: {error}.");
+            Reply::new(458, "4.3.0", "").text(format!("Unable to queue messages for node {node}"))
+        }
+    }
+}
+// ANCHOR_END: etrn
+
+/// A domain name or address literal as ETRN names it, lower case; `None` if it is neither. The
+/// address parser checks the syntax, so ETRN accepts exactly what RCPT TO would.
+fn domain_name_of(node: &str) -> Option<String> {
+    match address::forward_path(&format!("<postmaster@{node}>"), false) {
+        Ok((ForwardPath::Mailbox(mailbox), "")) => Some(domain_name(&mailbox)),
+        _ => None,
+    }
+}
+
+/// Make every queued message with a pending recipient in a `wanted` domain due now, and wake
+/// the relay. How many messages were made due.
+fn flush(spool: &Spool, wanted: impl Fn(&str) -> bool) -> io::Result<usize> {
     let mut flushed = 0;
     for mut entry in spool.load_all().into_iter().flatten() {
         let waits = entry.recipients.iter().any(|r| {
-            r.state == RcptState::Pending && domain_of(&r.path).as_deref() == Some(domain)
+            r.state == RcptState::Pending && domain_of(&r.path).is_some_and(|d| wanted(&d))
         });
         if waits {
             entry.next_attempt = unix_now();
@@ -264,7 +311,23 @@ pub fn flush(spool: &Spool, domain: &str) -> io::Result<usize> {
     spool.wake();
     Ok(flushed)
 }
-// ANCHOR_END: flush
+
+// ANCHOR: names_this_host
+/// Does this address literal name this server (`[127.0.0.2]`, `[0.0.0.0]`,
+/// `[IPv6:::ffff:127.0.0.2]`, ...)? Mail to it is delivered here or refused at RCPT: relayed,
+/// it would come straight back (RFC 5321 §5.1 says the same of an MX list that names us).
+pub fn names_this_host(domain: &Domain, config: &Config) -> bool {
+    let Domain::Literal(ip) = domain else {
+        return false;
+    };
+    let me = Me {
+        hostname: &config.hostname,
+        listen: &config.listen,
+        mx_port: config.mx_port,
+    };
+    me.reached_at(*ip)
+}
+// ANCHOR_END: names_this_host
 
 /// Pending recipients by destination: their domain each, or all together for a smart host.
 /// An unparseable path gets the destination "", which bounces.
