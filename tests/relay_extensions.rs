@@ -426,3 +426,101 @@ fn a_tarpit_hop_does_not_delay_another_domains_mail() {
         })
     });
 }
+
+/// The `id` clause of each `Received:` line this server (`by smtplab.test`) wrote in `user`'s
+/// mbox under `mail`.
+fn received_ids(mail: &std::path::Path, user: &str) -> Vec<String> {
+    let mbox = std::fs::read(mail.join(user)).unwrap_or_default();
+    parse_mboxrd(&mbox)
+        .iter()
+        .flat_map(|m| {
+            let text = String::from_utf8_lossy(&m.content).into_owned();
+            let id = text
+                .split(" id ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|id| id.trim_end_matches(';').to_string());
+            id.into_iter().collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn message_ids_are_unique_across_a_restart_and_are_atoms() {
+    let dir = TempDir::new("ids");
+    let mail = dir.path().join("mail");
+    let options: Vec<String> = ["--hostname", "smtplab.test", "--mail-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([mail.display().to_string(), "--spool".into()])
+        .chain([dir.path().join("spool").display().to_string()])
+        .collect();
+    for round in 0..2 {
+        let addr = common::free_addr();
+        let _server = common::start_binary(addr, &options);
+        let mut client = common::Client::connect(addr);
+        client.expect("EHLO client.example", 250);
+        let content = format!("Subject: round {round}\r\n\r\nx\r\n");
+        assert_eq!(
+            client
+                .send_mail("mary@client.example", &["alice@localhost"], &content)
+                .code,
+            250
+        );
+        client.cmd("QUIT");
+    }
+    let ids = received_ids(&mail, "alice");
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_ne!(
+        ids[0], ids[1],
+        "the same session number after a restart, another id"
+    );
+    for id in &ids {
+        assert!(
+            id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            "an Atom: {id}"
+        );
+    }
+}
+
+#[test]
+fn a_literal_that_names_this_server_is_delivered_here_once_or_refused() {
+    // The server's port is also the port it relays to, as with port 25 on the Internet.
+    let port = common::free_addr().port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let server = common::start(&[
+        "--listen",
+        &listen,
+        "--mx-port",
+        &port,
+        "--relay-from",
+        "127.0.0.0/8",
+    ]);
+    let mut client = server.connect();
+    client.expect("EHLO client.example", 250);
+    client.expect("MAIL FROM:<mary@client.example>", 250);
+    for form in ["[127.0.0.1]", "[0.0.0.0]", "[IPv6:::ffff:127.0.0.1]"] {
+        client.expect(&format!("RCPT TO:<bob@{form}>"), 250);
+    }
+    let refused = client.cmd("RCPT TO:<nobody@[0.0.0.0]>");
+    assert_eq!(
+        (refused.code, refused.status().as_str()),
+        (550, "5.4.6"),
+        "{refused:?}"
+    );
+    assert!(refused.text().contains("loop back"), "{refused:?}");
+    client.expect("DATA", 354);
+    client.send(b"Subject: self\r\n\r\nx\r\n.\r\n");
+    assert_eq!(client.reply().code, 250);
+    client.cmd("QUIT");
+    assert_eq!(
+        server.message_count("bob"),
+        1,
+        "three forms of one mailbox, one copy"
+    );
+    let spool = Spool::new(server.dir.path().join("spool"));
+    assert!(
+        spool.load_all().is_empty(),
+        "nothing was queued to relay to itself"
+    );
+}

@@ -14,6 +14,7 @@
 //!   a new message is queued or the timeout passes.
 //! - `Entry` (envelope, per-recipient state, schedule), `Schedule` (`--retry`,
 //!   `--queue-lifetime`), `parse_duration`, `parse_retry`.
+//! - `message_id(session, n)` names an accepted message, uniquely across restarts.
 //! - `queue_main(args)` is `smtplab queue [--spool DIR]`: what waits, why, and when it is tried next.
 //!
 //! One entry on disk, step by step: write `tmp.<id>`, fsync it, rename it to `<id>` (a rename is
@@ -237,6 +238,37 @@ pub fn system_time(unix: u64) -> SystemTime {
 }
 
 /// `<seconds>-<pid>-<counter>`: unique within a process, and across restarts (new pid, later time).
+// ANCHOR: message_id
+/// The id of the `n`-th message of session `session` (`S1`): `S1-1-tz4k1q0001f`. The last part
+/// is this process's start time and process id in base 36, so an id is never given twice,
+/// across restarts or by two servers on one machine. Letters, digits and `-` only: an RFC 5321
+/// `Atom`, as the `id` clause of a `Received:` line wants (§4.4), where `S1.1` was not.
+pub fn message_id(session: &str, n: u32) -> String {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let instance = INSTANCE.get_or_init(|| {
+        // Five base-36 digits hold every Linux process id (at most 2^22), so the two parts
+        // cannot run into each other.
+        let pid = base36(u64::from(std::process::id()));
+        format!("{}{pid:0>5}", base36(unix_now()))
+    });
+    format!("{session}-{n}-{instance}")
+}
+// ANCHOR_END: message_id
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn new_queue_id(now: u64) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -799,6 +831,20 @@ mod tests {
             "both files go"
         );
         let _ = fs::remove_dir_all(spool.dir());
+    }
+
+    #[test]
+    fn message_ids_are_atoms_that_carry_the_process() {
+        let id = message_id("S1", 2);
+        assert!(id.starts_with("S1-2-") && id.len() > 10, "{id}");
+        assert!(
+            id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            "{id}"
+        );
+        assert_eq!(message_id("S1", 2), id, "one process, one instance part");
+        assert_ne!(message_id("S1", 3), id);
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(36 * 36 - 1), "zz");
     }
 
     #[test]

@@ -685,7 +685,20 @@ impl Delivery<'_> {
             return self.smart_host_targets(destination);
         }
         let port = self.config().mx_port;
+        let shared = self.shared;
+        let me = Me {
+            hostname: &shared.config.hostname,
+            listen: &shared.listen,
+            mx_port: port,
+        };
         if let Some(ip) = literal_ip(destination) {
+            if me.reached_at(ip) {
+                return Err(RouteError::Permanent {
+                    code: 554,
+                    status: "5.4.6",
+                    text: format!("Mail for {destination} would loop back to this host"),
+                });
+            }
             return Ok(vec![Target {
                 host: destination.to_string(),
                 addr: SocketAddr::new(ip, port),
@@ -698,12 +711,6 @@ impl Delivery<'_> {
                 text: "Bad recipient address in the queue file".into(),
             });
         }
-        let shared = self.shared;
-        let me = Me {
-            hostname: &shared.config.hostname,
-            listen: &shared.listen,
-            mx_port: port,
-        };
         let mut trace = Vec::new();
         let resolver = resolver(&mut self.resolver, shared.config.dns)?;
         let route = dns::route(resolver, destination, &me, &mut self.rng, &mut trace);

@@ -640,10 +640,19 @@ impl Session {
         }
         // The local part is looked up in the table, never used as a file name as it is: a
         // `%`, `!` or quoted `@` inside it finds no user, so it is never routed elsewhere.
+        let unknown = match mailbox.domain {
+            // Relayed, mail for a literal naming this server would come straight back.
+            Domain::Literal(_) => Reply::new(550, "5.4.6", "").text(format!(
+                "No such user here, and mail for {mailbox} would loop back to this host"
+            )),
+            Domain::Name(_) => {
+                Reply::NO_SUCH_USER_550.text(format!("No such user here: {mailbox}"))
+            }
+        };
         directory
             .mailboxes(&mailbox.local_part_unquoted())
             .map(Route::Local)
-            .ok_or_else(|| Reply::NO_SUCH_USER_550.text(format!("No such user here: {mailbox}")))
+            .ok_or(unknown)
     }
     // ANCHOR_END: route
 
@@ -662,10 +671,14 @@ impl Session {
     }
     // ANCHOR_END: relay_route
 
-    /// A local domain by name, or an address literal naming the address the client connected to.
+    /// A local domain by name, or an address literal naming this server: the address the
+    /// client connected to, or any other form of it (`[0.0.0.0]`, `[IPv6:::ffff:...]`).
     fn is_local(&self, domain: &Domain) -> bool {
         match domain {
-            Domain::Literal(ip) => *ip == self.client.local.ip(),
+            Domain::Literal(ip) => {
+                *ip == self.client.local.ip()
+                    || crate::relay::worker::names_this_host(domain, &self.config)
+            }
             Domain::Name(_) => self.config.directory.is_local_domain(domain),
         }
     }
@@ -717,7 +730,7 @@ impl Session {
 
     fn deliver_message(&mut self, envelope: Envelope, content: Body) -> Reply {
         self.messages += 1;
-        let id = format!("{}.{}", self.id, self.messages);
+        let id = crate::relay::queue::message_id(&self.id, self.messages);
         let message = Message {
             id: id.clone(),
             client: self.client.clone(),
@@ -1349,7 +1362,7 @@ mod tests {
         let step = s.end_of_data(Ok(Body::from(&b"hi\n"[..])));
         assert_eq!(step.replies[0].code, 250);
         let delivered = hook.0.lock().unwrap();
-        assert_eq!(delivered[0].id, "S9.1");
+        assert!(delivered[0].id.starts_with("S9-1-"), "{}", delivered[0].id);
         assert_eq!(
             delivered[0].envelope.recipients[0].route,
             Route::Local(vec!["alice".into(), "bob".into()])
