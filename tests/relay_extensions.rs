@@ -524,3 +524,69 @@ fn a_literal_that_names_this_server_is_delivered_here_once_or_refused() {
         "nothing was queued to relay to itself"
     );
 }
+
+#[test]
+fn etrn_flushes_a_queued_message_at_once() {
+    // two.test's mail host is down at first: the message waits, with an hour to its next try.
+    let port = TcpListener::bind((TWO, 0))
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dns = DnsServer::start(lab_zone());
+    let one = common::start_one_test(dns.addr(), port, "1h", &[]);
+    assert_eq!(
+        send_with(
+            &one,
+            "alice@one.test",
+            "",
+            "bob@two.test",
+            "Subject: later\r\n\r\nx\r\n"
+        ),
+        250
+    );
+    let spool = Spool::new(one.dir.path().join("spool"));
+    wait_until("the first attempt to fail", || {
+        spool
+            .load_all()
+            .into_iter()
+            .flatten()
+            .any(|e| e.attempts == 1)
+    });
+    let two = start_two(&dns, &["--listen", &format!("{TWO}:{port}")]);
+    let mut client = one.connect();
+    client.expect("EHLO client.example", 250);
+    let reply = client.cmd("ETRN two.test");
+    assert_eq!(
+        (reply.code, reply.text()),
+        (
+            253,
+            "2.0.0 OK, 1 pending messages for node two.test started".to_string()
+        )
+    );
+    client.cmd("QUIT");
+    let started = Instant::now();
+    first_message(&two, "bob");
+    println!("ETRN to delivery: {:?}", started.elapsed());
+    queue_empties(&one);
+}
+
+#[test]
+fn etrn_is_only_for_clients_that_may_relay() {
+    let server = common::start(&[]);
+    let mut client = server.connect();
+    let ehlo = client.cmd("EHLO client.example");
+    assert!(
+        !ehlo.lines.iter().any(|l| l == "ETRN"),
+        "not offered: {ehlo:?}"
+    );
+    let reply = client.cmd("ETRN two.test");
+    assert_eq!(
+        (reply.code, reply.status().as_str()),
+        (459, "4.7.1"),
+        "{reply:?}"
+    );
+    let help = client.cmd("HELP ETRN");
+    assert_eq!(help.code, 214);
+    assert!(help.text().contains("RFC 1985"), "{help:?}");
+}

@@ -275,14 +275,16 @@ fn new_queue_id(now: u64) -> String {
     format!("{now}-{}-{n}", std::process::id())
 }
 
-/// The spool directory, and the alarm clock that wakes the relay when something is queued.
+/// The spool directory. The alarm clock that wakes the relay when something is queued is one
+/// per process (`ALARM`), so a `Spool` made anywhere from the directory's name (as ETRN does)
+/// wakes the relay too; another server in the same process only looks once more.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
-    /// Bumped by `wake`; the relay waits for it to change.
-    generation: Mutex<u64>,
-    changed: Condvar,
 }
+
+/// Bumped by `Spool::wake`; the relay waits for it to change.
+static ALARM: (Mutex<u64>, Condvar) = (Mutex::new(0), Condvar::new());
 
 /// A new entry written and synced under a temporary name, not yet in the queue.
 #[must_use = "commit() puts the entry in the queue; dropping it removes the file"]
@@ -295,11 +297,7 @@ pub struct Prepared<'a> {
 impl Spool {
     /// The directory is created on first use, so a server that never relays leaves no trace.
     pub fn new(dir: impl Into<PathBuf>) -> Spool {
-        Spool {
-            dir: dir.into(),
-            generation: Mutex::new(0),
-            changed: Condvar::new(),
-        }
+        Spool { dir: dir.into() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -396,21 +394,21 @@ impl Spool {
     }
 
     pub fn generation(&self) -> u64 {
-        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
+        *ALARM.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wake the relay: a message was queued (or the server is stopping).
     pub fn wake(&self) {
-        let mut generation = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        let mut generation = ALARM.0.lock().unwrap_or_else(|p| p.into_inner());
         *generation += 1;
-        self.changed.notify_all();
+        ALARM.1.notify_all();
     }
 
     /// Sleep until `wake` is called after `seen` was read, or until `timeout` passes.
     pub fn wait(&self, seen: u64, timeout: Duration) {
-        let generation = self.generation.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self
-            .changed
+        let generation = ALARM.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = ALARM
+            .1
             .wait_timeout_while(generation, timeout, |g| *g == seen);
     }
 

@@ -150,6 +150,8 @@ pub const TRANSITIONS: &[Transition] = &[
     row(MailGiven, Verb::Quit, Closed,    "RFC 5321 §4.1.1.10"),
     row(RcptGiven, Verb::Quit, Closed,    "RFC 5321 §4.1.1.10"),
     row(Chunking,  Verb::Quit, Closed,    "RFC 5321 §4.1.1.10"),
+    // ETRN starts the queue for a domain; not inside a transaction (RFC 1985 §5).
+    row(Greeted,   Verb::Etrn, Greeted,   "RFC 1985 §5"),
 ];
 // ANCHOR_END: transitions
 
@@ -521,6 +523,7 @@ impl Session {
                 return (replies, next);
             }
             Command::Bdat { size, last } => return self.bdat(size, last),
+            Command::Etrn(node) => self.etrn(&node),
             Command::Obsolete(verb) => obsolete(verb),
         };
         (vec![reply], Next::ReadCommand)
@@ -539,6 +542,7 @@ impl Session {
         let offer = Offer {
             starttls: self.endpoint.tls_available && !self.client.tls,
             auth: self.offers_auth(),
+            etrn: self.may_relay(),
         };
         extensions::ehlo_keywords(self.limits(), offer)
             .into_iter()
@@ -659,9 +663,7 @@ impl Session {
     // ANCHOR: relay_route
     /// RFC 5321 §3.6.2, §7.9: relaying is decided by who the client is, never by MAIL FROM.
     fn relay_route(&self, mailbox: &Mailbox) -> Result<Route, Reply> {
-        let peer = self.client.peer.ip();
-        let trusted_network = self.config.relay_from.iter().any(|net| net.contains(peer));
-        if self.client.user.is_some() || trusted_network {
+        if self.may_relay() {
             return Ok(Route::Relay(mailbox.clone()));
         }
         Err(Reply::RELAY_DENIED_550.text(format!(
@@ -670,6 +672,26 @@ impl Session {
         )))
     }
     // ANCHOR_END: relay_route
+
+    /// A client that logged in, or one inside `--relay-from`.
+    fn may_relay(&self) -> bool {
+        let peer = self.client.peer.ip();
+        self.client.user.is_some() || self.config.relay_from.iter().any(|net| net.contains(peer))
+    }
+
+    // ANCHOR: etrn
+    /// ETRN (RFC 1985): only a client that may relay may start the queue; anyone else could
+    /// make the server hammer a domain's hosts. The queue's side is `relay::worker::etrn`.
+    fn etrn(&self, node: &str) -> Reply {
+        if !self.may_relay() {
+            return Reply::new(459, "4.7.1", "").text(format!(
+                "Node {node} not allowed: only a client that may relay may start the queue"
+            ));
+        }
+        let spool = crate::relay::queue::Spool::new(self.config.spool_dir.clone());
+        crate::relay::worker::etrn(&spool, &self.config, node)
+    }
+    // ANCHOR_END: etrn
 
     /// A local domain by name, or an address literal naming this server: the address the
     /// client connected to, or any other form of it (`[0.0.0.0]`, `[IPv6:::ffff:...]`).
@@ -1134,6 +1156,11 @@ fn history(verb: Verb) -> Option<&'static str> {
              proof of who it was, so anyone could collect another host's mail; RFC 5321 \
              Appendix F.1 retired it (ETRN and ATRN replaced it) and servers answer 502"
         }
+        Verb::Etrn => {
+            "ETRN is the safe successor of TURN: the client only asks the server to try its \
+             queue for a domain now, over the server's own connections (RFC 1985); smtplab \
+             takes it from clients that may relay"
+        }
         Verb::Vrfy | Verb::Expn => {
             "spammers harvest addresses by asking VRFY and EXPN, so most public servers answer \
              252 (cannot verify, but will try to deliver) or 502 (RFC 5321 §7.3); smtplab \
@@ -1263,6 +1290,7 @@ mod tests {
             Verb::Starttls => "STARTTLS",
             Verb::Auth => "AUTH PLAIN",
             Verb::Bdat => "BDAT 3",
+            Verb::Etrn => "ETRN two.test",
         }
     }
 
@@ -1280,6 +1308,10 @@ mod tests {
                         from: command.from,
                         ..s.chunk(b"abc".to_vec(), 3)
                     }
+                }
+                Trigger::Command(Verb::Etrn) => {
+                    s.client.user = Some("alice".into()); // ETRN wants a client that may relay
+                    s.command(sample(Verb::Etrn).as_bytes())
                 }
                 Trigger::Command(verb) => s.command(sample(verb).as_bytes()),
                 Trigger::EndOfData => s.end_of_data(Ok(Body::from(&b"Subject: x\n\nhi\n"[..]))),
