@@ -84,6 +84,38 @@ fn send_with(server: &TestServer, from: &str, params: &str, to: &str, content: &
     code
 }
 
+/// alice@one.test writes to bob@two.test through `one`.
+fn send_to_bob(one: &TestServer, subject: &str) {
+    let content = format!("Subject: {subject}\r\n\r\nx\r\n");
+    assert_eq!(
+        send_with(one, "alice@one.test", "", "bob@two.test", &content),
+        250
+    );
+}
+
+/// Send a small message through `one`, and the text of the first report in alice's mbox.
+fn report_to_alice(one: &TestServer, from: &str, params: &str, to: &str) -> String {
+    let code = send_with(one, from, params, to, "Subject: x\r\n\r\nx\r\n");
+    assert_eq!(code, 250);
+    text(&first_message(one, "alice"))
+}
+
+/// one.test relaying to a scripted next hop for two.test that lists 8BITMIME (not SMTPUTF8,
+/// SIZE or DSN) and answers every RCPT with `rcpt_reply`.
+fn hop_lab(rcpt_reply: &'static str) -> (DnsServer, ScriptedHop, TestServer) {
+    let zone = Zone::new()
+        .mx("two.test", 10, "hop.two.test")
+        .a("hop.two.test", HOP);
+    let dns = DnsServer::start(zone);
+    let script = HopScript {
+        dsn: false,
+        rcpt_reply,
+    };
+    let hop = ScriptedHop::start(&format!("{HOP}:0"), script);
+    let one = start_one(&dns, hop.addr.port(), &[]);
+    (dns, hop, one)
+}
+
 #[test]
 fn a_utf8_sender_crosses_two_hosts_from_the_hosts_own_address() {
     let dns = DnsServer::start(lab_zone());
@@ -134,27 +166,8 @@ fn a_binarymime_message_goes_on_by_bdat() {
 
 #[test]
 fn a_hop_without_smtputf8_makes_a_5_6_7_bounce_for_the_sender() {
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("two.test", 10, "hop.two.test")
-            .a("hop.two.test", HOP),
-    );
-    let script = HopScript {
-        dsn: false,
-        rcpt_reply: "250 2.1.5 OK",
-    };
-    let hop = ScriptedHop::start(&format!("{HOP}:0"), script);
-    let one = start_one(&dns, hop.addr.port(), &[]);
-    let code = send_with(
-        &one,
-        "alice@one.test",
-        " SMTPUTF8",
-        "pepé@two.test",
-        "Subject: x\r\n\r\nx\r\n",
-    );
-    assert_eq!(code, 250);
-    let report = first_message(&one, "alice");
-    let text = text(&report);
+    let (_dns, hop, one) = hop_lab("250 2.1.5 OK");
+    let text = report_to_alice(&one, "alice@one.test", " SMTPUTF8", "pepé@two.test");
     assert!(text.contains("Action: failed\nStatus: 5.6.7\n"), "{text}");
     assert!(text.contains("SMTPUTF8"), "{text}");
     assert!(
@@ -172,28 +185,9 @@ fn a_hop_without_smtputf8_makes_a_5_6_7_bounce_for_the_sender() {
 
 #[test]
 fn a_bounce_for_a_sender_without_a_mailbox_goes_to_postmaster() {
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("two.test", 10, "hop.two.test")
-            .a("hop.two.test", HOP),
-    );
-    let script = HopScript {
-        dsn: false,
-        rcpt_reply: "550 5.1.1 no such user",
-    };
-    let hop = ScriptedHop::start(&format!("{HOP}:0"), script);
-    let one = start_one(&dns, hop.addr.port(), &[]);
-    let code = send_with(
-        &one,
-        "nobody@one.test",
-        "",
-        "bob@two.test",
-        "Subject: x\r\n\r\nx\r\n",
-    );
-    assert_eq!(code, 250);
+    let (_dns, _hop, one) = hop_lab("550 5.1.1 no such user");
     // The demo's postmaster is alice.
-    let report = first_message(&one, "alice");
-    let text = text(&report);
+    let text = report_to_alice(&one, "nobody@one.test", "", "bob@two.test");
     assert!(
         text.contains("Final-Recipient: rfc822; bob@two.test\n"),
         "{text}"
@@ -204,17 +198,7 @@ fn a_bounce_for_a_sender_without_a_mailbox_goes_to_postmaster() {
 
 #[test]
 fn body_8bitmime_is_passed_on_to_a_hop_that_offers_it() {
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("two.test", 10, "hop.two.test")
-            .a("hop.two.test", HOP),
-    );
-    let script = HopScript {
-        dsn: false,
-        rcpt_reply: "250 2.1.5 OK",
-    };
-    let hop = ScriptedHop::start(&format!("{HOP}:0"), script);
-    let one = start_one(&dns, hop.addr.port(), &[]);
+    let (_dns, hop, one) = hop_lab("250 2.1.5 OK");
     // The scripted hop offers 8BITMIME (and not SIZE): BODY=8BITMIME goes on, SIZE= does not.
     let content = "Subject: x\r\n\r\ncaf\u{e9}\r\n";
     assert_eq!(
@@ -249,16 +233,7 @@ fn the_next_hop_sees_starttls_and_writes_esmtps() {
     let dir = transcripts.path().display().to_string();
     let two = start_two(&dns, &["--tls-self-signed", "--transcripts", &dir]);
     let one = start_one(&dns, two.addr().port(), &[]);
-    assert_eq!(
-        send_with(
-            &one,
-            "alice@one.test",
-            "",
-            "bob@two.test",
-            "Subject: tls\r\n\r\nx\r\n"
-        ),
-        250
-    );
+    send_to_bob(&one, "tls");
     let stored = first_message(&two, "bob");
     let text = text(&stored);
     assert!(
@@ -279,16 +254,7 @@ fn relay_tls_none_keeps_to_the_clear() {
     let dns = DnsServer::start(lab_zone());
     let two = start_two(&dns, &["--tls-self-signed"]);
     let one = start_one(&dns, two.addr().port(), &["--relay-tls", "none"]);
-    assert_eq!(
-        send_with(
-            &one,
-            "alice@one.test",
-            "",
-            "bob@two.test",
-            "Subject: x\r\n\r\nx\r\n"
-        ),
-        250
-    );
+    send_to_bob(&one, "x");
     let text = text(&first_message(&two, "bob"));
     assert!(
         text.contains("by mx.two.test (smtplab) with ESMTP id"),
@@ -399,16 +365,7 @@ fn a_tarpit_hop_does_not_delay_another_domains_mail() {
         );
     }
     let started = Instant::now();
-    assert_eq!(
-        send_with(
-            &one,
-            "alice@one.test",
-            "",
-            "bob@two.test",
-            "Subject: fast\r\n\r\nx\r\n"
-        ),
-        250
-    );
+    send_to_bob(&one, "fast");
     let stored = first_message(&two, "bob");
     println!(
         "two.test's mail arrived {:?} after it was sent, beside a tarpit",
@@ -535,16 +492,7 @@ fn etrn_flushes_a_queued_message_at_once() {
         .port();
     let dns = DnsServer::start(lab_zone());
     let one = common::start_one_test(dns.addr(), port, "1h", &[]);
-    assert_eq!(
-        send_with(
-            &one,
-            "alice@one.test",
-            "",
-            "bob@two.test",
-            "Subject: later\r\n\r\nx\r\n"
-        ),
-        250
-    );
+    send_to_bob(&one, "later");
     let spool = Spool::new(one.dir.path().join("spool"));
     wait_until("the first attempt to fail", || {
         spool
