@@ -433,6 +433,7 @@ impl Session {
     pub fn step(&mut self, input: Input) -> Step {
         let from = self.state.name();
         let (rfc, trigger) = (input.rfc(), input.trigger());
+        // The handler owns the state while it runs; `Closed` only fills the gap until then.
         let state = std::mem::replace(&mut self.state, State::Closed);
         let outcome = match input {
             Input::Command(command) => self.dispatch(state, command),

@@ -410,6 +410,7 @@ impl Session {
         let from = self.state.name();
         let rfc = input.rfc();
         let trigger = input.trigger(&self.state);
+        // The handler owns the state while it runs; `Closed` only fills the gap until then.
         let state = std::mem::replace(&mut self.state, State::Closed);
         let outcome = match input {
             Input::Command(command) => self.command(state, command),
