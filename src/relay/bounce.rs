@@ -29,8 +29,8 @@ use crate::datetime;
 use crate::relay::queue::{system_time, Entry, Rcpt, Spool};
 use crate::smtp::address::ReversePath;
 use crate::smtp::body::{Body, READ_CHUNK};
+use crate::smtp::envelope::{Message, Recipient, Route};
 use crate::smtp::extensions::{orcpt_decoded, xtext_decode, Notify, Ret};
-use crate::smtp::session::{Message, Recipient, Route};
 
 /// The subject line most mail systems use, so that filters and people recognise a bounce.
 const SUBJECT: &str = "Undelivered Mail Returned to Sender";
