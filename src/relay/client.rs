@@ -1030,6 +1030,12 @@ mod tests {
         );
         entry.sender = "<josé@one.test>".into();
         assert!(params(&ehlo(""), &entry).is_err_and(|r| r.starts_with("554 5.6.7")));
+        let content = std::env::temp_dir().join(format!("smtplab-size-{}", std::process::id()));
+        std::fs::write(&content, b"Subject: x\n\n12345\n").unwrap();
+        entry.sender = "<alice@one.test>".into();
+        let sized = mail_parameters(&ehlo("SIZE 1000"), &entry, &content, false);
+        assert_eq!(sized, Ok(" SIZE=18".to_string()), "RFC 1870 §6");
+        let _ = std::fs::remove_file(&content);
         assert_eq!(TlsPolicy::parse("MAY"), Ok(TlsPolicy::May));
         assert!(TlsPolicy::parse("always").is_err());
     }

@@ -589,7 +589,7 @@ impl Delivery<'_> {
                 "553 5.1.3 Bad recipient address in the queue",
             );
         };
-        let Some(users) = self.local_mailboxes(&mailbox, &entry.sender) else {
+        let Some(users) = self.local_mailboxes(&mailbox, entry.sender == "<>") else {
             return Outcome::local(Fate::Bounced, "550 5.1.1 No such user here");
         };
         let sender = match address::reverse_path(&entry.sender, true) {
@@ -609,14 +609,14 @@ impl Delivery<'_> {
         }
     }
 
-    /// The mailboxes of a local address; for a report (sender `<>`) whose recipient has none,
-    /// the postmaster's, so that no report is ever lost (RFC 5321 §4.5.1, §6.1).
-    fn local_mailboxes(&self, mailbox: &Mailbox, sender: &str) -> Option<Vec<String>> {
+    /// The mailboxes of a local address; when it has none and `report` is true (the mail is
+    /// a report), the postmaster's, so that no report is ever lost (RFC 5321 §4.5.1, §6.1).
+    fn local_mailboxes(&self, mailbox: &Mailbox, report: bool) -> Option<Vec<String>> {
         let directory = &self.config().directory;
         let own = directory.mailboxes(&mailbox.local_part_unquoted());
         match own {
-            None if sender == "<>" => {
-                warn!("A report for <{mailbox}>, who has no mailbox here, goes to postmaster.");
+            None if report => {
+                warn!("<{mailbox}> has no mailbox here, so a report for it goes to postmaster.");
                 directory.mailboxes("postmaster")
             }
             own => own,
@@ -888,7 +888,7 @@ impl Delivery<'_> {
         };
         let result = match sender {
             Some(sender) if is_local(config, &domain_name(&sender)) => {
-                let users = self.local_mailboxes_or_postmaster(&sender);
+                let users = self.local_mailboxes(&sender, true).unwrap_or_default();
                 let id = format!("{}-report", entry.id);
                 self.deliver_local(&id, ReversePath::Null, sender, users, report)
                     .map_err(|reply| reply.one_line())
@@ -911,18 +911,6 @@ impl Delivery<'_> {
     }
     // ANCHOR_END: report
 
-    /// The sender's own mailboxes, or the postmaster's when the sender has none here.
-    fn local_mailboxes_or_postmaster(&self, sender: &Mailbox) -> Vec<String> {
-        let directory = &self.config().directory;
-        directory
-            .mailboxes(&sender.local_part_unquoted())
-            .or_else(|| {
-                warn!("The local sender <{sender}> has no mailbox; the report goes to postmaster.");
-                directory.mailboxes("postmaster")
-            })
-            .unwrap_or_default()
-    }
-
     /// A failed report (sender `<>`): the report about it goes to the local postmaster, as
     /// Postfix's "double bounce" does.
     fn to_postmaster(&self, entry: &Entry, report: Body) -> Result<(), String> {
@@ -932,7 +920,7 @@ impl Delivery<'_> {
         else {
             return Err(format!("{postmaster} is not an address"));
         };
-        let users = self.local_mailboxes_or_postmaster(&mailbox);
+        let users = self.local_mailboxes(&mailbox, true).unwrap_or_default();
         let id = format!("{}-report", entry.id);
         self.deliver_local(&id, ReversePath::Null, mailbox, users, report)
             .map_err(|reply| reply.one_line())
