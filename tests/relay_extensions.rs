@@ -538,3 +538,140 @@ fn etrn_is_only_for_clients_that_may_relay() {
     assert_eq!(help.code, 214);
     assert!(help.text().contains("RFC 1985"), "{help:?}");
 }
+
+/// A next hop that offers STARTTLS and then breaks every handshake (it closes the connection
+/// after its 220), but takes mail in the clear. Records each session's commands and whether it
+/// got a message. Stopped (thread joined) when dropped.
+struct BrokenTlsHop {
+    port: u16,
+    sessions: Arc<std::sync::Mutex<Vec<(Vec<String>, bool)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BrokenTlsHop {
+    fn start() -> BrokenTlsHop {
+        let listener = TcpListener::bind((HOP, 0)).expect("bind the hop");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("address").port();
+        let sessions = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (log, flag) = (sessions.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let seen = broken_tls_session(stream);
+                        log.lock().expect("lock").push(seen);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        BrokenTlsHop {
+            port,
+            sessions,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn sessions(&self) -> Vec<(Vec<String>, bool)> {
+        self.sessions.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for BrokenTlsHop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One conversation: the commands, and whether a message came; every read has a timeout.
+fn broken_tls_session(stream: std::net::TcpStream) -> (Vec<String>, bool) {
+    use std::io::BufRead;
+    let mut commands = Vec::new();
+    let mut delivered = false;
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(common::READ_TIMEOUT));
+    let Ok(mut writer) = stream.try_clone() else {
+        return (commands, delivered);
+    };
+    let mut reader = std::io::BufReader::new(stream);
+    let _ = writer.write_all(b"220 hop.test ESMTP\r\n");
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return (commands, delivered);
+        }
+        let command = line.trim_end().to_string();
+        commands.push(command.clone());
+        let reply = match command.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+            "EHLO" => "250-hop.test\r\n250 STARTTLS",
+            "STAR" => {
+                let _ = writer.write_all(b"220 2.0.0 go ahead\r\n");
+                return (commands, delivered); // and no handshake: the connection closes
+            }
+            "MAIL" | "RCPT" => "250 2.0.0 OK",
+            "DATA" => {
+                let _ = writer.write_all(b"354 go ahead\r\n");
+                delivered = !common::hop_read_data(&mut reader).is_empty();
+                "250 2.0.0 queued"
+            }
+            "QUIT" => {
+                let _ = writer.write_all(b"221 2.0.0 bye\r\n");
+                return (commands, delivered);
+            }
+            _ => "502 5.5.1 no",
+        };
+        let _ = writer.write_all(format!("{reply}\r\n").as_bytes());
+    }
+}
+
+fn broken_tls_lab(hop: &BrokenTlsHop, relay_tls: &str) -> (DnsServer, TestServer) {
+    let zone = Zone::new()
+        .mx("two.test", 10, "hop.two.test")
+        .a("hop.two.test", HOP);
+    let dns = DnsServer::start(zone);
+    let one = start_one(&dns, hop.port, &["--relay-tls", relay_tls]);
+    send_to_bob(&one, "tls");
+    (dns, one)
+}
+
+#[test]
+fn relay_tls_may_sends_in_the_clear_after_a_failed_handshake() {
+    let hop = BrokenTlsHop::start();
+    let (_dns, one) = broken_tls_lab(&hop, "may");
+    wait_until("the message in the clear", || {
+        hop.sessions().iter().any(|s| s.1)
+    });
+    let sessions = hop.sessions();
+    assert!(
+        sessions[0].0.contains(&"STARTTLS".to_string()),
+        "{sessions:?}"
+    );
+    let clear = sessions.iter().find(|s| s.1).expect("a delivery");
+    assert!(!clear.0.contains(&"STARTTLS".to_string()), "{sessions:?}");
+    queue_empties(&one);
+}
+
+#[test]
+fn relay_tls_encrypt_keeps_the_message_rather_than_send_it_in_the_clear() {
+    let hop = BrokenTlsHop::start();
+    let (_dns, one) = broken_tls_lab(&hop, "encrypt");
+    let spool = Spool::new(one.dir.path().join("spool"));
+    wait_until("the failed handshake to be recorded", || {
+        let entries = spool.load_all();
+        entries
+            .into_iter()
+            .flatten()
+            .any(|e| e.recipients[0].reply.contains("4.7.0 TLS failed"))
+    });
+    assert!(
+        hop.sessions().iter().all(|s| !s.1),
+        "never sent in the clear"
+    );
+}
