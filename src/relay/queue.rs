@@ -369,7 +369,8 @@ impl Spool {
         entries
     }
 
-    fn load(&self, name: &str) -> Result<Entry, String> {
+    /// One entry, read again from its state file (`id` is its file name).
+    pub fn load(&self, name: &str) -> Result<Entry, String> {
         let bytes =
             fs::read(self.dir.join(name)).map_err(|e| format!("{name}: cannot read: {e}"))?;
         deserialize(name, &bytes).map_err(|e| format!("{name}: {e}"))

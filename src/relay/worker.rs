@@ -27,7 +27,7 @@
 //!
 //! Standards: RFC 3461 §5.2.1, §5.2.2, §6.1, RFC 5321 §3.3, §4.2.1, §4.5.4.1, §4.5.5, §5.1, RFC 1985 §5
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -167,7 +167,7 @@ fn dispatch(shared: &Shared) {
         let seen = shared.spool.generation();
         for loaded in shared.spool.load_all() {
             match loaded {
-                Ok(entry) if entry.next_attempt <= unix_now() => hand_out(shared, entry),
+                Ok(entry) if is_due(&entry) => hand_out(shared, entry),
                 Ok(_) => {}
                 // Logged once per file, not once per pass.
                 Err(error) if reported.insert(error.clone()) => {
@@ -216,9 +216,17 @@ fn work(shared: &Shared, slot: usize) {
         resolver: None,
         rng: Rng::from_clock(),
     };
-    while let Some(entry) = next_job(shared) {
-        let id = entry.id.clone();
-        delivery.attempt(entry);
+    while let Some(handed) = next_job(shared) {
+        let id = handed.id.clone();
+        // The dispatcher may have read the file before the last attempt on this message saved
+        // it: read it again now that this worker alone holds it, and go on only if still due.
+        match shared.spool.load(&id) {
+            Ok(entry) if is_due(&entry) => {
+                lock(&FLUSHED).remove(&id);
+                delivery.attempt(entry);
+            }
+            Ok(_) | Err(_) => {} // tried meanwhile, or done and removed
+        }
         let mut board = lock(&shared.board);
         for destination in board.in_flight.remove(&id).unwrap_or_default() {
             if let Some(count) = board.per_destination.get_mut(&destination) {
@@ -294,22 +302,37 @@ fn domain_name_of(node: &str) -> Option<String> {
     }
 }
 
+/// Queue ids that ETRN made due now. Kept in memory, not written into the state files: a
+/// worker may be saving one of those files at this very moment, and two writers would lose
+/// one's changes. A worker takes its id out of the set when it starts on the message.
+static FLUSHED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
 /// Make every queued message with a pending recipient in a `wanted` domain due now, and wake
 /// the relay. How many messages were made due.
 fn flush(spool: &Spool, wanted: impl Fn(&str) -> bool) -> io::Result<usize> {
-    let mut flushed = 0;
-    for mut entry in spool.load_all().into_iter().flatten() {
+    // No spool directory yet means nothing queued; one that cannot be read is a failure.
+    if let Err(error) = std::fs::read_dir(spool.dir()) {
+        if error.kind() != io::ErrorKind::NotFound {
+            return Err(error);
+        }
+    }
+    let mut count = 0;
+    for entry in spool.load_all().into_iter().flatten() {
         let waits = entry.recipients.iter().any(|r| {
             r.state == RcptState::Pending && domain_of(&r.path).is_some_and(|d| wanted(&d))
         });
         if waits {
-            entry.next_attempt = unix_now();
-            spool.save(&entry)?;
-            flushed += 1;
+            lock(&FLUSHED).insert(entry.id);
+            count += 1;
         }
     }
     spool.wake();
-    Ok(flushed)
+    Ok(count)
+}
+
+/// Is this message due: its time has come, or ETRN asked for it?
+fn is_due(entry: &Entry) -> bool {
+    entry.next_attempt <= unix_now() || lock(&FLUSHED).contains(&entry.id)
 }
 
 // ANCHOR: names_this_host
