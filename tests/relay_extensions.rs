@@ -539,12 +539,15 @@ fn etrn_is_only_for_clients_that_may_relay() {
     assert!(help.text().contains("RFC 1985"), "{help:?}");
 }
 
+/// What the broken-TLS hop saw in one connection: the commands, and whether a message came.
+type HopSeen = (Vec<String>, bool);
+
 /// A next hop that offers STARTTLS and then breaks every handshake (it closes the connection
 /// after its 220), but takes mail in the clear. Records each session's commands and whether it
 /// got a message. Stopped (thread joined) when dropped.
 struct BrokenTlsHop {
     port: u16,
-    sessions: Arc<std::sync::Mutex<Vec<(Vec<String>, bool)>>>,
+    sessions: Arc<std::sync::Mutex<Vec<HopSeen>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -576,7 +579,7 @@ impl BrokenTlsHop {
         }
     }
 
-    fn sessions(&self) -> Vec<(Vec<String>, bool)> {
+    fn sessions(&self) -> Vec<HopSeen> {
         self.sessions.lock().expect("lock").clone()
     }
 }
@@ -591,7 +594,7 @@ impl Drop for BrokenTlsHop {
 }
 
 /// One conversation: the commands, and whether a message came; every read has a timeout.
-fn broken_tls_session(stream: std::net::TcpStream) -> (Vec<String>, bool) {
+fn broken_tls_session(stream: std::net::TcpStream) -> HopSeen {
     use std::io::BufRead;
     let mut commands = Vec::new();
     let mut delivered = false;
