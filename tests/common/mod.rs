@@ -392,6 +392,8 @@ pub struct ToolRun {
     pub stdout: String,
     pub stderr: String,
     pub success: bool,
+    /// The exit status; `None` when the tool was killed at the deadline (or by a signal).
+    pub code: Option<i32>,
 }
 
 /// Run a command with `input` on its stdin; kill it if it runs longer than `limit`.
@@ -434,6 +436,7 @@ pub fn run_tool(command: &mut std::process::Command, input: &[u8], limit: Durati
     let stderr = err.join().unwrap_or_default();
     ToolRun {
         success: status.is_some_and(|s| s.success()),
+        code: status.and_then(|s| s.code()),
         stdout,
         stderr,
     }
@@ -525,6 +528,28 @@ pub fn connect_with_timeouts(addr: SocketAddr) -> TcpStream {
         .set_write_timeout(Some(READ_TIMEOUT))
         .expect("timeout");
     stream
+}
+
+/// A client connected to `addr` from the loopback address `from` (any of 127.0.0.0/8), as a
+/// student on another machine would be; reads and writes give up after `READ_TIMEOUT`.
+pub fn connect_from(from: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let source: SocketAddr = format!("{from}:0").parse().expect("a source address");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&source.into())?;
+    socket.connect_timeout(&addr.into(), READ_TIMEOUT)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_write_timeout(Some(READ_TIMEOUT))?;
+    Ok(stream)
+}
+
+impl Client {
+    /// A client from the loopback address `from`, greeted (whatever the greeting says).
+    pub fn connect_from(from: &str, addr: SocketAddr) -> Client {
+        let mut reader = BufReader::new(connect_from(from, addr).expect("connect"));
+        let greeting = read_reply(&mut reader).expect("greeting");
+        Client { reader, greeting }
+    }
 }
 
 /// A free loopback address: bind port 0, note the address, close the socket.
@@ -693,11 +718,20 @@ pub fn hop_read_data(reader: &mut impl Read) -> Vec<u8> {
 /// a deadline) until it accepts connections. Output is discarded; the process is killed when the
 /// returned guard is dropped.
 pub fn start_binary(listen: SocketAddr, options: &[String]) -> Killed {
+    start_binary_logging(listen, options, std::process::Stdio::null())
+}
+
+/// As `start_binary`, with the server's log (its standard error) going to `log`.
+pub fn start_binary_logging(
+    listen: SocketAddr,
+    options: &[String],
+    log: impl Into<std::process::Stdio>,
+) -> Killed {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_smtplab"))
         .args(["--listen", &listen.to_string()])
         .args(options)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start smtplab");
     let mut server = Killed(child);
@@ -708,6 +742,15 @@ pub fn start_binary(listen: SocketAddr, options: &[String]) -> Killed {
         TcpStream::connect(listen).is_ok()
     });
     server
+}
+
+/// The soft limit on open files of this process (Linux: `/proc/self/limits`); a server started
+/// by a test inherits it.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?;
+    Some(soft.parse().unwrap_or(u64::MAX)) // "unlimited"
 }
 
 /// The peak resident set size of a process, in KiB (Linux: `VmHWM` in `/proc/PID/status`).
