@@ -779,3 +779,134 @@ pub fn start_one_test(dns: SocketAddr, mx_port: u16, retry: &str, extra: &[&str]
     options.extend_from_slice(extra);
     start(&options)
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real binary under attack (limits, TLS limits, the hostile classroom)
+
+/// The binary on a free loopback port, with its own mail directory, spool and log.
+pub struct Binary {
+    pub process: Killed,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+}
+
+/// Start the binary on a free loopback port as host `smtplab.test`, with a temporary mail
+/// directory and spool, its log (standard error) kept in `server.log`, plus `options`.
+pub fn binary(options: &[String]) -> Binary {
+    binary_on(free_addr(), options)
+}
+
+/// As `binary`, listening on `addr`.
+pub fn binary_on(addr: SocketAddr, options: &[String]) -> Binary {
+    let dir = TempDir::new("binary");
+    let mut args = options.to_vec();
+    for (flag, sub) in [("--mail-dir", "mail"), ("--spool", "spool")] {
+        args.extend([flag.to_string(), dir.path().join(sub).display().to_string()]);
+    }
+    if !options.iter().any(|o| o == "--hostname") {
+        args.extend(["--hostname".into(), TLS_HOST.into()]);
+    }
+    let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+    let process = start_binary_logging(addr, &args, log);
+    Binary { process, addr, dir }
+}
+
+impl Binary {
+    pub fn peak_kib(&self) -> u64 {
+        peak_kib(self.process.0.id())
+    }
+
+    /// Watch the peak memory for `watch`; fail as soon as it passes `limit_kib`.
+    pub fn assert_peak_stays_under(&self, limit_kib: u64, watch: Duration) {
+        let until = Instant::now() + watch;
+        loop {
+            let peak = self.peak_kib();
+            assert!(
+                peak < limit_kib,
+                "peak RSS {peak} KiB, over {limit_kib} KiB"
+            );
+            if Instant::now() >= until {
+                println!("peak RSS {peak} KiB");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The bytes of a user's mbox ("" when it does not exist).
+    pub fn mbox(&self, user: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("mail").join(user)).unwrap_or_default()
+    }
+}
+
+/// Write `line` again and again, `limit` octets at most, never reading: small writes a moment
+/// apart, each ending in the middle of a line, so that every read of the server ends inside a
+/// line and it always has unread input. Stops when a write blocks for a second (the server
+/// has stopped reading) or after 20 s. Returns the octets written.
+pub fn pipeline_without_reading(stream: &mut TcpStream, line: &[u8], limit: usize) -> usize {
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let lines = line.repeat(4096);
+    let piece = 4095; // not a multiple of the line: every write ends inside a line
+    let (mut sent, mut at) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sent < limit && Instant::now() < deadline {
+        let end = (at + piece).min(lines.len());
+        match stream.write(&lines[at..end]) {
+            Ok(n) => {
+                sent += n;
+                at = (at + n) % lines.len();
+            }
+            Err(_) => break,
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    // End inside a line, whatever came before.
+    let _ = stream.write(&line[..line.len() / 2]);
+    sent
+}
+
+/// The start of a TLS handshake record that announces 512 octets: the server waits for them.
+pub const CLIENT_HELLO_START: &[u8] = &[
+    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+];
+
+/// Send a ClientHello one byte per `every` (then zeros) on `tcp` until the server closes the
+/// connection; how long that took, or None if it was still open after `give_up`.
+pub fn trickle_until_closed(
+    mut tcp: TcpStream,
+    every: Duration,
+    give_up: Duration,
+) -> Option<Duration> {
+    tcp.set_read_timeout(Some(every)).expect("timeout");
+    let started = Instant::now();
+    let mut bytes = CLIENT_HELLO_START
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(0));
+    while started.elapsed() < give_up {
+        let byte = bytes.next().unwrap_or(0);
+        if tcp.write_all(&[byte]).is_err() {
+            return Some(started.elapsed());
+        }
+        let mut answer = [0u8; 256];
+        match tcp.read(&mut answer) {
+            Ok(0) => return Some(started.elapsed()),
+            // An alert before the close: keep reading until the close.
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
