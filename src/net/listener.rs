@@ -188,13 +188,14 @@ impl Welcome {
         let Bound { listener, addr } = bound;
         let stopping = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
+        let door = Door {
+            admission,
+            active: active.clone(),
+            service,
+        };
         let acceptor = {
-            let (stopping, active) = (stopping.clone(), active.clone());
-            thread::spawn(move || {
-                accept_loop(&listener, &stopping, |stream, ip| {
-                    admit(stream, ip, &admission, &active, service.as_ref());
-                });
-            })
+            let stopping = stopping.clone();
+            thread::spawn(move || accept_loop(&listener, &stopping, &door))
         };
         Welcome {
             addr,
@@ -252,20 +253,23 @@ fn wake_address(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// What one welcome socket lets clients in to: the server's counts, its own, and its service.
+struct Door {
+    admission: Arc<Admission>,
+    active: Arc<AtomicUsize>,
+    service: Arc<dyn Service>,
+}
+
 // ANCHOR: accept_loop
-/// The welcome socket's loop: accept, then hand the new socket to `admit`.
-fn accept_loop(
-    listener: &TcpListener,
-    stopping: &AtomicBool,
-    mut admit: impl FnMut(TcpStream, IpAddr),
-) {
+/// The welcome socket's loop: accept, then let the new socket in through the door.
+fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, door: &Door) {
     for stream in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             break;
         }
         let peer = stream.and_then(|s| s.peer_addr().map(|peer| (s, peer)));
         match peer {
-            Ok((stream, peer)) => admit(stream, canonical(peer).ip()),
+            Ok((stream, peer)) => door.admit(stream, canonical(peer).ip()),
             Err(error) => {
                 // Out of file descriptors, for example: wait a moment rather than spin.
                 warn!("accept failed: {error}");
@@ -275,35 +279,31 @@ fn accept_loop(
     }
 }
 
-/// Count the client in and start its thread, or turn it away when a cap is reached.
-fn admit(
-    stream: TcpStream,
-    ip: IpAddr,
-    admission: &Arc<Admission>,
-    active: &Arc<AtomicUsize>,
-    service: &dyn Service,
-) {
-    if let Err(why) = admission.admit(ip) {
-        info!("refused {ip}: {why:?}");
-        service.refuse(stream, why);
-        return;
-    }
-    active.fetch_add(1, Ordering::SeqCst);
-    let slot = Slot {
-        admission: admission.clone(),
-        ip,
-        active: active.clone(),
-    };
-    let (name, session) = service.session(stream);
-    let spawned = thread::Builder::new()
-        .name(name)
-        .stack_size(SESSION_STACK_SIZE)
-        .spawn(move || {
-            let _slot = slot;
-            session();
-        });
-    if let Err(error) = spawned {
-        warn!("cannot start a session thread: {error}");
+impl Door {
+    /// Count the client in and start its thread, or turn it away when a cap is reached.
+    fn admit(&self, stream: TcpStream, ip: IpAddr) {
+        if let Err(why) = self.admission.admit(ip) {
+            info!("refused {ip}: {why:?}");
+            self.service.refuse(stream, why);
+            return;
+        }
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot {
+            admission: self.admission.clone(),
+            ip,
+            active: self.active.clone(),
+        };
+        let (name, session) = self.service.session(stream);
+        let spawned = thread::Builder::new()
+            .name(name)
+            .stack_size(SESSION_STACK_SIZE)
+            .spawn(move || {
+                let _slot = slot;
+                session();
+            });
+        if let Err(error) = spawned {
+            warn!("cannot start a session thread: {error}");
+        }
     }
 }
 // ANCHOR_END: accept_loop

@@ -3,10 +3,13 @@
 //! Interface:
 //! - `serve(stream, context, number, role)` runs one session to its end on the calling thread.
 //!
-//! Replies are buffered and flushed only when no further input is waiting (RFC 2920: a client
-//! may send a group of commands at once and must get every reply, in order). Every read has a
-//! deadline (RFC 5321 §4.5.3.2.7), so a silent or trickling client is closed with 421. STARTTLS
-//! drops every byte that arrived before the handshake (RFC 3207 §4.2, CVE-2011-0411).
+//! Replies are buffered and flushed when no further input is waiting (RFC 2920: a client may
+//! send a group of commands at once and must get every reply, in order), or once they pass
+//! `line::FLUSH_AT`, so a client that never reads cannot pile them up. Every read has a
+//! deadline (RFC 5321 §4.5.3.2.7), in the clear and inside TLS alike, so a silent or trickling
+//! client is closed with 421; so is one that sends only junk commands (`JUNK_COMMAND_LIMIT`).
+//! STARTTLS drops every byte that arrived before the handshake (RFC 3207 §4.2, CVE-2011-0411).
+//! The peer address is IPv4 when the client is, also on a `[::]` listener.
 //! With `--trace` every line in and out, each state transition, connect, disconnect and TLS
 //! start go to the console (`trace::Console`); `--fault greeting=...` rules act in `start`.
 //!
