@@ -24,11 +24,12 @@ const MEMORY_LIMIT_KIB: u64 = 256 * 1024;
 /// The honest students must be done by then, however hard the attackers push.
 const WHOLE_RUN: Duration = Duration::from_secs(120);
 
-/// What every attacker shares: where to aim (the server's SMTP and SMTPS addresses), when to
-/// stop, and how many attackers are under way.
+/// What every attacker shares: where to aim (the server's SMTP, SMTPS and POP3 addresses),
+/// when to stop, and how many attackers are under way.
 struct Field {
     smtp: SocketAddr,
     smtps: SocketAddr,
+    pop3: SocketAddr,
     stop: AtomicBool,
     engaged: AtomicUsize,
 }
@@ -69,6 +70,11 @@ const ATTACKERS: &[Attacker] = &[
         attack: pipeline_never_reading,
     },
     Attacker {
+        finding: "1: pipelines POP3 CAPA before login and never reads",
+        from: "127.0.0.15",
+        attack: pipeline_capa_never_reading,
+    },
+    Attacker {
         finding: "2: trickles a ClientHello a byte at a time",
         from: "127.0.0.12",
         attack: trickle_client_hello,
@@ -89,15 +95,19 @@ const ATTACKERS: &[Attacker] = &[
 
 #[test]
 fn twenty_students_deliver_everything_while_attackers_do_their_worst() {
-    let smtps = common::free_addr();
+    let (smtps, pop3) = (common::free_addr(), common::free_addr());
     #[rustfmt::skip]
     let server = common::binary(&[
-        "--tls-self-signed", "--smtps", &smtps.to_string(), "--timeout", "3",
+        "--tls-self-signed", "--smtps", &smtps.to_string(), "--pop3", &pop3.to_string(),
+        "--timeout", "3",
     ].map(String::from));
-    common::wait_until("the SMTPS listener", || TcpStream::connect(smtps).is_ok());
+    common::wait_until("the SMTPS and POP3 listeners", || {
+        TcpStream::connect(smtps).is_ok() && TcpStream::connect(pop3).is_ok()
+    });
     let field = Arc::new(Field {
         smtp: server.addr,
         smtps,
+        pop3,
         stop: AtomicBool::new(false),
         engaged: AtomicUsize::new(0),
     });
@@ -191,11 +201,22 @@ fn count_markers(mbox: &[u8]) -> HashMap<String, usize> {
 
 /// Finding 1: EHLO after EHLO, each write ending inside a line, never reading a reply.
 fn pipeline_never_reading(from: &str, field: &Field) {
+    pipeline_at(from, field, field.smtp, b"EHLO x\r\n");
+}
+
+/// Finding 1 in POP3: CAPA, answered with many lines, before any login.
+fn pipeline_capa_never_reading(from: &str, field: &Field) {
+    pipeline_at(from, field, field.pop3, b"CAPA\r\n");
+}
+
+/// Send `line` again and again to `addr` without reading, until the server stops reading too
+/// (then the attack is at its worst), and again after the server has cut it off.
+fn pipeline_at(from: &str, field: &Field, addr: SocketAddr, line: &[u8]) {
     let mut said = false;
     while !field.stopped() {
-        if let Ok(mut tcp) = common::connect_from(from, field.smtp) {
+        if let Ok(mut tcp) = common::connect_from(from, addr) {
+            common::pipeline_without_reading(&mut tcp, line, 2 << 20);
             field.engaged(&mut said);
-            common::pipeline_without_reading(&mut tcp, b"EHLO x\r\n", 2 << 20);
             field.pause(Duration::from_secs(2));
         }
     }
