@@ -219,6 +219,45 @@ fn make_self_signed(host: &str) -> Result<(Vec<u8>, Vec<u8>), openssl::error::Er
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+
+    /// OpenSSL reads the socket again and again for one record; a byte every 50 ms keeps each
+    /// read short, yet the reads as a whole end at the deadline (POP3 and SMTP alike).
+    #[test]
+    fn reads_under_tls_end_at_one_deadline_however_the_bytes_trickle() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let trickler = std::thread::spawn(move || {
+            let mut client = TcpStream::connect(addr).unwrap();
+            for _ in 0..40 {
+                if client.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (tcp, _) = listener.accept().unwrap();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut socket = Deadlined { tcp, deadline };
+        let (mut got, mut buf) = (0, [0u8; 64]);
+        let ended = loop {
+            match socket.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) if got + n >= 40 => break None,
+                Ok(n) => got += n,
+                Err(e) => break Some(e.kind()),
+            }
+        };
+        drop(socket);
+        let _ = trickler.join();
+        assert!(
+            matches!(
+                ended,
+                Some(io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+            ),
+            "{ended:?} after {got} octets"
+        );
+    }
 
     #[test]
     fn a_self_signed_pair_makes_an_acceptor() {
