@@ -29,8 +29,9 @@ use crate::config::Config;
 use crate::net::line::{CommandLine, LineReader, ReadError};
 use crate::net::listener::{self, Admission, Bound, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor, Stream};
+use crate::pop3::command::Response;
 use crate::pop3::session::{
-    self, Maildrops, Next, OpenError, Opened, Response, Session, Step, StoredMessage, Tls,
+    self, Maildrops, Next, OpenError, Opened, Session, Step, StoredMessage, Tls,
 };
 use crate::store::mbox::{self, DeliveryError, MailDir};
 
