@@ -56,6 +56,18 @@ pub enum Refusal {
     TooManyFromAddress,
 }
 
+impl Refusal {
+    /// Why, in words, for the log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Full => "every place is taken (--max-connections)",
+            Refusal::TooManyFromAddress => {
+                "its address holds its share already (--max-connections-per-ip)"
+            }
+        }
+    }
+}
+
 /// What a welcome socket hands its clients to: SMTP or POP3.
 pub trait Service: Send + Sync + 'static {
     /// Number the client and prepare its session: the thread's name and what the thread runs.
@@ -283,7 +295,7 @@ impl Door {
     /// Count the client in and start its thread, or turn it away when a cap is reached.
     fn admit(&self, stream: TcpStream, ip: IpAddr) {
         if let Err(why) = self.admission.admit(ip) {
-            info!("refused {ip}: {why:?}");
+            info!("refused a client from {ip}: {}", why.reason());
             self.service.refuse(stream, why);
             return;
         }
