@@ -753,6 +753,25 @@ pub fn open_files_limit() -> Option<u64> {
     Some(soft.parse().unwrap_or(u64::MAX)) // "unlimited"
 }
 
+/// Make sure this process (and a server it starts later) may open `needed` files: raise the
+/// soft limit towards the hard one with util-linux's `prlimit` when it is lower. True when
+/// the limit is enough now.
+pub fn raise_open_files_limit(needed: u64) -> bool {
+    if open_files_limit().is_some_and(|limit| limit >= needed) {
+        return true;
+    }
+    let _ = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--nofile={needed}:"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    open_files_limit().is_some_and(|limit| limit >= needed)
+}
+
 /// The peak resident set size of a process, in KiB (Linux: `VmHWM` in `/proc/PID/status`).
 pub fn peak_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
