@@ -29,6 +29,7 @@ use crate::net::tls::Stream;
 use crate::pop3::session::{
     self, Maildrops, Next, OpenError, Opened, Response, Session, Step, StoredMessage, Tls,
 };
+use crate::smtp::auth;
 use crate::store::mbox::{self, DeliveryError, MailDir};
 
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
@@ -176,7 +177,10 @@ fn admit(mut stream: TcpStream, shared: &Arc<Shared>) {
         available: shared.tls.is_some(),
         active: shared.implicit_tls,
     };
+    let peer = stream.peer_addr().map(|a| a.ip());
     let session = Session::new(shared.config.clone(), shared.maildrops.clone(), tls);
+    let Ok(peer) = peer else { return };
+    let session = session.with_peer(peer);
     let acceptor = shared.tls.clone();
     let implicit_tls = shared.implicit_tls;
     let spawned = thread::Builder::new()
@@ -312,11 +316,9 @@ impl Connection<'_> {
             Err(ReadError::Closed { .. }) => return Ok(Err("client closed the connection")),
             Err(ReadError::Io(error)) => return Err(error),
         };
-        if is_pass(&line.bytes) {
-            debug!("[{}] C: PASS ****", self.id);
-        } else {
-            debug!("[{}] C: {}", self.id, String::from_utf8_lossy(&line.bytes));
-        }
+        let secret = is_pass(&line.bytes).then(|| auth::secret_after(&line.bytes, 1));
+        let shown = auth::Masked::new(&line.bytes, secret.flatten());
+        debug!("[{}] C: {shown}", self.id);
         Ok(Ok(self.session.command(&line.bytes)))
     }
 
@@ -359,9 +361,16 @@ impl Connection<'_> {
     }
 }
 
-/// Passwords never go to the log.
+/// Passwords never go to the log: a line whose verb, as the parser reads it, is PASS.
 fn is_pass(line: &[u8]) -> bool {
-    line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"PASS")
+    let verb = line
+        .split(|b| *b == b' ' || *b == b'\t')
+        .find(|w| !w.is_empty());
+    verb.is_some_and(|word| {
+        session::VERBS.iter().any(|info| {
+            info.verb == session::Verb::Pass && word.eq_ignore_ascii_case(info.name.as_bytes())
+        })
+    })
 }
 
 // ANCHOR: mbox_maildrops

@@ -18,11 +18,14 @@
 //! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §5, RFC 1939 §6, RFC 1939 §7, RFC 1939 §11, RFC 2449 §5, RFC 2449 §6.6, RFC 2449 §8.1.2, RFC 2595 §4
 
 use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth_budget::{shut_out_text, Verdict};
 use crate::config::Config;
 use crate::machine;
+use crate::smtp::auth;
 
 /// Failed logins before the server closes the connection (RFC 1939 §4 lets it close after any).
 pub const MAX_AUTH_FAILURES: u32 = 3;
@@ -509,6 +512,9 @@ pub struct Session {
     errors: u32,
     auth_failures: u32,
     tls: Tls,
+    /// The client's address: it decides whether USER/PASS may be used without TLS, and whose
+    /// password-failure budget a wrong password spends.
+    peer: IpAddr,
 }
 
 /// TLS for this session: can STLS be offered, and is the connection inside TLS already?
@@ -527,7 +533,19 @@ impl Session {
             errors: 0,
             auth_failures: 0,
             tls,
+            peer: IpAddr::from(Ipv6Addr::LOCALHOST),
         }
+    }
+
+    /// The client's address (a new session assumes this machine).
+    pub fn with_peer(mut self, peer: IpAddr) -> Session {
+        self.peer = peer;
+        self
+    }
+
+    /// USER/PASS send the password as it is typed: only inside TLS or from allowed networks.
+    fn plaintext_allowed(&self) -> bool {
+        auth::plaintext_allowed(self.peer, self.tls.active, &self.config.plaintext_auth_from)
     }
 
     /// After the STLS handshake (RFC 2595 §4): still in AUTHORIZATION, now inside TLS. A USER
@@ -637,7 +655,11 @@ impl Session {
             Command::Quit => return self.quit(),
             Command::Pass(password) => self.pass(&password),
             Command::User(name) => (self.user(name), Next::ReadCommand, Duration::ZERO),
-            Command::Capa => (capa(self.tls), Next::ReadCommand, Duration::ZERO),
+            Command::Capa => (
+                capa(self.tls, self.plaintext_allowed()),
+                Next::ReadCommand,
+                Duration::ZERO,
+            ),
             Command::Stls => {
                 let (response, next) = self.stls();
                 (response, next, Duration::ZERO)
@@ -657,6 +679,9 @@ impl Session {
     /// USER (RFC 1939 §7). Always `+OK`: "Servers that answer -ERR to the USER command are
     /// giving potential attackers clues about which names are valid" (RFC 1939 §13).
     fn user(&mut self, name: String) -> Response {
+        if !self.plaintext_allowed() {
+            return plaintext_refused();
+        }
         let text = format!("Hello {name}; now PASS your-password");
         self.state = State::Authorization { user: Some(name) };
         Response::ok(text)
@@ -665,6 +690,14 @@ impl Session {
     // ANCHOR: pass
     /// PASS (RFC 1939 §7): check the password, then lock and read the maildrop (§4).
     fn pass(&mut self, password: &str) -> (Response, Next, Duration) {
+        if !self.plaintext_allowed() {
+            return (plaintext_refused(), Next::ReadCommand, Duration::ZERO);
+        }
+        if let Verdict::ShutOut(left) = self.config.auth_budget.check(self.peer) {
+            self.state = State::Closed;
+            let text = format!("[AUTH] {}", shut_out_text(self.peer, left));
+            return (Response::err(text), Next::Close, Duration::ZERO);
+        }
         let State::Authorization { user: Some(name) } = &self.state else {
             let text = "USER first: USER name, then PASS password";
             return (Response::err(text), Next::ReadCommand, Duration::ZERO);
@@ -674,6 +707,7 @@ impl Session {
         if !self.password_matches(&user, password) {
             return self.login_failed();
         }
+        self.config.auth_budget.succeeded(self.peer);
         match self.maildrops.open(&user) {
             Ok(opened) => {
                 let maildrop = Maildrop::new(user, opened);
@@ -700,7 +734,15 @@ impl Session {
     /// The same answer and the same pause for an unknown user and a wrong password.
     fn login_failed(&mut self) -> (Response, Next, Duration) {
         self.auth_failures += 1;
-        let pause = self.config.pop3_auth_delay;
+        let mut pause = self.config.pop3_auth_delay;
+        match self.config.auth_budget.failed(self.peer) {
+            Verdict::Wait(wait) => pause += wait,
+            Verdict::ShutOut(left) => {
+                self.state = State::Closed;
+                let text = format!("[AUTH] {}", shut_out_text(self.peer, left));
+                return (Response::err(text), Next::Close, pause);
+            }
+        }
         if self.auth_failures >= MAX_AUTH_FAILURES {
             self.state = State::Closed;
             let text = "Wrong user name or password; too many tries, goodbye";
@@ -781,6 +823,11 @@ impl Session {
     // ANCHOR_END: update
 }
 
+/// `-ERR [AUTH]`, the response code for a refused login: the same sentence SMTP gives with its 538.
+fn plaintext_refused() -> Response {
+    Response::err(format!("[AUTH] {}", auth::PLAINTEXT_REFUSED))
+}
+
 /// "1 message", "2 messages": the console is read by people.
 fn counted(n: usize, noun: &str) -> String {
     if n == 1 {
@@ -791,9 +838,8 @@ fn counted(n: usize, noun: &str) -> String {
 }
 
 /// CAPA (RFC 2449 §5): what this server offers, one capability per line.
-fn capa(tls: Tls) -> Response {
+fn capa(tls: Tls, plaintext_allowed: bool) -> Response {
     let mut capabilities = vec![
-        "USER",       // RFC 2449 §6.2
         "TOP",        // RFC 2449 §6.1
         "UIDL",       // RFC 2449 §6.8
         "RESP-CODES", // RFC 2449 §6.4
@@ -801,6 +847,9 @@ fn capa(tls: Tls) -> Response {
         "PIPELINING",
         "IMPLEMENTATION smtplab", // RFC 2449 §6.9
     ];
+    if plaintext_allowed {
+        capabilities.insert(0, "USER"); // RFC 2449 §6.2: only where USER/PASS may be used
+    }
     if tls.available && !tls.active {
         capabilities.push("STLS"); // RFC 2595 §4
     }
