@@ -380,9 +380,10 @@ impl ClientLine {
         Some(wire)
     }
 
-    /// The text of the line for people: lossy UTF-8, without escapes or the ending.
-    pub fn lossy_text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
+    /// The text of the line for people, without the ending: in the transcript notation, so
+    /// a byte a terminal would act on is shown as an escape instead.
+    pub fn visible_text(&self) -> String {
+        visible::escape(&self.bytes)
     }
 }
 

@@ -337,15 +337,6 @@ impl Masked<'_> {
             },
         }
     }
-
-    /// The bytes for a console: the shown part, then `{secret}` as a transcript writes it.
-    pub fn bytes(&self) -> Vec<u8> {
-        let mut bytes = self.shown.to_vec();
-        if self.secret {
-            bytes.extend_from_slice(b"{secret}");
-        }
-        bytes
-    }
 }
 
 /// For a log line: the shown part (lossy UTF-8, hidden characters escaped), then `{secret}`.
@@ -496,7 +487,6 @@ mod tests {
         assert_eq!(secret_after(b"PASS", 1), None);
         let shown = Masked::new(b"AUTH PLAIN\tx", Some(11));
         assert_eq!(shown.to_string(), "AUTH PLAIN{TAB}{secret}");
-        assert_eq!(shown.bytes(), b"AUTH PLAIN\t{secret}");
     }
 
     #[test]

@@ -210,8 +210,8 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         return Err(unknown_verb(word));
     };
     match verb {
-        Verb::Helo => domain_argument(argument, verb).map(Command::Helo),
-        Verb::Ehlo => domain_argument(argument, verb).map(Command::Ehlo),
+        Verb::Helo => helo_argument(argument, verb).map(Command::Helo),
+        Verb::Ehlo => helo_argument(argument, verb).map(Command::Ehlo),
         Verb::Mail => mail_argument(argument),
         Verb::Rcpt => rcpt_argument(argument),
         Verb::Data => no_argument(argument, verb, Command::Data),
@@ -332,6 +332,25 @@ fn domain_argument(argument: &str, verb: Verb) -> Result<String, Reply> {
         )));
     }
     Ok(argument.to_string())
+}
+
+/// RFC 5321 §4.1.1.1: the client's name is a Domain or an address literal, nothing else
+/// (it is written into the `Received:` header, where anything more could forge a clause).
+fn helo_argument(argument: &str, verb: Verb) -> Result<String, Reply> {
+    let name = domain_argument(argument, verb)?;
+    address::helo_name(&name).map_err(|error| {
+        let rule = match error {
+            AddressError::Syntax(rule) => rule,
+            _ => "a domain name of at most 255 octets",
+        };
+        syntax_reply(verb).text(format!(
+            "Syntax: {} takes your host name, e.g. {} or {} [192.0.2.1] ({rule}; RFC 5321 §4.1.1.1)",
+            verb.name(),
+            verb.info().example,
+            verb.name()
+        ))
+    })?;
+    Ok(name)
 }
 
 fn string_argument(argument: &str, verb: Verb) -> Result<String, Reply> {

@@ -248,7 +248,7 @@ impl Connection {
         debug!("[{}] C: {shown}", self.session.id());
         self.record_client(shown, Some(line.ending));
         if let Some(console) = &self.console {
-            console.client(&shown.bytes());
+            console.command(shown);
         }
         // Rule LE-3: a CR inside a command line is not a line end; say so instead of guessing.
         let step = if line.bytes.contains(&b'\r') {
