@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -219,7 +220,12 @@ impl<S: Read + Write, G> Conn<S, G> {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let mut reader = BufReader::new(connect_with_timeouts(addr));
+        Client::over(connect_with_timeouts(addr))
+    }
+
+    /// A client on a connection already made (see `connect_from`); reads the greeting.
+    pub fn over(stream: TcpStream) -> Client {
+        let mut reader = BufReader::new(stream);
         let greeting = read_reply(&mut reader).expect("greeting");
         Client { reader, greeting }
     }
@@ -693,11 +699,22 @@ pub fn hop_read_data(reader: &mut impl Read) -> Vec<u8> {
 /// a deadline) until it accepts connections. Output is discarded; the process is killed when the
 /// returned guard is dropped.
 pub fn start_binary(listen: SocketAddr, options: &[String]) -> Killed {
+    spawn_binary(listen, options, Stdio::null(), Stdio::null())
+}
+
+/// `start_binary`, keeping what the server prints: standard output (the banner, `--trace`) in
+/// `dir/stdout` and standard error (the log) in `dir/stderr`.
+pub fn start_binary_logged(listen: SocketAddr, options: &[String], dir: &Path) -> Killed {
+    let file = |name: &str| Stdio::from(std::fs::File::create(dir.join(name)).expect("log file"));
+    spawn_binary(listen, options, file("stdout"), file("stderr"))
+}
+
+fn spawn_binary(listen: SocketAddr, options: &[String], stdout: Stdio, stderr: Stdio) -> Killed {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_smtplab"))
         .args(["--listen", &listen.to_string()])
         .args(options)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .expect("start smtplab");
     let mut server = Killed(child);
@@ -708,6 +725,34 @@ pub fn start_binary(listen: SocketAddr, options: &[String]) -> Killed {
         TcpStream::connect(listen).is_ok()
     });
     server
+}
+
+/// A TCP connection to `server` from the loopback address `source` (such as 127.0.0.2), so a
+/// test can be a second client address. Reads and writes time out as in `connect_with_timeouts`.
+pub fn connect_from(source: IpAddr, server: SocketAddr) -> TcpStream {
+    // std cannot bind a socket before connecting; tokio (already a dependency) can.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let stream = runtime
+        .block_on(async {
+            let socket = match source {
+                IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(server).await?.into_std()
+        })
+        .expect("connect from a chosen address");
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    stream
+        .set_write_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    stream
 }
 
 /// The peak resident set size of a process, in KiB (Linux: `VmHWM` in `/proc/PID/status`).
