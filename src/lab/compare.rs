@@ -85,7 +85,7 @@ pub fn commands(transcript: &Transcript) -> Vec<Command> {
     let mut expecting = Expecting::Command;
     for entry in &transcript.entries {
         let verb = match &entry.line {
-            Line::Client(client) => client_verb(&client.visible_text(), &mut expecting),
+            Line::Client(client) => client_verb(&client.lossy_text(), &mut expecting),
             Line::Server(_) if commands.is_empty() => Some(GREETING.to_string()),
             Line::Server(_) | Line::Tls => None,
         };

@@ -29,7 +29,7 @@ use std::time::SystemTime;
 use crate::config::Config;
 use crate::datetime;
 use crate::lab::transcript::{
-    escape_line, trailing_blanks_escaped, ClientLine, LineEnding, TLS_MARKER,
+    escape_line, reply_code, trailing_blanks_escaped, ClientLine, LineEnding, TLS_MARKER,
 };
 use crate::net::line::Ending;
 use crate::smtp::auth::Masked;
@@ -210,8 +210,10 @@ impl Volatile {
     /// A reply line as an `S:` pattern: literal text, escaped, with `{host}`, `{id}` and
     /// `{date}` where the server said its name, a message id of this session, or a date.
     fn pattern(&self, line: &str) -> String {
-        let mut out = String::new();
-        let mut rest = line;
+        // `250-` is not part of a word: the name after it may be the host's.
+        let code_length = if reply_code(line).is_some() { 4 } else { 0 };
+        let (code, mut rest) = line.split_at(code_length.min(line.len()));
+        let mut out = escape_line(code.as_bytes(), false);
         while !rest.is_empty() {
             if let Some(after) = date_prefix(rest) {
                 out.push_str("{date}");
@@ -286,6 +288,8 @@ mod tests {
     fn placeholders_where_the_server_said_them() {
         let cases = [
             ("220 mx.teach.test ESMTP ready", "220 {host} ESMTP ready"),
+            ("250-mx.teach.test greets c", "250-{host} greets c"),
+            ("250", "250"),
             (
                 "250 2.0.0 OK: message S12.3 delivered",
                 "250 2.0.0 OK: message {id} delivered",

@@ -380,10 +380,10 @@ impl ClientLine {
         Some(wire)
     }
 
-    /// The text of the line for people, without the ending: in the transcript notation, so
-    /// a byte a terminal would act on is shown as an escape instead.
-    pub fn visible_text(&self) -> String {
-        visible::escape(&self.bytes)
+    /// The text of the line: lossy UTF-8, without escapes or the ending. Not for a terminal
+    /// as it is: escape it first (`visible`).
+    pub fn lossy_text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
     }
 }
 
