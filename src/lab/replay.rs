@@ -236,11 +236,17 @@ impl Connection {
     }
 
     /// Says "this is a replay" with a NOOP the recorder knows; its 250 is read and not compared.
-    fn mark_as_replay(&mut self) {
+    /// It ends as the transcript's first line does, so a netcat (bare LF) session stays one.
+    fn mark_as_replay(&mut self, ending: LineEnding) {
+        let marker = ClientLine {
+            bytes: REPLAY_MARKER.as_bytes().to_vec(),
+            secret: false,
+            ending,
+        };
         let _ = self
             .reader
             .get_mut()
-            .write_all(format!("{REPLAY_MARKER}\r\n").as_bytes());
+            .write_all(&marker.wire_bytes().unwrap_or_default());
         let _ = self.read_reply(1);
     }
 
@@ -286,6 +292,21 @@ impl Connection {
             }
             Err(error) => Err(format!("(connection error: {error})")),
         }
+    }
+}
+
+/// How the transcript's first client line ends (CRLF when it has none).
+fn first_ending(transcript: &Transcript) -> LineEnding {
+    let first = transcript
+        .entries
+        .iter()
+        .find_map(|entry| match &entry.line {
+            Line::Client(client) => Some(client.ending),
+            _ => None,
+        });
+    match first {
+        Some(LineEnding::Lf) => LineEnding::Lf,
+        _ => LineEnding::CrLf,
     }
 }
 
@@ -335,7 +356,7 @@ pub fn replay(
         }
         let after_greeting = index == 0 && exchange.send.is_empty();
         if after_greeting && protocol == Protocol::Smtp && !options.record {
-            connection.mark_as_replay();
+            connection.mark_as_replay(first_ending(transcript));
         }
     }
     report
