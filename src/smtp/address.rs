@@ -176,9 +176,7 @@ pub fn helo_name(text: &str) -> Result<Domain, AddressError> {
         parser.domain()?
     };
     if !parser.rest().is_empty() {
-        return Err(AddressError::Syntax(
-            "one name only: a domain such as client.example, or an address such as [192.0.2.1]",
-        ));
+        return Err(AddressError::Syntax("nothing may follow the name"));
     }
     Ok(name)
 }

@@ -273,8 +273,8 @@ pub fn plaintext_allowed(peer: IpAddr, tls: bool, from: &[Cidr]) -> bool {
 // ANCHOR_END: plaintext_allowed
 
 /// Why a password is refused in the clear: one sentence, for SMTP and POP3 alike.
-pub const PLAINTEXT_REFUSED: &str = "Passwords travel in the clear on this connection: \
-     start TLS first (STARTTLS or STLS), or connect from this machine";
+pub const PLAINTEXT_REFUSED: &str =
+    "Passwords are not taken in the clear from your address: start TLS first (STARTTLS, or STLS in POP3)";
 
 // ANCHOR: secret
 /// Where the secret of an SMTP command line starts, if it has one: the whole of a SASL

@@ -343,11 +343,10 @@ fn helo_argument(argument: &str, verb: Verb) -> Result<String, Reply> {
             AddressError::Syntax(rule) => rule,
             _ => "a domain name of at most 255 octets",
         };
+        let name = verb.name();
         syntax_reply(verb).text(format!(
-            "Syntax: {} takes your host name, e.g. {} or {} [192.0.2.1] ({rule}; RFC 5321 §4.1.1.1)",
-            verb.name(),
-            verb.info().example,
-            verb.name()
+            "Syntax: {name} <domain> or {name} [address], e.g. {}; {rule} (RFC 5321 §4.1.1.1)",
+            verb.info().example
         ))
     })?;
     Ok(name)

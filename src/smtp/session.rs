@@ -889,10 +889,8 @@ impl Session {
                 .text("Already authenticated (RFC 4954 §4: AUTH once per session)");
         }
         if !self.offers_auth() {
-            return Reply::new(538, "5.7.11", "").text(format!(
-                "Encryption required: {} (RFC 4954 §6)",
-                auth::PLAINTEXT_REFUSED
-            ));
+            let why = format!("{} (RFC 4954 §6)", auth::PLAINTEXT_REFUSED);
+            return Reply::new(538, "5.7.11", "").text(why);
         }
         if let Verdict::ShutOut(left) = self.config.auth_budget.check(self.client.peer.ip()) {
             self.auth_failures = MAX_AUTH_FAILURES;
