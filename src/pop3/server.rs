@@ -26,8 +26,9 @@ use native_tls::TlsAcceptor;
 use crate::config::Config;
 use crate::net::line::{CommandLine, LineReader, ReadError};
 use crate::net::tls::Stream;
+use crate::pop3::command::{self, Response};
 use crate::pop3::session::{
-    self, Maildrops, Next, OpenError, Opened, Response, Session, Step, StoredMessage, Tls,
+    self, Maildrops, Next, OpenError, Opened, Session, Step, StoredMessage, Tls,
 };
 use crate::smtp::auth;
 use crate::store::mbox::{self, DeliveryError, MailDir};
@@ -367,8 +368,8 @@ fn is_pass(line: &[u8]) -> bool {
         .split(|b| *b == b' ' || *b == b'\t')
         .find(|w| !w.is_empty());
     verb.is_some_and(|word| {
-        session::VERBS.iter().any(|info| {
-            info.verb == session::Verb::Pass && word.eq_ignore_ascii_case(info.name.as_bytes())
+        command::VERBS.iter().any(|info| {
+            info.verb == command::Verb::Pass && word.eq_ignore_ascii_case(info.name.as_bytes())
         })
     })
 }
