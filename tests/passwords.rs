@@ -220,7 +220,16 @@ fn send_every_secret_form(smtp: SocketAddr, pop3: SocketAddr) {
     // Two spaces make the password " s3cret-Pw" (RFC 1939 §7 allows spaces in it): refused,
     // and masked all the same.
     assert!(p.cmd(&format!("PASS  {PASSWORD}")).starts_with("-ERR"));
+    // A tab makes the whole line one unknown word: refused, and not echoed back.
+    assert!(p.cmd(&format!("PASS\t{PASSWORD}")).starts_with("-ERR"));
     assert!(p.cmd("QUIT").starts_with("+OK"));
+    let mut c = Client::connect(smtp);
+    c.expect("EHLO c", 250);
+    c.expect(
+        &format!("AUTH\tPLAIN\t{}", plain("", "alice", PASSWORD)),
+        500,
+    );
+    c.expect("QUIT", 221);
 }
 
 #[test]
@@ -244,7 +253,7 @@ fn secrets_never_reach_a_transcript_the_console_or_the_log() {
     let server = start_binary_logged(smtp, &options, dir.path());
     send_every_secret_form(smtp, pop3);
     let transcripts = || common::files_under(&recordings);
-    common::wait_until("five recordings", || transcripts().len() == 5);
+    common::wait_until("six recordings", || transcripts().len() == 6);
     drop(server); // the log and the console are complete
     let secrets = [
         PASSWORD.to_string(),
@@ -269,6 +278,8 @@ fn secrets_never_reach_a_transcript_the_console_or_the_log() {
     assert!(all.contains("C: AUTH  PLAIN {secret}"), "{all}");
     assert!(all.contains("C: AUTH PLAIN{TAB}{secret}"), "{all}");
     assert!(all.contains("PASS  {secret}"), "{all}");
+    assert!(all.contains("PASS{TAB}{secret}"), "{all}");
+    assert!(all.contains("C: AUTH{TAB}PLAIN{TAB}{secret}"), "{all}");
 }
 
 #[test]

@@ -278,7 +278,13 @@ fn command_bytes_problem(line: &[u8]) -> Option<String> {
 
 /// 500 for an unknown verb, with a suggestion when it is one typo away from a real one.
 fn unknown_verb(word: &str) -> Reply {
-    let shown: String = word.chars().take(16).filter(|c| !c.is_control()).collect();
+    // Only up to a blank or control: `AUTH<TAB>PLAIN<TAB>secret` is one "word" here, and its
+    // secret must not come back in the reply (which the log and the transcript keep).
+    let shown: String = word
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !c.is_control())
+        .take(16)
+        .collect();
     match closest_verb(word) {
         Some(verb) => Reply::UNKNOWN_COMMAND_500.text(format!(
             "Command \"{shown}\" not recognized; did you mean {}?",
