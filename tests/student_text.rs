@@ -67,13 +67,25 @@ fn helo_text_cannot_forge_the_received_header() {
     let stored = std::fs::read_to_string(dir.path().join("mail").join("alice")).unwrap();
     // Security catalogue 8.07: the new Received: header comes first after Return-Path and names
     // the HELO argument, then the real address, where readers look for it.
-    let received = stored
-        .lines()
-        .find(|line| line.starts_with("Received:"))
-        .unwrap_or_default();
+    let lines: Vec<&str> = stored.lines().collect();
+    let at = lines
+        .iter()
+        .position(|line| line.starts_with("Return-Path:"))
+        .expect("a Return-Path line");
     assert_eq!(
-        received, "Received: from good.example ([127.0.0.1])",
+        lines[at + 1],
+        "Received: from good.example ([127.0.0.1])",
         "{stored}"
+    );
+    let by = lines[at + 2];
+    assert!(
+        by.contains("with ESMTP id ") && by.trim_start().starts_with("by "),
+        "{by}"
+    );
+    let date = lines[at + 3];
+    assert!(
+        date.contains("for <alice@localhost>;") && date.ends_with(" +0000"),
+        "{date}"
     );
     assert!(
         !stored.contains("X-Injected") && !stored.contains("10.9.8.7"),
