@@ -101,7 +101,7 @@ fn helo_text_cannot_forge_the_received_header() {
 fn the_trace_console_escapes_what_a_student_types() {
     let dir = TempDir::new("trace-escapes");
     let smtp = free_addr();
-    let options = args(&["--trace", "--mail-dir", &mail_dir(&dir)]);
+    let options = args(&["--trace", "-v", "--mail-dir", &mail_dir(&dir)]);
     let server = start_binary_logged(smtp, &options, dir.path());
     let mut c = Client::connect(smtp);
     c.send("NOOP \u{1b}]0;OWNED\u{7}\u{1b}[2J \u{9b}2J \u{202e}\r\n".as_bytes());
@@ -109,11 +109,16 @@ fn the_trace_console_escapes_what_a_student_types() {
     c.send("EHLO \u{1b}[31mred\r\nXYZ\u{85}\r\n".as_bytes());
     c.reply();
     c.reply();
+    // An unknown verb is quoted in the 500: a right-to-left override must not reach the log raw.
+    assert_eq!(c.cmd("FOO\u{202e}oof").code, 500);
     c.expect("QUIT", 221);
     assert!(c.is_closed());
     drop(server);
     let console = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
     assert_terminal_safe("--trace", &console);
+    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert_terminal_safe("the log", &log);
+    assert!(log.contains("FOO{xE2}{x80}{xAE}oof"), "{log}");
     assert!(
         console.contains("C: NOOP {x1B}]0;OWNED{x07}{x1B}[2J"),
         "{console}"

@@ -326,7 +326,9 @@ impl Connection<'_> {
     /// Queue responses; `flush` writes them.
     fn send(&mut self, responses: &[Response]) {
         for response in responses {
-            debug!("[{}] S: {response}", self.id);
+            // A response may quote the client; the log is read on a terminal too.
+            let logged = crate::visible::sanitize(&response.to_string());
+            debug!("[{}] S: {logged}", self.id);
             self.output.extend_from_slice(&response.to_wire());
         }
     }

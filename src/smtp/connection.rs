@@ -433,15 +433,12 @@ impl Connection {
     fn send(&mut self, replies: &[Reply]) {
         for reply in replies {
             let text = reply.to_string();
+            // A reply may quote the client; the log is read on a terminal too.
+            let logged = crate::visible::sanitize(text.trim_end());
             if reply.is_error() {
-                info!(
-                    "[{}] {} S: {}",
-                    self.session.id(),
-                    self.peer,
-                    text.trim_end()
-                );
+                info!("[{}] {} S: {logged}", self.session.id(), self.peer);
             } else {
-                debug!("[{}] S: {}", self.session.id(), text.trim_end());
+                debug!("[{}] S: {logged}", self.session.id());
             }
             self.output.extend_from_slice(text.as_bytes());
             if let Some(console) = &self.console {
