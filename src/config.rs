@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::auth_budget::{Budget as AuthBudget, Policy as AuthPolicy};
 
 use crate::smtp::address::Domain;
 
@@ -86,6 +89,26 @@ pub struct Config {
     pub explain: bool,
     /// `--fault RULE`: scripted refusals for client-writing labs.
     pub faults: Vec<crate::lab::fault::Rule>,
+    /// Networks that may send passwords without TLS (`--plaintext-auth-from`,
+    /// `--allow-plaintext-auth`); by default this machine only.
+    pub plaintext_auth_from: Vec<Cidr>,
+    /// The password-failure budget per client address, shared by SMTP AUTH and POP3. It is
+    /// state, not an option, but it lives as long as the configuration and is shared the same way.
+    pub auth_budget: Arc<AuthBudget>,
+}
+
+/// This machine: the loopback networks, the only ones allowed passwords in the clear by default.
+pub fn loopback_networks() -> Vec<Cidr> {
+    vec![
+        Cidr {
+            network: IpAddr::from([127, 0, 0, 0]),
+            prefix: 8,
+        },
+        Cidr {
+            network: IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            prefix: 128,
+        },
+    ]
 }
 
 /// Where the TLS certificate comes from.
@@ -205,6 +228,8 @@ impl Default for Config {
             trace: false,
             explain: false,
             faults: Vec::new(),
+            plaintext_auth_from: loopback_networks(),
+            auth_budget: Arc::new(AuthBudget::new(AuthPolicy::default())),
         }
     }
 }
@@ -248,6 +273,10 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "spool",           One,     "DIR",       "outbound queue (default ./spool)"),
     ("",  "retry",           One,     "LIST",      "waits between attempts, e.g. 1m,5m,30m,2h"),
     ("",  "queue-lifetime",  One,     "DUR",       "bounce after this long (default 5d)"),
+    ("",  "plaintext-auth-from", Many, "CIDR",     "may log in without TLS (default: this machine)"),
+    ("",  "allow-plaintext-auth", Nothing, "",     "any address may log in without TLS (a LAN lab)"),
+    ("",  "auth-budget",     One,     "N",         "failed logins per address before a lockout (10)"),
+    ("",  "auth-delay",      One,     "SECS",      "first wait after 3 failed logins; doubles (1)"),
     ("",  "transcripts",     One,     "DIR",       "record every session as a transcript"),
     ("",  "trace",           Nothing, "",          "print every C:/S: line with its state transition"),
     ("",  "explain",         Nothing, "",          "end replies with the RFC section and next command"),
@@ -312,6 +341,7 @@ impl Config {
             .iter()
             .map(|c| Cidr::parse(c))
             .collect::<Result<_, _>>()?;
+        config.read_auth_options(m)?;
         config.verbose = m.opt_present("verbose");
         config.pop3s = addresses(m, "pop3s")?;
         config.pop3 = m
@@ -353,6 +383,68 @@ impl Config {
     }
     // ANCHOR_END: read_limits
 
+    /// Who may log in without TLS, and the password-failure budget.
+    fn read_auth_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
+        if m.opt_present("plaintext-auth-from") {
+            self.plaintext_auth_from = m
+                .opt_strs("plaintext-auth-from")
+                .iter()
+                .map(|c| {
+                    Cidr::parse(c).map_err(|_| {
+                        format!(
+                            "--plaintext-auth-from needs a network like 192.168.1.0/24, not '{c}'."
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if m.opt_present("allow-plaintext-auth") {
+            self.plaintext_auth_from.extend([
+                Cidr {
+                    network: IpAddr::from([0, 0, 0, 0]),
+                    prefix: 0,
+                },
+                Cidr {
+                    network: IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+                    prefix: 0,
+                },
+            ]);
+        }
+        let defaults = AuthPolicy::default();
+        let failures = number(m, "auth-budget", defaults.failures)?;
+        let delay = number(m, "auth-delay", defaults.first_wait.as_secs_f64())?;
+        let first_wait = Duration::try_from_secs_f64(delay)
+            .ok()
+            .filter(|wait| *wait <= Duration::from_secs(60))
+            .ok_or("--auth-delay needs a number of seconds from 0 to 60.")?;
+        if failures == 0 {
+            return Err("--auth-budget needs at least 1 failed login.".into());
+        }
+        self.auth_budget = Arc::new(AuthBudget::new(AuthPolicy {
+            failures,
+            first_wait,
+            ..defaults
+        }));
+        Ok(())
+    }
+
+    /// The networks beyond this machine from which passwords may arrive in the clear: the
+    /// start-up banner warns about each.
+    pub fn plaintext_networks_beyond_loopback(&self) -> Vec<Cidr> {
+        let loopback = loopback_networks();
+        self.plaintext_auth_from
+            .iter()
+            .filter(|net| {
+                !loopback
+                    .iter()
+                    .any(|lo| lo.prefix <= net.prefix && lo.contains(net.network))
+            })
+            .copied()
+            .collect()
+    }
+}
+
+impl Config {
     /// The options of the outbound queue and relay (`queue.rs`, `relay.rs`, `dns.rs`).
     fn read_relay_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
         if let Some(addr) = m.opt_str("dns") {
@@ -421,6 +513,12 @@ impl Cidr {
         }
     }
     // ANCHOR_END: cidr_contains
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
 }
 
 fn same_prefix(a: u128, b: u128, prefix: u32, bits: u32) -> bool {

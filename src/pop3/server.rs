@@ -29,10 +29,11 @@ use crate::config::Config;
 use crate::net::line::{CommandLine, LineReader, ReadError};
 use crate::net::listener::{self, Admission, Bound, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor, Stream};
-use crate::pop3::command::Response;
+use crate::pop3::command::{self, Response};
 use crate::pop3::session::{
     self, Maildrops, Next, OpenError, Opened, Session, Step, StoredMessage, Tls,
 };
+use crate::smtp::auth;
 use crate::store::mbox::{self, DeliveryError, MailDir};
 
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
@@ -100,6 +101,10 @@ impl Service for Pop3 {
             active: self.implicit_tls,
         };
         let session = Session::new(self.config.clone(), self.maildrops.clone(), tls);
+        let Ok(peer) = stream.peer_addr() else {
+            return (format!("pop3-{id}"), Box::new(|| ()));
+        };
+        let session = session.with_peer(listener::canonical(peer).ip());
         let acceptor = self.tls.clone();
         let (implicit_tls, idle) = (self.implicit_tls, self.config.idle_timeout);
         let name = format!("pop3-{id}");
@@ -250,18 +255,18 @@ impl Connection<'_> {
             Err(ReadError::Closed { .. }) => return Ok(Err("client closed the connection")),
             Err(ReadError::Io(error)) => return Err(error),
         };
-        if is_pass(&line.bytes) {
-            debug!("[{}] C: PASS ****", self.id);
-        } else {
-            debug!("[{}] C: {}", self.id, String::from_utf8_lossy(&line.bytes));
-        }
+        let secret = is_pass(&line.bytes).then(|| auth::secret_after(&line.bytes, 1));
+        let shown = auth::Masked::new(&line.bytes, secret.flatten());
+        debug!("[{}] C: {shown}", self.id);
         Ok(Ok(self.session.command(&line.bytes)))
     }
 
     /// Queue responses; `flush` writes them.
     fn send(&mut self, responses: &[Response]) {
         for response in responses {
-            debug!("[{}] S: {response}", self.id);
+            // A response may quote the client; the log is read on a terminal too.
+            let logged = crate::visible::sanitize(&response.to_string());
+            debug!("[{}] S: {logged}", self.id);
             self.output.extend_from_slice(&response.to_wire());
         }
     }
@@ -299,9 +304,16 @@ impl Connection<'_> {
     }
 }
 
-/// Passwords never go to the log.
+/// Passwords never go to the log: a line whose verb, as the parser reads it, is PASS.
 fn is_pass(line: &[u8]) -> bool {
-    line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"PASS")
+    let verb = line
+        .split(|b| *b == b' ' || *b == b'\t')
+        .find(|w| !w.is_empty());
+    verb.is_some_and(|word| {
+        command::VERBS.iter().any(|info| {
+            info.verb == command::Verb::Pass && word.eq_ignore_ascii_case(info.name.as_bytes())
+        })
+    })
 }
 
 // ANCHOR: mbox_maildrops

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -219,7 +220,12 @@ impl<S: Read + Write, G> Conn<S, G> {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let mut reader = BufReader::new(connect_with_timeouts(addr));
+        Client::over(connect_with_timeouts(addr))
+    }
+
+    /// A client on a connection already made (see `connect_from`); reads the greeting.
+    pub fn over(stream: TcpStream) -> Client {
+        let mut reader = BufReader::new(stream);
         let greeting = read_reply(&mut reader).expect("greeting");
         Client { reader, greeting }
     }
@@ -718,20 +724,31 @@ pub fn hop_read_data(reader: &mut impl Read) -> Vec<u8> {
 /// a deadline) until it accepts connections. Output is discarded; the process is killed when the
 /// returned guard is dropped.
 pub fn start_binary(listen: SocketAddr, options: &[String]) -> Killed {
-    start_binary_logging(listen, options, std::process::Stdio::null())
+    spawn_binary(listen, options, Stdio::null(), Stdio::null())
 }
 
 /// As `start_binary`, with the server's log (its standard error) going to `log`.
 pub fn start_binary_logging(
     listen: SocketAddr,
     options: &[String],
-    log: impl Into<std::process::Stdio>,
+    log: impl Into<Stdio>,
 ) -> Killed {
+    spawn_binary(listen, options, Stdio::null(), log.into())
+}
+
+/// `start_binary`, keeping what the server prints: standard output (the banner, `--trace`) in
+/// `dir/stdout` and standard error (the log) in `dir/stderr`.
+pub fn start_binary_logged(listen: SocketAddr, options: &[String], dir: &Path) -> Killed {
+    let file = |name: &str| Stdio::from(std::fs::File::create(dir.join(name)).expect("log file"));
+    spawn_binary(listen, options, file("stdout"), file("stderr"))
+}
+
+fn spawn_binary(listen: SocketAddr, options: &[String], stdout: Stdio, stderr: Stdio) -> Killed {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_smtplab"))
         .args(["--listen", &listen.to_string()])
         .args(options)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .expect("start smtplab");
     let mut server = Killed(child);
