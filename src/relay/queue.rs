@@ -255,6 +255,21 @@ pub fn message_id(session: &str, n: u32) -> String {
 }
 // ANCHOR_END: message_id
 
+/// Is `word` the id of a message of session `session`, as `message_id` makes them? (The
+/// transcript recorder writes it as `{id}`, so a recording replays against any server.)
+pub fn is_message_id(session: &str, word: &str) -> bool {
+    let parts = word
+        .strip_prefix(session)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.split_once('-'));
+    parts.is_some_and(|(n, instance)| {
+        !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && !instance.is_empty()
+            && instance.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
 fn base36(mut n: u64) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
@@ -843,6 +858,12 @@ mod tests {
             "{id}"
         );
         assert_eq!(message_id("S1", 2), id, "one process, one instance part");
+        assert!(is_message_id("S1", &id));
+        assert!(
+            !is_message_id("S11", &id)
+                && !is_message_id("S1", "S1-2")
+                && !is_message_id("S1", "S1.2")
+        );
         assert_ne!(message_id("S1", 3), id);
         assert_eq!(base36(0), "0");
         assert_eq!(base36(36 * 36 - 1), "zz");
