@@ -69,21 +69,22 @@ fn init_logging(verbose: bool) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
 }
 
-/// What a student sees first: where to connect and what to type.
+/// What a student sees first: every listener with what it is for, and what to type.
 fn banner(config: &Config, listeners: &[(&str, SocketAddr)]) -> String {
-    let shown: Vec<String> = listeners
-        .iter()
-        .map(|(role, addr)| format!("{addr} ({role})"))
-        .collect();
-    let mut text = format!(
-        "smtplab listening on {} as {}",
-        shown.join(", "),
-        config.hostname
-    );
+    let mut text = format!("smtplab listening as {}:", config.hostname);
+    for (role, addr) in listeners {
+        text.push_str(&format!(
+            "\n  {role:<11} {addr:<22} {}",
+            purpose(role, config)
+        ));
+    }
     text.push_str(&format!(
         "\nMail goes to {}/<user>",
         config.mail_dir.display()
     ));
+    if let Some(dir) = &config.transcripts {
+        text.push_str(&format!("; sessions are recorded in {}/", dir.display()));
+    }
     if config.demo_users {
         text.push_str(
             "\nDemo users: alice, bob (password \"password\"); list: students = alice, bob",
@@ -96,6 +97,21 @@ fn banner(config: &Config, listeners: &[(&str, SocketAddr)]) -> String {
         text.push_str(&format!("\nTry: telnet {} {}", first.ip(), first.port()));
     }
     text
+}
+
+/// One line on what a listener is for, in the words of the lessons.
+fn purpose(role: &str, config: &Config) -> &'static str {
+    let tls = config.tls.is_some();
+    match role {
+        "SMTP" if tls => "telnet; STARTTLS offered",
+        "SMTP" => "telnet",
+        "submission" if tls => "STARTTLS, then AUTH, then MAIL",
+        "submission" => "AUTH, then MAIL",
+        "SMTPS" => "TLS from the first byte: openssl s_client",
+        "POP3" => "read the mail back: USER, PASS, LIST, RETR",
+        "POP3S" => "POP3 inside TLS from the first byte",
+        _ => "",
+    }
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -3,47 +3,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{on_path, wait_until, Client, Killed, TempDir, READ_TIMEOUT};
+use common::{on_path, wait_until, Client, Killed, Output, TempDir, READ_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Collects what a child process prints, line by line, on a thread of its own.
-#[derive(Clone, Default)]
-struct Output(Arc<Mutex<String>>);
-
-impl Output {
-    fn collect(source: impl Read + Send + 'static) -> Output {
-        let output = Output::default();
-        let sink = output.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(source);
-            let mut line = String::new();
-            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                sink.0.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
-        output
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, needle: &str) {
-        wait_until(&format!("{needle:?} in the output"), || {
-            self.text().contains(needle)
-        });
-    }
-}
 
 /// The real `smtplab` binary with `--trace`, its stdout collected.
 struct Binary {
@@ -70,7 +39,7 @@ impl Binary {
             .expect("start smtplab");
         let stdout = Output::collect(child.stdout.take().expect("stdout"));
         let child = Killed(child);
-        stdout.wait_for("smtplab listening on");
+        stdout.wait_for("smtplab listening");
         Binary {
             _child: child,
             stdout,

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use smtplab::config::{self, Config};
@@ -735,4 +736,34 @@ pub fn start_one_test(dns: SocketAddr, mx_port: u16, retry: &str, extra: &[&str]
     ];
     options.extend_from_slice(extra);
     start(&options)
+}
+
+/// Collects what a child process prints, line by line, on a thread of its own.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<String>>);
+
+impl Output {
+    pub fn collect(source: impl Read + Send + 'static) -> Output {
+        let output = Output::default();
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(source);
+            let mut line = String::new();
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                sink.0.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        output
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn wait_for(&self, needle: &str) {
+        wait_until(&format!("{needle:?} in the output"), || {
+            self.text().contains(needle)
+        });
+    }
 }
