@@ -6,8 +6,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
 
 use common::{connect_with_timeouts, Client, Killed, Output, TempDir, TlsClient};
 
@@ -160,4 +163,235 @@ fn lab_opens_five_listeners_and_one_path_runs_without_a_restart() {
             .is_ok_and(|entries| entries.count() >= 2)
     });
     assert!(lab.stdout.text().contains("transcripts-mine"));
+}
+
+#[test]
+fn a_roster_serves_a_class_with_its_own_passwords_and_the_list_class() {
+    let dir = TempDir::new("roster");
+    let output = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+        .current_dir(dir.path())
+        .args(["roster", "3"])
+        .output()
+        .expect("run smtplab roster");
+    assert!(output.status.success(), "{output:?}");
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    let logins: BTreeMap<String, String> = table
+        .lines()
+        .filter(|line| line.starts_with("student"))
+        .filter_map(|line| line.split_once("  "))
+        .map(|(user, password)| (user.to_string(), password.trim().to_string()))
+        .collect();
+    assert_eq!(logins.len(), 3, "{table}");
+
+    let lab = Lab::start(
+        &dir,
+        &["--users", "class.users", "--aliases", "class.aliases"],
+    );
+    let banner = lab.stdout.text();
+    assert!(!banner.contains("Demo users"), "{banner}");
+    assert!(!banner.contains("password"), "{banner}");
+
+    // Mail to the list class reaches every student, who reads it with the password on paper.
+    let mut smtp = Client::connect(lab.addr("SMTP"));
+    let reply = smtp.send_mail(
+        "teacher@localhost",
+        &["class@localhost"],
+        "Subject: welcome\r\n\r\nhi\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    for (user, password) in &logins {
+        let mut pop3 = Pop3(BufReader::new(connect_with_timeouts(lab.addr("POP3"))));
+        pop3.line();
+        pop3.ok(&format!("USER {user}"));
+        pop3.ok(&format!("PASS {password}"));
+        assert!(pop3.multi("RETR 1").contains("Subject: welcome"));
+        pop3.ok("QUIT");
+    }
+    // A second roster would silently change handed-out passwords: it is refused.
+    let again = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+        .current_dir(dir.path())
+        .args(["roster", "3"])
+        .output()
+        .expect("run smtplab roster");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("class.users"));
+}
+
+#[test]
+fn help_fits_80_columns_and_names_every_subcommand() {
+    let output = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+        .arg("--help")
+        .output()
+        .expect("run smtplab --help");
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    let wide: Vec<&str> = help.lines().filter(|l| l.chars().count() > 80).collect();
+    assert!(wide.is_empty(), "lines over 80 columns: {wide:#?}");
+    // Every subcommand main.rs dispatches, and `states --pop3`, are in the usage lines.
+    let main = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/main.rs"))
+        .expect("read main.rs");
+    let subcommands: Vec<&str> = main
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Some(\""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert!(subcommands.len() >= 8, "{subcommands:?}");
+    for name in subcommands {
+        assert!(
+            help.contains(&format!("smtplab {name} ")),
+            "--help omits {name}"
+        );
+    }
+    assert!(help.contains("--pop3]"), "--help omits states --pop3");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `smtplab dns`: the lab nameserver
+// ---------------------------------------------------------------------------------------------
+
+const LAB_ZONE: &str = "\
+; the relay lab's zone: two mail domains and one that takes no mail
+$ORIGIN test.
+$TTL 60
+one          IN MX 10 mx.one
+mx.one       IN A     127.0.0.2
+two          IN MX 10 mx.two
+mx.two       IN A     127.0.0.3
+nomail       IN MX 0 .
+";
+
+/// `smtplab dns` on a port of its own choosing, its console collected.
+fn start_dns(dir: &TempDir) -> (Killed, Output, SocketAddr) {
+    let zone = dir.path().join("lab.zone");
+    std::fs::write(&zone, LAB_ZONE).expect("write zone");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+        .arg("dns")
+        .arg("--zone")
+        .arg(&zone)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start smtplab dns");
+    let console = Output::collect(child.stdout.take().expect("stdout"));
+    let child = Killed(child);
+    console.wait_for("recursion refused");
+    let text = console.text();
+    let addr = text
+        .split_whitespace()
+        .skip_while(|w| *w != "on")
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {text:?}"));
+    (child, console, addr)
+}
+
+/// One real UDP query, as a resolver sends it (recursion desired).
+fn udp_query(server: SocketAddr, name: &str, kind: RecordType) -> Message {
+    let mut query = Message::new(4242, MessageType::Query, OpCode::Query);
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(common::READ_TIMEOUT))
+        .expect("timeout");
+    socket
+        .send_to(&query.to_vec().expect("encode"), server)
+        .expect("send");
+    let mut buffer = [0u8; 4096];
+    let (len, _) = socket.recv_from(&mut buffer).expect("an answer in time");
+    Message::from_vec(&buffer[..len]).expect("a DNS message")
+}
+
+#[test]
+fn the_lab_nameserver_answers_mx_from_a_zone_file_and_logs_every_query() {
+    let dir = TempDir::new("lab-dns");
+    let (_dns, console, addr) = start_dns(&dir);
+
+    let mx = udp_query(addr, "one.test.", RecordType::MX);
+    assert_eq!(mx.metadata.response_code, ResponseCode::NoError);
+    assert!(mx.metadata.authoritative && !mx.metadata.recursion_available);
+    let found: Vec<String> = mx.answers.iter().map(|r| r.data.to_string()).collect();
+    assert_eq!(found, ["10 mx.one.test."]);
+    let null = udp_query(addr, "nomail.test.", RecordType::MX);
+    assert_eq!(null.answers[0].data.to_string(), "0 .");
+    let outside = udp_query(addr, "example.com.", RecordType::MX);
+    assert_eq!(outside.metadata.response_code, ResponseCode::Refused);
+    console.wait_for("MX example.com. -> REFUSED");
+    console.wait_for("MX one.test. -> NOERROR: 10 mx.one.test.");
+
+    // The relay's own resolver (hickory, over UDP) reads the same answer.
+    let lookup = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+        .args(["mx", "two.test", "--dns", &addr.to_string()])
+        .output()
+        .expect("run smtplab mx");
+    let shown = String::from_utf8_lossy(&lookup.stdout);
+    assert!(
+        shown.contains("mx.two.test") && shown.contains("127.0.0.3"),
+        "{shown}"
+    );
+
+    if common::on_path("dig") {
+        let dig = Command::new("dig")
+            .args([
+                "+short",
+                "+time=5",
+                "+tries=1",
+                "-p",
+                &addr.port().to_string(),
+            ])
+            .args(["@127.0.0.1", "MX", "one.test"])
+            .output()
+            .expect("run dig");
+        assert_eq!(
+            String::from_utf8_lossy(&dig.stdout).trim(),
+            "10 mx.one.test."
+        );
+        let dig_tcp = Command::new("dig")
+            .args([
+                "+tcp",
+                "+short",
+                "+time=5",
+                "+tries=1",
+                "-p",
+                &addr.port().to_string(),
+            ])
+            .args(["@127.0.0.1", "A", "mx.two.test"])
+            .output()
+            .expect("run dig +tcp");
+        assert_eq!(String::from_utf8_lossy(&dig_tcp.stdout).trim(), "127.0.0.3");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The projector console
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn with_trace_a_refusal_is_shown_exactly_once_across_stdout_and_stderr() {
+    let dir = TempDir::new("console");
+    let listen = common::free_addr().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+        .current_dir(dir.path())
+        .args(["--trace", "--listen", &listen, "--hostname", "smtplab.test"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start smtplab --trace");
+    let stdout = Output::collect(child.stdout.take().expect("stdout"));
+    let stderr = Output::collect(child.stderr.take().expect("stderr"));
+    let _child = Killed(child);
+    stdout.wait_for("Try: telnet");
+
+    let mut client = Client::connect(listen.parse().expect("addr"));
+    client.expect("HELO student.example", 250);
+    client.expect("MAIL FROM:<alice@localhost>", 250);
+    client.expect("RCPT TO:<nobody@localhost>", 550);
+    client.expect("QUIT", 221);
+    stdout.wait_for("-- disconnect");
+
+    let both = format!("{}{}", stdout.text(), stderr.text());
+    let shown = both.matches("550 5.1.1").count();
+    assert_eq!(shown, 1, "the 550 is shown {shown} times:\n{both}");
 }
