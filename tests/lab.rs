@@ -395,3 +395,135 @@ fn with_trace_a_refusal_is_shown_exactly_once_across_stdout_and_stderr() {
     let shown = both.matches("550 5.1.1").count();
     assert_eq!(shown, 1, "the 550 is shown {shown} times:\n{both}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// `compare` that teaches: a session typed against the real server, recorded, then compared
+// ---------------------------------------------------------------------------------------------
+
+/// Type `lines` (commands, and message text after a 354) into a fresh server that records
+/// sessions, and return the path of the recording.
+fn recorded_session(dir: &TempDir, lines: &[&str]) -> std::path::PathBuf {
+    let record = dir.path().join("recorded");
+    let server = common::start(&["--transcripts", record.to_str().unwrap()]);
+    let mut client = server.connect();
+    let mut in_data = false;
+    for line in lines {
+        client.send(format!("{line}\r\n").as_bytes());
+        if in_data && *line != "." {
+            continue;
+        }
+        let reply = client.reply();
+        in_data = reply.code == 354;
+    }
+    server.wait_idle();
+    let files = common::files_under(&record);
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+fn run_compare(mine: &std::path::Path) -> (Option<i32>, String) {
+    let reference = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/transcripts/01-seed-session.txt"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+        .arg("compare")
+        .arg(mine)
+        .arg(reference)
+        .output()
+        .expect("run smtplab compare");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+const SEED_MESSAGE: [&str; 6] = [
+    "From: <mary@client.example>",
+    "To: <alice@localhost>",
+    "Subject: Hello",
+    "",
+    "Hi Alice!",
+    ".",
+];
+
+#[test]
+fn the_seed_session_typed_with_ehlo_compares_equal_to_the_golden_one() {
+    let dir = TempDir::new("compare-seed");
+    let mut lines = vec![
+        "EHLO client.example",
+        "MAIL FROM:<mary@client.example>",
+        "RCPT TO:<alice@localhost>",
+        "RCPT TO:<nosuchuser@localhost>",
+        "DATA",
+    ];
+    lines.extend(SEED_MESSAGE);
+    lines.push("QUIT");
+    let (code, out) = run_compare(&recorded_session(&dir, &lines));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("matches"), "{out}");
+}
+
+#[test]
+fn compare_names_the_503_of_rcpt_before_mail_once_and_in_the_students_order() {
+    let dir = TempDir::new("compare-503");
+    let mut lines = vec![
+        "HELO client.example",
+        "RCPT TO:<alice@localhost>",
+        "MAIL FROM:mary@client.example",
+        "MAIL FROM:<mary@client.example>",
+        "DATA",
+    ];
+    lines.extend(SEED_MESSAGE);
+    lines.push("QUIT");
+    let (code, out) = run_compare(&recorded_session(&dir, &lines));
+    assert_eq!(code, Some(1), "{out}");
+    let findings: Vec<&str> = out.lines().skip(1).collect();
+    // 1. RCPT TO before MAIL: the 503, what it means, why, and where the RFC says so.
+    assert!(findings[0].contains("RCPT TO (your line"), "{out}");
+    assert!(
+        findings[0].contains("answered 503, a bad sequence of commands"),
+        "{out}"
+    );
+    assert!(
+        findings[0].contains("only MAIL FROM opens one (RFC 5321 §4.1.1.3, §4.1.4)"),
+        "{out}"
+    );
+    assert!(findings[0].contains("only after MAIL FROM"), "{out}");
+    // 2. The MAIL FROM without brackets, retried at once: told where it happened.
+    assert!(findings[1].contains("MAIL FROM (your line"), "{out}");
+    assert!(
+        findings[1].contains("501") && findings[1].contains("§4.1.2"),
+        "{out}"
+    );
+    assert!(findings[1].contains("again"), "{out}");
+    // 3. Both missing recipients in one finding, then what they cost at DATA, and the message
+    //    typed after the refused DATA as one finding.
+    assert!(
+        findings[2].contains("never sent RCPT TO (reference lines 11, 13)"),
+        "{out}"
+    );
+    assert!(
+        findings[3].contains("DATA (your line") && findings[3].contains("503"),
+        "{out}"
+    );
+    assert!(findings[4].contains("message text (your lines"), "{out}");
+    assert_eq!(findings.len(), 5, "{out}");
+    let mut sorted: Vec<usize> = findings.iter().filter_map(|f| your_line(f)).collect();
+    let in_order = sorted.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        in_order, sorted,
+        "findings follow the student's lines:\n{out}"
+    );
+}
+
+/// The number after "your line " in a finding, if it has one.
+fn your_line(finding: &str) -> Option<usize> {
+    let after = finding.split("your line ").nth(1)?;
+    after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
