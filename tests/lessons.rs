@@ -17,6 +17,9 @@ const BLESS_VAR: &str = "SMTPLAB_BLESS";
 const BLESS_HINT: &str = "run SMTPLAB_BLESS=1 cargo test --test lessons";
 const SNIPPET_MARK: &str = "<!-- snippet: ";
 const MERMAID_MARK: &str = "<!-- mermaid: smtplab states --mermaid -->";
+/// `<!-- mermaid: smtplab states ARGS -->`: any diagram the binary draws.
+const MERMAID_PREFIX: &str = "<!-- mermaid: smtplab states ";
+const POP3_LESSON: &str = "lessons/13-pop3.md";
 const RFC_INDEX: &str = "lessons/rfc-index.md";
 const STATE_LESSON: &str = "lessons/06-the-state-machine.md";
 
@@ -396,29 +399,34 @@ fn snippet_blocks(lines: &[&str], lesson: &str, problems: &mut Vec<String>) -> V
     blocks(lines, lesson, marker, "rust", expect, problems)
 }
 
-fn mermaid_from_binary() -> Result<String, String> {
+/// The diagram `smtplab states ARGS` prints (`--mermaid` for SMTP, `--pop3` for POP3).
+fn mermaid_from_binary(args: &str) -> Result<String, String> {
     let output = Command::new(env!("CARGO_BIN_EXE_smtplab"))
-        .args(["states", "--mermaid"])
+        .arg("states")
+        .args(args.split_whitespace())
         .output()
-        .map_err(|e| format!("cannot run smtplab states --mermaid: {e}"))?;
+        .map_err(|e| format!("cannot run smtplab states {args}: {e}"))?;
     if !output.status.success() {
-        return Err(format!(
-            "smtplab states --mermaid failed: {}",
-            output.status
-        ));
+        return Err(format!("smtplab states {args} failed: {}", output.status));
     }
     String::from_utf8(output.stdout).map_err(|_| "smtplab states printed non-UTF-8".to_string())
 }
 
+/// `<!-- mermaid: smtplab states ARGS -->` before a ```mermaid block: the diagram the binary
+/// draws from the state table.
 fn mermaid_blocks(lines: &[&str], lesson: &str, problems: &mut Vec<String>) -> Vec<Block> {
-    let diagram = mermaid_from_binary();
-    let marker = |line: &str| (line.trim() == MERMAID_MARK).then(|| "mermaid diagram".to_string());
+    let marker = |line: &str| {
+        line.trim()
+            .strip_prefix(MERMAID_PREFIX)
+            .and_then(|rest| rest.strip_suffix("-->"))
+            .map(|args| args.trim().to_string())
+    };
     blocks(
         lines,
         lesson,
         marker,
         "mermaid",
-        |_| diagram.clone(),
+        mermaid_from_binary,
         problems,
     )
 }
@@ -471,12 +479,13 @@ fn check_blocks(
 fn snippets_and_the_diagram_match_the_code() {
     let _guard = FILES.lock().unwrap_or_else(|e| e.into_inner());
     let mut problems = Vec::new();
-    let mut saw_mermaid = false;
+    let (mut saw_mermaid, mut saw_pop3) = (false, false);
     for (lesson, text) in lesson_files() {
         let lines: Vec<&str> = text.lines().collect();
         let mut found = snippet_blocks(&lines, &lesson, &mut problems);
         let diagrams = mermaid_blocks(&lines, &lesson, &mut problems);
-        saw_mermaid |= lesson == STATE_LESSON && !diagrams.is_empty();
+        saw_mermaid |= lesson == STATE_LESSON && diagrams.iter().any(|d| d.label == "--mermaid");
+        saw_pop3 |= lesson == POP3_LESSON && diagrams.iter().any(|d| d.label == "--pop3");
         found.extend(diagrams);
         found.sort_by_key(|b| b.body_start);
         if let Some(new_text) = check_blocks(&lesson, &lines, found, &mut problems) {
@@ -488,6 +497,11 @@ fn snippets_and_the_diagram_match_the_code() {
     if !saw_mermaid {
         problems.push(format!(
             "{STATE_LESSON} must embed the state diagram: a line `{MERMAID_MARK}` followed by a ```mermaid block"
+        ));
+    }
+    if !saw_pop3 {
+        problems.push(format!(
+            "{POP3_LESSON} must embed the POP3 diagram: a line `{MERMAID_PREFIX}--pop3 -->` followed by a ```mermaid block"
         ));
     }
     fail_if_any(&problems, "lesson snippets out of date");
