@@ -12,62 +12,7 @@ use std::process::{Command, Stdio};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
-use common::{connect_with_timeouts, Client, Killed, Output, TempDir, TlsClient};
-
-/// The real binary started with `--lab` in `dir`, its banner read from stdout.
-struct Lab {
-    _child: Killed,
-    stdout: Output,
-    /// Each banner line `  ROLE  ADDR  purpose`, by role.
-    listeners: BTreeMap<String, SocketAddr>,
-}
-
-impl Lab {
-    fn start(dir: &TempDir, extra: &[&str]) -> Lab {
-        // Port 0 everywhere: a test must not depend on 2525 and its neighbours being free.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
-            .current_dir(dir.path())
-            .args(["--lab", "--hostname", "smtplab.test"])
-            .args(["--listen", "127.0.0.1:0", "--submission", "127.0.0.1:0"])
-            .args(["--smtps", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
-            .args(["--pop3s", "127.0.0.1:0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start smtplab --lab");
-        let stdout = Output::collect(child.stdout.take().expect("stdout"));
-        let child = Killed(child);
-        stdout.wait_for("Try: telnet");
-        let listeners = banner_listeners(&stdout.text());
-        Lab {
-            _child: child,
-            stdout,
-            listeners,
-        }
-    }
-
-    fn addr(&self, role: &str) -> SocketAddr {
-        *self
-            .listeners
-            .get(role)
-            .unwrap_or_else(|| panic!("no {role} in the banner:\n{:?}", self.listeners))
-    }
-}
-
-fn banner_listeners(banner: &str) -> BTreeMap<String, SocketAddr> {
-    banner
-        .lines()
-        .filter(|line| line.starts_with("  "))
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let role = words.next()?.to_string();
-            let addr = words.next()?.parse().ok()?;
-            Some((role, addr))
-        })
-        .collect()
-}
+use common::{connect_with_timeouts, Client, Killed, LabServer, Output, TempDir, TlsClient};
 
 /// A POP3 line reader and writer over any stream; every read has the common timeout.
 struct Pop3<S: std::io::Read + Write>(BufReader<S>);
@@ -107,7 +52,7 @@ impl<S: std::io::Read + Write> Pop3<S> {
 #[test]
 fn lab_opens_five_listeners_and_one_path_runs_without_a_restart() {
     let dir = TempDir::new("lab");
-    let lab = Lab::start(&dir, &[]);
+    let lab = LabServer::start(&dir, &[]);
     let roles: Vec<&str> = lab.listeners.keys().map(String::as_str).collect();
     assert_eq!(roles, ["POP3", "POP3S", "SMTP", "SMTPS", "submission"]);
 
@@ -183,7 +128,7 @@ fn a_roster_serves_a_class_with_its_own_passwords_and_the_list_class() {
         .collect();
     assert_eq!(logins.len(), 3, "{table}");
 
-    let lab = Lab::start(
+    let lab = LabServer::start(
         &dir,
         &["--users", "class.users", "--aliases", "class.aliases"],
     );

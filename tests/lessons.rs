@@ -803,10 +803,12 @@ fn ehlo_lists(lines: &[&str], file: &str, problems: &mut Vec<String>) -> Vec<Ehl
             if in_block {
                 options = None;
             } else {
-                options = i
-                    .checked_sub(1)
-                    .and_then(|p| lines[p].trim().strip_prefix(EHLO_MARK))
-                    .and_then(|rest| rest.strip_suffix("-->"))
+                // The marker is the line before the fence, or the one before it when another
+                // marker (`<!-- session: ... -->` in LAB.md) sits between.
+                options = lines[i.saturating_sub(2)..i]
+                    .iter()
+                    .filter_map(|l| l.trim().strip_prefix(EHLO_MARK))
+                    .find_map(|rest| rest.strip_suffix("-->"))
                     .map(|rest| rest.split_whitespace().map(str::to_string).collect());
             }
             in_block = !in_block;

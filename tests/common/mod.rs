@@ -2,9 +2,11 @@
 //! client whose every read has a timeout.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -766,4 +768,66 @@ impl Output {
             self.text().contains(needle)
         });
     }
+}
+
+/// The real binary started with `--lab` in `dir` (every listener on a port of its own choosing,
+/// host name `smtplab.test` unless `extra` names one), its banner read from stdout.
+pub struct LabServer {
+    _child: Killed,
+    pub stdout: Output,
+    /// Each banner line `  ROLE  ADDR  purpose`, by role.
+    pub listeners: BTreeMap<String, SocketAddr>,
+}
+
+impl LabServer {
+    pub fn start(dir: &TempDir, extra: &[&str]) -> LabServer {
+        // Port 0 everywhere: a test must not depend on 2525 and its neighbours being free.
+        let host = if extra.contains(&"--hostname") {
+            &[][..]
+        } else {
+            &["--hostname", "smtplab.test"][..]
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+            .current_dir(dir.path())
+            .arg("--lab")
+            .args(host)
+            .args(["--listen", "127.0.0.1:0", "--submission", "127.0.0.1:0"])
+            .args(["--smtps", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
+            .args(["--pop3s", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start smtplab --lab");
+        let stdout = Output::collect(child.stdout.take().expect("stdout"));
+        let child = Killed(child);
+        stdout.wait_for("Try: telnet");
+        let listeners = banner_listeners(&stdout.text());
+        LabServer {
+            _child: child,
+            stdout,
+            listeners,
+        }
+    }
+
+    pub fn addr(&self, role: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(role)
+            .unwrap_or_else(|| panic!("no {role} in the banner:\n{:?}", self.listeners))
+    }
+}
+
+pub fn banner_listeners(banner: &str) -> BTreeMap<String, SocketAddr> {
+    banner
+        .lines()
+        .filter(|line| line.starts_with("  "))
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let role = words.next()?.to_string();
+            let addr = words.next()?.parse().ok()?;
+            Some((role, addr))
+        })
+        .collect()
 }
