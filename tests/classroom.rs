@@ -248,6 +248,24 @@ fn a_stray_backspace_is_named() {
 }
 
 #[test]
+fn an_arrow_key_is_named_and_the_student_asked_to_retype() {
+    let server = common::start(&[]);
+    let mut c = server.connect();
+    // The up arrow in a terminal without line editing: ESC [ A, then what was typed.
+    let reply = c.cmd("\x1b[AMAIL FROM:<mary@client.example>");
+    assert_eq!(reply.code, 500, "{reply:?}");
+    assert!(
+        reply.text().contains("your terminal sent an arrow key"),
+        "{reply:?}"
+    );
+    assert!(reply.text().contains("retype the line"), "{reply:?}");
+    // Another escape sequence (F1 is ESC O P) is named as one too.
+    let reply = c.cmd("HELO x\x1bOP");
+    assert!(reply.text().contains("escape sequence"), "{reply:?}");
+    c.expect("HELO client.example", 250);
+}
+
+#[test]
 fn missing_angle_brackets_show_the_right_form() {
     let server = common::start(&[]);
     let mut c = server.connect();
