@@ -26,8 +26,9 @@ use native_tls::TlsAcceptor;
 use crate::config::Config;
 use crate::net::line::{CommandLine, LineReader, ReadError};
 use crate::net::tls::Stream;
+use crate::pop3::command::Response;
 use crate::pop3::session::{
-    self, Maildrops, Next, OpenError, Opened, Response, Session, Step, StoredMessage, Tls,
+    self, Maildrops, Next, OpenError, Opened, Session, Step, StoredMessage, Tls,
 };
 use crate::store::mbox::{self, DeliveryError, MailDir};
 

@@ -21,6 +21,7 @@ use log::{debug, info, warn};
 use native_tls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::lab::coach::Coach;
 use crate::lab::fault::{self, Action};
 use crate::lab::trace::{self, Console, Style};
 use crate::lab::transcript::{LineEnding, Recorder};
@@ -28,8 +29,9 @@ use crate::net::line::{CommandLine, Ending, LineReader, Piece, ReadError};
 use crate::net::tls::Stream;
 use crate::smtp::body::READ_CHUNK;
 use crate::smtp::data::DataReader;
+use crate::smtp::envelope::Deliver;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Deliver, Endpoint, Next, Role, Session, StateName, Step};
+use crate::smtp::session::{Endpoint, Next, Role, Session, StateName, Step};
 
 /// Postfix's `smtpd_min_data_rate`: after a first `--timeout` of grace, a message must keep
 /// arriving at this many octets a second on average. Without it, a client that sends one line
@@ -60,7 +62,8 @@ struct Connection {
     stream: Option<Stream>,
     peer: SocketAddr,
     lines: LineReader,
-    session: Session,
+    /// The session, with the classroom tools (coaching, `--explain`, `--fault`) around it.
+    session: Coach,
     context: Context,
     output: Vec<u8>,
     /// `--transcripts`: this session written down as it happens.
@@ -91,6 +94,7 @@ pub fn serve(tcp: TcpStream, context: Context, number: u64, role: Role) {
         (peer, local),
         id.clone(),
     );
+    let session = Coach::new(session, context.config.clone());
     let recorder = context.config.transcripts.as_deref().and_then(|dir| {
         Recorder::create(dir, peer, number, &format!("Session {id} from {peer}"))
             .map_err(|error| {
@@ -263,7 +267,7 @@ impl Connection {
     /// `--trace`: the state the step moved the session to, and the RFC section behind it.
     fn trace_step(&self, step: &Step) {
         if let Some(console) = &self.console {
-            console.transition((step.from, step.to), step.rfc, step.fault.as_deref());
+            console.transition((step.from, step.to), step.rfc, self.session.fired());
         }
     }
 
