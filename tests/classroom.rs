@@ -357,6 +357,8 @@ fn listed(reply: &common::Reply) -> Vec<String> {
     reply
         .lines
         .iter()
+        // `  VERB syntax -> State`; the summary under it is indented further.
+        .filter(|l| !l.starts_with("2.0.0     "))
         .filter_map(|l| l.strip_prefix("2.0.0   "))
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
@@ -420,6 +422,45 @@ fn help_lists_what_is_legal_in_each_state() {
     assert!(server.mbox_text("alice").contains("\nHELP\n"));
 }
 
+/// The reply as the terminal shows it: `214-2.0.0 text` per line.
+fn wire_lines(reply: &common::Reply) -> Vec<String> {
+    let last = reply.lines.len() - 1;
+    reply
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, text)| format!("{}{}{text}", reply.code, if i == last { ' ' } else { '-' }))
+        .collect()
+}
+
+#[test]
+fn help_fits_80_columns_in_every_state_and_for_every_verb() {
+    let server = common::start(&[]);
+    let mut c = server.connect();
+    let mut replies = vec![c.expect("HELP", 214)];
+    for command in [
+        "EHLO client.example",
+        "MAIL FROM:<mary@client.example>",
+        "RCPT TO:<alice@localhost>",
+    ] {
+        c.expect(command, 250);
+        replies.push(c.expect("HELP", 214));
+    }
+    for verb in smtplab::smtp::command::VERBS {
+        replies.push(c.expect(&format!("HELP {}", verb.name), 214));
+    }
+    let wide: Vec<String> = replies
+        .iter()
+        .flat_map(wire_lines)
+        .filter(|line| line.chars().count() > 80)
+        .collect();
+    assert!(
+        wide.is_empty(),
+        "HELP lines over 80 columns:\n{}",
+        wide.join("\n")
+    );
+}
+
 #[test]
 fn help_for_a_verb_gives_syntax_section_and_example() {
     let server = common::start(&[]);
@@ -447,8 +488,8 @@ fn help_tells_the_history_of_obsolete_and_disabled_verbs() {
     ] {
         let help = c.expect(&format!("HELP {verb}"), 214).text();
         let history = help
-            .lines()
-            .find(|l| l.contains("History:"))
+            .split_once("History:")
+            .map(|(_, story)| story.replace('\n', " "))
             .unwrap_or_else(|| panic!("HELP {verb}: {help}"));
         assert!(history.contains(words), "HELP {verb}: {history}");
     }

@@ -90,6 +90,19 @@ fn lab_opens_five_listeners_and_one_path_runs_without_a_restart() {
     pop3.ok("PASS password");
     let message = pop3.multi("RETR 1");
     assert!(message.contains("Subject: two"), "{message}");
+    // A second login while this one is open: the answer says what is going on, in words a
+    // student can act on (curl shows only "Access denied" for a bare [IN-USE]).
+    let mut second = Pop3(BufReader::new(connect_with_timeouts(lab.addr("POP3"))));
+    second.line();
+    second.ok("USER alice");
+    second
+        .0
+        .get_mut()
+        .write_all(b"PASS password\r\n")
+        .expect("write");
+    let busy = second.line();
+    assert!(busy.starts_with("-ERR [IN-USE]"), "{busy}");
+    assert!(busy.contains("open in another POP3 session"), "{busy}");
     pop3.ok("QUIT");
 
     // The implicit-TLS listeners answer inside TLS.
