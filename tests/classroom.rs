@@ -71,6 +71,11 @@ struct Tmux {
 
 impl Tmux {
     fn start(name: &str, command: &str) -> Tmux {
+        Tmux::start_sized(name, command, 150)
+    }
+
+    /// A window `columns` wide, as narrow as a projector's console may be.
+    fn start_sized(name: &str, command: &str, columns: u16) -> Tmux {
         let dir = TempDir::new(name);
         let tmux = Tmux {
             socket: dir.path().join("tmux.sock"),
@@ -81,7 +86,15 @@ impl Tmux {
             .command()
             .args(["-f", "/dev/null", "start-server", ";"])
             .args(["set-option", "-g", "remain-on-exit", "on", ";"])
-            .args(["new-session", "-d", "-s", "class", "-x", "150", "-y", "60"])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                "class",
+                "-x",
+                &columns.to_string(),
+            ])
+            .args(["-y", "60"])
             .arg(command)
             .env("TERM", "xterm")
             .status()
@@ -97,9 +110,19 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
+        self.capture(&[])
+    }
+
+    /// The screen with its colours, as ANSI escape sequences.
+    fn screen_in_colour(&self) -> String {
+        self.capture(&["-e"])
+    }
+
+    fn capture(&self, options: &[&str]) -> String {
         let output = self
             .command()
             .args(["capture-pane", "-p", "-t", "class"])
+            .args(options)
             .output()
             .expect("capture-pane");
         String::from_utf8_lossy(&output.stdout).into_owned()
@@ -135,6 +158,44 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.command().arg("kill-server").status();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The projector: the console in a real terminal
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_projector_console_is_coloured_and_wraps_at_the_terminal_width() {
+    if !on_path("tmux") {
+        return;
+    }
+    let mail = TempDir::new("projector-mail");
+    let listen = common::free_addr();
+    let command = format!(
+        "{} --trace --listen {listen} --hostname smtplab.test --mail-dir {}",
+        env!("CARGO_BIN_EXE_smtplab"),
+        mail.path().display()
+    );
+    let tmux = Tmux::start_sized("projector", &command, 60);
+    tmux.wait_for("Try: telnet", 1);
+    let mut c = Client::connect(listen);
+    c.expect("HELO a-rather-long-name-for-a-client-host.in-a-classroom.example", 250);
+    c.expect("QUIT", 221);
+    tmux.wait_for("-- disconnect", 1);
+    let screen = tmux.screen();
+    // The console cut the line itself: the rest goes on under the same [S1], indented (a line
+    // the terminal wrapped would go on without it).
+    let lines: Vec<&str> = screen.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("[S1] C: HELO a-rather-long"))
+        .unwrap_or_else(|| panic!("no HELO line on the screen:\n{screen}"));
+    assert!(lines[at + 1].starts_with("[S1]   "), "{screen}");
+    assert!(lines.iter().all(|l| l.chars().count() <= 60), "{screen}");
+    assert!(
+        tmux.screen_in_colour().contains("\u{1b}["),
+        "no colours on a terminal"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
