@@ -179,7 +179,10 @@ fn the_projector_console_is_coloured_and_wraps_at_the_terminal_width() {
     let tmux = Tmux::start_sized("projector", &command, 60);
     tmux.wait_for("Try: telnet", 1);
     let mut c = Client::connect(listen);
-    c.expect("HELO a-rather-long-name-for-a-client-host.in-a-classroom.example", 250);
+    c.expect(
+        "HELO a-rather-long-name-for-a-client-host.in-a-classroom.example",
+        250,
+    );
     c.expect("QUIT", 221);
     tmux.wait_for("-- disconnect", 1);
     let screen = tmux.screen();

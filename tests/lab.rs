@@ -206,32 +206,31 @@ fn help_fits_80_columns_and_names_every_subcommand() {
 // `smtplab dns`: the lab nameserver
 // ---------------------------------------------------------------------------------------------
 
-const LAB_ZONE: &str = "\
-; the relay lab's zone: two mail domains and one that takes no mail
-$ORIGIN test.
-$TTL 60
-one          IN MX 10 mx.one
-mx.one       IN A     127.0.0.2
-two          IN MX 10 mx.two
-mx.two       IN A     127.0.0.3
-nomail       IN MX 0 .
-";
+/// The zone of the relay lab, as `lessons/relay-lab.sh` writes it (between `<<'ZONE'` and
+/// `ZONE`): the test serves the very file the lab does.
+fn lab_zone() -> String {
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lessons/relay-lab.sh"))
+            .expect("read relay-lab.sh");
+    let (_, rest) = script
+        .split_once("<<'ZONE'\n")
+        .expect("a zone in relay-lab.sh");
+    let (zone, _) = rest.split_once("\nZONE\n").expect("the end of the zone");
+    format!("{zone}\n")
+}
 
 /// `smtplab dns` on a port of its own choosing, its console collected.
 fn start_dns(dir: &TempDir) -> (Killed, Output, SocketAddr) {
     let zone = dir.path().join("lab.zone");
-    std::fs::write(&zone, LAB_ZONE).expect("write zone");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
-        .arg("dns")
-        .arg("--zone")
-        .arg(&zone)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start smtplab dns");
-    let console = Output::collect(child.stdout.take().expect("stdout"));
-    let child = Killed(child);
+    std::fs::write(&zone, lab_zone()).expect("write zone");
+    let (child, console) = common::spawn_collecting(
+        Command::new(env!("CARGO_BIN_EXE_smtplab"))
+            .arg("dns")
+            .arg("--zone")
+            .arg(&zone)
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(Stdio::null()),
+    );
     console.wait_for("recursion refused");
     let text = console.text();
     let addr = text
@@ -270,7 +269,7 @@ fn the_lab_nameserver_answers_mx_from_a_zone_file_and_logs_every_query() {
     assert!(mx.metadata.authoritative && !mx.metadata.recursion_available);
     let found: Vec<String> = mx.answers.iter().map(|r| r.data.to_string()).collect();
     assert_eq!(found, ["10 mx.one.test."]);
-    let null = udp_query(addr, "nomail.test.", RecordType::MX);
+    let null = udp_query(addr, "nullmx.test.", RecordType::MX);
     assert_eq!(null.answers[0].data.to_string(), "0 .");
     let outside = udp_query(addr, "example.com.", RecordType::MX);
     assert_eq!(outside.metadata.response_code, ResponseCode::Refused);

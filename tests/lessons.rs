@@ -958,17 +958,13 @@ fn ehlo_from_binary(request: &EhloRequest) -> Result<Vec<String>, String> {
         .iter()
         .filter(|o| *o != INSIDE_TLS)
         .collect();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
-        .current_dir(dir.path())
-        .args(["--listen", "127.0.0.1:0", "--hostname", &request.host])
-        .args(options)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start smtplab: {e}"))?;
-    let stdout = common::Output::collect(child.stdout.take().ok_or("no stdout")?);
-    let _child = common::Killed(child);
+    let (_child, stdout) = common::spawn_collecting(
+        Command::new(env!("CARGO_BIN_EXE_smtplab"))
+            .current_dir(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--hostname", &request.host])
+            .args(options)
+            .stderr(std::process::Stdio::null()),
+    );
     stdout.wait_for("Try: telnet");
     let addr = stdout
         .text()

@@ -770,6 +770,18 @@ impl Output {
     }
 }
 
+/// Start `command` with stdin closed and its stdout collected (stderr as the command says);
+/// the process is killed when the returned `Killed` is dropped.
+pub fn spawn_collecting(command: &mut Command) -> (Killed, Output) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the process");
+    let stdout = Output::collect(child.stdout.take().expect("stdout"));
+    (Killed(child), stdout)
+}
+
 /// The real binary started with `--lab` in `dir` (every listener on a port of its own choosing,
 /// host name `smtplab.test` unless `extra` names one), its banner read from stdout.
 pub struct LabServer {
@@ -787,21 +799,17 @@ impl LabServer {
         } else {
             &["--hostname", "smtplab.test"][..]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
-            .current_dir(dir.path())
-            .arg("--lab")
-            .args(host)
-            .args(["--listen", "127.0.0.1:0", "--submission", "127.0.0.1:0"])
-            .args(["--smtps", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
-            .args(["--pop3s", "127.0.0.1:0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start smtplab --lab");
-        let stdout = Output::collect(child.stdout.take().expect("stdout"));
-        let child = Killed(child);
+        let (child, stdout) = spawn_collecting(
+            Command::new(env!("CARGO_BIN_EXE_smtplab"))
+                .current_dir(dir.path())
+                .arg("--lab")
+                .args(host)
+                .args(["--listen", "127.0.0.1:0", "--submission", "127.0.0.1:0"])
+                .args(["--smtps", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
+                .args(["--pop3s", "127.0.0.1:0"])
+                .args(extra)
+                .stderr(Stdio::null()),
+        );
         stdout.wait_for("Try: telnet");
         let listeners = banner_listeners(&stdout.text());
         LabServer {
