@@ -115,7 +115,8 @@ fn moved(text: &str, ports: &BTreeMap<u16, u16>) -> String {
     text
 }
 
-/// Message ids (`S1.1`) depend on how many sessions came before: they are compared as `S#`.
+/// Message ids (`S1.1`, or with a unique tail, `S1-1-t6ybq80b3kb`) depend on how many sessions
+/// came before and when: they are compared as `S#`.
 fn without_ids(line: &str) -> String {
     let mut out = String::new();
     let mut chars = line.chars().peekable();
@@ -124,7 +125,7 @@ fn without_ids(line: &str) -> String {
         if c == 'S' && chars.peek().is_some_and(char::is_ascii_digit) {
             while chars
                 .peek()
-                .is_some_and(|c| c.is_ascii_digit() || *c == '.')
+                .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
             {
                 chars.next();
             }
@@ -281,6 +282,7 @@ fn the_sheet_checker_reads_sessions_and_ids() {
         without_ids("250 2.0.0 OK: message S12.3 delivered"),
         "250 2.0.0 OK: message S# delivered"
     );
+    assert_eq!(without_ids("id S1-1-t6ybq80b3kb for"), "id S# for");
     assert_eq!(without_ids("Subject: SIZE"), "Subject: SIZE");
     assert!(is_reply("250-SIZE 1000") && is_reply("354 End") && !is_reply("Subject: x"));
     let ports = BTreeMap::from([(2525, 40001), (2110, 40004)]);

@@ -67,20 +67,31 @@ fn the_relay_lab_runs_outside_the_checkout_with_only_the_binary() {
         run.stdout, run.stderr
     );
     let out = &run.stdout;
+    // What the lab shows from the protocols themselves: the nameserver's answers, the replies,
+    // bob's mbox, the queue listing and the delivery reports (not the wording of the log).
     for expected in [
-        "dns 127.0.0.1:",
         "udp MX two.test. -> NOERROR: 10 mx.two.test.",
-        "S: 250 2.0.0 OK: message S1.1 queued for relaying",
-        "<bob@two.test>: delivered (mx.two.test said 250",
+        "S: 250 2.0.0 OK: message",
         "Subject: relay lab",
-        "pending   <bob@down.test>  451 4.4.1 Cannot connect to mx.down.test",
-        "failed    <carol@nosuch.test>  550 5.1.2",
+        "The queue is empty.",
         "Final-Recipient: rfc822; carol@nosuch.test",
         "Final-Recipient: rfc822; bob@down.test",
         "relay-lab: every step passed",
     ] {
         assert!(out.contains(expected), "no {expected:?} in:\n{out}");
     }
+    let queue_line = |rcpt: &str, code: &str| {
+        out.lines()
+            .any(|l| l.contains(&format!("<{rcpt}>")) && l.contains(code))
+    };
+    assert!(
+        queue_line("bob@down.test", "451"),
+        "no waiting bob@down.test:\n{out}"
+    );
+    assert!(
+        queue_line("carol@nosuch.test", "550 5.1.2"),
+        "no failed carol:\n{out}"
+    );
     assert!(
         !out.contains(":5353"),
         "the lab must keep off the mDNS port"
