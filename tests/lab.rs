@@ -323,22 +323,22 @@ fn the_lab_nameserver_answers_mx_from_a_zone_file_and_logs_every_query() {
 // The projector console
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn with_trace_a_refusal_is_shown_exactly_once_across_stdout_and_stderr() {
+/// `smtplab --trace` with `RUST_LOG` as given (unset for `None`); one session with a 550, then
+/// what stdout and stderr showed.
+fn console_with_a_refusal(rust_log: Option<&str>) -> (String, String) {
     let dir = TempDir::new("console");
     let listen = common::free_addr().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtplab"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_smtplab"));
+    command
         .current_dir(dir.path())
         .args(["--trace", "--listen", &listen, "--hostname", "smtplab.test"])
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start smtplab --trace");
-    let stdout = Output::collect(child.stdout.take().expect("stdout"));
-    let stderr = Output::collect(child.stderr.take().expect("stderr"));
-    let _child = Killed(child);
+        .stderr(Stdio::piped());
+    if let Some(filter) = rust_log {
+        command.env("RUST_LOG", filter);
+    }
+    let (mut child, stdout) = common::spawn_collecting(&mut command);
+    let stderr = Output::collect(child.0.stderr.take().expect("stderr"));
     stdout.wait_for("Try: telnet");
 
     let mut client = Client::connect(listen.parse().expect("addr"));
@@ -347,10 +347,24 @@ fn with_trace_a_refusal_is_shown_exactly_once_across_stdout_and_stderr() {
     client.expect("RCPT TO:<nobody@localhost>", 550);
     client.expect("QUIT", 221);
     stdout.wait_for("-- disconnect");
+    if rust_log.is_some() {
+        stderr.wait_for("550 5.1.1");
+    }
+    (stdout.text(), stderr.text())
+}
 
-    let both = format!("{}{}", stdout.text(), stderr.text());
+#[test]
+fn with_trace_a_refusal_is_shown_exactly_once_across_stdout_and_stderr() {
+    let (stdout, stderr) = console_with_a_refusal(None);
+    let both = format!("{stdout}{stderr}");
     let shown = both.matches("550 5.1.1").count();
     assert_eq!(shown, 1, "the 550 is shown {shown} times:\n{both}");
+}
+
+#[test]
+fn with_trace_rust_log_still_brings_the_log_back() {
+    let (_, stderr) = console_with_a_refusal(Some("info"));
+    assert!(stderr.contains("550 5.1.1"), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------------------------
