@@ -947,6 +947,23 @@ fn check_ehlo_lists(
     Some(out.join("\n") + "\n")
 }
 
+/// The binary started in `dir` as host `host` with `options` on a port of its own; its banner.
+fn start_for_lesson(
+    dir: &common::TempDir,
+    host: &str,
+    options: &[&String],
+) -> (common::Killed, String) {
+    let (child, stdout) = common::spawn_collecting(
+        Command::new(env!("CARGO_BIN_EXE_smtplab"))
+            .current_dir(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--hostname", host])
+            .args(options)
+            .stderr(std::process::Stdio::null()),
+    );
+    stdout.wait_for("Try: telnet");
+    (child, stdout.text())
+}
+
 /// The EHLO reply of the real binary: started with the request's options on a port of its
 /// own, asked `EHLO client` (inside TLS after STARTTLS when the options say `starttls`).
 fn ehlo_from_binary(request: &EhloRequest) -> Result<Vec<String>, String> {
@@ -958,19 +975,9 @@ fn ehlo_from_binary(request: &EhloRequest) -> Result<Vec<String>, String> {
         .iter()
         .filter(|o| *o != INSIDE_TLS)
         .collect();
-    let (_child, stdout) = common::spawn_collecting(
-        Command::new(env!("CARGO_BIN_EXE_smtplab"))
-            .current_dir(dir.path())
-            .args(["--listen", "127.0.0.1:0", "--hostname", &request.host])
-            .args(options)
-            .stderr(std::process::Stdio::null()),
-    );
-    stdout.wait_for("Try: telnet");
-    let addr = stdout
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix("  SMTP"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+    let (_child, banner) = start_for_lesson(&dir, &request.host, &options);
+    let addr = *common::banner_listeners(&banner)
+        .get("SMTP")
         .ok_or("no SMTP listener in the banner")?;
     let tcp = common::connect_with_timeouts(addr);
     let mut reader = BufReader::new(tcp);
@@ -1082,4 +1089,86 @@ fn the_ehlo_check_fails_on_a_changed_list() {
         problems[0].contains("without a `<!-- ehlo:"),
         "{problems:#?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up banners: checked against the real binary
+// ---------------------------------------------------------------------------------------------
+
+/// `<!-- banner: OPTIONS -->` before a ```text fence: the block is the banner the binary prints
+/// when started with OPTIONS in an empty directory. Ports and spacing may differ (the test
+/// cannot take 2525); every word must be the same.
+const BANNER_MARK: &str = "<!-- banner:";
+
+/// The banner as the lesson shows it: the binary's, with the lesson's addresses in place of
+/// the ones it really bound, and runs of spaces made one.
+fn banner_as_shown(actual: &str, shown: &str) -> Vec<String> {
+    let (real, doc) = (
+        common::banner_listeners(actual),
+        common::banner_listeners(shown),
+    );
+    let mut text = actual.to_string();
+    for (role, addr) in &real {
+        if let Some(wanted) = doc.get(role) {
+            text = text
+                .replace(&addr.to_string(), &wanted.to_string())
+                .replace(
+                    &format!("telnet {} {}", addr.ip(), addr.port()),
+                    &format!("telnet {} {}", wanted.ip(), wanted.port()),
+                );
+        }
+    }
+    words_per_line(&text)
+}
+
+fn words_per_line(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn start_up_banners_come_from_the_binary() {
+    let _guard = FILES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    for (file, text) in student_files() {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some(options) = line
+                .trim()
+                .strip_prefix(BANNER_MARK)
+                .and_then(|r| r.strip_suffix("-->"))
+            else {
+                continue;
+            };
+            seen += 1;
+            let Some(close) = lines[i + 2..].iter().position(|l| l.trim() == "```") else {
+                problems.push(format!(
+                    "{file}:{}: the banner block is never closed",
+                    i + 1
+                ));
+                continue;
+            };
+            let shown = lines[i + 2..i + 2 + close].join("\n");
+            let host = shown
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("smtplab listening as "))
+                .and_then(|l| l.strip_suffix(':'))
+                .unwrap_or("localhost");
+            let options: Vec<String> = options.split_whitespace().map(str::to_string).collect();
+            let dir = common::TempDir::new("lessons-banner");
+            let (_child, actual) =
+                start_for_lesson(&dir, host, &options.iter().collect::<Vec<_>>());
+            if banner_as_shown(&actual, &shown) != words_per_line(&shown) {
+                problems.push(format!(
+                    "{file}:{}: the banner differs from what the binary prints:\n{shown}\n  The binary says:\n{actual}",
+                    i + 1
+                ));
+            }
+        }
+    }
+    assert!(seen > 0, "no `{BANNER_MARK} -->` banner in the lessons");
+    fail_if_any(&problems, "start-up banners in README.md and lessons/");
 }
