@@ -39,6 +39,28 @@ pub const DEFAULT_POP3_AUTH_DELAY: Duration = Duration::from_secs(1);
 /// A mail host listens on "the SMTP port (specified by IANA as port 25)" (RFC 5321 §4.5.4.2).
 pub const DEFAULT_MX_PORT: u16 = 25;
 
+/// `--lab`: every listener of the lab at once, on ports that echo the real ones (25, 587, 465,
+/// 110, 995), so a student never restarts the server during a class.
+pub const LAB_PORTS: LabPorts = LabPorts {
+    smtp: 2525,
+    submission: 2587,
+    smtps: 2465,
+    pop3: 2110,
+    pop3s: 2995,
+};
+/// `--lab` records every session here unless `--transcripts` says otherwise.
+pub const LAB_TRANSCRIPTS: &str = "transcripts-mine";
+
+/// The ports `--lab` opens when no option moves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabPorts {
+    pub smtp: u16,
+    pub submission: u16,
+    pub smtps: u16,
+    pub pop3: u16,
+    pub pop3s: u16,
+}
+
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -256,6 +278,7 @@ use Takes::{Many, Nothing, One};
 /// The options of `smtplab [OPTIONS]` (design §3), in the order `--help` shows them.
 #[rustfmt::skip]
 const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
+    ("",  "lab",             Nothing, "",          "every listener, STARTTLS, transcripts (see below)"),
     ("l", "listen",          Many,    "ADDR",      "SMTP listener, port-25 role (default 127.0.0.1:2525)"),
     ("s", "submission",      Many,    "ADDR",      "submission listener: AUTH before MAIL (RFC 6409)"),
     ("",  "smtps",           Many,    "ADDR",      "submission inside TLS from the first byte (RFC 8314)"),
@@ -328,6 +351,9 @@ impl Config {
         config.submission = addresses(m, "submission")?;
         config.smtps = addresses(m, "smtps")?;
         config.tls = tls_source(m)?;
+        if m.opt_present("lab") && config.tls.is_none() {
+            config.tls = Some(TlsSource::SelfSigned);
+        }
         if !config.smtps.is_empty() && config.tls.is_none() {
             return Err("--smtps needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
@@ -362,6 +388,9 @@ impl Config {
             .map(|a| parse_addr(a))
             .collect::<Result<_, _>>()?;
         config.read_relay_options(m)?;
+        if m.opt_present("lab") {
+            config.open_the_lab(LAB_PORTS);
+        }
         config.trace = m.opt_present("trace");
         config.explain = m.opt_present("explain");
         config.faults = m
@@ -374,6 +403,29 @@ impl Config {
 }
 
 impl Config {
+    /// `--lab`: every listener an option did not give is opened on the lab's port, at the
+    /// address of the first `--listen` (so `--listen 0.0.0.0:2525` serves a room on all five),
+    /// and sessions are recorded in ./transcripts-mine unless `--transcripts` names a place.
+    fn open_the_lab(&mut self, ports: LabPorts) {
+        let ip = self
+            .listen
+            .first()
+            .map_or(IpAddr::from([127, 0, 0, 1]), SocketAddr::ip);
+        for (listeners, port) in [
+            (&mut self.submission, ports.submission),
+            (&mut self.smtps, ports.smtps),
+            (&mut self.pop3, ports.pop3),
+            (&mut self.pop3s, ports.pop3s),
+        ] {
+            if listeners.is_empty() {
+                listeners.push(SocketAddr::new(ip, port));
+            }
+        }
+        if self.transcripts.is_none() {
+            self.transcripts = Some(PathBuf::from(LAB_TRANSCRIPTS));
+        }
+    }
+
     // ANCHOR: read_limits
     /// The numeric limits. Each is checked here, at start, so a bad value is one sentence and
     /// exit status 2, never a panic in a session thread later.
@@ -668,6 +720,39 @@ mod tests {
         assert!(config
             .directory
             .is_local_domain(&Domain::Name("LOCALHOST".into())));
+    }
+
+    #[test]
+    fn lab_opens_every_listener_and_each_can_still_move() {
+        let parse = |args: &[&str]| Config::from_matches(&options().parse(args).unwrap()).unwrap();
+        let lab = parse(&["--lab"]);
+        let ports =
+            |addrs: &[SocketAddr]| addrs.iter().map(SocketAddr::to_string).collect::<Vec<_>>();
+        assert_eq!(ports(&lab.listen), ["127.0.0.1:2525"]);
+        assert_eq!(ports(&lab.submission), ["127.0.0.1:2587"]);
+        assert_eq!(ports(&lab.smtps), ["127.0.0.1:2465"]);
+        assert_eq!(ports(&lab.pop3), ["127.0.0.1:2110"]);
+        assert_eq!(ports(&lab.pop3s), ["127.0.0.1:2995"]);
+        assert_eq!(lab.tls, Some(TlsSource::SelfSigned));
+        assert_eq!(lab.transcripts, Some(PathBuf::from("transcripts-mine")));
+        assert!(lab.demo_users);
+
+        let room = parse(&[
+            "--lab",
+            "--listen",
+            "0.0.0.0:2525",
+            "--pop3",
+            "0.0.0.0:3110",
+        ]);
+        assert_eq!(ports(&room.submission), ["0.0.0.0:2587"]);
+        assert_eq!(ports(&room.pop3), ["0.0.0.0:3110"]);
+        assert_eq!(ports(&room.pop3s), ["0.0.0.0:2995"]);
+        let recorded = parse(&["--lab", "--transcripts", "elsewhere"]);
+        assert_eq!(recorded.transcripts, Some(PathBuf::from("elsewhere")));
+        assert!(
+            parse(&[]).submission.is_empty(),
+            "without --lab nothing more opens"
+        );
     }
 
     #[test]

@@ -394,9 +394,7 @@ fn compare_explains_a_forgotten_rcpt_to() {
     );
     assert!(missing.contains("503"), "{missing}");
     assert!(
-        words
-            .iter()
-            .any(|w| w.contains("At DATA") && w.contains("reference got 354 but you got 503")),
+        words[1].starts_with("You sent DATA (your line 10) and the server answered 503"),
         "{words:#?}"
     );
     assert!(matches!(&findings[0], Finding::Missing { verb, .. } if verb == "RCPT TO"));
@@ -417,27 +415,18 @@ fn compare_explains_wrong_order() {
         .map(|f| f.to_string())
         .collect();
     assert!(
-        words
-            .iter()
-            .any(|w| w.starts_with("You sent DATA before RCPT TO")),
+        words[0].starts_with("You sent DATA (your line 6) and the server answered 503"),
         "{words:#?}"
     );
+    assert!(words[0].contains("only after RCPT TO"), "{words:#?}");
 }
 
 #[test]
-fn compare_explains_helo_instead_of_ehlo() {
+fn compare_counts_helo_and_ehlo_as_the_same_step() {
     let reference = load("seed-session.txt");
     let text = reference.to_string().replacen("C: EHLO", "C: HELO", 1);
-    let words: Vec<String> = compare(&Transcript::parse(&text).unwrap(), &reference)
-        .iter()
-        .map(|f| f.to_string())
-        .collect();
-    assert_eq!(words.len(), 1, "{words:#?}");
-    assert!(
-        words[0].starts_with("You sent HELO (your line 6) where the reference sends EHLO"),
-        "{}",
-        words[0]
-    );
+    let findings = compare(&Transcript::parse(&text).unwrap(), &reference);
+    assert!(findings.is_empty(), "{findings:#?}");
 }
 
 #[test]
@@ -453,10 +442,11 @@ fn compare_explains_a_syntax_error() {
     assert_eq!(words.len(), 1, "{words:#?}");
     assert!(words[0].contains("At MAIL FROM"), "{}", words[0]);
     assert!(
-        words[0].contains("501 means a syntax error in the arguments"),
+        words[0].contains("501, a syntax error in the arguments"),
         "{}",
         words[0]
     );
+    assert!(words[0].contains("(RFC 5321 §4.1.2)"), "{}", words[0]);
     assert!(words[0].contains("angle brackets"), "{}", words[0]);
 }
 

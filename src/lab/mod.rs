@@ -11,6 +11,8 @@
 //! | `diagram.rs` | the state machine drawn from its table | 6 |
 //! | `fault.rs` | `--fault`: refusals at a chosen point, the same way every time | 15 |
 //! | `bench.rs` | the load generator | 16 |
+//! | `dns_server.rs` | `smtplab dns`: a lab nameserver for one zone file | 11 |
+//! | `roster.rs` | `smtplab roster N`: logins for a class, and the list `class` | 15 |
 //!
 //! Standards: none
 
@@ -31,3 +33,7 @@ pub mod diagram;
 pub mod fault;
 
 pub mod bench;
+
+pub mod roster;
+
+pub mod dns_server;

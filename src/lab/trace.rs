@@ -15,7 +15,7 @@
 //!
 //! Standards: RFC 5321 §4.1.4, RFC 5321 §4.2, RFC 5321 §4.1.1.1, RFC 4954 §4
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use crate::smtp::auth::Masked;
@@ -39,6 +39,11 @@ const POSITIVE_COLOUR: &str = "32";
 const NEGATIVE_COLOUR: &str = "31";
 const QUIET_COLOUR: &str = "2";
 
+/// A wrapped line keeps at least this many columns of text, however narrow the terminal.
+const MIN_WRAP_COLUMNS: usize = 20;
+/// Continuation lines of a wrapped line are indented this much under the text.
+const WRAP_INDENT: &str = "  ";
+
 /// How to print the lines of one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Style {
@@ -46,16 +51,47 @@ pub struct Style {
     pub colour: bool,
     /// The session's number, which picks its colour.
     pub session: u64,
+    /// Wrap lines at this many columns (the terminal's width), so a long EHLO reply or HELP
+    /// line stays inside its session's colour on a projector; `None` never wraps (a pipe).
+    pub width: Option<usize>,
 }
 
 impl Style {
     pub const PLAIN: Style = Style {
         colour: false,
         session: 0,
+        width: None,
     };
 
-    /// `[S3] ` + body, each in its colour, and a newline.
+    /// The style of session `session` on this process's stdout: colours and wrapping only
+    /// when it is a terminal, since a file or a pipe should get the plain text.
+    pub fn for_stdout(session: u64) -> Style {
+        let terminal = std::io::stdout().is_terminal();
+        Style {
+            colour: terminal,
+            session,
+            width: if terminal { terminal_width() } else { None },
+        }
+    }
+
+    /// `[S3] ` + body, each in its colour, and a newline; a body wider than the terminal goes
+    /// on as indented lines with the same `[S3] ` in front.
     fn line(&self, id: &str, body_colour: &str, body: &str) -> String {
+        let prefix_columns = id.chars().count() + 3;
+        let room = self
+            .width
+            .map(|w| w.saturating_sub(prefix_columns).max(MIN_WRAP_COLUMNS));
+        wrap(body, room)
+            .iter()
+            .enumerate()
+            .map(|(i, piece)| {
+                let indent = if i == 0 { "" } else { WRAP_INDENT };
+                self.one_line(id, body_colour, &format!("{indent}{piece}"))
+            })
+            .collect()
+    }
+
+    fn one_line(&self, id: &str, body_colour: &str, body: &str) -> String {
         if !self.colour {
             return format!("[{id}] {body}\n");
         }
@@ -63,6 +99,31 @@ impl Style {
         let id_colour = SESSION_COLOURS[index];
         format!("\x1b[{id_colour}m[{id}]\x1b[0m \x1b[{body_colour}m{body}\x1b[0m\n")
     }
+}
+
+/// `body` cut into pieces of at most `room` characters (continuations `WRAP_INDENT` less).
+fn wrap(body: &str, room: Option<usize>) -> Vec<String> {
+    let chars: Vec<char> = body.chars().collect();
+    let Some(room) = room.filter(|&room| chars.len() > room) else {
+        return vec![body.to_string()];
+    };
+    let mut pieces = vec![chars[..room].iter().collect::<String>()];
+    let more = room.saturating_sub(WRAP_INDENT.len()).max(1);
+    pieces.extend(chars[room..].chunks(more).map(|c| c.iter().collect()));
+    pieces
+}
+
+/// The width of the terminal on stdout, if it is one (the TIOCGWINSZ ioctl).
+fn terminal_width() -> Option<usize> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the struct it is given, which lives here.
+    let status = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (status == 0 && size.ws_col > 0).then_some(usize::from(size.ws_col))
 }
 
 // ANCHOR: lines
@@ -240,14 +301,45 @@ mod tests {
     }
 
     #[test]
+    fn long_lines_wrap_at_the_terminal_width_under_their_session_id() {
+        let narrow = Style {
+            width: Some(30),
+            ..Style::PLAIN
+        };
+        let text = client(
+            narrow,
+            "S1",
+            Masked::new(b"MAIL FROM:<a-long-address@example.com>", None),
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            ["[S1] C: MAIL FROM:<a-long-addr", "[S1]   ess@example.com>",]
+        );
+        assert!(lines.iter().all(|l| l.chars().count() <= 30));
+        assert_eq!(
+            client(narrow, "S1", Masked::new(b"QUIT", None)),
+            "[S1] C: QUIT\n"
+        );
+        let piped = client(
+            Style::PLAIN,
+            "S1",
+            Masked::new("x".repeat(300).as_bytes(), None),
+        );
+        assert_eq!(piped.lines().count(), 1, "a pipe never wraps");
+    }
+
+    #[test]
     fn colours_differ_per_session_and_per_kind() {
         let one = Style {
             colour: true,
             session: 1,
+            width: None,
         };
         let two = Style {
             colour: true,
             session: 2,
+            width: None,
         };
         let a = client(one, "S1", Masked::new(b"NOOP", None));
         let b = client(two, "S2", Masked::new(b"NOOP", None));

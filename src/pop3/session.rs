@@ -578,7 +578,9 @@ impl Session {
                 Outcome::respond(State::Transaction { maildrop }, response)
             }
             Err(OpenError::InUse) => {
-                let text = "[IN-USE] maildrop busy: is another POP3 session running?";
+                // Said in words, since curl shows a bare [IN-USE] as "Access denied".
+                let text = "[IN-USE] this mailbox is open in another POP3 session \
+                            (a mail client left open?); QUIT that one, then log in again";
                 Outcome::respond(waiting, Response::err(text))
             }
             Err(OpenError::Failed(_)) => {

@@ -275,12 +275,29 @@ fn command_bytes_problem(line: &[u8]) -> Option<String> {
             "Your line contains a {key} character: the terminal sent the key instead of erasing. Type the whole line again"
         ));
     }
+    if let Some(key) = escape_sequence(line) {
+        return Some(format!(
+            "Your line contains an escape sequence: your terminal sent {key}. \
+             Telnet does not edit lines: retype the line"
+        ));
+    }
     if line.iter().any(|&b| b < 0x20 && b != b'\t') {
         return Some("Command contains a control character".into());
     }
     std::str::from_utf8(line)
         .is_err()
         .then(|| "Command contains 8-bit bytes that are not UTF-8".into())
+}
+
+/// A key the terminal sent as an ANSI escape sequence (ESC `[` or ESC `O`, then a final
+/// letter), named as a student would: telnet and netcat pass keys through, so the up arrow
+/// that recalls a line in a shell arrives here as `ESC [ A`.
+fn escape_sequence(line: &[u8]) -> Option<&'static str> {
+    let at = line.iter().position(|&b| b == 0x1b)?;
+    match line.get(at + 1..at + 3) {
+        Some([b'[' | b'O', b'A' | b'B' | b'C' | b'D']) => Some("an arrow key"),
+        _ => Some("a cursor or function key (an escape sequence)"),
+    }
 }
 
 /// 500 for an unknown verb, with a suggestion when it is one typo away from a real one.

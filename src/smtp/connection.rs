@@ -15,7 +15,7 @@
 //!
 //! Standards: RFC 5321 §4.5.3.2.7, RFC 5321 §3.8, RFC 2920 §3.1, RFC 5321 §4.1.1.4, RFC 3207 §4.2, RFC 8314 §3.3, RFC 3030 §2
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,10 +119,7 @@ pub fn serve(tcp: TcpStream, context: Context, number: u64, role: Role) {
             .ok()
     });
     let console = context.config.trace.then(|| Console {
-        style: Style {
-            colour: io::stdout().is_terminal(),
-            session: number,
-        },
+        style: Style::for_stdout(number),
         id: id.clone(),
     });
     if let Some(console) = &console {

@@ -1028,15 +1028,41 @@ fn help(state: StateName, topic: Option<&str>) -> Reply {
     }
 }
 
+/// HELP text lines are at most this long, so `214-2.0.0 ` and the text fit an 80-column
+/// terminal without wrapping.
+const HELP_WIDTH: usize = 80 - "214-2.0.0 ".len();
+
+/// Each command the state allows on a line of its own with the state it leads to, and what it
+/// does indented below it.
 fn help_for_state(state: StateName) -> Reply {
     let header = format!("You are in state {state:?}. Commands you can type now:");
     let lines = VERBS.iter().filter_map(|row| {
-        transition(state, row.verb)
-            .map(|t| format!("  {:<40} {} -> {:?}", row.syntax, row.summary, t.to))
+        let to = transition(state, row.verb)?.to;
+        let mut lines = vec![format!("  {} -> {to:?}", row.syntax)];
+        lines.extend(help_lines(row.summary, "      "));
+        Some(lines)
     });
     lines
+        .flatten()
         .fold(Reply::HELP_214.text(header), Reply::line)
         .line("HELP <command> explains one command.")
+}
+
+/// `text` cut at spaces into lines of at most `HELP_WIDTH`, each starting with `indent`.
+fn help_lines(text: &str, indent: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = indent.to_string();
+    for word in text.split(' ') {
+        if line.len() > indent.len() && line.len() + 1 + word.len() > HELP_WIDTH {
+            lines.push(std::mem::replace(&mut line, indent.to_string()));
+        }
+        if line.len() > indent.len() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    lines.push(line);
+    lines
 }
 
 /// 503 with a text that says what to send first (RFC 5321 §4.1.4); 554 for DATA when every
@@ -1101,13 +1127,17 @@ fn obsolete(verb: Verb) -> Reply {
 
 fn help_for_verb(verb: Verb) -> Reply {
     let info = verb.info();
-    let help = Reply::HELP_214
-        .text(format!("{}: {}", info.name, info.summary))
+    let mut summary = help_lines(&format!("{}: {}", info.name, info.summary), "").into_iter();
+    let first = summary.next().unwrap_or_default();
+    let help = summary
+        .fold(Reply::HELP_214.text(first), Reply::line)
         .line(format!("Syntax:  {}", info.syntax))
         .line(format!("Example: {}", info.example))
         .line(format!("Defined in {}", info.rfc));
     match history(verb) {
-        Some(why) => help.line(format!("History: {why}")),
+        Some(why) => help_lines(&format!("History: {why}"), "")
+            .into_iter()
+            .fold(help, Reply::line),
         None => help,
     }
 }
