@@ -77,6 +77,13 @@ pub struct Config {
     pub explain: bool,
     /// `--fault RULE`: scripted refusals for client-writing labs.
     pub faults: Vec<crate::lab::fault::Rule>,
+    /// `--web ADDR`: the live view in a browser.
+    pub web: Option<SocketAddr>,
+    /// `--web-show-mail`: raw messages on the web view even off loopback.
+    pub web_show_mail: bool,
+    /// Where every session reports for the web view; on only with `--web`. It lives here
+    /// because every session already holds the configuration.
+    pub live: crate::web::live::Board,
 }
 
 /// Where the TLS certificate comes from.
@@ -195,6 +202,9 @@ impl Default for Config {
             trace: false,
             explain: false,
             faults: Vec::new(),
+            web: None,
+            web_show_mail: false,
+            live: crate::web::live::Board::default(),
         }
     }
 }
@@ -241,6 +251,8 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "trace",           Nothing, "",          "print every C:/S: line with its state transition"),
     ("",  "explain",         Nothing, "",          "end replies with the RFC section and next command"),
     ("",  "fault",           Many,    "RULE",      "scripted reply, e.g. rcpt:3=452 (repeatable)"),
+    ("",  "web",             One,     "ADDR",      "live view in a browser, e.g. 127.0.0.1:8025"),
+    ("",  "web-show-mail",   Nothing, "",          "open raw messages on the web view off loopback too"),
     ("v", "verbose",         Nothing, "",          "log every command (or set RUST_LOG)"),
     ("h", "help",            Nothing, "",          "print this help"),
     ("V", "version",         Nothing, "",          "print the version"),
@@ -321,7 +333,20 @@ impl Config {
             .iter()
             .map(|rule| crate::lab::fault::Rule::parse(rule))
             .collect::<Result<_, _>>()?;
+        config.read_web_options(m)?;
         Ok(config)
+    }
+
+    /// `--web ADDR` turns the live board on; `--web-show-mail` opens raw mail off loopback.
+    fn read_web_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
+        self.web_show_mail = m.opt_present("web-show-mail");
+        if let Some(addr) = m.opt_str("web") {
+            let addr = parse_addr(&addr).map_err(|e| format!("--web: {e}"))?;
+            let shows_mail = self.web_show_mail || addr.ip().is_loopback();
+            self.web = Some(addr);
+            self.live = crate::web::live::Board::on(shows_mail);
+        }
+        Ok(())
     }
 }
 

@@ -33,6 +33,7 @@ use crate::smtp::reply::Reply;
 use crate::smtp::session::Role;
 use crate::store::delivery::LocalDelivery;
 use crate::store::mbox::MailDir;
+use crate::web::server::{WebHandle, WebListener};
 
 /// Stack of each session thread: sessions keep their buffers on the heap, so a small stack is
 /// plenty, and a thousand idle clients cost little memory.
@@ -45,6 +46,8 @@ pub struct Server {
     /// `--pop3` listeners; they serve the same mail directory.
     pop3: Vec<Pop3Listener>,
     spool: Arc<Spool>,
+    /// `--web`: the live view's welcome socket.
+    web: Option<WebListener>,
 }
 
 struct Shared {
@@ -63,6 +66,7 @@ pub struct ServerHandle {
     pop3: Vec<Pop3Handle>,
     /// Dropped after the acceptors stop, which stops the relay thread.
     _relay: Option<RelayHandle>,
+    web: Option<WebHandle>,
 }
 
 /// One place in the connection count; dropping it (also while a thread unwinds) frees it.
@@ -117,6 +121,7 @@ impl Server {
         if !config.pop3s.is_empty() && tls.is_none() {
             return Err("--pop3s needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
+        let web = config.web.map(WebListener::bind).transpose()?;
         let context = Context {
             config: Arc::new(config),
             deliver,
@@ -132,6 +137,7 @@ impl Server {
             }),
             pop3,
             spool,
+            web,
         })
     }
 
@@ -145,21 +151,18 @@ impl Server {
 
     /// Every bound listener with the name of its role, for the start-up banner.
     pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
-        let smtp = self.local_addrs().into_iter().map(|(addr, role)| {
-            let name = match role {
-                Role::Relay => "SMTP",
-                Role::Submission => "submission",
-                Role::ImplicitTls => "SMTPS",
-            };
-            (name, addr)
-        });
+        let smtp = self
+            .local_addrs()
+            .into_iter()
+            .map(|(addr, role)| (role.name(), addr));
         let pop3 = self.pop3.iter().map(|l| {
             (
                 if l.implicit_tls { "POP3S" } else { "POP3" },
                 l.local_addr(),
             )
         });
-        smtp.chain(pop3).collect()
+        let web = self.web.iter().map(|l| ("web", l.local_addr()));
+        smtp.chain(pop3).chain(web).collect()
     }
 
     /// The configuration the server runs with.
@@ -192,6 +195,9 @@ impl Server {
             .map(|listener| listener.spawn(config.clone(), self.shared.context.tls.clone()))
             .collect();
         let context = &self.shared.context;
+        let web = self
+            .web
+            .map(|listener| listener.spawn(config.clone(), self.spool.clone()));
         let relay = worker::start(
             context.config.clone(),
             self.spool,
@@ -206,6 +212,7 @@ impl Server {
             acceptors,
             pop3,
             _relay: relay,
+            web,
         }
     }
 }
@@ -336,6 +343,11 @@ impl ServerHandle {
             .iter()
             .find(|h| h.is_implicit_tls())
             .map(Pop3Handle::addr)
+    }
+
+    /// The `--web` address actually bound, if any.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(WebHandle::addr)
     }
 
     /// POP3 sessions running now.

@@ -103,11 +103,16 @@ pub fn mermaid() -> String {
     machine::mermaid(
         POP3_TRANSITIONS,
         (Authorization, "+OK greeting", Closed),
-        |on| match on {
-            Trigger::Command(verb) => verb.name().to_string(),
-            Trigger::Updated => "deletions committed".to_string(),
-        },
+        label,
     )
+}
+
+/// How each trigger of the POP3 table is labelled in a picture.
+pub fn label(on: &Trigger) -> String {
+    match on {
+        Trigger::Command(verb) => verb.name().to_string(),
+        Trigger::Updated => "deletions committed".to_string(),
+    }
 }
 
 /// One message of a maildrop as the hook hands it over.
