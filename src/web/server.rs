@@ -15,7 +15,7 @@
 //!
 //! Standards: RFC 9112 §9.3, §9.6, RFC 9110 §15
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -178,8 +178,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 fn admit(mut stream: TcpStream, shared: &Arc<Shared>) {
     if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
         shared.active.fetch_sub(1, Ordering::SeqCst);
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = Response::status(503).write(&mut stream, Method::Get);
+        refuse(stream);
         return;
     }
     let slot = Slot(shared.clone());
@@ -193,6 +192,18 @@ fn admit(mut stream: TcpStream, shared: &Arc<Shared>) {
     if let Err(error) = spawned {
         warn!("cannot start a web thread: {error}");
     }
+}
+
+/// 503 to a browser over the cap, from the accepting thread, so without waiting for it: drop
+/// what it has sent so far, answer, close.
+fn refuse(mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = Response::status(503).write(&mut stream, Method::Get);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 // ANCHOR: serve
