@@ -37,8 +37,14 @@ fn a_hand_typed_get_gets_the_page_with_its_policy() {
     assert_eq!(status_line(&page), "HTTP/1.1 200 OK");
     assert!(page.contains("Content-Security-Policy: default-src 'self'\r\n"));
     assert!(page.contains("Connection: close\r\n"));
-    assert!(page.contains("id=\"smtp-RcptGiven\""), "the diagram is drawn in");
-    assert!(!page.contains("<script>") && !page.contains("<style"), "nothing inline");
+    assert!(
+        page.contains("id=\"smtp-RcptGiven\""),
+        "the diagram is drawn in"
+    );
+    assert!(
+        !page.contains("<script>") && !page.contains("<style"),
+        "nothing inline"
+    );
     let head = exchange(web, b"HEAD /app.js HTTP/1.0\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"));
     assert!(head.contains("Content-Type: text/javascript"));
@@ -154,9 +160,16 @@ fn idle_browsers_cost_one_bounded_thread_each_and_others_are_still_served() {
     let idle: Vec<TcpStream> = (0..IDLE).map(|_| connect_with_timeouts(web)).collect();
     wait_until("a thread per idle browser", || threads(pid) >= IDLE);
     let page = exchange(web, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert_eq!(status_line(&page), "HTTP/1.1 200 OK", "others are still served");
+    assert_eq!(
+        status_line(&page),
+        "HTTP/1.1 200 OK",
+        "others are still served"
+    );
     let peak = threads(pid);
-    assert!(peak <= before + IDLE + 2, "{peak} threads for {IDLE} idle browsers");
+    assert!(
+        peak <= before + IDLE + 2,
+        "{peak} threads for {IDLE} idle browsers"
+    );
     // Each idle browser hears 408 when the request deadline passes, and its thread ends.
     let mut first = idle.into_iter().next().expect("one");
     first

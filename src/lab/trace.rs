@@ -210,7 +210,13 @@ pub struct Console {
 
 impl Console {
     /// The console of an SMTP session, when `--trace` prints it or `--web` shows it.
-    pub fn open(config: &Config, style: Style, id: &str, peer: SocketAddr, role: Role) -> Option<Console> {
+    pub fn open(
+        config: &Config,
+        style: Style,
+        id: &str,
+        peer: SocketAddr,
+        role: Role,
+    ) -> Option<Console> {
         let live = config.live.open(Opened {
             id: id.to_string(),
             peer,

@@ -162,7 +162,12 @@ pub fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, R
         match stream.read(&mut buffer) {
             Ok(0) => return Err(Refusal::Gone),
             Ok(n) => head.extend_from_slice(&buffer[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(Refusal::Status(408))
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -174,7 +179,10 @@ pub fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, R
 
 /// Where the head ends: after `CRLF CRLF`, or `LF LF` from a hand-typed request.
 fn head_end(bytes: &[u8]) -> Option<usize> {
-    let crlf = bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
     let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
     crlf.into_iter().chain(lf).min()
 }
@@ -269,19 +277,28 @@ mod tests {
                 path: "/events".into()
             })
         );
-        assert_eq!(status("HEAD / HTTP/1.0\r\n\r\n").map(|r| r.method), Ok(Method::Head));
+        assert_eq!(
+            status("HEAD / HTTP/1.0\r\n\r\n").map(|r| r.method),
+            Ok(Method::Head)
+        );
     }
 
     #[test]
     fn each_fault_has_its_status() {
         let s = Refusal::Status;
         assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), Err(s(400)), "no Host");
-        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), Err(s(400)));
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(s(400))
+        );
         assert_eq!(status("GET / HTTP/1.1\r\nHost : a\r\n\r\n"), Err(s(400)));
         assert_eq!(status("POST / HTTP/1.1\r\nHost: a\r\n\r\n"), Err(s(405)));
         assert_eq!(status("GET / HTTP/2.0\r\nHost: a\r\n\r\n"), Err(s(505)));
         assert_eq!(status("GET  / HTTP/1.1\r\nHost: a\r\n\r\n"), Err(s(400)));
-        assert_eq!(status("GET http://x/ HTTP/1.1\r\nHost: a\r\n\r\n"), Err(s(400)));
+        assert_eq!(
+            status("GET http://x/ HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Err(s(400))
+        );
         assert_eq!(status("HELO x\r\n\r\n"), Err(s(400)));
         let many = "X: y\r\n".repeat(MAX_FIELDS + 1);
         assert_eq!(
@@ -293,7 +310,10 @@ mod tests {
     #[test]
     fn the_head_closes_and_sets_the_policy() {
         let head = Response::status(405).head(Some(3));
-        assert!(head.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{head}"
+        );
         for field in [
             "Allow: GET, HEAD\r\n",
             "Content-Length: 3\r\n",

@@ -39,7 +39,11 @@ pub struct Board(Option<Arc<Shared>>);
 
 impl fmt::Debug for Board {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "Board(on)" } else { "Board(off)" })
+        f.write_str(if self.0.is_some() {
+            "Board(on)"
+        } else {
+            "Board(off)"
+        })
     }
 }
 
@@ -346,7 +350,10 @@ mod tests {
         watch.moved("Connected", "Connected", "RFC 5321 §4.1.1.9");
         let (seq, snapshot) = board.snapshot();
         assert_eq!(seq, 4);
-        assert!(snapshot.contains(r#""text":"NOOP \u003cscript\u003e\u003cBS\u003e""#), "{snapshot}");
+        assert!(
+            snapshot.contains(r#""text":"NOOP \u003cscript\u003e\u003cBS\u003e""#),
+            "{snapshot}"
+        );
         watch.moved("Connected", "Greeted", "RFC 5321 §4.1.1.1");
         let (last, events) = board.since(seq).expect("kept");
         assert_eq!((last, events.len()), (5, 1));

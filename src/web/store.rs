@@ -57,7 +57,11 @@ fn queued(entry: &Entry, now: u64) -> String {
                 RcptState::Delivered => "delivered",
                 RcptState::Failed => "failed",
             };
-            json::object(&[("path", &rcpt.path), ("state", state), ("reply", &rcpt.reply)])
+            json::object(&[
+                ("path", &rcpt.path),
+                ("state", state),
+                ("reply", &rcpt.reply),
+            ])
         })
         .collect();
     let next = match entry.next_attempt.checked_sub(now) {

@@ -58,16 +58,21 @@ fn layout<S: Copy + PartialEq>(edges: &[(S, S, Vec<String>)], start: S) -> Vec<(
 }
 
 fn centre(column: usize, row: usize) -> (f64, f64) {
-    (
-        MARGIN + column as f64 * COLUMN,
-        MARGIN + row as f64 * ROW,
-    )
+    (MARGIN + column as f64 * COLUMN, MARGIN + row as f64 * ROW)
 }
 
 /// Where the line from the box's centre towards `(dx, dy)` leaves the box.
 fn border((x, y): (f64, f64), (dx, dy): (f64, f64)) -> (f64, f64) {
-    let tx = if dx == 0.0 { f64::MAX } else { BOX_WIDTH / 2.0 / dx.abs() };
-    let ty = if dy == 0.0 { f64::MAX } else { BOX_HEIGHT / 2.0 / dy.abs() };
+    let tx = if dx == 0.0 {
+        f64::MAX
+    } else {
+        BOX_WIDTH / 2.0 / dx.abs()
+    };
+    let ty = if dy == 0.0 {
+        f64::MAX
+    } else {
+        BOX_HEIGHT / 2.0 / dy.abs()
+    };
     let t = tx.min(ty);
     (x + dx * t, y + dy * t)
 }
@@ -119,15 +124,18 @@ pub fn diagram<S: Copy + PartialEq + Debug, T>(
     let states = layout(&edges, start);
     let columns = states.iter().map(|(_, c, _)| c + 1).max().unwrap_or(1);
     let rows = states.iter().map(|(_, _, r)| r + 1).max().unwrap_or(1);
-    let (width, height) = centre(columns, rows);
+    let (right, bottom) = centre(columns - 1, rows - 1);
+    let (width, height) = (
+        right + BOX_WIDTH / 2.0 + 30.0,
+        bottom + BOX_HEIGHT / 2.0 + 30.0,
+    );
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"diagram\" id=\"{prefix}-diagram\" \
          viewBox=\"0 0 {:.0} {:.0}\" role=\"img\" aria-label=\"{prefix} state machine\">\
          <defs><marker id=\"{prefix}-arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" \
-         markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0 L10,5 L0,10 z\"/>\
+         markerWidth=\"9\" markerHeight=\"9\" markerUnits=\"userSpaceOnUse\" orient=\"auto\"><path d=\"M0,0 L10,5 L0,10 z\"/>\
          </marker></defs>",
-        width - COLUMN / 2.0,
-        height - ROW / 2.0 + 20.0,
+        width, height,
     );
     let at = |state: S| {
         states
@@ -197,7 +205,14 @@ mod tests {
             "smtp",
             crate::lab::diagram::label,
         );
-        for state in ["Connected", "Greeted", "MailGiven", "RcptGiven", "Data", "Closed"] {
+        for state in [
+            "Connected",
+            "Greeted",
+            "MailGiven",
+            "RcptGiven",
+            "Data",
+            "Closed",
+        ] {
             assert!(svg.contains(&format!("id=\"smtp-{state}\"")), "{state}");
         }
         let edges = machine::edges(TRANSITIONS, crate::lab::diagram::label);
