@@ -87,12 +87,8 @@ fn malformed_requests_get_their_status() {
     );
 }
 
-#[test]
-fn the_event_stream_starts_with_every_session() {
-    let (server, web) = web_server(&[]);
-    let mut client = server.connect();
-    client.expect("EHLO student.test", 250);
-    client.expect("MAIL FROM:<a@example.com>", 250);
+/// Read the event stream from its start until it holds every one of `wanted`.
+fn stream_until(web: SocketAddr, wanted: &[&str]) -> String {
     let mut stream = connect_with_timeouts(web);
     stream
         .write_all(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -100,16 +96,46 @@ fn the_event_stream_starts_with_every_session() {
     let mut seen = Vec::new();
     let mut buffer = [0u8; 4096];
     let deadline = Instant::now() + common::READ_TIMEOUT;
-    while !String::from_utf8_lossy(&seen).contains("\"kind\":\"store\"") {
-        assert!(Instant::now() < deadline, "no store event");
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if wanted.iter().all(|w| text.contains(w)) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "not all of {wanted:?} in:\n{text}");
         let n = stream.read(&mut buffer).expect("read the stream");
-        assert!(n > 0, "stream closed early");
+        assert!(n > 0, "stream closed early:\n{text}");
         seen.extend_from_slice(&buffer[..n]);
     }
-    let text = String::from_utf8_lossy(&seen);
+}
+
+#[test]
+fn the_event_stream_starts_with_every_session() {
+    let (server, web) = web_server(&[]);
+    let mut client = server.connect();
+    client.expect("EHLO student.test", 250);
+    client.expect("MAIL FROM:<a@example.com>", 250);
+    let text = stream_until(web, &[r#""state":"MailGiven""#, r#""kind":"store""#]);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream"));
-    assert!(text.contains(r#""state":"MailGiven""#), "{text}");
     assert!(text.contains(r#""user":"alice","count":"0""#), "{text}");
+}
+
+#[test]
+fn pop3_sessions_show_with_their_state_and_no_password() {
+    let (server, web) = web_server(&["--pop3", "127.0.0.1:0"]);
+    let pop3 = server.handle.pop3_addr().expect("pop3");
+    let mut stream = connect_with_timeouts(pop3);
+    let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+    let mut line = String::new();
+    for command in ["", "USER alice\r\n", "PASS password\r\n"] {
+        stream.write_all(command.as_bytes()).expect("send");
+        line.clear();
+        std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+        assert!(line.starts_with("+OK"), "{line}");
+    }
+    let text = stream_until(web, &[r#""role":"POP3""#, r#""to":"Transaction""#]);
+    assert!(text.contains(r#""machine":"pop3""#));
+    assert!(text.contains(r#""dir":"C","text":"PASS ****""#), "{text}");
+    assert!(!text.contains(r#""text":"PASS password""#), "{text}");
 }
 
 #[test]

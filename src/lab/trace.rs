@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Role, StateName};
-use crate::web::live::{Opened, Watch};
+use crate::web::live::{Opening, Watch};
 
 /// After this long without a line in DATA the console reminds the teacher how DATA ends (or
 /// after half the idle timeout, when that is shorter, so the hint always comes before the 421).
@@ -217,7 +217,7 @@ impl Console {
         peer: SocketAddr,
         role: Role,
     ) -> Option<Console> {
-        let live = config.live.open(Opened {
+        let live = config.live.open(Opening {
             id: id.to_string(),
             peer,
             role: role.name(),

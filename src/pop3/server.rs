@@ -31,6 +31,7 @@ use crate::pop3::session::{
     self, Maildrops, Next, OpenError, Opened, Session, Step, StoredMessage, Tls,
 };
 use crate::store::mbox::{self, DeliveryError, MailDir};
+use crate::web::live::{Opening, Watch};
 
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
 pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
@@ -204,6 +205,7 @@ fn serve_tcp(
         .map(|a| a.to_string())
         .unwrap_or_default();
     info!("[{id}] POP3 connect from {peer}");
+    let watch = open_watch(&session, &stream, &id, implicit_tls);
     if let Err(error) = stream.set_write_timeout(Some(AUTOLOGOUT)) {
         warn!("[{id}] cannot set a write timeout: {error}");
         return;
@@ -221,12 +223,29 @@ fn serve_tcp(
             }
         };
     }
-    serve(stream, session, &id, acceptor);
+    serve(stream, session, &id, acceptor, watch);
+}
+
+/// Tell `--web` a POP3 session opened (`None` without `--web`).
+fn open_watch(session: &Session, stream: &TcpStream, id: &str, tls: bool) -> Option<Watch> {
+    session.live().open(Opening {
+        id: id.to_string(),
+        peer: stream.peer_addr().ok()?,
+        role: if tls { "POP3S" } else { "POP3" },
+        machine: "pop3",
+        state: format!("{:?}", session::StateName::Authorization),
+    })
 }
 
 /// One client on this thread, over any stream with a read deadline. Errors end the
-/// connection; they are logged, never panics.
-pub fn serve(stream: Stream, session: Session, id: &str, acceptor: Option<Arc<TlsAcceptor>>) {
+/// connection; they are logged, never panics. `watch` reports to `--web`.
+pub fn serve(
+    stream: Stream,
+    session: Session,
+    id: &str,
+    acceptor: Option<Arc<TlsAcceptor>>,
+    watch: Option<Watch>,
+) {
     let mut connection = Connection {
         stream: Some(stream),
         acceptor,
@@ -234,6 +253,7 @@ pub fn serve(stream: Stream, session: Session, id: &str, acceptor: Option<Arc<Tl
         session,
         id,
         output: Vec::new(),
+        watch,
     };
     let outcome = connection.run();
     let state = connection.session.state().name();
@@ -254,6 +274,8 @@ struct Connection<'a> {
     session: Session,
     id: &'a str,
     output: Vec<u8>,
+    /// `--web`: lines and moves for the live view.
+    watch: Option<Watch>,
 }
 
 impl Connection<'_> {
@@ -313,19 +335,30 @@ impl Connection<'_> {
             Err(ReadError::Closed { .. }) => return Ok(Err("client closed the connection")),
             Err(ReadError::Io(error)) => return Err(error),
         };
-        if is_pass(&line.bytes) {
-            debug!("[{}] C: PASS ****", self.id);
+        let shown: &[u8] = if is_pass(&line.bytes) {
+            b"PASS ****"
         } else {
-            debug!("[{}] C: {}", self.id, String::from_utf8_lossy(&line.bytes));
+            &line.bytes
+        };
+        debug!("[{}] C: {}", self.id, String::from_utf8_lossy(shown));
+        let step = self.session.command(&line.bytes);
+        if let Some(watch) = &self.watch {
+            watch.client(shown);
+            watch.moved(&format!("{:?}", step.from), &format!("{:?}", step.to), step.rfc);
         }
-        Ok(Ok(self.session.command(&line.bytes)))
+        Ok(Ok(step))
     }
 
     /// Queue responses; `flush` writes them.
     fn send(&mut self, responses: &[Response]) {
         for response in responses {
             debug!("[{}] S: {response}", self.id);
-            self.output.extend_from_slice(&response.to_wire());
+            let wire = response.to_wire();
+            if let Some(watch) = &self.watch {
+                // The status line only: the lines after it may be a message (RETR, TOP).
+                watch.server(String::from_utf8_lossy(&wire).lines().next().unwrap_or(""));
+            }
+            self.output.extend_from_slice(&wire);
         }
     }
 

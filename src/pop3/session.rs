@@ -380,6 +380,11 @@ fn listed(from: StateName, trigger: Option<Trigger>, to: StateName, next: Next) 
 }
 
 impl Session {
+    /// Where this session reports for `--web` (off without it).
+    pub fn live(&self) -> &crate::web::live::Board {
+        &self.config.live
+    }
+
     pub fn new(config: Arc<Config>, maildrops: Arc<dyn Maildrops>, tls: Tls) -> Session {
         Session {
             state: State::Authorization { user: None },

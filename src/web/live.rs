@@ -49,7 +49,7 @@ impl fmt::Debug for Board {
 
 /// What a session says about itself when it opens.
 #[derive(Debug, Clone)]
-pub struct Opened {
+pub struct Opening {
     /// `S3` or `P2`: the id of the logs and the console.
     pub id: String,
     pub peer: SocketAddr,
@@ -79,7 +79,7 @@ struct State {
 }
 
 struct Session {
-    opened: Opened,
+    opened: Opening,
     state: String,
     /// The last move, as JSON (`null` before the first).
     last_move: String,
@@ -119,7 +119,7 @@ impl Board {
     }
 
     /// Register a session; `None` when the board is off.
-    pub fn open(&self, opened: Opened) -> Option<Watch> {
+    pub fn open(&self, opened: Opening) -> Option<Watch> {
         let board = self.0.clone()?;
         let event = open_event(&opened);
         let id = opened.id.clone();
@@ -133,7 +133,7 @@ impl Board {
                 lines: VecDeque::new(),
             });
         }
-        publish(&board, &id, Change::Opened, event);
+        publish(&board, &id, Change::Opening, event);
         Some(Watch(Arc::new(Reporter { board, id })))
     }
 
@@ -241,7 +241,7 @@ impl Session {
     }
 }
 
-fn open_event(o: &Opened) -> String {
+fn open_event(o: &Opening) -> String {
     json::object(&[
         ("kind", "open"),
         ("id", &o.id),
@@ -259,7 +259,7 @@ fn lock(board: &Shared) -> MutexGuard<'_, State> {
 
 /// What an event changes in its session's summary.
 enum Change<'a> {
-    Opened,
+    Opening,
     Line,
     Moved(&'a str),
     Close,
@@ -288,7 +288,7 @@ impl Session {
     /// What an event changes in the session's summary.
     fn apply(&mut self, change: &Change, event: &str) {
         match change {
-            Change::Opened => {}
+            Change::Opening => {}
             Change::Close => self.closed = true,
             Change::Line => self.keep_line(event),
             Change::Moved(to) => {
@@ -324,8 +324,8 @@ fn forget_old_closed(sessions: &mut Vec<Session>) {
 mod tests {
     use super::*;
 
-    fn opened(id: &str) -> Opened {
-        Opened {
+    fn opened(id: &str) -> Opening {
+        Opening {
             id: id.to_string(),
             peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
             role: "SMTP",

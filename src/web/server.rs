@@ -175,7 +175,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 // ANCHOR_END: accept_loop
 
 /// Count the browser in, or answer 503 when the server is full.
-fn admit(mut stream: TcpStream, shared: &Arc<Shared>) {
+fn admit(stream: TcpStream, shared: &Arc<Shared>) {
     if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
         shared.active.fetch_sub(1, Ordering::SeqCst);
         refuse(stream);
