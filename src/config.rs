@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::auth_budget::{Budget as AuthBudget, Policy as AuthPolicy};
 
 use crate::smtp::address::Domain;
 
@@ -23,6 +26,13 @@ pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
 pub const DEFAULT_MAX_ERRORS: u32 = 20;
 pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
+/// One address (one student's script) may hold this many connections at once.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
+/// The longest `--timeout`: a day. Deadlines are `Instant`s; a timeout near `u64::MAX`
+/// seconds would overflow them.
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+/// The longest `--retry` wait and `--queue-lifetime`: a year, far beyond any real queue.
+pub const MAX_QUEUE_DURATION: Duration = Duration::from_secs(365 * 86_400);
 pub const DEMO_PASSWORD: &str = "password";
 /// Pause before a POP3 `-ERR` for a wrong password, to slow down password guessing.
 pub const DEFAULT_POP3_AUTH_DELAY: Duration = Duration::from_secs(1);
@@ -44,6 +54,8 @@ pub struct Config {
     pub directory: Directory,
     pub max_size: u64,
     pub max_connections: usize,
+    /// `--max-connections-per-ip`: the share of one client address.
+    pub max_connections_per_ip: usize,
     pub max_recipients: usize,
     pub max_errors: u32,
     pub idle_timeout: Duration,
@@ -84,6 +96,26 @@ pub struct Config {
     /// Where every session reports for the web view; on only with `--web`. It lives here
     /// because every session already holds the configuration.
     pub live: crate::web::live::Board,
+    /// Networks that may send passwords without TLS (`--plaintext-auth-from`,
+    /// `--allow-plaintext-auth`); by default this machine only.
+    pub plaintext_auth_from: Vec<Cidr>,
+    /// The password-failure budget per client address, shared by SMTP AUTH and POP3. It is
+    /// state, not an option, but it lives as long as the configuration and is shared the same way.
+    pub auth_budget: Arc<AuthBudget>,
+}
+
+/// This machine: the loopback networks, the only ones allowed passwords in the clear by default.
+pub fn loopback_networks() -> Vec<Cidr> {
+    vec![
+        Cidr {
+            network: IpAddr::from([127, 0, 0, 0]),
+            prefix: 8,
+        },
+        Cidr {
+            network: IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            prefix: 128,
+        },
+    ]
 }
 
 /// Where the TLS certificate comes from.
@@ -183,6 +215,7 @@ impl Default for Config {
             mail_dir: PathBuf::from("mail"),
             max_size: DEFAULT_MAX_SIZE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_recipients: DEFAULT_MAX_RECIPIENTS,
             max_errors: DEFAULT_MAX_ERRORS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -205,6 +238,8 @@ impl Default for Config {
             web: None,
             web_show_mail: false,
             live: crate::web::live::Board::default(),
+            plaintext_auth_from: loopback_networks(),
+            auth_budget: Arc::new(AuthBudget::new(AuthPolicy::default())),
         }
     }
 }
@@ -236,7 +271,8 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "tls-key",         One,     "FILE",      "PEM PKCS#8 private key"),
     ("",  "tls-self-signed", Nothing, "",          "make a throwaway certificate at start"),
     ("",  "max-size",        One,     "BYTES",     "SIZE limit (default 10485760)"),
-    ("",  "max-connections", One,     "N",         "further clients get 421 (default 100)"),
+    ("",  "max-connections", One,     "N",         "SMTP and POP3 clients beyond N get 421 (default 100)"),
+    ("",  "max-connections-per-ip", One, "N",      "the same, per client address (default 32)"),
     ("",  "max-recipients",  One,     "N",         "recipients per message (default 100)"),
     ("",  "max-errors",      One,     "N",         "errors before 421 and close (default 20)"),
     ("",  "timeout",         One,     "SECS",      "wait this long for a command (default 300)"),
@@ -247,6 +283,10 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "spool",           One,     "DIR",       "outbound queue (default ./spool)"),
     ("",  "retry",           One,     "LIST",      "waits between attempts, e.g. 1m,5m,30m,2h"),
     ("",  "queue-lifetime",  One,     "DUR",       "bounce after this long (default 5d)"),
+    ("",  "plaintext-auth-from", Many, "CIDR",     "may log in without TLS (default: this machine)"),
+    ("",  "allow-plaintext-auth", Nothing, "",     "any address may log in without TLS (a LAN lab)"),
+    ("",  "auth-budget",     One,     "N",         "failed logins per address before a lockout (10)"),
+    ("",  "auth-delay",      One,     "SECS",      "first wait after 3 failed logins; doubles (1)"),
     ("",  "transcripts",     One,     "DIR",       "record every session as a transcript"),
     ("",  "trace",           Nothing, "",          "print every C:/S: line with its state transition"),
     ("",  "explain",         Nothing, "",          "end replies with the RFC section and next command"),
@@ -306,18 +346,14 @@ impl Config {
             config.directory.aliases = read_aliases(&file)?;
         }
         config.directory.ensure_postmaster();
-        config.max_size = number(m, "max-size", config.max_size)?;
-        config.max_connections = number(m, "max-connections", config.max_connections)?;
-        config.max_recipients = number(m, "max-recipients", config.max_recipients)?;
-        config.max_errors = number(m, "max-errors", config.max_errors)?;
-        config.idle_timeout =
-            Duration::from_secs_f64(number(m, "timeout", config.idle_timeout.as_secs_f64())?);
+        config.read_limits(m)?;
         config.transcripts = m.opt_str("transcripts").map(PathBuf::from);
         config.relay_from = m
             .opt_strs("relay-from")
             .iter()
             .map(|c| Cidr::parse(c))
             .collect::<Result<_, _>>()?;
+        config.read_auth_options(m)?;
         config.verbose = m.opt_present("verbose");
         config.pop3s = addresses(m, "pop3s")?;
         config.pop3 = m
@@ -351,21 +387,109 @@ impl Config {
 }
 
 impl Config {
+    // ANCHOR: read_limits
+    /// The numeric limits. Each is checked here, at start, so a bad value is one sentence and
+    /// exit status 2, never a panic in a session thread later.
+    fn read_limits(&mut self, m: &getopts::Matches) -> Result<(), String> {
+        self.max_size = number(m, "max-size", self.max_size)?;
+        self.max_connections = positive(m, "max-connections", self.max_connections)?;
+        self.max_connections_per_ip =
+            positive(m, "max-connections-per-ip", self.max_connections_per_ip)?;
+        self.max_recipients = positive(m, "max-recipients", self.max_recipients)?;
+        self.max_errors = positive(m, "max-errors", self.max_errors)?;
+        let seconds = number(m, "timeout", self.idle_timeout.as_secs_f64())?;
+        if !(seconds > 0.0 && seconds <= MAX_TIMEOUT_SECS) {
+            return Err(format!(
+                "--timeout needs a number of seconds above 0 and at most {MAX_TIMEOUT_SECS} (a day), not '{seconds}'."
+            ));
+        }
+        self.idle_timeout = Duration::from_secs_f64(seconds);
+        Ok(())
+    }
+    // ANCHOR_END: read_limits
+
+    /// Who may log in without TLS, and the password-failure budget.
+    fn read_auth_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
+        if m.opt_present("plaintext-auth-from") {
+            self.plaintext_auth_from = m
+                .opt_strs("plaintext-auth-from")
+                .iter()
+                .map(|c| {
+                    Cidr::parse(c).map_err(|_| {
+                        format!(
+                            "--plaintext-auth-from needs a network like 192.168.1.0/24, not '{c}'."
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if m.opt_present("allow-plaintext-auth") {
+            self.plaintext_auth_from.extend([
+                Cidr {
+                    network: IpAddr::from([0, 0, 0, 0]),
+                    prefix: 0,
+                },
+                Cidr {
+                    network: IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+                    prefix: 0,
+                },
+            ]);
+        }
+        let defaults = AuthPolicy::default();
+        let failures = number(m, "auth-budget", defaults.failures)?;
+        let delay = number(m, "auth-delay", defaults.first_wait.as_secs_f64())?;
+        let first_wait = Duration::try_from_secs_f64(delay)
+            .ok()
+            .filter(|wait| *wait <= Duration::from_secs(60))
+            .ok_or("--auth-delay needs a number of seconds from 0 to 60.")?;
+        if failures == 0 {
+            return Err("--auth-budget needs at least 1 failed login.".into());
+        }
+        self.auth_budget = Arc::new(AuthBudget::new(AuthPolicy {
+            failures,
+            first_wait,
+            ..defaults
+        }));
+        Ok(())
+    }
+
+    /// The networks beyond this machine from which passwords may arrive in the clear: the
+    /// start-up banner warns about each.
+    pub fn plaintext_networks_beyond_loopback(&self) -> Vec<Cidr> {
+        let loopback = loopback_networks();
+        self.plaintext_auth_from
+            .iter()
+            .filter(|net| {
+                !loopback
+                    .iter()
+                    .any(|lo| lo.prefix <= net.prefix && lo.contains(net.network))
+            })
+            .copied()
+            .collect()
+    }
+}
+
+impl Config {
     /// The options of the outbound queue and relay (`queue.rs`, `relay.rs`, `dns.rs`).
     fn read_relay_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
         if let Some(addr) = m.opt_str("dns") {
             self.dns = Some(parse_addr(&addr).map_err(|e| format!("--dns: {e}"))?);
         }
-        self.mx_port = number(m, "mx-port", self.mx_port)?;
+        self.mx_port = positive(m, "mx-port", self.mx_port)?;
         if let Some(dir) = m.opt_str("spool") {
             self.spool_dir = PathBuf::from(dir);
         }
         if let Some(list) = m.opt_str("retry") {
             self.retry = crate::relay::queue::parse_retry(&list)?;
+            queue_duration(
+                "retry",
+                self.retry.iter().copied().max().unwrap_or_default(),
+            )?;
         }
         if let Some(text) = m.opt_str("queue-lifetime") {
             self.queue_lifetime = crate::relay::queue::parse_duration(&text)
                 .map_err(|e| format!("--queue-lifetime: {e}"))?;
+            queue_duration("queue-lifetime", self.queue_lifetime)?;
         }
         if let Some(host) = m.opt_str("smart-host") {
             if !host.contains(':') {
@@ -416,6 +540,12 @@ impl Cidr {
     // ANCHOR_END: cidr_contains
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
 fn same_prefix(a: u128, b: u128, prefix: u32, bits: u32) -> bool {
     let shift = bits - prefix;
     shift >= 128 || (a >> shift) == (b >> shift)
@@ -450,6 +580,27 @@ fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) ->
             .parse()
             .map_err(|_| format!("--{name} needs a number, not '{text}'.")),
     }
+}
+
+/// A count that must be at least 1: `--max-connections 0` would refuse every client.
+fn positive<T>(m: &getopts::Matches, name: &str, default: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    let value = number(m, name, default)?;
+    if value < T::from(1) {
+        return Err(format!("--{name} needs a whole number of at least 1."));
+    }
+    Ok(value)
+}
+
+/// `--retry` and `--queue-lifetime` stay below `MAX_QUEUE_DURATION`, so times computed from
+/// them cannot overflow.
+fn queue_duration(name: &str, duration: Duration) -> Result<(), String> {
+    if duration > MAX_QUEUE_DURATION {
+        return Err(format!("--{name} allows at most 365d."));
+    }
+    Ok(())
 }
 
 /// `user:password` per line; `#` starts a comment.

@@ -92,6 +92,17 @@ fn banner(config: &Config, listeners: &[(&str, SocketAddr)]) -> String {
             text.push_str("\nWARNING: demo users with known passwords on a non-loopback address!");
         }
     }
+    let clear: Vec<String> = config
+        .plaintext_networks_beyond_loopback()
+        .iter()
+        .map(|net| net.to_string())
+        .collect();
+    if !clear.is_empty() {
+        text.push_str(&format!(
+            "\nWARNING: passwords accepted without TLS from {}: anyone on that network can read them.",
+            clear.join(", ")
+        ));
+    }
     if let Some((_, first)) = listeners.first() {
         text.push_str(&format!("\nTry: telnet {} {}", first.ip(), first.port()));
     }

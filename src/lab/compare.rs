@@ -17,6 +17,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::lab::transcript::{align, is_last_reply_line, Line, Pair, Transcript};
+use crate::visible::sanitize;
 
 /// The server's first reply, before any command; it is compared like a command's reply.
 const GREETING: &str = "greeting";
@@ -463,19 +464,30 @@ pub fn compare_main(args: &[String]) -> i32 {
         eprintln!("Usage: smtplab compare MINE REFERENCE");
         return 2;
     };
-    let load =
-        |file: &String| Transcript::load(Path::new(file)).map_err(|e| eprintln!("{file}: {e}"));
+    // File names and findings hold what a student wrote: escaped before they reach a terminal.
+    let load = |file: &String| {
+        Transcript::load(Path::new(file))
+            .map_err(|e| eprintln!("{}", sanitize(&format!("{file}: {e}"))))
+    };
     let (Ok(mine_transcript), Ok(reference_transcript)) = (load(mine), load(reference)) else {
         return 2;
     };
     let findings = compare(&mine_transcript, &reference_transcript);
     if findings.is_empty() {
-        println!("{mine} matches {reference}: the same commands in the same order, the same reply codes.");
+        println!(
+            "{}",
+            sanitize(&format!(
+            "{mine} matches {reference}: the same commands in the same order, the same reply codes."
+        ))
+        );
         return 0;
     }
-    println!("{mine} compared with {reference}:");
+    println!(
+        "{}",
+        sanitize(&format!("{mine} compared with {reference}:"))
+    );
     for (number, finding) in findings.iter().enumerate() {
-        println!("{}. {finding}", number + 1);
+        println!("{}", sanitize(&format!("{}. {finding}", number + 1)));
     }
     1
 }

@@ -2,7 +2,8 @@
 //!
 //! | file | what | lesson |
 //! |---|---|---|
-//! | `transcript.rs` | the `C:`/`S:` transcript format and the recorder | 12 |
+//! | `transcript.rs` | the `C:`/`S:` transcript format: parse, match, print | 12 |
+//! | `recorder.rs` | `--transcripts`: each live session written as a transcript | 12, 14 |
 //! | `replay.rs` | plays a transcript against any server and diffs the replies | 12 |
 //! | `compare.rs` | explains how a student's session differs from a reference | 12 |
 //! | `coach.rs` | coaching, `--explain` and `--fault` around the SMTP session's `step` | 15 |
@@ -14,6 +15,8 @@
 //! Standards: none
 
 pub mod transcript;
+
+pub mod recorder;
 
 pub mod replay;
 

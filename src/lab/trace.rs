@@ -9,7 +9,10 @@
 //!   every line and move to the live board (`web/live.rs`), so the page sees what `--trace` sees.
 //! - `explain(reply, rfc, next, ehlo)` adds the `--explain` note to a reply; `next_expected`
 //!   says in words what a client should send in a state.
-//! - `shown(bytes)` makes client bytes readable (`<BS>`, `<DEL>`); `mask_secret` hides AUTH data.
+//! - Every line a student's bytes reach is written with `visible::escape` (client lines, in the
+//!   transcript notation: `{x08}` for a backspace, `{x1B}` for an escape) or `visible::sanitize`
+//!   (reply lines), so nothing a student types can act on the teacher's terminal. A command's
+//!   secret arrives already masked (`auth::Masked`) and shows as `{secret}`.
 //!
 //! Standards: RFC 5321 §4.1.4, RFC 5321 §4.2, RFC 5321 §4.1.1.1, RFC 4954 §4
 
@@ -18,8 +21,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::smtp::auth::Masked;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Role, StateName};
+use crate::visible;
 use crate::web::live::{Opening, Watch};
 
 /// After this long without a line in DATA the console reminds the teacher how DATA ends (or
@@ -65,12 +70,13 @@ impl Style {
 }
 
 // ANCHOR: lines
-/// `[S1] C: HELO client.example`
-pub fn client(style: Style, id: &str, bytes: &[u8]) -> String {
+/// `[S1] C: HELO client.example`, in the transcript notation; the secret of an AUTH line is
+/// `{secret}`.
+pub fn client(style: Style, id: &str, line: Masked) -> String {
     // An empty line is `C:` alone, as in the transcripts.
-    let text = match bytes {
-        [] => "C:".to_string(),
-        _ => format!("C: {}", shown(bytes)),
+    let text = match line.to_string() {
+        shown if shown.is_empty() => "C:".to_string(),
+        shown => format!("C: {shown}"),
     };
     style.line(id, CLIENT_COLOUR, &text)
 }
@@ -84,7 +90,7 @@ pub fn server(style: Style, id: &str, wire: &str) -> String {
             } else {
                 POSITIVE_COLOUR
             };
-            style.line(id, colour, &format!("S: {line}"))
+            style.line(id, colour, &format!("S: {}", visible::sanitize(line)))
         })
         .collect()
 }
@@ -119,44 +125,6 @@ pub fn data_hint(style: Style, id: &str) -> String {
         id,
         "still in DATA: end the message with a line holding only a dot",
     )
-}
-
-/// Client bytes made readable on a projector: control characters get names, bytes that are
-/// not UTF-8 are shown in hex, so a stray backspace is seen rather than guessed.
-pub fn shown(bytes: &[u8]) -> String {
-    let mut text = String::new();
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\u{8}' => text.push_str("<BS>"),
-                '\u{7f}' => text.push_str("<DEL>"),
-                '\0' => text.push_str("<NUL>"),
-                '\r' => text.push_str("<CR>"),
-                '\t' => text.push_str("<TAB>"),
-                c if c.is_control() => text.push_str(&format!("<0x{:02X}>", c as u32)),
-                c => text.push(c),
-            }
-        }
-        for byte in chunk.invalid() {
-            text.push_str(&format!("<0x{byte:02X}>"));
-        }
-    }
-    text
-}
-
-/// Hide credentials (RFC 4954 §4): a whole SASL response, or the initial response after
-/// `AUTH <mechanism>`. A projected console must not show a password, even in base64.
-pub fn mask_secret(bytes: &[u8], sasl_response: bool) -> Vec<u8> {
-    if sasl_response {
-        return b"(credentials hidden)".to_vec();
-    }
-    let words: Vec<&[u8]> = bytes.splitn(3, |&b| b == b' ').collect();
-    match words.as_slice() {
-        [verb, mechanism, _] if verb.eq_ignore_ascii_case(b"AUTH") => {
-            [*verb, b" ", *mechanism, b" (credentials hidden)"].concat()
-        }
-        _ => bytes.to_vec(),
-    }
 }
 
 // ANCHOR: explain
@@ -243,19 +211,25 @@ impl Console {
         let _ = out.flush();
     }
 
+    /// A line of message text, or a note in place of one: shown whole, escaped.
     pub fn client(&self, bytes: &[u8]) {
-        if let Some(live) = &self.live {
-            live.client(bytes);
-        }
-        self.print(|| client(self.style, &self.id, bytes));
+        self.command(Masked::new(bytes, None));
     }
 
-    /// A line of a message: on the web view only where mail may be shown (`Board::shows_mail`).
+    /// A command line, its secret already masked.
+    pub fn command(&self, line: Masked) {
+        if let Some(live) = &self.live {
+            live.command(line);
+        }
+        self.print(|| client(self.style, &self.id, line));
+    }
+
+    /// A line of a message: on the web view only where mail may be shown (`Board::on`).
     pub fn data(&self, bytes: &[u8]) {
         if let Some(live) = &self.live {
             live.data(bytes);
         }
-        self.print(|| client(self.style, &self.id, bytes));
+        self.print(|| client(self.style, &self.id, Masked::new(bytes, None)));
     }
 
     pub fn server(&self, wire: &str) {
@@ -296,8 +270,11 @@ mod tests {
     #[test]
     fn plain_lines() {
         let p = Style::PLAIN;
-        assert_eq!(client(p, "S1", b"HELO x"), "[S1] C: HELO x\n");
-        assert_eq!(client(p, "S1", b""), "[S1] C:\n");
+        assert_eq!(
+            client(p, "S1", Masked::new(b"HELO x", None)),
+            "[S1] C: HELO x\n"
+        );
+        assert_eq!(client(p, "S1", Masked::new(b"", None)), "[S1] C:\n");
         assert_eq!(
             server(p, "S2", "250-a\r\n250 b\r\n"),
             "[S2] S: 250-a\n[S2] S: 250 b\n"
@@ -330,8 +307,8 @@ mod tests {
             colour: true,
             session: 2,
         };
-        let a = client(one, "S1", b"NOOP");
-        let b = client(two, "S2", b"NOOP");
+        let a = client(one, "S1", Masked::new(b"NOOP", None));
+        let b = client(two, "S2", Masked::new(b"NOOP", None));
         assert!(a.contains("\x1b["), "{a:?}");
         assert_ne!(a.split(']').next(), b.split(']').next());
         let ok = server(one, "S1", "250 OK\r\n");
@@ -341,21 +318,20 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_are_named() {
-        assert_eq!(shown(b"HEL\x08LO"), "HEL<BS>LO");
-        assert_eq!(shown(b"X\x7f\0\xff"), "X<DEL><NUL><0xFF>");
-        assert_eq!(shown("Grüße".as_bytes()), "Grüße");
-    }
-
-    #[test]
-    fn secrets_are_masked() {
+    fn student_bytes_cannot_reach_the_terminal_raw() {
+        let p = Style::PLAIN;
+        let line = |bytes| client(p, "S1", Masked::new(bytes, None));
+        assert_eq!(line(b"HEL\x08LO"), "[S1] C: HEL{x08}LO\n");
+        assert_eq!(line(b"\x1b]0;OWNED\x07"), "[S1] C: {x1B}]0;OWNED{x07}\n");
+        assert_eq!(line("Grüße".as_bytes()), "[S1] C: Grüße\n");
         assert_eq!(
-            mask_secret(b"AUTH PLAIN AGFsaWNl", false),
-            b"AUTH PLAIN (credentials hidden)"
+            client(p, "S1", Masked::new(b"AUTH PLAIN AGFs", Some(11))),
+            "[S1] C: AUTH PLAIN {secret}\n"
         );
-        assert_eq!(mask_secret(b"AUTH LOGIN", false), b"AUTH LOGIN");
-        assert_eq!(mask_secret(b"cGFzc3dvcmQ=", true), b"(credentials hidden)");
-        assert_eq!(mask_secret(b"MAIL FROM:<a@b>", false), b"MAIL FROM:<a@b>");
+        assert_eq!(
+            server(p, "S1", "500 \u{9b}2J\r\n"),
+            "[S1] S: 500 {xC2}{x9B}2J\n"
+        );
     }
 
     #[test]

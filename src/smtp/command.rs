@@ -210,8 +210,8 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         return Err(unknown_verb(word));
     };
     match verb {
-        Verb::Helo => domain_argument(argument, verb).map(Command::Helo),
-        Verb::Ehlo => domain_argument(argument, verb).map(Command::Ehlo),
+        Verb::Helo => helo_argument(argument, verb).map(Command::Helo),
+        Verb::Ehlo => helo_argument(argument, verb).map(Command::Ehlo),
         Verb::Mail => mail_argument(argument),
         Verb::Rcpt => rcpt_argument(argument),
         Verb::Data => no_argument(argument, verb, Command::Data),
@@ -278,7 +278,13 @@ fn command_bytes_problem(line: &[u8]) -> Option<String> {
 
 /// 500 for an unknown verb, with a suggestion when it is one typo away from a real one.
 fn unknown_verb(word: &str) -> Reply {
-    let shown: String = word.chars().take(16).filter(|c| !c.is_control()).collect();
+    // Only up to a blank or control: `AUTH<TAB>PLAIN<TAB>secret` is one "word" here, and its
+    // secret must not come back in the reply (which the log and the transcript keep).
+    let shown: String = word
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !c.is_control())
+        .take(16)
+        .collect();
     match closest_verb(word) {
         Some(verb) => Reply::UNKNOWN_COMMAND_500.text(format!(
             "Command \"{shown}\" not recognized; did you mean {}?",
@@ -332,6 +338,24 @@ fn domain_argument(argument: &str, verb: Verb) -> Result<String, Reply> {
         )));
     }
     Ok(argument.to_string())
+}
+
+/// RFC 5321 §4.1.1.1: the client's name is a Domain or an address literal, nothing else
+/// (it is written into the `Received:` header, where anything more could forge a clause).
+fn helo_argument(argument: &str, verb: Verb) -> Result<String, Reply> {
+    let name = domain_argument(argument, verb)?;
+    address::helo_name(&name).map_err(|error| {
+        let rule = match error {
+            AddressError::Syntax(rule) => rule,
+            _ => "a domain name of at most 255 octets",
+        };
+        let name = verb.name();
+        syntax_reply(verb).text(format!(
+            "Syntax: {name} <domain> or {name} [address], e.g. {}; {rule} (RFC 5321 §4.1.1.1)",
+            verb.info().example
+        ))
+    })?;
+    Ok(name)
 }
 
 fn string_argument(argument: &str, verb: Verb) -> Result<String, Reply> {

@@ -21,6 +21,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::auth_budget::{shut_out_text, Verdict};
 use crate::config::Config;
 use crate::machine;
 use crate::smtp::address::{Domain, ForwardPath, Mailbox, ReversePath};
@@ -804,7 +805,8 @@ impl Session {
     /// AUTH is offered inside TLS, and in the clear only to a client on this machine, so a
     /// class can see that PLAIN is only base64 without sending a password over a network.
     fn offers_auth(&self) -> bool {
-        self.client.tls || self.client.peer.ip().is_loopback()
+        let from = &self.config.plaintext_auth_from;
+        auth::plaintext_allowed(self.client.peer.ip(), self.client.tls, from)
     }
 
     // ANCHOR: auth
@@ -816,12 +818,13 @@ impl Session {
             return Outcome::reply(state, reply);
         }
         if !self.offers_auth() {
-            let reply = Reply::new(
-                538,
-                "5.7.11",
-                "Encryption required: send STARTTLS first (RFC 4954 §6)",
-            );
-            return Outcome::reply(state, reply);
+            let why = format!("{} (RFC 4954 §6)", auth::PLAINTEXT_REFUSED);
+            return Outcome::reply(state, Reply::new(538, "5.7.11", "").text(why));
+        }
+        if let Verdict::ShutOut(left) = self.config.auth_budget.check(self.client.peer.ip()) {
+            let reply =
+                Reply::new(421, "4.7.0", "").text(shut_out_text(self.client.peer.ip(), left));
+            return Outcome::close(vec![reply]);
         }
         let challenge = auth::challenge(&self.config.hostname);
         self.sasl_step(auth::begin(mechanism, initial, challenge))
@@ -854,6 +857,7 @@ impl Session {
         match credentials.verify(&self.config.directory.users) {
             Some(user) => {
                 log::info!("[{}] {} authenticated as {user}", self.id, self.client.peer);
+                self.config.auth_budget.succeeded(self.client.peer.ip());
                 self.client.user = Some(user);
                 Reply::new(235, "2.7.0", "Authentication successful")
             }
@@ -866,6 +870,11 @@ impl Session {
                     credentials.user()
                 );
                 self.auth_failures += 1;
+                match self.config.auth_budget.failed(self.client.peer.ip()) {
+                    // One thread per client: the wait slows this client only.
+                    Verdict::Wait(wait) => std::thread::sleep(wait),
+                    Verdict::ShutOut(_) => self.auth_failures = MAX_AUTH_FAILURES,
+                }
                 Reply::new(535, "5.7.8", "Authentication credentials invalid")
             }
         }

@@ -13,7 +13,8 @@
 //!   there is something new.
 //!
 //! Everything here is data for the page's script, which shows it with `textContent`: the text
-//! of a line is the student's bytes made readable (`trace::shown`), escaped only as JSON.
+//! of a line is the student's bytes made readable (`visible::escape`, as on the console),
+//! escaped only as JSON.
 //!
 //! Standards: RFC 5321 §4.1.4, RFC 1939 §3
 
@@ -23,7 +24,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::lab::trace;
+use crate::smtp::auth::Masked;
+use crate::visible;
 use crate::web::json;
 
 /// Lines kept per session: a screen's worth; older lines scroll away.
@@ -178,9 +180,14 @@ impl Board {
 }
 
 impl Watch {
-    /// `C:` a line from the client, already masked (`trace::mask_secret`).
+    /// `C:` a line from the client, its secret already masked (`{secret}` in its place).
+    pub fn command(&self, line: Masked) {
+        self.line("C", &line.to_string());
+    }
+
+    /// `C:` a line from the client with no secret in it.
     pub fn client(&self, bytes: &[u8]) {
-        self.line("C", &trace::shown(bytes));
+        self.command(Masked::new(bytes, None));
     }
 
     /// A line of a message after DATA: shown only where the board shows mail.
@@ -193,7 +200,7 @@ impl Watch {
     /// `S:` each line of a reply as written on the wire.
     pub fn server(&self, wire: &str) {
         for line in wire.lines() {
-            self.line("S", line);
+            self.line("S", &visible::sanitize(line));
         }
     }
 
@@ -351,7 +358,7 @@ mod tests {
         let (seq, snapshot) = board.snapshot();
         assert_eq!(seq, 4);
         assert!(
-            snapshot.contains(r#""text":"NOOP \u003cscript\u003e\u003cBS\u003e""#),
+            snapshot.contains(r#""text":"NOOP \u003cscript\u003e{x08}""#),
             "{snapshot}"
         );
         watch.moved("Connected", "Greeted", "RFC 5321 §4.1.1.1");

@@ -2,29 +2,31 @@
 //! of the sessions, the mailboxes and the queue.
 //!
 //! Interface:
-//! - `WebListener::bind(addr)` binds (an error is one plain sentence); `spawn(config, spool)`
-//!   accepts on a background thread and returns a `WebHandle` that stops it when dropped.
+//! - `WebListener::bind(addr)` binds (an error is one plain sentence); `spawn(config, spool,
+//!   admission)` accepts on a background thread (`net/listener.rs`, as SMTP and POP3 do) and
+//!   returns a `WebHandle` that stops it when dropped.
 //! - Paths: `/` (the page, with both diagrams drawn in), `/app.js`, `/app.css`, `/events`
 //!   (the live updates, `text/event-stream`), `/mail/USER/N` (one message, raw: only when the
 //!   listener is on loopback, or with `--web-show-mail`). Everything else is 404.
 //!
 //! Each client costs one thread, and every thread ends: a request head must arrive within
 //! `http::REQUEST_DEADLINE`, every write gives up after `WRITE_TIMEOUT`, and an event stream
-//! closes after `STREAM_LIFETIME` (the browser opens a new one by itself). `--max-connections`
-//! caps the browsers as it caps SMTP and POP3 clients: the one over the cap hears 503.
+//! closes after `STREAM_LIFETIME` (the browser opens a new one by itself). Browsers share the
+//! caps of SMTP and POP3 clients (`--max-connections`, `--max-connections-per-ip`): the one
+//! over a cap hears 503.
 //!
 //! Standards: RFC 9112 §9.3, §9.6, RFC 9110 §15
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::info;
 
 use crate::config::Config;
+use crate::net::listener::{self, Admission, Bound, Service, Welcome};
 use crate::relay::queue::Spool;
 use crate::web::http::{self, Method, Refusal, Request, Response};
 use crate::web::store;
@@ -39,8 +41,6 @@ pub const STREAM_LIFETIME: Duration = Duration::from_secs(300);
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How often the mailboxes and the queue are looked at for changes.
 const STORE_POLL: Duration = Duration::from_secs(1);
-/// Each browser thread's stack: requests are small and bodies live on the heap.
-const STACK_SIZE: usize = 256 * 1024;
 
 const PAGE: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
@@ -48,15 +48,14 @@ const STYLE: &str = include_str!("assets/app.css");
 
 /// A bound web welcome socket, not yet accepting.
 pub struct WebListener {
-    listener: TcpListener,
-    addr: SocketAddr,
+    bound: Bound,
 }
 
-/// Stops the acceptor when dropped; browser threads end on their own deadlines.
+/// Stops the acceptor when dropped (and tells event streams to end); browser threads end on
+/// their own deadlines.
 pub struct WebHandle {
-    addr: SocketAddr,
+    welcome: Welcome,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 struct Shared {
@@ -68,71 +67,60 @@ struct Shared {
     show_mail: bool,
     /// The last look at the mailboxes and queue, shared by every browser.
     store: Mutex<Option<(Instant, String)>>,
-    active: AtomicUsize,
     stopping: AtomicBool,
 }
 
-/// One place in the connection count; dropping it (also while a thread unwinds) frees it.
-struct Slot(Arc<Shared>);
+/// The web as a welcome socket's service, beside SMTP and POP3.
+struct Web(Arc<Shared>);
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
+impl Service for Web {
+    fn session(&self, stream: TcpStream) -> (String, Box<dyn FnOnce() + Send>) {
+        let shared = self.0.clone();
+        ("web".to_string(), Box::new(move || serve(stream, &shared)))
+    }
+
+    fn refuse(&self, stream: TcpStream, _why: listener::Refusal) {
+        refuse(stream);
     }
 }
 
 impl WebListener {
     pub fn bind(addr: SocketAddr) -> Result<WebListener, String> {
-        let listener = crate::server::bind_one(addr)?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("Cannot listen on {addr}: {e}."))?;
-        Ok(WebListener { listener, addr })
+        Ok(WebListener {
+            bound: listener::bind(addr)?,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.bound.addr
     }
 
-    /// Accept on a background thread.
-    pub fn spawn(self, config: Arc<Config>, spool: Arc<Spool>) -> WebHandle {
-        let addr = self.addr;
+    /// Accept on a background thread; browsers count against the server's connection caps.
+    pub fn spawn(self, config: Arc<Config>, spool: Arc<Spool>, admission: Arc<Admission>) -> WebHandle {
+        let addr = self.bound.addr;
         let shared = Arc::new(Shared {
             show_mail: config.web_show_mail || addr.ip().is_loopback(),
             config,
             spool,
             page: page(),
             store: Mutex::new(None),
-            active: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
         });
-        let acceptor = {
-            let shared = shared.clone();
-            thread::spawn(move || accept_loop(&self.listener, &shared))
-        };
+        let welcome = Welcome::spawn(self.bound, admission, Arc::new(Web(shared.clone())));
         info!("web view on http://{addr}/");
-        WebHandle {
-            addr,
-            shared,
-            acceptor: Some(acceptor),
-        }
+        WebHandle { welcome, shared }
     }
 }
 
 impl WebHandle {
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.welcome.addr()
     }
 }
 
 impl Drop for WebHandle {
-    /// Stop accepting: set the flag, then wake the blocked `accept` with a connection.
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
     }
 }
 
@@ -156,54 +144,17 @@ fn page() -> String {
         .replace("<!--pop3-diagram-->", &pop3)
 }
 
-// ANCHOR: accept_loop
-/// The same welcome socket as SMTP's: accept, count, a thread of its own per browser.
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        match stream {
-            Ok(stream) => admit(stream, shared),
-            Err(error) => {
-                warn!("web accept failed: {error}");
-                thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-// ANCHOR_END: accept_loop
-
-/// Count the browser in, or answer 503 when the server is full.
-fn admit(stream: TcpStream, shared: &Arc<Shared>) {
-    if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
-        shared.active.fetch_sub(1, Ordering::SeqCst);
-        refuse(stream);
-        return;
-    }
-    let slot = Slot(shared.clone());
-    let spawned = thread::Builder::new()
-        .name("web".into())
-        .stack_size(STACK_SIZE)
-        .spawn(move || {
-            let shared = slot.0.clone();
-            serve(stream, &shared);
-        });
-    if let Err(error) = spawned {
-        warn!("cannot start a web thread: {error}");
-    }
-}
-
-/// 503 to a browser over the cap, from the accepting thread, so without waiting for it: drop
-/// what it has sent so far, answer, close.
+/// 503 to a browser over a cap, from the accepting thread, so without waiting for it: drop
+/// what it has sent so far (closing on unread input would reset the connection), answer.
 fn refuse(mut stream: TcpStream) {
     let _ = stream.set_nonblocking(true);
     let mut sink = [0u8; 4096];
     while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = Response::status(503).write(&mut stream, Method::Get);
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let response = Response::status(503);
+    let mut bytes = response.head(Some(response.body.len())).into_bytes();
+    bytes.extend_from_slice(&response.body);
+    listener::say_and_close(stream, &bytes);
 }
 
 // ANCHOR: serve
