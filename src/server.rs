@@ -1,15 +1,15 @@
 //! The whole server: the listeners of every role, the mail directory, TLS, and the relay.
 //!
 //! Interface:
-//! - `Server::bind(config)` binds every `--listen`, `--submission`, `--smtps`, `--pop3` and
-//!   `--pop3s` address (an error is one plain sentence).
+//! - `Server::bind(config)` binds every `--listen`, `--submission`, `--smtps`, `--pop3`,
+//!   `--pop3s` and `--web` address (an error is one plain sentence).
 //! - `Server::run()` accepts forever; `Server::spawn()` accepts on background threads and
 //!   returns a handle that stops them (tests use this). Both also start the relay thread
 //!   (`relay/worker.rs`), which the handle stops too.
 //!
 //! Every listener is a welcome socket of `net/listener.rs`, and all of them share one
 //! `Admission`: `--max-connections` and `--max-connections-per-ip` count SMTP and POP3 clients
-//! together. SMTP's part is `Smtp`, the service that starts `connection::serve`.
+//! and `--web` browsers together. SMTP's part is `Smtp`, the service that starts `connection::serve`.
 //!
 //! Standards: RFC 5321 §3.1, RFC 5321 §4.5.3.2, RFC 5321 §3.8
 

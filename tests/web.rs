@@ -101,7 +101,10 @@ fn stream_until(web: SocketAddr, wanted: &[&str]) -> String {
         if wanted.iter().all(|w| text.contains(w)) {
             return text;
         }
-        assert!(Instant::now() < deadline, "not all of {wanted:?} in:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "not all of {wanted:?} in:\n{text}"
+        );
         let n = stream.read(&mut buffer).expect("read the stream");
         assert!(n > 0, "stream closed early:\n{text}");
         seen.extend_from_slice(&buffer[..n]);
@@ -117,7 +120,10 @@ fn the_event_stream_starts_with_every_session() {
     client.expect("MAIL FROM:<a@example.com>", 250);
     let text = stream_until(web, &[r#""state":"MailGiven""#, r#""kind":"store""#]);
     assert!(text.contains(r#""text":"AUTH PLAIN {secret}""#), "{text}");
-    assert!(!text.contains("AGFsaWNl"), "the credentials never reach the page");
+    assert!(
+        !text.contains("AGFsaWNl"),
+        "the credentials never reach the page"
+    );
     assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream"));
     assert!(text.contains(r#""user":"alice","count":"0""#), "{text}");
 }
@@ -137,7 +143,10 @@ fn pop3_sessions_show_with_their_state_and_no_password() {
     }
     let text = stream_until(web, &[r#""role":"POP3""#, r#""to":"Transaction""#]);
     assert!(text.contains(r#""machine":"pop3""#));
-    assert!(text.contains(r#""dir":"C","text":"PASS {secret}""#), "{text}");
+    assert!(
+        text.contains(r#""dir":"C","text":"PASS {secret}""#),
+        "{text}"
+    );
     assert!(!text.contains(r#""text":"PASS password""#), "{text}");
 }
 
@@ -197,7 +206,10 @@ fn idle_browsers_cost_one_bounded_thread_each_and_others_are_still_served() {
     let _ = last.read_to_string(&mut refused);
     assert_eq!(status_line(&refused), "HTTP/1.1 503 Service Unavailable");
     let held = threads(pid);
-    assert!(held <= before + PER_ADDRESS + 2, "{held} threads for {IDLE} idle browsers");
+    assert!(
+        held <= before + PER_ADDRESS + 2,
+        "{held} threads for {IDLE} idle browsers"
+    );
     let mut other = common::connect_from("127.0.0.2", web).expect("connect from 127.0.0.2");
     other
         .set_read_timeout(Some(common::READ_TIMEOUT))
@@ -207,7 +219,11 @@ fn idle_browsers_cost_one_bounded_thread_each_and_others_are_still_served() {
         .expect("send");
     let mut page = String::new();
     let _ = other.read_to_string(&mut page);
-    assert_eq!(status_line(&page), "HTTP/1.1 200 OK", "others are still served");
+    assert_eq!(
+        status_line(&page),
+        "HTTP/1.1 200 OK",
+        "others are still served"
+    );
     // An admitted idle browser hears 408 when the request deadline passes; its thread ends.
     let mut first = idle.into_iter().next().expect("one");
     first

@@ -278,7 +278,11 @@ impl Connection<'_> {
         let step = self.session.command(&line.bytes);
         if let Some(watch) = &self.watch {
             watch.command(shown);
-            watch.moved(&format!("{:?}", step.from), &format!("{:?}", step.to), step.rfc);
+            watch.moved(
+                &format!("{:?}", step.from),
+                &format!("{:?}", step.to),
+                step.rfc,
+            );
         }
         Ok(Ok(step))
     }

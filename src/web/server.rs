@@ -96,7 +96,12 @@ impl WebListener {
     }
 
     /// Accept on a background thread; browsers count against the server's connection caps.
-    pub fn spawn(self, config: Arc<Config>, spool: Arc<Spool>, admission: Arc<Admission>) -> WebHandle {
+    pub fn spawn(
+        self,
+        config: Arc<Config>,
+        spool: Arc<Spool>,
+        admission: Arc<Admission>,
+    ) -> WebHandle {
         let addr = self.bound.addr;
         let shared = Arc::new(Shared {
             show_mail: config.web_show_mail || addr.ip().is_loopback(),
