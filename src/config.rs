@@ -651,6 +651,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mail_shows_on_the_web_view_only_on_loopback_unless_asked() {
+        let shows = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let matches = options().parse(&args).expect("parse");
+            Config::from_matches(&matches)
+                .expect("config")
+                .live
+                .shows_mail()
+        };
+        assert!(shows(&["--web", "127.0.0.1:8025"]));
+        assert!(shows(&["--web", "[::1]:8025"]));
+        assert!(!shows(&["--web", "0.0.0.0:8025"]));
+        assert!(shows(&["--web", "0.0.0.0:8025", "--web-show-mail"]));
+        assert!(!shows(&[]), "no --web, no board");
+    }
+
+    #[test]
     fn defaults_make_the_first_minute_work() {
         let config = Config::default();
         assert_eq!(config.listen[0].to_string(), "127.0.0.1:2525");

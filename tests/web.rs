@@ -87,6 +87,40 @@ fn malformed_requests_get_their_status() {
     );
 }
 
+#[test]
+fn a_message_opens_raw_with_its_trace_headers() {
+    let (server, web) = web_server(&[]);
+    let mut client = server.connect();
+    client.send_mail(
+        "a@example.com",
+        &["alice@localhost"],
+        "Subject: <b>hi</b>\r\n\r\nHello.\r\n",
+    );
+    let raw = exchange(web, b"GET /mail/alice/1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(status_line(&raw), "HTTP/1.1 200 OK");
+    assert!(raw.contains("Content-Type: text/plain; charset=utf-8\r\n"));
+    assert!(raw.contains("Content-Security-Policy: default-src 'none'\r\n"));
+    assert!(
+        raw.contains("\r\n\r\nReturn-Path: <a@example.com>\n"),
+        "{raw}"
+    );
+    assert!(raw.contains("Received: from client.example") && raw.contains("Subject: <b>hi</b>"));
+    for missing in [
+        "/mail/alice/2",
+        "/mail/alice/0",
+        "/mail/../x/1",
+        "/mail/alice",
+    ] {
+        let request = format!("GET {missing} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let response = exchange(web, request.as_bytes());
+        assert_eq!(
+            status_line(&response),
+            "HTTP/1.1 404 Not Found",
+            "{missing}"
+        );
+    }
+}
+
 /// Read the event stream from its start until it holds every one of `wanted`.
 fn stream_until(web: SocketAddr, wanted: &[&str]) -> String {
     let mut stream = connect_with_timeouts(web);

@@ -120,6 +120,11 @@ impl Board {
         self.0.is_some()
     }
 
+    /// Mail may be shown: the lines of a message, and a message raw on the page.
+    pub fn shows_mail(&self) -> bool {
+        self.0.as_ref().is_some_and(|board| board.shows_mail)
+    }
+
     /// Register a session; `None` when the board is off.
     pub fn open(&self, opened: Opening) -> Option<Watch> {
         let board = self.0.clone()?;

@@ -104,7 +104,7 @@ impl WebListener {
     ) -> WebHandle {
         let addr = self.bound.addr;
         let shared = Arc::new(Shared {
-            show_mail: config.web_show_mail || addr.ip().is_loopback(),
+            show_mail: config.live.shows_mail(),
             config,
             spool,
             page: page(),
