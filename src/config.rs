@@ -373,13 +373,15 @@ impl Config {
         Ok(config)
     }
 
-    /// `--web ADDR` turns the live board on; `--web-show-mail` opens raw mail off loopback.
+    /// `--web ADDR` (or a web address set before) turns the live board on; `--web-show-mail`
+    /// shows mail on it off loopback too.
     fn read_web_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
         self.web_show_mail = m.opt_present("web-show-mail");
         if let Some(addr) = m.opt_str("web") {
-            let addr = parse_addr(&addr).map_err(|e| format!("--web: {e}"))?;
+            self.web = Some(parse_addr(&addr).map_err(|e| format!("--web: {e}"))?);
+        }
+        if let Some(addr) = self.web {
             let shows_mail = self.web_show_mail || addr.ip().is_loopback();
-            self.web = Some(addr);
             self.live = crate::web::live::Board::on(shows_mail);
         }
         Ok(())
