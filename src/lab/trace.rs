@@ -120,12 +120,11 @@ pub fn event(style: Style, id: &str, text: &str) -> String {
 
 /// The reminder for a student who typed a message and forgot the lone dot.
 pub fn data_hint(style: Style, id: &str) -> String {
-    event(
-        style,
-        id,
-        "still in DATA: end the message with a line holding only a dot",
-    )
+    event(style, id, DATA_HINT)
 }
+
+/// What the reminder says, on the console and on the web view.
+const DATA_HINT: &str = "still in DATA: end the message with a line holding only a dot";
 
 // ANCHOR: explain
 /// What a client should send next, in words, in each state.
@@ -171,7 +170,7 @@ pub struct Console {
     pub style: Style,
     pub id: String,
     /// `--trace`: print on stdout.
-    pub print: bool,
+    pub to_stdout: bool,
     /// `--web`: the same events on the live board.
     pub live: Option<Watch>,
 }
@@ -195,7 +194,7 @@ impl Console {
         (config.trace || live.is_some()).then(|| Console {
             style,
             id: id.to_string(),
-            print: config.trace,
+            to_stdout: config.trace,
             live,
         })
     }
@@ -203,7 +202,7 @@ impl Console {
     /// Write a block of lines with one call under the stdout lock: the block never tears.
     /// A console that cannot be written must not end a session, so errors are ignored.
     fn print(&self, block: impl FnOnce() -> String) {
-        if !self.print {
+        if !self.to_stdout {
             return;
         }
         let mut out = std::io::stdout().lock();
@@ -256,7 +255,7 @@ impl Console {
 
     pub fn data_hint(&self) {
         if let Some(live) = &self.live {
-            live.event("still in DATA: end the message with a line holding only a dot");
+            live.event(DATA_HINT);
         }
         self.print(|| data_hint(self.style, &self.id));
     }
