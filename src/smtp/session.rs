@@ -175,6 +175,17 @@ pub enum Role {
     ImplicitTls,
 }
 
+impl Role {
+    /// The listener's name in the banner and on the web view.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Relay => "SMTP",
+            Role::Submission => "submission",
+            Role::ImplicitTls => "SMTPS",
+        }
+    }
+}
+
 /// What the listener offers this client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
