@@ -22,6 +22,9 @@ pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
 /// Postfix's `smtpd_hard_error_limit`: after this many errors the session ends with 421.
 pub const DEFAULT_MAX_ERRORS: u32 = 20;
 pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
+
+/// Largest an mbox may grow through a delivery: 50 MiB, Postfix's `mailbox_size_limit`.
+pub const DEFAULT_MAILBOX_SIZE_LIMIT: u64 = 50 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 pub const DEMO_PASSWORD: &str = "password";
 /// Pause before a POP3 `-ERR` for a wrong password, to slow down password guessing.
@@ -43,6 +46,8 @@ pub struct Config {
     pub mail_dir: PathBuf,
     pub directory: Directory,
     pub max_size: u64,
+    /// `--mailbox-size-limit`: no delivery makes an mbox longer (0: no limit).
+    pub mailbox_size_limit: u64,
     pub max_connections: usize,
     pub max_recipients: usize,
     pub max_errors: u32,
@@ -175,6 +180,7 @@ impl Default for Config {
             hostname,
             mail_dir: PathBuf::from("mail"),
             max_size: DEFAULT_MAX_SIZE,
+            mailbox_size_limit: DEFAULT_MAILBOX_SIZE_LIMIT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_recipients: DEFAULT_MAX_RECIPIENTS,
             max_errors: DEFAULT_MAX_ERRORS,
@@ -226,6 +232,7 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "tls-key",         One,     "FILE",      "PEM PKCS#8 private key"),
     ("",  "tls-self-signed", Nothing, "",          "make a throwaway certificate at start"),
     ("",  "max-size",        One,     "BYTES",     "SIZE limit (default 10485760)"),
+    ("",  "mailbox-size-limit", One,  "BYTES",     "largest an mbox may grow, 0 for none (default 52428800)"),
     ("",  "max-connections", One,     "N",         "further clients get 421 (default 100)"),
     ("",  "max-recipients",  One,     "N",         "recipients per message (default 100)"),
     ("",  "max-errors",      One,     "N",         "errors before 421 and close (default 20)"),
@@ -295,6 +302,7 @@ impl Config {
         }
         config.directory.ensure_postmaster();
         config.max_size = number(m, "max-size", config.max_size)?;
+        config.mailbox_size_limit = number(m, "mailbox-size-limit", config.mailbox_size_limit)?;
         config.max_connections = number(m, "max-connections", config.max_connections)?;
         config.max_recipients = number(m, "max-recipients", config.max_recipients)?;
         config.max_errors = number(m, "max-errors", config.max_errors)?;

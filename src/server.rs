@@ -32,7 +32,8 @@ use crate::smtp::connection::{self, Context};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::Role;
 use crate::store::delivery::LocalDelivery;
-use crate::store::mbox::MailDir;
+use crate::store::intent::Verdict;
+use crate::store::mbox::{MailDir, Recovered};
 
 /// Stack of each session thread: sessions keep their buffers on the heap, so a small stack is
 /// plenty, and a thousand idle clients cost little memory.
@@ -77,21 +78,8 @@ impl Drop for Slot {
 impl Server {
     /// Bind every listen address, create the mail directory, and deliver locally.
     pub fn bind(config: Config) -> Result<Server, String> {
-        std::fs::create_dir_all(&config.mail_dir).map_err(|e| {
-            format!(
-                "Cannot create the mail directory {}: {e}.",
-                config.mail_dir.display()
-            )
-        })?;
-        let mail_dir = MailDir::new(config.mail_dir.clone());
-        recover(&mail_dir)?;
-        let spool = Arc::new(Spool::new(config.spool_dir.clone()));
-        spool.remove_stale_temp_files();
-        let deliver = Arc::new(LocalDelivery {
-            mail_dir,
-            hostname: config.hostname.clone(),
-            spool: Some(spool.clone()),
-        });
+        // Every listener first: an instance that cannot start (the port is taken, often by
+        // another smtplab on the same mail directory) must leave the mail and spool untouched.
         let tls = tls_acceptor(&config)?;
         let mut listeners = Vec::new();
         for (addrs, role) in [
@@ -117,6 +105,26 @@ impl Server {
         if !config.pop3s.is_empty() && tls.is_none() {
             return Err("--pop3s needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
+        // Only now: the mail directory and the spool.
+        std::fs::create_dir_all(&config.mail_dir).map_err(|e| {
+            format!(
+                "Cannot create the mail directory {}: {e}.",
+                config.mail_dir.display()
+            )
+        })?;
+        let mail_dir = MailDir::new(config.mail_dir.clone());
+        recover(&mail_dir)?;
+        let mail_dir = match config.mailbox_size_limit {
+            0 => mail_dir,
+            limit => mail_dir.with_size_limit(limit),
+        };
+        let spool = Arc::new(Spool::new(config.spool_dir.clone()));
+        spool.remove_stale_temp_files();
+        let deliver = Arc::new(LocalDelivery {
+            mail_dir,
+            hostname: config.hostname.clone(),
+            spool: Some(spool.clone()),
+        });
         let context = Context {
             config: Arc::new(config),
             deliver,
@@ -210,16 +218,25 @@ impl Server {
     }
 }
 
-/// Cut off what a crash left half-written (RFC 5321 §6.1: only acknowledged mail is kept).
+/// Cut off what a killed delivery of ours left half-written, and only that (RFC 5321 §6.1:
+/// nothing acknowledged may be lost); say in one line per mbox what was found.
 fn recover(mail_dir: &MailDir) -> Result<(), String> {
-    let cut = mail_dir.recover().map_err(|e| {
+    let found = mail_dir.recover().map_err(|e| {
         format!(
             "Cannot check the mail directory {}: {e}.",
             mail_dir.root().display()
         )
     })?;
-    for (user, bytes) in cut {
-        warn!("removed {bytes} bytes of an unfinished delivery from the mbox of {user}");
+    for Recovered { user, verdict } in found {
+        match verdict {
+            Verdict::Cut { start, bytes } => warn!(
+                "removed {bytes} bytes of an unfinished delivery from the mbox of {user} \
+                 (from offset {start}; smtplab wrote them and never acknowledged them)"
+            ),
+            Verdict::Leave(why) => warn!(
+                "left the mbox of {user} as it is after an unfinished delivery, because {why}"
+            ),
+        }
     }
     Ok(())
 }
