@@ -23,7 +23,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A dotlock older than this was left by a crashed deliverer and is removed
 /// (Postfix `stale_lock_time` default, 500 s).
@@ -108,21 +108,28 @@ impl Drop for DotLock {
     }
 }
 
-/// Call `attempt` up to `attempts` times (at least once), `LOCK_RETRY_DELAY` apart, until it
-/// gives `Some`. `Ok(None)` means the lock stayed taken every time.
+/// Call `attempt` until it gives `Some`, for as long as `attempts` tries `LOCK_RETRY_DELAY`
+/// apart would take. The first pauses are short (1, 2, 4, ... ms, up to `LOCK_RETRY_DELAY`):
+/// another program's lock is usually held for a single append, and a wait of a whole
+/// `LOCK_RETRY_DELAY` after each would slow every delivery that meets one.
+/// `Ok(None)` means the lock stayed taken all that time.
 fn retry<T>(
     attempts: u32,
     mut attempt: impl FnMut() -> io::Result<Option<T>>,
 ) -> io::Result<Option<T>> {
-    for n in 0..attempts.max(1) {
-        if n > 0 {
-            thread::sleep(LOCK_RETRY_DELAY);
-        }
+    let deadline = Instant::now() + LOCK_RETRY_DELAY * attempts.max(1).saturating_sub(1);
+    let mut pause = Duration::from_millis(1);
+    loop {
         if let Some(done) = attempt()? {
             return Ok(Some(done));
         }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(LOCK_RETRY_DELAY);
     }
-    Ok(None)
 }
 
 // ANCHOR: record_lock

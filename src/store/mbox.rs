@@ -58,7 +58,7 @@ pub struct MailDir {
     root: PathBuf,
     /// Deliveries queue here per mailbox and share one write and sync (`src/store/gate.rs`).
     pub(super) gates: Arc<Gates<DeliveryError>>,
-    /// Tries of each lock, `LOCK_RETRY_DELAY` apart.
+    /// How long to wait for each lock: as long as this many tries `LOCK_RETRY_DELAY` apart.
     lock_attempts: u32,
     /// No delivery may make an mbox longer than this (`--mailbox-size-limit`).
     size_limit: Option<u64>,
@@ -184,7 +184,8 @@ impl MailDir {
         }
     }
 
-    /// Try each lock (dotlock, then fcntl) `attempts` times, `LOCK_RETRY_DELAY` apart, before
+    /// Wait for each lock (dotlock, then fcntl) as long as `attempts` tries `LOCK_RETRY_DELAY`
+    /// apart would take (`src/store/lock.rs::retry`), before
     /// failing with `DeliveryError::Locked`. The default is `LOCK_ATTEMPTS`; tests use a few.
     pub fn with_lock_attempts(mut self, attempts: u32) -> MailDir {
         self.lock_attempts = attempts.max(1);
