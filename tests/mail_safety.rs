@@ -374,3 +374,111 @@ fn output_of(child: &mut Killed) -> String {
     }
     text
 }
+
+#[test]
+fn a_delivery_past_the_mailbox_size_limit_is_refused_for_that_mailbox() {
+    let server = common::start(&["--mailbox-size-limit", "4000"]);
+    let content = format!("Subject: filler\r\n\r\n{}\r\n", "x".repeat(900));
+    let mut refused = None;
+    for _ in 0..10 {
+        let reply = server
+            .connect()
+            .send_mail("mary@example.org", &["alice@localhost"], &content);
+        if reply.code != 250 {
+            refused = Some(reply);
+            break;
+        }
+    }
+    let reply = refused.expect("the mailbox filled up");
+    common::assert_reply(&reply, 452, "4.2.2");
+    let full = server.mbox("alice");
+    assert!(full.len() <= 4000, "{} bytes", full.len());
+    // Nothing of the refused message was written; another mailbox still takes mail.
+    let again = server
+        .connect()
+        .send_mail("mary@example.org", &["alice@localhost"], &content);
+    assert_eq!(again.code, 452);
+    assert_eq!(server.mbox("alice"), full);
+    let other = server
+        .connect()
+        .send_mail("mary@example.org", &["bob@localhost"], &content);
+    assert_eq!(other.code, 250, "{other:?}");
+}
+
+/// 32 MiB of mail in alice's mbox: 320 messages of 100 KiB.
+const MAILDROP_MESSAGES: usize = 320;
+const MESSAGE_KIB: usize = 100;
+/// What a POP3 login, LIST and one RETR may add to the server's peak memory: the index and
+/// one message, with room for the allocator, far below the maildrop's 32 MiB.
+const MAX_POP3_GROWTH_KIB: u64 = 8 * 1024;
+
+/// Send a POP3 command and read its `+OK` response, to the final `.` if `multi_line`;
+/// returns the octets read.
+fn pop3(reader: &mut BufReader<TcpStream>, send: &str, multi_line: bool) -> usize {
+    reader.get_mut().write_all(send.as_bytes()).expect("write");
+    let mut octets = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .expect("read within the timeout");
+        assert!(n > 0, "the server closed the connection");
+        assert!(octets > 0 || line.starts_with("+OK"), "{send:?}: {line}");
+        octets += n;
+        if !multi_line || line == ".\r\n" {
+            return octets;
+        }
+    }
+}
+
+#[test]
+fn pop3_memory_does_not_grow_with_the_maildrop() {
+    let dir = TempDir::new("pop3-memory");
+    let mail = dir.path().join("mail");
+    std::fs::create_dir_all(&mail).expect("mkdir");
+    let body = format!("{}\n", "y".repeat(1023)).repeat(MESSAGE_KIB);
+    let mut mbox =
+        std::io::BufWriter::new(std::fs::File::create(mail.join("alice")).expect("mbox"));
+    for n in 0..MAILDROP_MESSAGES {
+        write!(
+            mbox,
+            "From a@b Thu Jan  1 00:00:00 1970\nSubject: {n}\n\n{body}\n"
+        )
+        .expect("write");
+    }
+    mbox.flush().expect("flush");
+    drop(mbox);
+
+    let (addr, pop3_addr) = (free_addr(), free_addr());
+    let server = start_in(dir.path(), addr, &["--pop3", &pop3_addr.to_string()]);
+    let pid = server.0.id();
+    let stream = TcpStream::connect(pop3_addr).expect("connect");
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream);
+    pop3(&mut reader, "", false);
+    let before = common::peak_kib(pid);
+    pop3(&mut reader, "USER alice\r\n", false);
+    reader
+        .get_mut()
+        .write_all(b"PASS password\r\n")
+        .expect("write");
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("login");
+    assert!(
+        line.starts_with(&format!(
+            "+OK alice's maildrop has {MAILDROP_MESSAGES} messages"
+        )),
+        "{line}"
+    );
+    pop3(&mut reader, "LIST\r\n", true);
+    let retrieved = pop3(&mut reader, &format!("RETR {MAILDROP_MESSAGES}\r\n"), true);
+    assert!(retrieved > MESSAGE_KIB * 1024, "{retrieved} octets");
+    pop3(&mut reader, "QUIT\r\n", false);
+    let after = common::peak_kib(pid);
+    let growth = after.saturating_sub(before);
+    println!("POP3 over a {} KiB maildrop: peak {before} KiB before login, {after} KiB after, growth {growth} KiB", MAILDROP_MESSAGES * MESSAGE_KIB);
+    assert!(growth < MAX_POP3_GROWTH_KIB, "grew by {growth} KiB");
+}
