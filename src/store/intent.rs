@@ -2,14 +2,17 @@
 //! unfinished tail is its own before it cuts it.
 //!
 //! Interface:
-//! - `Intent::plan(file, separator, starts, len)` describes an append before a byte of it is
+//! - `Intent::plan(file, head, starts, len)` describes an append before a byte of it is
 //!   written: the mbox's device and inode, the offset it starts at, the offset it will end at,
-//!   where each of its messages starts, and the first separator line itself.
+//!   where each of its messages starts, and its first bytes (`head`): the whole append for
+//!   messages quoted in memory, the separator and trace headers for a large one that is
+//!   streamed.
 //! - `IntentFile::open(root, user)` is `DIR/.<user>.intent`; `record(intent)` writes it and
 //!   `clear()` marks it idle again once the append is synced or undone.
 //! - `judge(intent, mbox)` is recovery's rule, "prove, then cut": `Verdict::Cut` only when the
-//!   mbox is the same inode, its length lies inside the unfinished append, the bytes at the
-//!   start offset are the separator we wrote, and no other writer's message follows ours;
+//!   mbox is the same inode, its length lies inside the unfinished append, the bytes from the
+//!   start offset are the ones we were writing (as far as `head` goes), and no other writer's
+//!   message follows ours;
 //!   otherwise `Verdict::Leave` with the reason, for the log.
 //!
 //! Why not a sync of the record before each append: the record matters only after a crash.
@@ -49,15 +52,16 @@ pub struct Intent {
     /// Where each message's separator starts, counted from `start` (a blank line written in
     /// front of the first, to end someone else's last message, comes before it).
     pub separators: Vec<u64>,
-    /// The first separator line (`From sender date\n`), as written.
-    pub separator: Vec<u8>,
+    /// The first bytes of the append, as they will be written: blank line, separator, and as
+    /// much more as is known before writing.
+    pub head: Vec<u8>,
 }
 // ANCHOR_END: intent
 
 impl Intent {
-    /// The intent to append `len` octets to `mbox`, whose messages start at `separators`
-    /// (relative to the current end), the first with the line `separator`.
-    pub fn plan(mbox: &File, separator: &[u8], separators: Vec<u64>, len: u64) -> io::Result<Self> {
+    /// The intent to append `len` octets to `mbox`, starting with `head`, whose messages start
+    /// at `separators` (relative to the current end).
+    pub fn plan(mbox: &File, head: &[u8], separators: Vec<u64>, len: u64) -> io::Result<Self> {
         let meta = mbox.metadata()?;
         Ok(Intent {
             dev: meta.dev(),
@@ -65,54 +69,54 @@ impl Intent {
             start: meta.len(),
             end: meta.len() + len,
             separators,
-            separator: separator.to_vec(),
+            head: head.to_vec(),
         })
     }
 
-    /// Two lines: the numbers, then the separator line verbatim.
+    /// A line of numbers (the last is the length of the head), then the head verbatim.
     fn encode(&self) -> Vec<u8> {
         let starts: Vec<String> = self.separators.iter().map(u64::to_string).collect();
         let mut text = format!(
-            "{MAGIC} {} {} {} {} {}\n",
+            "{MAGIC} {} {} {} {} {} {}\n",
             self.dev,
             self.ino,
             self.start,
             self.end,
-            starts.join(",")
+            starts.join(","),
+            self.head.len()
         )
         .into_bytes();
-        text.extend_from_slice(&self.separator);
+        text.extend_from_slice(&self.head);
         text
     }
 
     /// `None` for an idle record, and for anything that is not a whole record in our format:
     /// a record we cannot read proves nothing.
     fn decode(bytes: &[u8]) -> Option<Intent> {
-        let mut lines = bytes.split_inclusive(|&b| b == b'\n');
-        let numbers = std::str::from_utf8(lines.next()?)
-            .ok()?
-            .strip_suffix('\n')?;
-        let separator = lines
-            .next()
-            .filter(|l| l.starts_with(b"From ") && l.ends_with(b"\n"))?;
+        let newline = bytes.iter().position(|&b| b == b'\n')?;
+        let numbers = std::str::from_utf8(&bytes[..newline]).ok()?;
         let mut fields = numbers.split(' ');
         if fields.next()? != MAGIC {
             return None;
         }
-        let mut number = || fields.next()?.parse::<u64>().ok();
-        let (dev, ino, start, end) = (number()?, number()?, number()?, number()?);
+        let number = |field: Option<&str>| field?.parse::<u64>().ok();
+        let (dev, ino) = (number(fields.next())?, number(fields.next())?);
+        let (start, end) = (number(fields.next())?, number(fields.next())?);
         let separators = fields
             .next()?
             .split(',')
             .map(|n| n.parse().ok())
             .collect::<Option<Vec<u64>>>()?;
+        let head_len = usize::try_from(number(fields.next())?).ok()?;
+        // A record cut short (a torn write) is not a record.
+        let head = bytes.get(newline + 1..newline + 1 + head_len)?;
         Some(Intent {
             dev,
             ino,
             start,
             end,
             separators,
-            separator: separator.to_vec(),
+            head: head.to_vec(),
         })
     }
 }
@@ -160,7 +164,7 @@ impl IntentFile {
     /// The append in progress when the server stopped, if the record holds one.
     pub fn read(&self) -> io::Result<Option<Intent>> {
         let mut bytes = Vec::new();
-        (&self.file).take(64 * 1024).read_to_end(&mut bytes)?;
+        (&self.file).read_to_end(&mut bytes)?;
         Ok(Intent::decode(&bytes))
     }
 }
@@ -193,9 +197,9 @@ pub fn judge(intent: &Intent, mbox: &File) -> io::Result<Verdict> {
              the delivery finished, or another program changed the file since"
         ));
     }
-    if !starts_with_our_separator(intent, mbox, len)? {
+    if !starts_with_our_head(intent, mbox, len)? {
         return leave(format!(
-            "the bytes at offset {start} are not the separator smtplab wrote there"
+            "the bytes from offset {start} on are not the ones smtplab was writing there"
         ));
     }
     if let Some(offset) = foreign_separator(intent, mbox, len)? {
@@ -210,16 +214,13 @@ pub fn judge(intent: &Intent, mbox: &File) -> io::Result<Verdict> {
 }
 // ANCHOR_END: judge
 
-/// Are the bytes at the start the blank lines we put in front and our separator line (as much
-/// of them as the file holds)?
-fn starts_with_our_separator(intent: &Intent, mbox: &File, len: u64) -> io::Result<bool> {
-    let guard = intent.separators.first().copied().unwrap_or(0);
-    let mut expected = vec![b'\n'; guard as usize];
-    expected.extend_from_slice(&intent.separator);
-    expected.truncate((len - intent.start).min(expected.len() as u64) as usize);
-    let mut found = vec![0; expected.len()];
+/// Are the bytes from the start the ones we were writing, as far as the file and the head go?
+/// For a message quoted in memory the head is the whole append, so every byte is compared.
+fn starts_with_our_head(intent: &Intent, mbox: &File, len: u64) -> io::Result<bool> {
+    let compared = (len - intent.start).min(intent.head.len() as u64) as usize;
+    let mut found = vec![0; compared];
     mbox.read_exact_at(&mut found, intent.start)?;
-    Ok(found == expected)
+    Ok(found == intent.head[..compared])
 }
 
 /// The offset of a line starting `From ` in the tail that is not one of our separators. Our
@@ -256,7 +257,7 @@ mod tests {
             start: 30,
             end: 90,
             separators: vec![1, 40],
-            separator: b"From a@x Thu Jan  1 00:00:00 1970\n".to_vec(),
+            head: b"\nFrom a@x Thu Jan  1 00:00:00 1970\nSubject: x\n\n".to_vec(),
         };
         assert_eq!(Intent::decode(&intent.encode()), Some(intent.clone()));
         assert_eq!(Intent::decode(IDLE), None);
@@ -267,8 +268,9 @@ mod tests {
         assert_eq!(Intent::decode(other.as_bytes()), None);
     }
 
-    /// A file holding `bytes`, and the intent of an append of `ours` after `committed` octets.
-    fn mbox_with(name: &str, committed: &[u8], ours: &[u8], written: usize) -> (File, Intent) {
+    /// A file, and the intent of an append of `ours` (its first `head` octets known) of which
+    /// `written` octets were written.
+    fn mbox_with(name: &str, ours: &[u8], head: usize, written: usize) -> (File, Intent) {
         let path =
             std::env::temp_dir().join(format!("smtplab-intent-{}-{name}", std::process::id()));
         let mut file = File::options()
@@ -279,14 +281,7 @@ mod tests {
             .open(&path)
             .expect("create");
         let _ = std::fs::remove_file(&path); // the open handle is all the test needs
-        file.write_all(committed).expect("write");
-        let intent = Intent::plan(
-            &file,
-            &ours[..ours.iter().position(|&b| b == b'\n').unwrap() + 1],
-            vec![0],
-            ours.len() as u64,
-        )
-        .expect("plan");
+        let intent = Intent::plan(&file, &ours[..head], vec![0], ours.len() as u64).expect("plan");
         file.write_all(&ours[..written]).expect("write");
         (file, intent)
     }
@@ -295,7 +290,7 @@ mod tests {
 
     #[test]
     fn only_an_unfinished_append_of_ours_is_cut() {
-        let (file, intent) = mbox_with("cut", b"", OURS, 40);
+        let (file, intent) = mbox_with("cut", OURS, OURS.len(), 40);
         assert_eq!(
             judge(&intent, &file).unwrap(),
             Verdict::Cut {
@@ -303,24 +298,31 @@ mod tests {
                 bytes: 40
             }
         );
-        let (file, intent) = mbox_with("complete", b"", OURS, OURS.len());
+        let (file, intent) = mbox_with("complete", OURS, OURS.len(), OURS.len());
         assert!(matches!(judge(&intent, &file).unwrap(), Verdict::Leave(_)));
-        let (file, intent) = mbox_with("nothing", b"", OURS, 0);
+        let (file, intent) = mbox_with("nothing", OURS, OURS.len(), 0);
         assert!(matches!(judge(&intent, &file).unwrap(), Verdict::Leave(_)));
     }
 
     #[test]
     fn a_rewritten_file_or_a_later_append_is_left_alone() {
         // Rewritten: other bytes where our separator was.
-        let (mut file, intent) = mbox_with("rewritten", b"", OURS, 0);
+        let (mut file, intent) = mbox_with("rewritten", OURS, OURS.len(), 0);
         file.write_all(b"From b@y Thu Jan  1 00:00:00 1970\nStatus: RO\n")
             .unwrap();
         let Verdict::Leave(why) = judge(&intent, &file).unwrap() else {
             panic!("cut")
         };
-        assert!(why.contains("not the separator"), "{why}");
-        // Appended by another program after our half-written message.
-        let (mut file, intent) = mbox_with("appended", b"", OURS, 38);
+        assert!(why.contains("not the ones smtplab was writing"), "{why}");
+        // A line added after our half-written message: not a byte we meant to write.
+        let (mut file, intent) = mbox_with("edited", OURS, OURS.len(), 38);
+        file.write_all(b"edited\n").unwrap();
+        let Verdict::Leave(why) = judge(&intent, &file).unwrap() else {
+            panic!("cut")
+        };
+        assert!(why.contains("not the ones smtplab was writing"), "{why}");
+        // A streamed message (only its separator known ahead), then another program's message.
+        let (mut file, intent) = mbox_with("appended", OURS, 34, 38);
         file.write_all(b"\nFrom c@z x\n").unwrap();
         let Verdict::Leave(why) = judge(&intent, &file).unwrap() else {
             panic!("cut")

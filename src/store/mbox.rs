@@ -20,7 +20,7 @@
 //! 2. lock every mbox, in sorted order: the dotlock `DIR/<user>.lock`, then the mbox opened
 //!    without following symlinks, then an fcntl lock on it;
 //! 3. refuse it if any mbox would pass the size limit;
-//! 4. for each mbox, record the intent (`DIR/.<user>.intent`: inode, start, end, separator),
+//! 4. for each mbox, record the intent (`DIR/.<user>.intent`: inode, start, end, first bytes),
 //!    then append: a blank line if the last message lacks one, the `From ` line, trace
 //!    headers and quoted content;
 //! 5. sync each mbox (one `fdatasync` per mbox per batch), or on any error truncate every mbox
@@ -125,8 +125,9 @@ impl Clone for DeliveryError {
 
 /// What one mbox gets in a delivery, known before a byte is written.
 struct Append<'a> {
-    /// The separator line of the first message.
-    separator: &'a [u8],
+    /// The first bytes, known before writing: all of them for messages quoted in memory, the
+    /// separator and trace headers for a message streamed from its spill file.
+    head: Vec<&'a [u8]>,
     /// Where each message starts, counted from the first separator.
     starts: Vec<u64>,
     /// Octets in all.
@@ -142,10 +143,8 @@ impl<'a> Append<'a> {
             starts.push(len);
             len += message.len() as u64;
         }
-        let first = messages.first().copied().unwrap_or_default();
-        let line_end = first.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
         Append {
-            separator: &first[..line_end],
+            head: messages.to_vec(),
             starts,
             len,
         }
@@ -277,7 +276,7 @@ impl MailDir {
         let appends: Vec<Append> = deliveries
             .iter()
             .map(|d| Append {
-                separator: separator.as_bytes(),
+                head: vec![separator.as_bytes(), d.trace_headers.as_bytes()],
                 starts: vec![0],
                 len: (separator.len() + d.trace_headers.len()) as u64 + body_len,
             })
@@ -391,12 +390,8 @@ impl MailDir {
             let (append, guard) = (&appends[i], guards[i]);
             let guard_len = guard.len() as u64;
             let separators = append.starts.iter().map(|s| s + guard_len).collect();
-            let planned = Intent::plan(
-                &mbox.lock.file,
-                append.separator,
-                separators,
-                guard_len + append.len,
-            );
+            let head = [&[guard][..], &append.head].concat().concat();
+            let planned = Intent::plan(&mbox.lock.file, &head, separators, guard_len + append.len);
             let file = &mut mbox.lock.file;
             // The file is opened with O_APPEND and we hold its locks, so every write lands at
             // the end; a crash halfway is cut off at start by `recover`, with the intent as proof.
@@ -851,8 +846,7 @@ mod tests {
             .append(true)
             .open(dir.0.join("alice"))
             .unwrap();
-        let separator = &message[..message.iter().position(|&b| b == b'\n').unwrap() + 1];
-        let intent = Intent::plan(&mbox, separator, vec![0], message.len() as u64).unwrap();
+        let intent = Intent::plan(&mbox, message, vec![0], message.len() as u64).unwrap();
         IntentFile::open(&dir.0, "alice")
             .unwrap()
             .record(&intent)
