@@ -26,6 +26,13 @@ pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
 /// Largest an mbox may grow through a delivery: 50 MiB, Postfix's `mailbox_size_limit`.
 pub const DEFAULT_MAILBOX_SIZE_LIMIT: u64 = 50 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
+/// One address (one student's script) may hold this many connections at once.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
+/// The longest `--timeout`: a day. Deadlines are `Instant`s; a timeout near `u64::MAX`
+/// seconds would overflow them.
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+/// The longest `--retry` wait and `--queue-lifetime`: a year, far beyond any real queue.
+pub const MAX_QUEUE_DURATION: Duration = Duration::from_secs(365 * 86_400);
 pub const DEMO_PASSWORD: &str = "password";
 /// Pause before a POP3 `-ERR` for a wrong password, to slow down password guessing.
 pub const DEFAULT_POP3_AUTH_DELAY: Duration = Duration::from_secs(1);
@@ -49,6 +56,8 @@ pub struct Config {
     /// `--mailbox-size-limit`: no delivery makes an mbox longer (0: no limit).
     pub mailbox_size_limit: u64,
     pub max_connections: usize,
+    /// `--max-connections-per-ip`: the share of one client address.
+    pub max_connections_per_ip: usize,
     pub max_recipients: usize,
     pub max_errors: u32,
     pub idle_timeout: Duration,
@@ -182,6 +191,7 @@ impl Default for Config {
             max_size: DEFAULT_MAX_SIZE,
             mailbox_size_limit: DEFAULT_MAILBOX_SIZE_LIMIT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_recipients: DEFAULT_MAX_RECIPIENTS,
             max_errors: DEFAULT_MAX_ERRORS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -233,7 +243,8 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "tls-self-signed", Nothing, "",          "make a throwaway certificate at start"),
     ("",  "max-size",        One,     "BYTES",     "SIZE limit (default 10485760)"),
     ("",  "mailbox-size-limit", One,  "BYTES",     "largest an mbox may grow, 0 for none (default 52428800)"),
-    ("",  "max-connections", One,     "N",         "further clients get 421 (default 100)"),
+    ("",  "max-connections", One,     "N",         "SMTP and POP3 clients beyond N get 421 (default 100)"),
+    ("",  "max-connections-per-ip", One, "N",      "the same, per client address (default 32)"),
     ("",  "max-recipients",  One,     "N",         "recipients per message (default 100)"),
     ("",  "max-errors",      One,     "N",         "errors before 421 and close (default 20)"),
     ("",  "timeout",         One,     "SECS",      "wait this long for a command (default 300)"),
@@ -301,13 +312,7 @@ impl Config {
             config.directory.aliases = read_aliases(&file)?;
         }
         config.directory.ensure_postmaster();
-        config.max_size = number(m, "max-size", config.max_size)?;
-        config.mailbox_size_limit = number(m, "mailbox-size-limit", config.mailbox_size_limit)?;
-        config.max_connections = number(m, "max-connections", config.max_connections)?;
-        config.max_recipients = number(m, "max-recipients", config.max_recipients)?;
-        config.max_errors = number(m, "max-errors", config.max_errors)?;
-        config.idle_timeout =
-            Duration::from_secs_f64(number(m, "timeout", config.idle_timeout.as_secs_f64())?);
+        config.read_limits(m)?;
         config.transcripts = m.opt_str("transcripts").map(PathBuf::from);
         config.relay_from = m
             .opt_strs("relay-from")
@@ -334,21 +339,48 @@ impl Config {
 }
 
 impl Config {
+    // ANCHOR: read_limits
+    /// The numeric limits. Each is checked here, at start, so a bad value is one sentence and
+    /// exit status 2, never a panic in a session thread later.
+    fn read_limits(&mut self, m: &getopts::Matches) -> Result<(), String> {
+        self.max_size = number(m, "max-size", self.max_size)?;
+        self.mailbox_size_limit = number(m, "mailbox-size-limit", self.mailbox_size_limit)?;
+        self.max_connections = positive(m, "max-connections", self.max_connections)?;
+        self.max_connections_per_ip =
+            positive(m, "max-connections-per-ip", self.max_connections_per_ip)?;
+        self.max_recipients = positive(m, "max-recipients", self.max_recipients)?;
+        self.max_errors = positive(m, "max-errors", self.max_errors)?;
+        let seconds = number(m, "timeout", self.idle_timeout.as_secs_f64())?;
+        if !(seconds > 0.0 && seconds <= MAX_TIMEOUT_SECS) {
+            return Err(format!(
+                "--timeout needs a number of seconds above 0 and at most {MAX_TIMEOUT_SECS} (a day), not '{seconds}'."
+            ));
+        }
+        self.idle_timeout = Duration::from_secs_f64(seconds);
+        Ok(())
+    }
+    // ANCHOR_END: read_limits
+
     /// The options of the outbound queue and relay (`queue.rs`, `relay.rs`, `dns.rs`).
     fn read_relay_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
         if let Some(addr) = m.opt_str("dns") {
             self.dns = Some(parse_addr(&addr).map_err(|e| format!("--dns: {e}"))?);
         }
-        self.mx_port = number(m, "mx-port", self.mx_port)?;
+        self.mx_port = positive(m, "mx-port", self.mx_port)?;
         if let Some(dir) = m.opt_str("spool") {
             self.spool_dir = PathBuf::from(dir);
         }
         if let Some(list) = m.opt_str("retry") {
             self.retry = crate::relay::queue::parse_retry(&list)?;
+            queue_duration(
+                "retry",
+                self.retry.iter().copied().max().unwrap_or_default(),
+            )?;
         }
         if let Some(text) = m.opt_str("queue-lifetime") {
             self.queue_lifetime = crate::relay::queue::parse_duration(&text)
                 .map_err(|e| format!("--queue-lifetime: {e}"))?;
+            queue_duration("queue-lifetime", self.queue_lifetime)?;
         }
         if let Some(host) = m.opt_str("smart-host") {
             if !host.contains(':') {
@@ -433,6 +465,27 @@ fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) ->
             .parse()
             .map_err(|_| format!("--{name} needs a number, not '{text}'.")),
     }
+}
+
+/// A count that must be at least 1: `--max-connections 0` would refuse every client.
+fn positive<T>(m: &getopts::Matches, name: &str, default: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    let value = number(m, name, default)?;
+    if value < T::from(1) {
+        return Err(format!("--{name} needs a whole number of at least 1."));
+    }
+    Ok(value)
+}
+
+/// `--retry` and `--queue-lifetime` stay below `MAX_QUEUE_DURATION`, so times computed from
+/// them cannot overflow.
+fn queue_duration(name: &str, duration: Duration) -> Result<(), String> {
+    if duration > MAX_QUEUE_DURATION {
+        return Err(format!("--{name} allows at most 365d."));
+    }
+    Ok(())
 }
 
 /// `user:password` per line; `#` starts a comment.

@@ -5,8 +5,8 @@
 //!
 //! | part | what it holds | lessons |
 //! |---|---|---|
-//! | `config`, `server` | the options, and the welcome sockets that start everything | 1 |
-//! | [`net`] | bytes to lines, and TLS | 1, 5, 9 |
+//! | `config`, `server` | the options, and the listeners that start everything | 1 |
+//! | [`net`] | the welcome socket and its limits, bytes to lines, and TLS | 1, 5, 9, 14 |
 //! | [`smtp`] | the SMTP server side: commands, replies, the state machine, DATA | 2–6, 8–10 |
 //! | `machine` | a state machine as a table, shared by SMTP and POP3 | 6 |
 //! | [`store`] | local mailboxes: mbox files, locks, group commit | 7, 16 |

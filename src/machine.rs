@@ -3,7 +3,8 @@
 //! Interface:
 //! - `Transition<S, T>` is one row; SMTP (`session.rs`) and POP3 (`pop3.rs`) each keep one
 //!   `const` table of them, and refuse whatever their table does not list.
-//! - `find(table, from, on)` is the legal move, if there is one.
+//! - `find(table, from, on)` is the legal move, if there is one; `allows(table, from, on, to)`
+//!   says whether a move is the table's, or a stay (what each session's `step` asserts).
 //! - `mermaid(table, ..)` and `dot(table, ..)` draw a table, rows with the same ends merged
 //!   into one labelled edge, so a diagram is always the table the server runs.
 //!
@@ -27,6 +28,18 @@ pub fn find<S: PartialEq, T: PartialEq>(
     on: T,
 ) -> Option<&Transition<S, T>> {
     table.iter().find(|t| t.from == from && t.on == on)
+}
+
+/// Is `from → to` a move `table` lists `on` this trigger? Staying is always allowed: a refused
+/// input changes nothing (RFC 5321 §4.1.4). `None` is an input with no row at all.
+pub fn allows<S: Copy + PartialEq, T: PartialEq>(
+    table: &[Transition<S, T>],
+    from: S,
+    on: Option<T>,
+    to: S,
+) -> bool {
+    let row = on.and_then(|on| find(table, from, on));
+    from == to || row.is_some_and(|t| t.to == to)
 }
 
 /// Rows with the same ends as one edge, labelled with every trigger, in table order.
@@ -121,5 +134,9 @@ mod tests {
             .contains("A -> B [label=\"go, jump\"];"));
         assert_eq!(find(TABLE, S::B, "stay").map(|t| t.rfc), Some("RFC 0 §2"));
         assert_eq!(find(TABLE, S::B, "go"), None);
+        assert!(allows(TABLE, S::A, Some("go"), S::B));
+        assert!(allows(TABLE, S::A, None, S::A));
+        assert!(!allows(TABLE, S::A, None, S::B));
+        assert!(!allows(TABLE, S::B, Some("go"), S::A));
     }
 }

@@ -1,31 +1,28 @@
-//! The welcome socket: bind, accept, and give every client its own thread.
+//! The whole server: the listeners of every role, the mail directory, TLS, and the relay.
 //!
 //! Interface:
-//! - `Server::bind(config)` binds every `--listen` address (an error is one plain sentence).
+//! - `Server::bind(config)` binds every `--listen`, `--submission`, `--smtps`, `--pop3` and
+//!   `--pop3s` address (an error is one plain sentence).
 //! - `Server::run()` accepts forever; `Server::spawn()` accepts on background threads and
 //!   returns a handle that stops them (tests use this). Both also start the relay thread
-//!   (`relay.rs`), which the handle stops too.
+//!   (`relay/worker.rs`), which the handle stops too.
 //!
-//! `for stream in listener.incoming()` is the classic server loop: the listening socket only
-//! welcomes; each accepted connection is a new socket served by a new thread. `--max-connections`
-//! caps the threads: the client over the cap hears 421 and is closed.
+//! Every listener is a welcome socket of `net/listener.rs`, and all of them share one
+//! `Admission`: `--max-connections` and `--max-connections-per-ip` count SMTP and POP3 clients
+//! together. SMTP's part is `Smtp`, the service that starts `connection::serve`.
 //!
 //! Standards: RFC 5321 §3.1, RFC 5321 §4.5.3.2, RFC 5321 §3.8
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
-use log::{info, warn};
-
-use native_tls::TlsAcceptor;
+use log::warn;
 
 use crate::config::{Config, TlsSource};
-use crate::net::tls;
-use crate::pop3::server::{Pop3Handle, Pop3Listener};
+use crate::net::listener::{self, Admission, Bound, Limits, Refusal, Service, Welcome};
+use crate::net::tls::{self, Acceptor};
+use crate::pop3::server::Pop3Listener;
 use crate::relay::queue::Spool;
 use crate::relay::worker::{self, RelayHandle};
 use crate::smtp::connection::{self, Context};
@@ -35,43 +32,48 @@ use crate::store::delivery::LocalDelivery;
 use crate::store::intent::Verdict;
 use crate::store::mbox::{MailDir, Recovered};
 
-/// Stack of each session thread: sessions keep their buffers on the heap, so a small stack is
-/// plenty, and a thousand idle clients cost little memory.
-const SESSION_STACK_SIZE: usize = 256 * 1024;
-
 /// The bound listeners and what their sessions share.
 pub struct Server {
-    listeners: Vec<(TcpListener, Role)>,
-    shared: Arc<Shared>,
+    listeners: Vec<(Bound, Role)>,
+    context: Context,
+    /// The connection caps, shared by SMTP and POP3.
+    admission: Arc<Admission>,
     /// `--pop3` listeners; they serve the same mail directory.
     pop3: Vec<Pop3Listener>,
     spool: Arc<Spool>,
 }
 
-struct Shared {
-    context: Context,
-    active: AtomicUsize,
-    sessions: AtomicU64,
-    stopping: AtomicBool,
-}
-
-/// Stops background acceptors when dropped.
+/// Stops the welcome sockets when dropped, then the relay thread.
 pub struct ServerHandle {
-    addrs: Vec<(SocketAddr, Role)>,
-    shared: Arc<Shared>,
-    acceptors: Vec<JoinHandle<()>>,
-    /// Dropped after `acceptors` are stopped; each stops its own POP3 acceptor.
-    pop3: Vec<Pop3Handle>,
-    /// Dropped after the acceptors stop, which stops the relay thread.
+    smtp: Vec<(Welcome, Role)>,
+    /// Each stops its own acceptor; `true` for `--pop3s`.
+    pop3: Vec<(Welcome, bool)>,
+    config: Arc<Config>,
+    /// Dropped after the welcome sockets stop, which stops the relay thread.
     _relay: Option<RelayHandle>,
 }
 
-/// One place in the connection count; dropping it (also while a thread unwinds) frees it.
-struct Slot(Arc<Shared>);
+/// SMTP as a welcome socket's service: one listener's role, session numbers shared by all.
+struct Smtp {
+    context: Context,
+    role: Role,
+    sessions: Arc<AtomicU64>,
+}
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
+impl Service for Smtp {
+    fn session(&self, stream: TcpStream) -> (String, Box<dyn FnOnce() + Send>) {
+        let number = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+        let (context, role) = (self.context.clone(), self.role);
+        let serve = move || connection::serve(stream, context, number, role);
+        (format!("smtp-S{number}"), Box::new(serve))
+    }
+
+    fn refuse(&self, stream: TcpStream, why: Refusal) {
+        let reply = match why {
+            Refusal::Full => Reply::TOO_MANY_CONNECTIONS_421,
+            Refusal::TooManyFromAddress => Reply::TOO_MANY_FROM_ADDRESS_421,
+        };
+        listener::say_and_close(stream, reply.to_string().as_bytes());
     }
 }
 
@@ -88,7 +90,7 @@ impl Server {
             (&config.smtps, Role::ImplicitTls),
         ] {
             for addr in addrs {
-                listeners.push((bind_one(*addr)?, role));
+                listeners.push((listener::bind(*addr)?, role));
             }
         }
         let plain_pop3 = config
@@ -125,6 +127,10 @@ impl Server {
             hostname: config.hostname.clone(),
             spool: Some(spool.clone()),
         });
+        let admission = Admission::new(Limits {
+            total: config.max_connections,
+            per_ip: config.max_connections_per_ip,
+        });
         let context = Context {
             config: Arc::new(config),
             deliver,
@@ -132,12 +138,8 @@ impl Server {
         };
         Ok(Server {
             listeners,
-            shared: Arc::new(Shared {
-                context,
-                active: AtomicUsize::new(0),
-                sessions: AtomicU64::new(0),
-                stopping: AtomicBool::new(false),
-            }),
+            context,
+            admission,
             pop3,
             spool,
         })
@@ -147,7 +149,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<(SocketAddr, Role)> {
         self.listeners
             .iter()
-            .filter_map(|(l, role)| l.local_addr().ok().map(|a| (a, *role)))
+            .map(|(bound, role)| (bound.addr, *role))
             .collect()
     }
 
@@ -172,47 +174,62 @@ impl Server {
 
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
-        &self.shared.context.config
+        &self.context.config
     }
 
     /// Accept on every listener until the process ends.
     pub fn run(self) {
-        for acceptor in self.spawn().acceptors.drain(..) {
-            let _ = acceptor.join();
+        let handle = self.spawn();
+        for (welcome, _) in handle.smtp {
+            welcome.join();
         }
     }
 
     /// Accept on background threads; the handle stops them.
     pub fn spawn(self) -> ServerHandle {
-        let addrs = self.local_addrs();
-        let acceptors = self
+        let addrs: Vec<SocketAddr> = self.local_addrs().into_iter().map(|(a, _)| a).collect();
+        let sessions = Arc::new(AtomicU64::new(0));
+        let smtp = self
             .listeners
             .into_iter()
             .map(|(listener, role)| {
-                let shared = self.shared.clone();
-                thread::spawn(move || accept_loop(&listener, role, &shared))
+                let service = Arc::new(Smtp {
+                    context: self.context.clone(),
+                    role,
+                    sessions: sessions.clone(),
+                });
+                (
+                    Welcome::spawn(listener, self.admission.clone(), service),
+                    role,
+                )
             })
             .collect();
-        let config = self.shared.context.config.clone();
+        let context = &self.context;
         let pop3 = self
             .pop3
             .into_iter()
-            .map(|listener| listener.spawn(config.clone(), self.shared.context.tls.clone()))
+            .map(|listener| {
+                let implicit = listener.implicit_tls;
+                let welcome = listener.spawn(
+                    context.config.clone(),
+                    context.tls.clone(),
+                    self.admission.clone(),
+                );
+                (welcome, implicit)
+            })
             .collect();
-        let context = &self.shared.context;
         let relay = worker::start(
             context.config.clone(),
             self.spool,
             context.deliver.clone(),
-            addrs.iter().map(|(addr, _)| *addr).collect(),
+            addrs,
         )
         .map_err(|error| warn!("cannot start the relay thread: {error}"))
         .ok();
         ServerHandle {
-            addrs,
-            shared: self.shared,
-            acceptors,
+            smtp,
             pop3,
+            config: context.config.clone(),
             _relay: relay,
         }
     }
@@ -242,7 +259,7 @@ fn recover(mail_dir: &MailDir) -> Result<(), String> {
 }
 
 /// The TLS acceptor, when a certificate was given or a throwaway one was asked for.
-fn tls_acceptor(config: &Config) -> Result<Option<Arc<TlsAcceptor>>, String> {
+fn tls_acceptor(config: &Config) -> Result<Option<Arc<Acceptor>>, String> {
     let acceptor = match &config.tls {
         None => return Ok(None),
         Some(TlsSource::Files { cert, key }) => tls::acceptor_from_files(cert, key)?,
@@ -254,122 +271,48 @@ fn tls_acceptor(config: &Config) -> Result<Option<Arc<TlsAcceptor>>, String> {
     Ok(Some(Arc::new(acceptor)))
 }
 
-pub(crate) fn bind_one(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            format!("Cannot listen on {addr}: another program already uses that port.")
-        }
-        std::io::ErrorKind::PermissionDenied => {
-            format!("Cannot listen on {addr}: ports below 1024 need root; try a port like 2525.")
-        }
-        _ => format!("Cannot listen on {addr}: {e}."),
-    })
-}
-
-// ANCHOR: accept_loop
-/// The welcome socket's loop: accept, then hand the new socket to a thread of its own.
-fn accept_loop(listener: &TcpListener, role: Role, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        match stream {
-            Ok(stream) => admit(stream, role, shared),
-            Err(error) => {
-                // Out of file descriptors, for example: wait a moment rather than spin.
-                warn!("accept failed: {error}");
-                thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-/// Count the client in, or turn it away with 421 when the server is full.
-fn admit(stream: TcpStream, role: Role, shared: &Arc<Shared>) {
-    let max = shared.context.config.max_connections;
-    if shared.active.fetch_add(1, Ordering::SeqCst) >= max {
-        shared.active.fetch_sub(1, Ordering::SeqCst);
-        refuse(stream);
-        return;
-    }
-    let slot = Slot(shared.clone());
-    let number = shared.sessions.fetch_add(1, Ordering::SeqCst) + 1;
-    let context = shared.context.clone();
-    let spawned = thread::Builder::new()
-        .name(format!("smtp-S{number}"))
-        .stack_size(SESSION_STACK_SIZE)
-        .spawn(move || {
-            let _slot = slot;
-            connection::serve(stream, context, number, role);
-        });
-    if let Err(error) = spawned {
-        warn!("cannot start a session thread: {error}");
-    }
-}
-// ANCHOR_END: accept_loop
-
-/// RFC 5321 §3.8 lets a server close with 421 when it cannot serve; tell the client why.
-fn refuse(mut stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    info!("refused {peer}: too many connections");
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-    let _ = stream.write_all(Reply::TOO_MANY_CONNECTIONS_421.to_string().as_bytes());
-}
-
 impl ServerHandle {
     /// The first address (the first `--listen`).
     pub fn addr(&self) -> SocketAddr {
-        self.addrs[0].0
+        self.smtp[0].0.addr()
     }
 
     /// The first address of a role's listener (`--submission`, `--smtps`), if there is one.
     pub fn addr_of(&self, role: Role) -> Option<SocketAddr> {
-        self.addrs.iter().find(|(_, r)| *r == role).map(|(a, _)| *a)
+        self.smtp
+            .iter()
+            .find(|(_, r)| *r == role)
+            .map(|(welcome, _)| welcome.addr())
     }
 
-    /// Sessions running now.
+    /// SMTP sessions running now.
     pub fn active_sessions(&self) -> usize {
-        self.shared.active.load(Ordering::SeqCst)
+        self.smtp.iter().map(|(w, _)| w.active_sessions()).sum()
     }
 
     pub fn config(&self) -> &Config {
-        &self.shared.context.config
+        &self.config
     }
 
     /// The first `--pop3` address actually bound, if any.
     pub fn pop3_addr(&self) -> Option<SocketAddr> {
-        self.pop3
-            .iter()
-            .find(|h| !h.is_implicit_tls())
-            .map(Pop3Handle::addr)
+        self.pop3_of(false)
     }
 
     /// The first `--pop3s` address actually bound, if any.
     pub fn pop3s_addr(&self) -> Option<SocketAddr> {
+        self.pop3_of(true)
+    }
+
+    fn pop3_of(&self, implicit_tls: bool) -> Option<SocketAddr> {
         self.pop3
             .iter()
-            .find(|h| h.is_implicit_tls())
-            .map(Pop3Handle::addr)
+            .find(|(_, implicit)| *implicit == implicit_tls)
+            .map(|(welcome, _)| welcome.addr())
     }
 
     /// POP3 sessions running now.
     pub fn pop3_sessions(&self) -> usize {
-        self.pop3.iter().map(Pop3Handle::active_sessions).sum()
-    }
-}
-
-impl Drop for ServerHandle {
-    /// Stop accepting: set the flag, then wake each blocked `accept` with a connection.
-    fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        for (addr, _) in &self.addrs {
-            let _ = TcpStream::connect_timeout(addr, Duration::from_secs(1));
-        }
-        for acceptor in self.acceptors.drain(..) {
-            let _ = acceptor.join();
-        }
+        self.pop3.iter().map(|(w, _)| w.active_sessions()).sum()
     }
 }

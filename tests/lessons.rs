@@ -306,6 +306,41 @@ fn links_between_lessons_exist() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// One `step`: what lessons 6 and 13 promise about where the state changes
+// ---------------------------------------------------------------------------------------------
+
+/// Lessons 6 and 13 say `step` is the one place where a session's state changes: every
+/// assignment of `self.state` in these files is inside the `step` snippet, and there is one.
+#[test]
+fn only_step_assigns_the_state() {
+    let mut problems = Vec::new();
+    for file in ["src/smtp/session.rs", "src/pop3/session.rs"] {
+        let source = read(&root().join(file));
+        let Some(step) = anchor(&source, "step") else {
+            problems.push(format!("{file}: no `// ANCHOR: step` region"));
+            continue;
+        };
+        for pattern in [
+            "self.state =",
+            "replace(&mut self.state",
+            "take(&mut self.state",
+        ] {
+            let (all, in_step) = (
+                source.matches(pattern).count(),
+                step.matches(pattern).count(),
+            );
+            if all != in_step {
+                problems.push(format!("{file}: `{pattern}` outside step ({all} in all)"));
+            }
+        }
+        if step.matches("self.state =").count() != 1 {
+            problems.push(format!("{file}: step should assign the state exactly once"));
+        }
+    }
+    fail_if_any(&problems, "state changes outside Session::step");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Snippets and the Mermaid diagram: generated from the code, blessable
 // ---------------------------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ fn soak_1000_clients_10_messages() {
 
 fn soak(clients: usize, messages: usize) {
     let needed = clients as u64 * FDS_PER_CLIENT + FD_MARGIN;
-    match open_files_limit() {
+    match common::open_files_limit() {
         Some(limit) if limit < needed => {
             println!(
                 "SKIP: RLIMIT_NOFILE is {limit}, {clients} clients need about {needed}; \
@@ -65,7 +65,11 @@ fn soak(clients: usize, messages: usize) {
         Some(_) => {}
     }
     let max = (clients + 10).to_string();
-    let server = common::start(&["--max-connections", &max, "--timeout", "300"]);
+    // Every client comes from 127.0.0.1: its share is the whole server.
+    #[rustfmt::skip]
+    let server = common::start(&[
+        "--max-connections", &max, "--max-connections-per-ip", &max, "--timeout", "300",
+    ]);
     let idle = (
         count_entries("/proc/self/task"),
         count_entries("/proc/self/fd"),
@@ -236,14 +240,6 @@ fn count_markers(mbox: &[u8]) -> HashMap<String, usize> {
 /// Entries of a /proc directory (threads or descriptors of this process).
 fn count_entries(dir: &str) -> usize {
     std::fs::read_dir(dir).map_or(0, |entries| entries.count())
-}
-
-/// The soft limit on open files, from the `Max open files` line of /proc/self/limits.
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line.split_whitespace().nth(3)?;
-    Some(soft.parse().unwrap_or(u64::MAX)) // "unlimited"
 }
 
 /// Poll `condition` every 10 ms for up to a minute (the server's threads end on their own after

@@ -5,6 +5,7 @@
 //! | `transcript.rs` | the `C:`/`S:` transcript format and the recorder | 12 |
 //! | `replay.rs` | plays a transcript against any server and diffs the replies | 12 |
 //! | `compare.rs` | explains how a student's session differs from a reference | 12 |
+//! | `coach.rs` | coaching, `--explain` and `--fault` around the SMTP session's `step` | 15 |
 //! | `trace.rs` | `--trace`: every line with its state move and RFC section | 15 |
 //! | `diagram.rs` | the state machine drawn from its table | 6 |
 //! | `fault.rs` | `--fault`: refusals at a chosen point, the same way every time | 15 |
@@ -17,6 +18,8 @@ pub mod transcript;
 pub mod replay;
 
 pub mod compare;
+
+pub mod coach;
 
 pub mod trace;
 

@@ -5,11 +5,13 @@
 //!   `TooLong` after skipping the rest of an over-long line, so the session stays in sync.
 //! - `LineReader::read_data` returns the next piece of message content: a whole line, or a
 //!   fragment of a very long one, so memory stays bounded whatever the client sends.
+//! - `LineReader::must_flush(pending)` says when replies must be written (PIPELINING, and
+//!   a bound on what waits for a client that does not read).
 //! - `LineReader::saw_cr` is the session latch of the line-ending rule: has this client ever
 //!   sent a CR? `discard_buffered` drops unread bytes (STARTTLS).
 //! - `TimedRead` is a read that gives up at a deadline; a slow trickle cannot hold a line open.
 //!
-//! Standards: RFC 5321 §2.3.8, RFC 5321 §4.5.3.1.4, RFC 5321 §4.5.3.1.6, RFC 854 §3
+//! Standards: RFC 5321 §2.3.8, RFC 5321 §4.5.3.1.4, RFC 5321 §4.5.3.1.6, RFC 854 §3, RFC 2920 §3.1
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -22,6 +24,10 @@ pub const MAX_COMMAND_LINE: usize = 512;
 
 /// How much unread input one connection may hold; also the largest piece `read_data` returns.
 const BUFFER_SIZE: usize = 16 * 1024;
+
+/// Replies waiting for the client are written once they pass this many octets: a few full
+/// TCP segments, so pipelining still saves round trips.
+pub const FLUSH_AT: usize = 8 * 1024;
 
 const CR: u8 = b'\r';
 const LF: u8 = b'\n';
@@ -115,11 +121,20 @@ impl LineReader {
         self.saw_cr
     }
 
-    /// Is there input the client sent that has not been read yet? (PIPELINING: replies are
-    /// flushed only when it is empty, just before the server would block on a read.)
+    /// Is there input the client sent that has not been read yet?
     pub fn has_buffered(&self) -> bool {
         self.start < self.end
     }
+
+    // ANCHOR: must_flush
+    /// Should `pending` octets of replies be written now? PIPELINING (RFC 2920 §3.1) asks for
+    /// them when no further input is waiting, just before the server would block on a read.
+    /// They are also written once they pass `FLUSH_AT`, whatever input waits: a client that
+    /// pipelines without reading must not make the server hold its answers without limit.
+    pub fn must_flush(&self, pending: usize) -> bool {
+        !self.has_buffered() || pending >= FLUSH_AT
+    }
+    // ANCHOR_END: must_flush
 
     /// Forget unread input and the CR latch (after STARTTLS: RFC 3207 §4.2 and CVE-2011-0411).
     pub fn discard_buffered(&mut self) {

@@ -1,11 +1,14 @@
-//! The network part: what turns a TCP byte stream into lines a protocol can read.
+//! The network part: the welcome socket, and what turns a TCP byte stream into lines a
+//! protocol can read.
 //!
 //! | file | what | lesson |
 //! |---|---|---|
+//! | `listener.rs` | the welcome socket of SMTP and POP3: backlog, caps per server and per address | 1, 14 |
 //! | `line.rs` | the line reader: command lines, message lines, the 512-octet limit | 5, 14 |
 //! | `tls.rs` | the certificate, the acceptor, and the stream a connection reads and writes | 9 |
 //!
 //! Standards: none
 
 pub mod line;
+pub mod listener;
 pub mod tls;

@@ -2,13 +2,19 @@
 //!
 //! Interface:
 //! - `Stream` is a TCP connection in the clear or inside TLS; both read with a deadline.
-//! - `Stream::start_tls(acceptor)` runs the server side of the handshake (STARTTLS or
-//!   implicit TLS); a failed handshake ends only that connection.
-//! - `acceptor_from_files(cert, key)` loads a PEM certificate and PKCS#8 key;
+//! - `Stream::start_tls(acceptor, deadline)` runs the server side of the handshake (STARTTLS
+//!   or implicit TLS); it must finish by `deadline`, and a failure ends only that connection.
+//! - `Acceptor` is OpenSSL's, with Mozilla's "intermediate" settings: TLS 1.2 and TLS 1.3.
+//! - `acceptor_from_files(cert, key)` loads a PEM certificate (and chain) and a PEM key;
 //!   `self_signed(host)` makes a throwaway pair for `--tls-self-signed` (and for tests).
 //!
-//! native-tls uses the system's TLS library (OpenSSL on Linux). The `openssl` crate, already
-//! under native-tls, makes the throwaway certificate, so a teacher needs no extra command.
+//! Why `openssl` here, when native-tls would hide the library: native-tls 0.2's acceptor
+//! uses an OpenSSL preset without TLS 1.3, and offers no way to change it. The client side
+//! (tests, a connector for outbound mail) can stay on native-tls, whose defaults are right.
+//!
+//! Deadlines hold inside TLS: OpenSSL reads the socket as often as it likes for one record, so
+//! a timeout per `read` would restart at every trickled byte. `Deadlined` gives every read the
+//! time left until one deadline, set for the whole command, message or handshake.
 //!
 //! Standards: RFC 3207 §4, RFC 3207 §4.2, RFC 8314 §3.3
 
@@ -16,17 +22,54 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use native_tls::{Identity, TlsAcceptor, TlsStream};
+use openssl::pkey::PKey;
+use openssl::ssl::{SslAcceptor, SslMethod, SslStream};
+use openssl::x509::X509;
 
 use crate::net::line::TimedRead;
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The server side of TLS: a certificate, a key and the protocol settings.
+pub type Acceptor = SslAcceptor;
+
+/// The longest a client may take to finish the TLS handshake, from its first byte to its last.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// When a handshake starting now must be over: `HANDSHAKE_TIMEOUT`, or the server's idle
+/// timeout (`--timeout`) when that is shorter.
+pub fn handshake_deadline(idle: Duration) -> Instant {
+    Instant::now() + HANDSHAKE_TIMEOUT.min(idle)
+}
 
 /// One client connection, in the clear or inside TLS.
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<SslStream<Deadlined>>),
+}
+
+// ANCHOR: deadlined
+/// The socket under TLS, with the deadline of what is being read now: each read of the socket
+/// waits only for the time left, so a record trickled byte by byte cannot stretch a deadline.
+#[derive(Debug)]
+pub struct Deadlined {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.read_before(buf, self.deadline)
+    }
+}
+// ANCHOR_END: deadlined
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
 }
 
 impl Stream {
@@ -34,7 +77,7 @@ impl Stream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref(),
+            Stream::Tls(tls) => &tls.get_ref().tcp,
         }
     }
 
@@ -43,16 +86,15 @@ impl Stream {
     }
 
     // ANCHOR: start_tls
-    /// The server side of the handshake. On failure the connection is over: there is no way
-    /// back to the clear on the same socket (security case 2.08).
-    pub fn start_tls(self, acceptor: &TlsAcceptor) -> Result<Stream, String> {
+    /// The server side of the handshake, finished by `deadline` however slowly the client
+    /// sends. On failure the connection is over: there is no way back to the clear on the
+    /// same socket (security case 2.08).
+    pub fn start_tls(self, acceptor: &Acceptor, deadline: Instant) -> Result<Stream, String> {
         let Stream::Plain(tcp) = self else {
             return Err("TLS is already active".to_string());
         };
-        tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(|e| e.to_string())?;
         acceptor
-            .accept(tcp)
+            .accept(Deadlined { tcp, deadline })
             .map(|tls| Stream::Tls(Box::new(tls)))
             .map_err(|e| format!("TLS handshake failed: {e}"))
     }
@@ -86,29 +128,49 @@ impl Write for Stream {
 
 impl TimedRead for Stream {
     fn read_before(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
+        match self {
+            Stream::Plain(tcp) => tcp.read_before(buf, deadline),
+            Stream::Tls(tls) => {
+                tls.get_mut().deadline = deadline;
+                tls.read(buf)
+            }
         }
-        self.tcp().set_read_timeout(Some(left))?;
-        self.read(buf)
     }
 }
 
-/// Load `--tls-cert` (PEM) and `--tls-key` (PEM, PKCS#8).
-pub fn acceptor_from_files(cert: &str, key: &str) -> Result<TlsAcceptor, String> {
+/// Load `--tls-cert` (PEM, the certificate then its chain) and `--tls-key` (PEM).
+pub fn acceptor_from_files(cert: &str, key: &str) -> Result<Acceptor, String> {
     let cert_pem =
         std::fs::read(cert).map_err(|e| format!("Cannot read the certificate {cert}: {e}."))?;
     let key_pem = std::fs::read(key).map_err(|e| format!("Cannot read the key {key}: {e}."))?;
     acceptor_from_pem(&cert_pem, &key_pem)
 }
 
-pub fn acceptor_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, String> {
-    let identity = Identity::from_pkcs8(cert_pem, key_pem).map_err(|e| {
-        format!("The certificate or key is not usable (PEM certificate, PKCS#8 key): {e}.")
+// ANCHOR: acceptor
+/// An acceptor for TLS 1.2 and 1.3 with Mozilla's "intermediate" ciphers (version 5).
+pub fn acceptor_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Acceptor, String> {
+    let unusable =
+        |e: openssl::error::ErrorStack| format!("The certificate or key is not usable (PEM): {e}.");
+    let mut chain = X509::stack_from_pem(cert_pem)
+        .map_err(unusable)?
+        .into_iter();
+    let cert = chain
+        .next()
+        .ok_or("The certificate file holds no PEM certificate.")?;
+    let key = PKey::private_key_from_pem(key_pem).map_err(unusable)?;
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+        .map_err(|e| format!("Cannot set up TLS: {e}."))?;
+    builder.set_certificate(&cert).map_err(unusable)?;
+    for extra in chain {
+        builder.add_extra_chain_cert(extra).map_err(unusable)?;
+    }
+    builder.set_private_key(&key).map_err(unusable)?;
+    builder.check_private_key().map_err(|_| {
+        "The key does not belong to the certificate (check --tls-cert and --tls-key).".to_string()
     })?;
-    TlsAcceptor::new(identity).map_err(|e| format!("Cannot set up TLS: {e}."))
+    Ok(builder.build())
 }
+// ANCHOR_END: acceptor
 
 // ANCHOR: self_signed
 /// A throwaway certificate for `host` (and 127.0.0.1), valid for 30 days, with a P-256 key:
@@ -157,6 +219,45 @@ fn make_self_signed(host: &str) -> Result<(Vec<u8>, Vec<u8>), openssl::error::Er
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+
+    /// OpenSSL reads the socket again and again for one record; a byte every 50 ms keeps each
+    /// read short, yet the reads as a whole end at the deadline (POP3 and SMTP alike).
+    #[test]
+    fn reads_under_tls_end_at_one_deadline_however_the_bytes_trickle() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let trickler = std::thread::spawn(move || {
+            let mut client = TcpStream::connect(addr).unwrap();
+            for _ in 0..40 {
+                if client.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (tcp, _) = listener.accept().unwrap();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut socket = Deadlined { tcp, deadline };
+        let (mut got, mut buf) = (0, [0u8; 64]);
+        let ended = loop {
+            match socket.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) if got + n >= 40 => break None,
+                Ok(n) => got += n,
+                Err(e) => break Some(e.kind()),
+            }
+        };
+        drop(socket);
+        let _ = trickler.join();
+        assert!(
+            matches!(
+                ended,
+                Some(io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+            ),
+            "{ended:?} after {got} octets"
+        );
+    }
 
     #[test]
     fn a_self_signed_pair_makes_an_acceptor() {

@@ -3,9 +3,12 @@
 //! | file | what | lesson |
 //! |---|---|---|
 //! | `server.rs` | the POP3 listener and one client's I/O loop | 13 |
-//! | `session.rs` | the POP3 state machine and its commands | 13 |
+//! | `command.rs` | the verb table, the command parser, `+OK`/`-ERR` responses | 13 |
+//! | `session.rs` | the POP3 state machine: one table, one `step` | 13 |
 //!
 //! Standards: none
 
 pub mod server;
+
+pub mod command;
 pub mod session;

@@ -1,9 +1,10 @@
 //! The POP3 listener and one client's I/O loop: a welcome socket, a thread per client, mbox files.
 //!
 //! Interface:
-//! - `Pop3Listener::bind(addr)` binds (an error is one plain sentence); `spawn(config)` accepts
-//!   on a background thread and returns a `Pop3Handle` that stops it when dropped.
-//! - `serve(stream, session, id, acceptor)` runs one session over a `tls::Stream`: in the
+//! - `Pop3Listener::bind(addr)` binds (an error is one plain sentence); `spawn(config, ..)`
+//!   accepts on the shared welcome socket of `net/listener.rs` and returns its `Welcome`,
+//!   which stops it when dropped. `Pop3` is the service that starts each session.
+//! - `serve(stream, session, id, acceptor, idle)` runs one session over a `tls::Stream`: in the
 //!   clear with STLS (RFC 2595 §4), or inside TLS from the first byte (`--pop3s`, RFC 8314 §3.3).
 //! - `MboxMaildrops` is the `pop3::Maildrops` hook over the mail directory: the reader lock for
 //!   the session, the delivery lock for a moment to index the messages, each message read from
@@ -11,28 +12,30 @@
 //!   rewrite in UPDATE.
 //!
 //! The server side of the same loop as `connection.rs`: greet, read a line, step the session,
-//! write; flush only when no further input is waiting, so pipelined commands all get answers.
+//! write; flush when no further input is waiting, so pipelined commands all get answers, or
+//! when the answers pass `line::FLUSH_AT`, so a client that never reads cannot pile them up.
+//! The TLS handshake has one deadline for the whole of it (`tls::handshake_deadline`).
 //!
 //! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §6, RFC 2449 §6.6, RFC 2595 §4, RFC 8314 §3.3
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use native_tls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::net::line::{CommandLine, LineReader, ReadError};
-use crate::net::tls::Stream;
+use crate::net::listener::{self, Admission, Bound, Refusal, Service, Welcome};
+use crate::net::tls::{self, Acceptor, Stream};
+use crate::pop3::command::Response;
 use crate::pop3::session::{
-    self, Maildrops, MessageSource, Next, OpenError, Opened, Response, Session, Step,
-    StoredMessage, Tls,
+    self, Maildrops, MessageSource, Next, OpenError, Opened, Session, Step, StoredMessage, Tls,
 };
 use crate::store::maildrop::{MaildropLock, ReaderLock};
 use crate::store::mbox::{DeliveryError, MailDir};
@@ -41,173 +44,98 @@ use crate::store::mboxrd::{self, Span};
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
 pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
 
-/// Stack of each session thread (as `server.rs`): buffers live on the heap.
-const SESSION_STACK_SIZE: usize = 256 * 1024;
-
 /// A bound POP3 welcome socket, not yet accepting.
 pub struct Pop3Listener {
-    listener: TcpListener,
-    addr: SocketAddr,
+    bound: Bound,
     /// `--pop3s`: TLS from the first byte.
     pub implicit_tls: bool,
 }
 
-/// Stops the acceptor when dropped; sessions already running finish on their own.
-pub struct Pop3Handle {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-struct Shared {
+/// POP3 as a welcome socket's service: what every session of one listener shares.
+struct Pop3 {
     config: Arc<Config>,
-    tls: Option<Arc<TlsAcceptor>>,
+    tls: Option<Arc<Acceptor>>,
     implicit_tls: bool,
     maildrops: Arc<dyn Maildrops>,
-    active: AtomicUsize,
     sessions: AtomicU64,
-    stopping: AtomicBool,
-}
-
-/// One place in the connection count; dropping it (also while a thread unwinds) frees it.
-struct Slot(Arc<Shared>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl Pop3Listener {
     pub fn bind(addr: SocketAddr, implicit_tls: bool) -> Result<Pop3Listener, String> {
-        let listener = crate::server::bind_one(addr)?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("Cannot listen on {addr}: {e}."))?;
         Ok(Pop3Listener {
-            listener,
-            addr,
+            bound: listener::bind(addr)?,
             implicit_tls,
         })
     }
 
     /// The address actually bound (port 0 becomes a real port).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.bound.addr
     }
 
-    /// Accept on a background thread; maildrops are the mbox files of `config.mail_dir`.
-    pub fn spawn(self, config: Arc<Config>, tls: Option<Arc<TlsAcceptor>>) -> Pop3Handle {
-        let addr = self.addr;
+    /// Accept on a background thread, counted by the server's `admission`; maildrops are the
+    /// mbox files of `config.mail_dir`. Dropping the `Welcome` stops it; sessions already
+    /// running finish on their own.
+    pub fn spawn(
+        self,
+        config: Arc<Config>,
+        tls: Option<Arc<Acceptor>>,
+        admission: Arc<Admission>,
+    ) -> Welcome {
+        let addr = self.bound.addr;
         let maildrops = Arc::new(MboxMaildrops {
             mail_dir: MailDir::new(config.mail_dir.clone()),
         });
-        let shared = Arc::new(Shared {
+        let service = Arc::new(Pop3 {
             config,
             tls,
             implicit_tls: self.implicit_tls,
             maildrops,
-            active: AtomicUsize::new(0),
             sessions: AtomicU64::new(0),
-            stopping: AtomicBool::new(false),
         });
-        let acceptor = {
-            let shared = shared.clone();
-            thread::spawn(move || accept_loop(&self.listener, &shared))
-        };
         info!("POP3 listening on {addr}");
-        Pop3Handle {
-            addr,
-            shared,
-            acceptor: Some(acceptor),
-        }
+        Welcome::spawn(self.bound, admission, service)
     }
 }
 
-impl Pop3Handle {
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+impl Service for Pop3 {
+    fn session(&self, stream: TcpStream) -> (String, Box<dyn FnOnce() + Send>) {
+        let id = format!("P{}", self.sessions.fetch_add(1, Ordering::SeqCst) + 1);
+        let tls = Tls {
+            available: self.tls.is_some(),
+            active: self.implicit_tls,
+        };
+        let session = Session::new(self.config.clone(), self.maildrops.clone(), tls);
+        let acceptor = self.tls.clone();
+        let (implicit_tls, idle) = (self.implicit_tls, self.config.idle_timeout);
+        let name = format!("pop3-{id}");
+        let serve = move || serve_tcp(stream, session, id, (acceptor, idle), implicit_tls);
+        (name, Box::new(serve))
     }
 
-    /// True for a `--pop3s` listener (TLS from the first byte).
-    pub fn is_implicit_tls(&self) -> bool {
-        self.shared.implicit_tls
-    }
-
-    /// POP3 sessions running now.
-    pub fn active_sessions(&self) -> usize {
-        self.shared.active.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Pop3Handle {
-    /// Stop accepting: set the flag, then wake the blocked `accept` with a connection.
-    fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
-}
-
-// ANCHOR: accept_loop
-/// The welcome socket's loop, as in `server.rs`: accept, then a thread of its own per client.
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        match stream {
-            Ok(stream) => admit(stream, shared),
-            Err(error) => {
-                warn!("POP3 accept failed: {error}");
-                thread::sleep(Duration::from_millis(50));
+    fn refuse(&self, stream: TcpStream, why: Refusal) {
+        let text = match why {
+            Refusal::Full => "Too many connections; try again later",
+            Refusal::TooManyFromAddress => {
+                "Too many connections from your address; close one of them and try again"
             }
-        }
-    }
-}
-// ANCHOR_END: accept_loop
-
-/// Count the client in, or turn it away with `-ERR` when the server is full.
-fn admit(mut stream: TcpStream, shared: &Arc<Shared>) {
-    if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
-        shared.active.fetch_sub(1, Ordering::SeqCst);
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.write_all(&Response::err("Too many connections; try again later").to_wire());
-        return;
-    }
-    let slot = Slot(shared.clone());
-    let id = format!("P{}", shared.sessions.fetch_add(1, Ordering::SeqCst) + 1);
-    let tls = Tls {
-        available: shared.tls.is_some(),
-        active: shared.implicit_tls,
-    };
-    let session = Session::new(shared.config.clone(), shared.maildrops.clone(), tls);
-    let acceptor = shared.tls.clone();
-    let implicit_tls = shared.implicit_tls;
-    let spawned = thread::Builder::new()
-        .name(format!("pop3-{id}"))
-        .stack_size(SESSION_STACK_SIZE)
-        .spawn(move || {
-            let _slot = slot;
-            serve_tcp(stream, session, id, acceptor, implicit_tls);
-        });
-    if let Err(error) = spawned {
-        warn!("cannot start a POP3 session thread: {error}");
+        };
+        listener::say_and_close(stream, &Response::err(text).to_wire());
     }
 }
 
+/// `tls` is the acceptor, if any, and the idle timeout that bounds a handshake.
 fn serve_tcp(
     stream: TcpStream,
     session: Session,
     id: String,
-    acceptor: Option<Arc<TlsAcceptor>>,
+    tls: (Option<Arc<Acceptor>>, Duration),
     implicit_tls: bool,
 ) {
+    let (acceptor, idle) = tls;
     let peer = stream
         .peer_addr()
-        .map(|a| a.to_string())
+        .map(|a| listener::canonical(a).to_string())
         .unwrap_or_default();
     info!("[{id}] POP3 connect from {peer}");
     if let Err(error) = stream.set_write_timeout(Some(AUTOLOGOUT)) {
@@ -219,7 +147,7 @@ fn serve_tcp(
         let Some(tls) = acceptor.as_deref() else {
             return;
         };
-        stream = match stream.start_tls(tls) {
+        stream = match stream.start_tls(tls, tls::handshake_deadline(idle)) {
             Ok(stream) => stream,
             Err(error) => {
                 warn!("[{id}] {peer}: {error}");
@@ -227,15 +155,22 @@ fn serve_tcp(
             }
         };
     }
-    serve(stream, session, &id, acceptor);
+    serve(stream, session, &id, acceptor, idle);
 }
 
 /// One client on this thread, over any stream with a read deadline. Errors end the
 /// connection; they are logged, never panics.
-pub fn serve(stream: Stream, session: Session, id: &str, acceptor: Option<Arc<TlsAcceptor>>) {
+pub fn serve(
+    stream: Stream,
+    session: Session,
+    id: &str,
+    acceptor: Option<Arc<Acceptor>>,
+    idle: Duration,
+) {
     let mut connection = Connection {
         stream: Some(stream),
         acceptor,
+        idle,
         lines: LineReader::new(),
         session,
         id,
@@ -255,7 +190,9 @@ pub fn serve(stream: Stream, session: Session, id: &str, acceptor: Option<Arc<Tl
 struct Connection<'a> {
     /// `None` only for the instant of a TLS handshake.
     stream: Option<Stream>,
-    acceptor: Option<Arc<TlsAcceptor>>,
+    acceptor: Option<Arc<Acceptor>>,
+    /// The server's idle timeout (`--timeout`), which also bounds an STLS handshake.
+    idle: Duration,
     lines: LineReader,
     session: Session,
     id: &'a str,
@@ -293,7 +230,7 @@ impl Connection<'_> {
                 self.flush()?;
                 return Ok("closed by the session");
             }
-            if !self.lines.has_buffered() {
+            if self.lines.must_flush(self.output.len()) {
                 self.flush()?;
             }
         }
@@ -346,7 +283,9 @@ impl Connection<'_> {
             .stream
             .take()
             .ok_or_else(|| io::Error::other("no stream"))?;
-        let tls = plain.start_tls(&acceptor).map_err(io::Error::other)?;
+        let tls = plain
+            .start_tls(&acceptor, tls::handshake_deadline(self.idle))
+            .map_err(io::Error::other)?;
         self.stream = Some(tls);
         self.session.tls_started();
         info!("[{}] POP3 TLS started", self.id);

@@ -1,13 +1,17 @@
-//! The POP3 session: one `enum State`, one transition table, one `Session` step per command line.
+//! The POP3 session: one `enum State`, one transition table, and `Session::step`, the one place
+//! where the state changes.
 //!
 //! Interface:
 //! - `POP3_TRANSITIONS`, the legal moves (AUTHORIZATION → TRANSACTION → UPDATE, RFC 1939 §3);
 //!   a command the table does not list gets `-ERR`, and `mermaid()` draws the same table.
-//! - `Session::command(line)` takes one command line and returns a `Step`: the responses, and
-//!   whether to read the next command, enter UPDATE (`Session::update`), or close.
+//! - `Session::step(input)` hands the state and the input (a command parsed by `command.rs`, a
+//!   refused line, or the UPDATE work) to a handler, which takes what it needs (the name USER
+//!   gave, the maildrop) by value and returns the next state; `step` keeps it, checks the move
+//!   against the table (a debug assertion), and returns a `Step`: the responses, and whether
+//!   to read the next command, enter UPDATE, start TLS, or close. `command(line)`,
+//!   `refuse_line` and `update` are the connection's three ways to call it.
 //! - `Maildrops`, the hook that locks and reads a maildrop at login and removes the deleted
 //!   messages in UPDATE; the session itself touches no file and no socket.
-//! - `Response`, a `+OK`/`-ERR` line and an optional multi-line body; `to_wire` byte-stuffs it.
 //! - `unique_ids` (UIDL) and `to_crlf` (the size of a message) are the rules clients rely on.
 //!
 //! The size rule (RFC 1939 §11): a message is sent with every line ending in CRLF, and its size
@@ -23,228 +27,13 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::machine;
+use crate::pop3::command::{parse, Command, Response, Verb};
 
 /// Failed logins before the server closes the connection (RFC 1939 §4 lets it close after any).
 pub const MAX_AUTH_FAILURES: u32 = 3;
 
 /// The longest unique-id: "one to 70 characters" (RFC 1939 §7, UIDL).
 pub const MAX_UID_LEN: usize = 70;
-
-// ANCHOR: verbs
-/// Every POP3 command this server knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Verb {
-    User,
-    Pass,
-    Quit,
-    Stat,
-    List,
-    Retr,
-    Dele,
-    Noop,
-    Rset,
-    Top,
-    Uidl,
-    Capa,
-    Stls,
-}
-
-/// A verb's facts: its name on the wire, its syntax (the hint in an `-ERR`), its RFC section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VerbInfo {
-    pub verb: Verb,
-    pub name: &'static str,
-    pub syntax: &'static str,
-    pub rfc: &'static str,
-}
-
-const fn verb(verb: Verb, name: &'static str, syntax: &'static str, rfc: &'static str) -> VerbInfo {
-    VerbInfo {
-        verb,
-        name,
-        syntax,
-        rfc,
-    }
-}
-
-#[rustfmt::skip]
-pub const VERBS: &[VerbInfo] = &[
-    verb(Verb::User, "USER", "USER name",       "RFC 1939 §7"),
-    verb(Verb::Pass, "PASS", "PASS password",   "RFC 1939 §7"),
-    verb(Verb::Quit, "QUIT", "QUIT",            "RFC 1939 §6"),
-    verb(Verb::Stat, "STAT", "STAT",            "RFC 1939 §5"),
-    verb(Verb::List, "LIST", "LIST [msg]",      "RFC 1939 §5"),
-    verb(Verb::Retr, "RETR", "RETR msg",        "RFC 1939 §5"),
-    verb(Verb::Dele, "DELE", "DELE msg",        "RFC 1939 §5"),
-    verb(Verb::Noop, "NOOP", "NOOP",            "RFC 1939 §5"),
-    verb(Verb::Rset, "RSET", "RSET",            "RFC 1939 §5"),
-    verb(Verb::Top,  "TOP",  "TOP msg lines",   "RFC 1939 §7"),
-    verb(Verb::Uidl, "UIDL", "UIDL [msg]",      "RFC 1939 §7"),
-    verb(Verb::Capa, "CAPA", "CAPA",            "RFC 2449 §5"),
-    verb(Verb::Stls, "STLS", "STLS",            "RFC 2595 §4"),
-];
-// ANCHOR_END: verbs
-
-impl Verb {
-    pub fn info(self) -> &'static VerbInfo {
-        VERBS
-            .iter()
-            .find(|info| info.verb == self)
-            .unwrap_or(&VERBS[0])
-    }
-
-    pub fn name(self) -> &'static str {
-        self.info().name
-    }
-}
-
-/// A parsed command line. Message numbers are as the client typed them (1 is the first).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    User(String),
-    Pass(String),
-    Quit,
-    Stat,
-    List(Option<usize>),
-    Retr(usize),
-    Dele(usize),
-    Noop,
-    Rset,
-    Top { msg: usize, lines: usize },
-    Uidl(Option<usize>),
-    Capa,
-    Stls,
-}
-
-impl Command {
-    pub fn verb(&self) -> Verb {
-        match self {
-            Command::User(_) => Verb::User,
-            Command::Pass(_) => Verb::Pass,
-            Command::Quit => Verb::Quit,
-            Command::Stat => Verb::Stat,
-            Command::List(_) => Verb::List,
-            Command::Retr(_) => Verb::Retr,
-            Command::Dele(_) => Verb::Dele,
-            Command::Noop => Verb::Noop,
-            Command::Rset => Verb::Rset,
-            Command::Top { .. } => Verb::Top,
-            Command::Uidl(_) => Verb::Uidl,
-            Command::Capa => Verb::Capa,
-            Command::Stls => Verb::Stls,
-        }
-    }
-}
-
-// ANCHOR: parse
-/// `command = keyword *(SP param) CRLF` (RFC 2449 §3); keywords are case-insensitive. PASS
-/// takes the rest of the line, spaces included: "a POP3 server may treat spaces in the
-/// argument as part of the password" (RFC 1939 §7).
-pub fn parse(line: &[u8]) -> Result<Command, Response> {
-    let line = std::str::from_utf8(line).map_err(|_| Response::err("Commands are ASCII text"))?;
-    let (keyword, rest) = line.split_once(' ').unwrap_or((line, ""));
-    let Some(info) = VERBS.iter().find(|v| v.name.eq_ignore_ascii_case(keyword)) else {
-        return Err(Response::err(format!(
-            "Unknown command {keyword:?}; try CAPA, USER name, PASS password, STAT, LIST, RETR n, QUIT"
-        )));
-    };
-    let args: Vec<&str> = rest.split(' ').filter(|a| !a.is_empty()).collect();
-    let syntax = || Response::err(format!("Syntax: {}", info.syntax));
-    let number = |text: &str| text.parse::<usize>().map_err(|_| syntax());
-    let command = match (info.verb, args.as_slice()) {
-        (Verb::User, [name]) => Command::User(name.to_string()),
-        (Verb::Pass, _) if !rest.is_empty() => Command::Pass(rest.to_string()),
-        (Verb::Quit, []) => Command::Quit,
-        (Verb::Stat, []) => Command::Stat,
-        (Verb::List, []) => Command::List(None),
-        (Verb::List, [msg]) => Command::List(Some(number(msg)?)),
-        (Verb::Retr, [msg]) => Command::Retr(number(msg)?),
-        (Verb::Dele, [msg]) => Command::Dele(number(msg)?),
-        (Verb::Noop, []) => Command::Noop,
-        (Verb::Rset, []) => Command::Rset,
-        (Verb::Top, [msg, lines]) => Command::Top {
-            msg: number(msg)?,
-            lines: number(lines)?,
-        },
-        (Verb::Uidl, []) => Command::Uidl(None),
-        (Verb::Uidl, [msg]) => Command::Uidl(Some(number(msg)?)),
-        (Verb::Capa, []) => Command::Capa,
-        (Verb::Stls, []) => Command::Stls,
-        _ => return Err(syntax()),
-    };
-    Ok(command)
-}
-// ANCHOR_END: parse
-
-// ANCHOR: response
-/// One response: `+OK text` or `-ERR text`, and for a multi-line response its body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    pub ok: bool,
-    pub text: String,
-    /// Lines ending in CRLF, not yet byte-stuffed; `to_wire` stuffs them and adds `.` CRLF.
-    pub body: Option<Vec<u8>>,
-}
-
-impl Response {
-    pub fn ok(text: impl Into<String>) -> Response {
-        Response {
-            ok: true,
-            text: text.into(),
-            body: None,
-        }
-    }
-
-    pub fn err(text: impl Into<String>) -> Response {
-        Response {
-            ok: false,
-            text: text.into(),
-            body: None,
-        }
-    }
-
-    /// A multi-line `+OK` response (RFC 1939 §3).
-    pub fn multi(text: impl Into<String>, body: Vec<u8>) -> Response {
-        Response {
-            ok: true,
-            text: text.into(),
-            body: Some(body),
-        }
-    }
-
-    /// The bytes on the wire. RFC 1939 §3: "If any line of the multi-line response begins with
-    /// the termination octet, the line is "byte-stuffed" by pre-pending the termination octet
-    /// to that line", and the response ends with `.` CRLF.
-    pub fn to_wire(&self) -> Vec<u8> {
-        let mut out = format!("{self}\r\n").into_bytes();
-        if let Some(body) = &self.body {
-            for line in body.split_inclusive(|&byte| byte == b'\n') {
-                if line.starts_with(b".") {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(line);
-            }
-            if !body.is_empty() && !body.ends_with(b"\r\n") {
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(b".\r\n");
-        }
-        out
-    }
-}
-
-/// The status line without CRLF.
-impl fmt::Display for Response {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = if self.ok { "+OK" } else { "-ERR" };
-        if self.text.is_empty() {
-            write!(f, "{status}")
-        } else {
-            write!(f, "{status} {}", self.text)
-        }
-    }
-}
-// ANCHOR_END: response
 
 /// The states of RFC 1939 §3, by name: what the table and the diagram use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -528,6 +317,73 @@ pub struct Tls {
     pub active: bool,
 }
 
+/// What the session is given to take one step.
+#[derive(Debug)]
+pub enum Input {
+    /// A command line, parsed.
+    Command(Command),
+    /// A line that is no command: the parser's `-ERR`, or the connection's (too long). The
+    /// state stays; the response counts as an error.
+    Invalid {
+        response: Response,
+        rfc: &'static str,
+    },
+    /// The responses to QUIT are sent: do the UPDATE work (RFC 1939 §6).
+    Update,
+}
+
+/// What a handler decides: the state to move to, the responses, what the connection does
+/// next, and how long to wait first. Only `Session::step` turns it into the session's state.
+struct Outcome {
+    state: State,
+    responses: Vec<Response>,
+    next: Next,
+    pause: Duration,
+}
+
+impl Outcome {
+    /// One response, then read the next command.
+    fn respond(state: State, response: Response) -> Outcome {
+        Outcome {
+            state,
+            responses: vec![response],
+            next: Next::ReadCommand,
+            pause: Duration::ZERO,
+        }
+    }
+
+    fn then(self, next: Next) -> Outcome {
+        Outcome { next, ..self }
+    }
+}
+
+impl Input {
+    /// The RFC section behind this input, for `--trace`.
+    fn rfc(&self) -> &'static str {
+        match self {
+            Input::Command(command) => command.verb().info().rfc,
+            Input::Invalid { rfc, .. } => rfc,
+            Input::Update => "RFC 1939 §6",
+        }
+    }
+
+    /// The table's trigger for this input (`None`: the state must stay).
+    fn trigger(&self) -> Option<Trigger> {
+        match self {
+            Input::Command(command) => Some(Trigger::Command(command.verb())),
+            Input::Invalid { .. } => None,
+            Input::Update => Some(Trigger::Updated),
+        }
+    }
+}
+
+/// Is `from → to` a move the table lists for `trigger`? Staying is always allowed (`-ERR`
+/// changes nothing), and so is the server closing the connection (RFC 1939 §3, §4).
+fn listed(from: StateName, trigger: Option<Trigger>, to: StateName, next: Next) -> bool {
+    let closing = to == Closed && next == Next::Close;
+    closing || machine::allows(POP3_TRANSITIONS, from, trigger, to)
+}
+
 impl Session {
     pub fn new(config: Arc<Config>, maildrops: Arc<dyn Maildrops>, tls: Tls) -> Session {
         Session {
@@ -540,25 +396,10 @@ impl Session {
         }
     }
 
-    /// After the STLS handshake (RFC 2595 §4): still in AUTHORIZATION, now inside TLS. A USER
-    /// given before the handshake is forgotten, like everything said in the clear.
+    /// After the STLS handshake (RFC 2595 §4): still in AUTHORIZATION, now inside TLS. STLS
+    /// already forgot a USER given in the clear, like everything said before the handshake.
     pub fn tls_started(&mut self) {
         self.tls.active = true;
-        self.state = State::Authorization { user: None };
-    }
-
-    /// STLS (RFC 2595 §4): `+OK`, then the handshake.
-    fn stls(&mut self) -> (Response, Next) {
-        if self.tls.active {
-            return (Response::err("TLS is already active"), Next::ReadCommand);
-        }
-        if !self.tls.available {
-            return (
-                Response::err("STLS is not configured on this server"),
-                Next::ReadCommand,
-            );
-        }
-        (Response::ok("Begin TLS negotiation"), Next::StartTls)
     }
 
     pub fn state(&self) -> &State {
@@ -573,114 +414,138 @@ impl Session {
         ))
     }
 
-    // ANCHOR: command
     /// Take one command line (without its line end) and return what to answer and do next.
     pub fn command(&mut self, line: &[u8]) -> Step {
-        let from = self.state.name();
-        let (responses, next, pause, rfc) = match parse(line) {
-            Ok(command) => {
-                let rfc = command.verb().info().rfc;
-                let (responses, next, pause) = self.dispatch(command);
-                (responses, next, pause, rfc)
-            }
-            Err(response) => (
-                vec![response],
-                Next::ReadCommand,
-                Duration::ZERO,
-                "RFC 1939 §3",
-            ),
+        let input = match parse(line) {
+            Ok(command) => Input::Command(command),
+            Err(response) => Input::Invalid {
+                response,
+                rfc: "RFC 1939 §3",
+            },
         };
-        self.finish(from, responses, next, pause, rfc)
+        self.step(input)
     }
-    // ANCHOR_END: command
 
     /// A line the connection refused before parsing (too long): it counts as an error.
     pub fn refuse_line(&mut self, response: Response) -> Step {
-        let from = self.state.name();
-        self.finish(
-            from,
-            vec![response],
-            Next::ReadCommand,
-            Duration::ZERO,
-            "RFC 2449 §4",
-        )
+        let rfc = "RFC 2449 §4";
+        self.step(Input::Invalid { response, rfc })
     }
 
-    /// Count errors; at the limit say so and close, as the SMTP session does.
-    fn finish(
-        &mut self,
-        from: StateName,
-        mut responses: Vec<Response>,
-        mut next: Next,
-        pause: Duration,
-        rfc: &'static str,
-    ) -> Step {
-        self.errors += responses.iter().filter(|r| !r.ok).count() as u32;
-        if self.errors >= self.config.max_errors && next == Next::ReadCommand {
-            responses.push(Response::err("Too many errors; closing the connection"));
-            next = Next::Close;
-            self.state = State::Closed; // drops a maildrop, and its lock, without UPDATE
-        }
+    /// The UPDATE state, after the connection has sent what QUIT asked for.
+    pub fn update(&mut self) -> Step {
+        self.step(Input::Update)
+    }
+
+    // ANCHOR: step
+    /// The one place where the state changes: hand the current state and the input to a
+    /// handler, count the errors, check the move against the table, keep the new state.
+    pub fn step(&mut self, input: Input) -> Step {
+        let from = self.state.name();
+        let (rfc, trigger) = (input.rfc(), input.trigger());
+        // The handler owns the state while it runs; `Closed` only fills the gap until then.
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        let outcome = match input {
+            Input::Command(command) => self.dispatch(state, command),
+            Input::Invalid { response, .. } => Outcome::respond(state, response),
+            Input::Update => self.commit(state),
+        };
+        let outcome = self.count_errors(outcome);
+        let to = outcome.state.name();
+        debug_assert!(
+            listed(from, trigger, to, outcome.next),
+            "{from:?} → {to:?} on {trigger:?} is not in POP3_TRANSITIONS"
+        );
+        self.state = outcome.state;
         Step {
-            responses,
-            next,
-            pause,
+            responses: outcome.responses,
+            next: outcome.next,
+            pause: outcome.pause,
             from,
-            to: self.state.name(),
+            to,
             rfc,
+        }
+    }
+    // ANCHOR_END: step
+
+    /// Count errors; at the limit say so and close, as the SMTP session does. Closing drops a
+    /// maildrop, and its lock, without UPDATE.
+    fn count_errors(&mut self, outcome: Outcome) -> Outcome {
+        self.errors += outcome.responses.iter().filter(|r| !r.ok).count() as u32;
+        if self.errors < self.config.max_errors || outcome.next != Next::ReadCommand {
+            return outcome;
+        }
+        let mut responses = outcome.responses;
+        responses.push(Response::err("Too many errors; closing the connection"));
+        Outcome {
+            state: State::Closed,
+            responses,
+            next: Next::Close,
+            pause: outcome.pause,
         }
     }
 
     // ANCHOR: dispatch
-    /// The table decides whether a command is legal here; one method per verb does the work.
-    fn dispatch(&mut self, command: Command) -> (Vec<Response>, Next, Duration) {
+    /// The table decides whether a command is legal here; one handler per verb does the work,
+    /// given what it needs of the state (the name USER gave, the maildrop) by value.
+    fn dispatch(&mut self, state: State, command: Command) -> Outcome {
         let verb = command.verb();
-        if transition(self.state.name(), verb).is_none() {
+        if transition(state.name(), verb).is_none() {
             let text = format!(
                 "{} is not allowed in the {:?} state",
                 verb.name(),
-                self.state.name()
+                state.name()
             );
-            return (vec![Response::err(text)], Next::ReadCommand, Duration::ZERO);
+            return Outcome::respond(state, Response::err(text));
         }
-        let (response, next, pause) = match command {
-            Command::Quit => return self.quit(),
-            Command::Pass(password) => self.pass(&password),
-            Command::User(name) => (self.user(name), Next::ReadCommand, Duration::ZERO),
-            Command::Capa => (capa(self.tls), Next::ReadCommand, Duration::ZERO),
-            Command::Stls => {
-                let (response, next) = self.stls();
-                (response, next, Duration::ZERO)
+        match (state, command) {
+            (State::Transaction { maildrop }, Command::Quit) => Outcome {
+                state: State::Update { maildrop },
+                // No response yet: UPDATE gives it once the deletions are done.
+                responses: Vec::new(),
+                next: Next::Update,
+                pause: Duration::ZERO,
+            },
+            (_, Command::Quit) => {
+                let text = format!("{} POP3 smtplab signing off", self.config.hostname);
+                Outcome::respond(State::Closed, Response::ok(text)).then(Next::Close)
             }
-            other => {
-                let response = match &mut self.state {
-                    State::Transaction { maildrop } => maildrop.command(other),
-                    _ => Response::err("Not logged in"),
-                };
-                (response, Next::ReadCommand, Duration::ZERO)
+            (State::Authorization { user }, Command::Pass(password)) => self.pass(user, &password),
+            (_, Command::User(name)) => user(name),
+            (state, Command::Capa) => Outcome::respond(state, capa(self.tls)),
+            (state, Command::Stls) => self.stls(state),
+            (State::Transaction { mut maildrop }, command) => {
+                let response = maildrop.command(command);
+                Outcome::respond(State::Transaction { maildrop }, response)
             }
-        };
-        (vec![response], next, pause)
+            (state, _) => Outcome::respond(state, Response::err("Not logged in")),
+        }
     }
     // ANCHOR_END: dispatch
 
-    /// USER (RFC 1939 §7). Always `+OK`: "Servers that answer -ERR to the USER command are
-    /// giving potential attackers clues about which names are valid" (RFC 1939 §13).
-    fn user(&mut self, name: String) -> Response {
-        let text = format!("Hello {name}; now PASS your-password");
-        self.state = State::Authorization { user: Some(name) };
-        Response::ok(text)
+    /// STLS (RFC 2595 §4): `+OK`, then the handshake. A USER given in the clear is forgotten.
+    fn stls(&self, state: State) -> Outcome {
+        if self.tls.active {
+            return Outcome::respond(state, Response::err("TLS is already active"));
+        }
+        if !self.tls.available {
+            let response = Response::err("STLS is not configured on this server");
+            return Outcome::respond(state, response);
+        }
+        let state = State::Authorization { user: None };
+        Outcome::respond(state, Response::ok("Begin TLS negotiation")).then(Next::StartTls)
     }
 
     // ANCHOR: pass
-    /// PASS (RFC 1939 §7): check the password, then lock and read the maildrop (§4).
-    fn pass(&mut self, password: &str) -> (Response, Next, Duration) {
-        let State::Authorization { user: Some(name) } = &self.state else {
+    /// PASS (RFC 1939 §7): check the password, then lock and read the maildrop (§4). A new
+    /// USER is needed after every PASS, right or wrong.
+    fn pass(&mut self, user: Option<String>, password: &str) -> Outcome {
+        let waiting = State::Authorization { user: None };
+        let Some(name) = user else {
             let text = "USER first: USER name, then PASS password";
-            return (Response::err(text), Next::ReadCommand, Duration::ZERO);
+            return Outcome::respond(waiting, Response::err(text));
         };
         let user = name.to_lowercase();
-        self.state = State::Authorization { user: None }; // a new USER is needed after PASS
         if !self.password_matches(&user, password) {
             return self.login_failed();
         }
@@ -692,32 +557,36 @@ impl Session {
                     maildrop.user,
                     maildrop.summary()
                 ));
-                self.state = State::Transaction { maildrop };
-                (response, Next::ReadCommand, Duration::ZERO)
+                Outcome::respond(State::Transaction { maildrop }, response)
             }
             Err(OpenError::InUse) => {
                 let text = "[IN-USE] maildrop busy: is another POP3 session running?";
-                (Response::err(text), Next::ReadCommand, Duration::ZERO)
+                Outcome::respond(waiting, Response::err(text))
             }
             Err(OpenError::Failed(_)) => {
                 let text = "Cannot open the maildrop now; try again later";
-                (Response::err(text), Next::ReadCommand, Duration::ZERO)
+                Outcome::respond(waiting, Response::err(text))
             }
         }
     }
     // ANCHOR_END: pass
 
     /// The same answer and the same pause for an unknown user and a wrong password.
-    fn login_failed(&mut self) -> (Response, Next, Duration) {
+    fn login_failed(&mut self) -> Outcome {
         self.auth_failures += 1;
         let pause = self.config.pop3_auth_delay;
-        if self.auth_failures >= MAX_AUTH_FAILURES {
-            self.state = State::Closed;
+        let (state, next, text) = if self.auth_failures >= MAX_AUTH_FAILURES {
             let text = "Wrong user name or password; too many tries, goodbye";
-            return (Response::err(text), Next::Close, pause);
+            (State::Closed, Next::Close, text)
+        } else {
+            let text = "Wrong user name or password; USER name, then PASS password";
+            let state = State::Authorization { user: None };
+            (state, Next::ReadCommand, text)
+        };
+        Outcome {
+            pause,
+            ..Outcome::respond(state, Response::err(text)).then(next)
         }
-        let text = "Wrong user name or password; USER name, then PASS password";
-        (Response::err(text), Next::ReadCommand, pause)
     }
 
     /// Compare every byte whatever the first difference, so the time taken says nothing about
@@ -731,35 +600,13 @@ impl Session {
         a.len() == b.len() && differences == 0
     }
 
-    /// QUIT: in AUTHORIZATION just close (§4); in TRANSACTION enter UPDATE (§6).
-    fn quit(&mut self) -> (Vec<Response>, Next, Duration) {
-        match std::mem::replace(&mut self.state, State::Closed) {
-            State::Transaction { maildrop } => {
-                self.state = State::Update { maildrop };
-                // No response yet: `update` gives it once the deletions are done.
-                (Vec::new(), Next::Update, Duration::ZERO)
-            }
-            _ => {
-                let text = format!("{} POP3 smtplab signing off", self.config.hostname);
-                (vec![Response::ok(text)], Next::Close, Duration::ZERO)
-            }
-        }
-    }
-
     // ANCHOR: update
     /// The UPDATE state (RFC 1939 §6): remove the messages marked as deleted, answer, close.
-    /// The maildrop lock is released when the state becomes `Closed`.
-    pub fn update(&mut self) -> Step {
-        let from = self.state.name();
-        let State::Update { maildrop } = std::mem::replace(&mut self.state, State::Closed) else {
+    /// The maildrop lock is released when the maildrop is dropped here.
+    fn commit(&self, state: State) -> Outcome {
+        let State::Update { maildrop } = state else {
             let response = Response::err("Not in the UPDATE state");
-            return self.finish(
-                from,
-                vec![response],
-                Next::Close,
-                Duration::ZERO,
-                "RFC 1939 §6",
-            );
+            return Outcome::respond(State::Closed, response).then(Next::Close);
         };
         let deleted = maildrop.deleted_uids();
         let result = if deleted.is_empty() {
@@ -779,16 +626,19 @@ impl Session {
             }
         };
         drop(maildrop);
-        Step {
-            responses: vec![response],
-            next: Next::Close,
-            pause: Duration::ZERO,
-            from,
-            to: self.state.name(),
-            rfc: "RFC 1939 §6",
-        }
+        Outcome::respond(State::Closed, response).then(Next::Close)
     }
     // ANCHOR_END: update
+}
+
+/// USER (RFC 1939 §7). Always `+OK`: "Servers that answer -ERR to the USER command are
+/// giving potential attackers clues about which names are valid" (RFC 1939 §13).
+fn user(name: String) -> Outcome {
+    let text = format!("Hello {name}; now PASS your-password");
+    Outcome::respond(
+        State::Authorization { user: Some(name) },
+        Response::ok(text),
+    )
 }
 
 /// "1 message", "2 messages": the console is read by people.
@@ -953,6 +803,7 @@ impl Maildrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pop3::command::VERBS;
     use std::collections::HashSet;
     use std::sync::Mutex;
 
@@ -1127,39 +978,6 @@ mod tests {
                 .any(|t| t.on == Trigger::Command(verb)));
             assert_eq!(parse(sample(verb).as_bytes()).map(|c| c.verb()), Ok(verb));
         }
-    }
-
-    #[test]
-    fn parsing() {
-        assert_eq!(parse(b"user Alice"), Ok(Command::User("Alice".into())));
-        assert_eq!(
-            parse(b"PASS two words "),
-            Ok(Command::Pass("two words ".into()))
-        );
-        assert_eq!(parse(b"top 2 10"), Ok(Command::Top { msg: 2, lines: 10 }));
-        assert_eq!(parse(b"LIST"), Ok(Command::List(None)));
-        assert_eq!(parse(b"UIDL 3"), Ok(Command::Uidl(Some(3))));
-        for bad in [
-            "RETR", "RETR x", "RETR -1", "STAT 1", "TOP 1", "PASS", "USER", "HELO x", "",
-        ] {
-            assert!(parse(bad.as_bytes()).is_err(), "{bad:?}");
-        }
-        assert!(parse(b"\xff").is_err());
-    }
-
-    #[test]
-    fn multi_line_responses_are_byte_stuffed_and_terminated() {
-        let response = Response::multi("x", b"a\r\n.\r\n..b\r\n.c\r\n".to_vec());
-        assert_eq!(
-            response.to_wire(),
-            b"+OK x\r\na\r\n..\r\n...b\r\n..c\r\n.\r\n".to_vec()
-        );
-        assert_eq!(
-            Response::multi("none", Vec::new()).to_wire(),
-            b"+OK none\r\n.\r\n"
-        );
-        assert_eq!(Response::err("no").to_wire(), b"-ERR no\r\n");
-        assert_eq!(Response::ok("").to_wire(), b"+OK\r\n");
     }
 
     #[test]

@@ -44,8 +44,8 @@ use crate::relay::dns::{self, Me, Resolver, Rng, RouteError};
 use crate::relay::queue::{unix_now, Entry, Rcpt, RcptState, Schedule, Spool};
 use crate::smtp::address::{self, Domain, ForwardPath, ReversePath};
 use crate::smtp::body::{Body, READ_CHUNK};
+use crate::smtp::envelope::{Client, Deliver, Envelope, Message, Recipient, Route};
 use crate::smtp::extensions::{MailOptions, Notify, RcptOptions};
-use crate::smtp::session::{Client, Deliver, Envelope, Message, Recipient, Route};
 
 /// How often the relay looks at the spool when nobody wakes it: due retries start at most
 /// this late. A new message wakes it at once.

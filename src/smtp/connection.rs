@@ -3,10 +3,13 @@
 //! Interface:
 //! - `serve(stream, context, number, role)` runs one session to its end on the calling thread.
 //!
-//! Replies are buffered and flushed only when no further input is waiting (RFC 2920: a client
-//! may send a group of commands at once and must get every reply, in order). Every read has a
-//! deadline (RFC 5321 §4.5.3.2.7), so a silent or trickling client is closed with 421. STARTTLS
-//! drops every byte that arrived before the handshake (RFC 3207 §4.2, CVE-2011-0411).
+//! Replies are buffered and flushed when no further input is waiting (RFC 2920: a client may
+//! send a group of commands at once and must get every reply, in order), or once they pass
+//! `line::FLUSH_AT`, so a client that never reads cannot pile them up. Every read has a
+//! deadline (RFC 5321 §4.5.3.2.7), in the clear and inside TLS alike, so a silent or trickling
+//! client is closed with 421; so is one that sends only junk commands (`JUNK_COMMAND_LIMIT`).
+//! STARTTLS drops every byte that arrived before the handshake (RFC 3207 §4.2, CVE-2011-0411).
+//! The peer address is IPv4 when the client is, also on a `[::]` listener.
 //! With `--trace` every line in and out, each state transition, connect, disconnect and TLS
 //! start go to the console (`trace::Console`); `--fault greeting=...` rules act in `start`.
 //!
@@ -18,23 +21,31 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use native_tls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::lab::coach::Coach;
 use crate::lab::fault::{self, Action};
 use crate::lab::trace::{self, Console, Style};
 use crate::lab::transcript::{LineEnding, Recorder};
 use crate::net::line::{CommandLine, Ending, LineReader, Piece, ReadError};
-use crate::net::tls::Stream;
+use crate::net::listener;
+use crate::net::tls::{self, Acceptor, Stream};
 use crate::smtp::body::READ_CHUNK;
+use crate::smtp::command::{self, Command};
 use crate::smtp::data::DataReader;
+use crate::smtp::envelope::Deliver;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Deliver, Endpoint, Next, Role, Session, StateName, Step};
+use crate::smtp::session::{Endpoint, Next, Role, Session, StateName, Step};
 
 /// Postfix's `smtpd_min_data_rate`: after a first `--timeout` of grace, a message must keep
 /// arriving at this many octets a second on average. Without it, a client that sends one line
 /// just inside every timeout could hold a thread for ever (slowloris).
 pub const MIN_DATA_RATE: u64 = 500;
+
+/// Postfix's `smtpd_junk_command_limit`: this many commands that move no mail (NOOP, RSET,
+/// VRFY, EXPN, HELP, `BDAT 0`) in a row, and the next one gets 421. A delivered message starts
+/// the count again, so a long honest session is never cut short.
+pub const JUNK_COMMAND_LIMIT: u32 = 100;
 
 /// When the next piece of message data must have arrived: within the idle timeout, and within
 /// the time the octets received so far have earned at `MIN_DATA_RATE`.
@@ -48,7 +59,7 @@ fn data_deadline(started: Instant, received: u64, idle: Duration) -> Instant {
 pub struct Context {
     pub config: Arc<Config>,
     pub deliver: Arc<dyn Deliver>,
-    pub tls: Option<Arc<TlsAcceptor>>,
+    pub tls: Option<Arc<Acceptor>>,
 }
 
 /// Why a session ended without a QUIT: said in the log line of the disconnect.
@@ -60,13 +71,16 @@ struct Connection {
     stream: Option<Stream>,
     peer: SocketAddr,
     lines: LineReader,
-    session: Session,
+    /// The session, with the classroom tools (coaching, `--explain`, `--fault`) around it.
+    session: Coach,
     context: Context,
     output: Vec<u8>,
     /// `--transcripts`: this session written down as it happens.
     recorder: Option<Recorder>,
     /// `--trace`: the teacher's console.
     console: Option<Console>,
+    /// Junk commands since the last delivered message (`JUNK_COMMAND_LIMIT`).
+    junk: u32,
 }
 
 /// Run one session on this thread. Errors end the connection; they are logged, never panics.
@@ -75,6 +89,7 @@ pub fn serve(tcp: TcpStream, context: Context, number: u64, role: Role) {
     let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
         return;
     };
+    let (peer, local) = (listener::canonical(peer), listener::canonical(local));
     info!("[{id}] connect from {peer} ({role:?} listener {local})");
     if let Err(error) = tcp.set_write_timeout(Some(context.config.idle_timeout)) {
         warn!("[{id}] cannot set a write timeout: {error}");
@@ -91,6 +106,7 @@ pub fn serve(tcp: TcpStream, context: Context, number: u64, role: Role) {
         (peer, local),
         id.clone(),
     );
+    let session = Coach::new(session, context.config.clone());
     let recorder = context.config.transcripts.as_deref().and_then(|dir| {
         Recorder::create(dir, peer, number, &format!("Session {id} from {peer}"))
             .map_err(|error| {
@@ -120,6 +136,7 @@ pub fn serve(tcp: TcpStream, context: Context, number: u64, role: Role) {
         output: Vec::new(),
         recorder,
         console,
+        junk: 0,
     };
     let outcome = match connection.start(role) {
         Ok(None) => connection.run(),
@@ -194,14 +211,14 @@ impl Connection {
                 Next::ReadData => {
                     self.send_and_flush(&step.replies)?;
                     match self.read_message(ending)? {
-                        Ok(step) => step,
+                        Ok(step) => self.after_message(step),
                         Err(reason) => return Ok(reason),
                     }
                 }
                 Next::ReadChunk(size) => {
                     self.send(&step.replies);
                     match self.read_chunk(size)? {
-                        Ok(step) => step,
+                        Ok(step) => self.after_message(step),
                         Err(reason) => return Ok(reason),
                     }
                 }
@@ -217,12 +234,33 @@ impl Connection {
                 self.flush()?;
                 return Ok("closed by the session");
             }
-            if !self.lines.has_buffered() {
+            if self.lines.must_flush(self.output.len()) {
                 self.flush()?;
             }
         }
     }
     // ANCHOR_END: run
+
+    // ANCHOR: junk
+    /// Count a command that moves no mail; past `JUNK_COMMAND_LIMIT` its answer is 421 and the
+    /// session ends, so NOOP or `BDAT 0` for ever cannot hold a thread.
+    fn limit_junk(&mut self, junk: bool, mut step: Step) -> Step {
+        self.junk += u32::from(junk);
+        if junk && self.junk > JUNK_COMMAND_LIMIT {
+            step.replies = vec![Reply::TOO_MANY_JUNK_COMMANDS_421];
+            step.next = Next::Close;
+        }
+        step
+    }
+
+    /// A message was delivered (250 back in Greeted): junk counts from zero again.
+    fn after_message(&mut self, step: Step) -> Step {
+        if step.to == StateName::Greeted && step.replies.iter().any(|r| r.code == 250) {
+            self.junk = 0;
+        }
+        step
+    }
+    // ANCHOR_END: junk
 
     /// Read and step one command line. `Err(reason)` means the session is over (the client
     /// left, or timed out and got 421).
@@ -251,6 +289,7 @@ impl Connection {
             let sasl = self.session.state().name() == StateName::Authenticating;
             console.client(&trace::mask_secret(&line.bytes, sasl));
         }
+        let junk = self.session.state().name() != StateName::Authenticating && is_junk(&line.bytes);
         // Rule LE-3: a CR inside a command line is not a line end; say so instead of guessing.
         let step = if line.bytes.contains(&b'\r') {
             self.session.refuse_line(
@@ -259,6 +298,7 @@ impl Connection {
         } else {
             self.session.command(&line.bytes)
         };
+        let step = self.limit_junk(junk, step);
         self.trace_step(&step);
         Ok(Ok((step, line.ending)))
     }
@@ -266,7 +306,7 @@ impl Connection {
     /// `--trace`: the state the step moved the session to, and the RFC section behind it.
     fn trace_step(&self, step: &Step) {
         if let Some(console) = &self.console {
-            console.transition((step.from, step.to), step.rfc, step.fault.as_deref());
+            console.transition((step.from, step.to), step.rfc, self.session.fired());
         }
     }
 
@@ -378,7 +418,8 @@ impl Connection {
             .stream
             .take()
             .ok_or_else(|| io::Error::other("no stream"))?;
-        match plain.start_tls(&acceptor) {
+        let deadline = tls::handshake_deadline(self.context.config.idle_timeout);
+        match plain.start_tls(&acceptor, deadline) {
             Ok(tls) => {
                 info!("[{}] TLS started with {}", self.session.id(), self.peer);
                 if let Some(console) = &self.console {
@@ -476,6 +517,23 @@ impl Connection {
         }
         stream.flush()
     }
+}
+
+/// NOOP, RSET, VRFY, EXPN, HELP and `BDAT 0`: commands a script can repeat for ever without
+/// sending mail (`JUNK_COMMAND_LIMIT`).
+fn is_junk(line: &[u8]) -> bool {
+    matches!(
+        command::parse(line),
+        Ok(Command::Noop
+            | Command::Rset
+            | Command::Vrfy(_)
+            | Command::Expn(_)
+            | Command::Help(_)
+            | Command::Bdat {
+                size: 0,
+                last: false
+            })
+    )
 }
 
 /// What the console has shown of one message: a projector has room for a letter.

@@ -5,7 +5,8 @@
 //! | `connection.rs` | one client's loop: read a line, ask the session, write the replies | 5, 6 |
 //! | `command.rs` | the verb table and the command parser | 3 |
 //! | `reply.rs` | replies: code, enhanced code, text, written in one place | 3 |
-//! | `session.rs` | the state machine: one `enum State`, one transition table | 2, 4, 6 |
+//! | `session.rs` | the state machine: one `enum State`, one table, one `step` | 2, 4, 6 |
+//! | `envelope.rs` | what a transaction gathers, who the client is, the delivery hook | 4, 7 |
 //! | `address.rs` | the paths of MAIL FROM and RCPT TO, after the RFC grammar | 4, 10 |
 //! | `data.rs` | DATA: the end of the message, dot-stuffing, the size limit | 5 |
 //! | `body.rs` | a message's content: in memory while small, in a file when large | 16 |
@@ -20,6 +21,8 @@ pub mod command;
 pub mod reply;
 
 pub mod session;
+
+pub mod envelope;
 
 pub mod address;
 

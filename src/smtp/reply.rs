@@ -74,6 +74,16 @@ impl Reply {
     );
     pub const TOO_MANY_CONNECTIONS_421: Reply =
         Reply::new(421, "4.3.2", "Too many connections, try again later");
+    pub const TOO_MANY_FROM_ADDRESS_421: Reply = Reply::new(
+        421,
+        "4.7.0",
+        "Too many connections from your address; close one of them and try again",
+    );
+    pub const TOO_MANY_JUNK_COMMANDS_421: Reply = Reply::new(
+        421,
+        "4.7.0",
+        "Too many commands that send no mail (NOOP, RSET, VRFY, HELP, BDAT 0), closing connection",
+    );
     pub const TIMEOUT_421: Reply = Reply::new(421, "4.4.2", "Timeout exceeded, closing connection");
     pub const TOO_MANY_ERRORS_421: Reply =
         Reply::new(421, "4.7.0", "Too many errors, closing connection");
@@ -159,6 +169,14 @@ mod tests {
             ("CANNOT_VRFY_252", Reply::CANNOT_VRFY_252),
             ("START_MAIL_354", Reply::START_MAIL_354),
             ("TOO_MANY_CONNECTIONS_421", Reply::TOO_MANY_CONNECTIONS_421),
+            (
+                "TOO_MANY_FROM_ADDRESS_421",
+                Reply::TOO_MANY_FROM_ADDRESS_421,
+            ),
+            (
+                "TOO_MANY_JUNK_COMMANDS_421",
+                Reply::TOO_MANY_JUNK_COMMANDS_421,
+            ),
             ("TIMEOUT_421", Reply::TIMEOUT_421),
             ("TOO_MANY_ERRORS_421", Reply::TOO_MANY_ERRORS_421),
             ("LOCAL_ERROR_451", Reply::LOCAL_ERROR_451),

@@ -1,32 +1,35 @@
-//! The SMTP session: one `enum State`, one transition table, one `step` per command line.
+//! The SMTP session: one `enum State`, one transition table, and `Session::step`, the one place
+//! where the state changes.
 //!
 //! Interface:
 //! - `TRANSITIONS`, the table of legal moves (from, trigger, to, RFC section). `step` refuses
 //!   every command the table does not list with 503, and `smtplab states` draws the same table.
-//! - `Session::command(line)` takes one command line and returns a `Step`: the replies, and
-//!   whether to read a command next, read message data, or close.
-//! - `Session::end_of_data(result)` hands the message to the `Deliver` hook and answers it.
-//! - `Envelope` is what MAIL, RCPT and DATA gather; RSET, HELO/EHLO and the end of DATA drop it.
-//! - `--fault` rules answer before a command is handled (`scripted_fault`); `--explain` notes
-//!   are added to every reply of a step (`trace::explain`).
+//! - `Session::input(line)` says what a line is (a command, a SASL response, or a refusal);
+//!   `Session::step(input)` hands the state and the input to a handler, which takes what it
+//!   needs (the envelope, the chunks so far) by value and returns the next state and the
+//!   replies; `step` keeps the new state and returns a `Step`: the replies, the move, and
+//!   whether to read a command next, read message data, read a chunk, start TLS, or close.
+//!   A debug assertion checks every move against the table.
+//! - The envelope a transaction gathers, and the `Deliver` hook that takes the message at the
+//!   end of DATA, are in `envelope.rs`.
 //!
-//! No sockets and no files here: the session is tested line by line without a network.
+//! No sockets, no files, no classroom tools here: the session is tested line by line without a
+//! network, and `lab/coach.rs` adds coaching, `--explain` and `--fault` around `step`.
 //!
-//! Standards: RFC 5321 §3.3, RFC 5321 §4.1.1, RFC 5321 §4.1.4, RFC 5321 §4.3.2, RFC 5321 §3.5, RFC 5321 §7.8
+//! Standards: RFC 5321 §3.3, RFC 5321 §4.1.1, RFC 5321 §4.1.4, RFC 5321 §4.3.2, RFC 5321 §3.5, RFC 5321 §7.8, RFC 5321 §3.8
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::lab::fault::{self, Point};
-use crate::lab::trace;
 use crate::machine;
 use crate::smtp::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::smtp::auth::{self, Credentials, Exchange, Sasl};
 use crate::smtp::body::Body;
 use crate::smtp::command::{self, Command, Param, Verb, VERBS};
 use crate::smtp::data::ChunkReader;
-use crate::smtp::extensions::{self, BodyType, Limits, MailOptions, Offer, RcptOptions};
+use crate::smtp::envelope::{Client, Deliver, Envelope, Message, Recipient, Route};
+use crate::smtp::extensions::{self, BodyType, Limits, Offer};
 use crate::smtp::reply::Reply;
 
 // ANCHOR: state
@@ -158,49 +161,6 @@ pub fn transition(from: StateName, verb: Verb) -> Option<&'static Transition> {
     machine::find(TRANSITIONS, from, Trigger::Command(verb))
 }
 
-/// Where a recipient's copy goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// Local mailboxes (a user, or the members of a list).
-    Local(Vec<String>),
-    /// Another domain: the message is queued and relayed to its MX (RFC 5321 §5.1).
-    Relay(Mailbox),
-}
-
-/// One recipient as the client gave it, and where it goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipient {
-    pub path: ForwardPath,
-    pub route: Route,
-    /// The RCPT parameters: NOTIFY and ORCPT of RFC 3461 §4.1, §4.2.
-    pub options: RcptOptions,
-}
-
-/// What one mail transaction has gathered (RFC 5321 §3.3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    pub sender: ReversePath,
-    pub options: MailOptions,
-    pub recipients: Vec<Recipient>,
-    /// RCPTs refused so far: DATA then says "no valid recipients" (554) rather than 503.
-    pub refused_recipients: usize,
-}
-
-/// Who the client is: this outlives transactions, and a new HELO/EHLO replaces it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Client {
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    /// The name given in HELO/EHLO.
-    pub helo: Option<String>,
-    /// True after EHLO (the Received header then says ESMTP).
-    pub esmtp: bool,
-    /// True once the connection runs inside TLS (STARTTLS or implicit TLS).
-    pub tls: bool,
-    /// The user who authenticated with AUTH, if any.
-    pub user: Option<String>,
-}
-
 /// The role of the listener a client came in on (RFC 6409 §3, RFC 8314 §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -220,45 +180,87 @@ pub struct Endpoint {
     pub tls_available: bool,
 }
 
-/// A message ready for delivery: handed to the `Deliver` hook at the end of DATA.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub id: String,
-    pub client: Client,
-    pub envelope: Envelope,
-    /// Lines ending in `\n`, dot-stuffing undone; a large message is in a spill file.
-    pub content: Body,
-}
-
-/// The delivery hook: the session decides what to say, the hook decides where mail goes.
-pub trait Deliver: Send + Sync {
-    /// Store the message durably; an `Err` reply (4xx/5xx) means nothing was stored.
-    fn deliver(&self, message: &Message) -> Result<(), Reply>;
-}
-
 /// What the connection should do after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     ReadCommand,
     ReadData,
-    /// Read exactly this many octets (a BDAT chunk), then call `Session::chunk`.
+    /// Read exactly this many octets (a BDAT chunk), then step with `Input::Chunk`.
     ReadChunk(u64),
     /// Send the replies, drop any unread input, and run the TLS handshake.
     StartTls,
     Close,
 }
 
-/// The outcome of one command line (or of the end of data).
+/// What the session is given to take one step.
+#[derive(Debug)]
+pub enum Input {
+    /// A command line, parsed.
+    Command(Command),
+    /// A line that is no command: the parser's refusal, or the connection's (too long, bare
+    /// CR). The state stays; the reply counts as an error.
+    Invalid { reply: Reply, rfc: &'static str },
+    /// The client's answer to a 334 challenge (RFC 4954 §4).
+    SaslResponse(Vec<u8>),
+    /// The message after DATA, or the reply that says why it was not taken (too big, bad bytes).
+    EndOfData(Result<Body, Reply>),
+    /// A BDAT chunk of this many octets has been read (its octets went to `chunk_piece`).
+    Chunk(u64),
+    /// Another part of the server answers `on` before the session handles it: with `reply`,
+    /// or by closing without one (`None`). Refusing the end of a message ends its transaction.
+    Refusal { on: Trigger, reply: Option<Reply> },
+}
+
+/// The outcome of one step: the replies, what to do next, and the move it made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub replies: Vec<Reply>,
     pub next: Next,
     pub from: StateName,
     pub to: StateName,
-    /// The RFC section of the command or transition, for `--trace`.
+    /// The RFC section of the command or transition, for `--trace` and `--explain`.
     pub rfc: &'static str,
-    /// The `--fault` rule that answered instead of the server, for `--trace`.
-    pub fault: Option<String>,
+}
+
+/// What a handler decides: the state to move to, the replies, and what the connection does
+/// next. Only `Session::step` turns it into the session's state.
+struct Outcome {
+    state: State,
+    replies: Vec<Reply>,
+    next: Next,
+}
+
+impl Outcome {
+    /// One reply, then read the next command.
+    fn reply(state: State, reply: Reply) -> Outcome {
+        Outcome {
+            state,
+            replies: vec![reply],
+            next: Next::ReadCommand,
+        }
+    }
+
+    /// No reply yet: read a BDAT chunk first, the reply comes after it.
+    fn read_chunk(state: State, size: u64) -> Outcome {
+        Outcome {
+            state,
+            replies: Vec::new(),
+            next: Next::ReadChunk(size),
+        }
+    }
+
+    /// These replies, then end the session.
+    fn close(replies: Vec<Reply>) -> Outcome {
+        Outcome {
+            state: State::Closed,
+            replies,
+            next: Next::Close,
+        }
+    }
+
+    fn then(self, next: Next) -> Outcome {
+        Outcome { next, ..self }
+    }
 }
 
 /// One client's session.
@@ -272,10 +274,6 @@ pub struct Session {
     auth_failures: u32,
     id: String,
     messages: u32,
-    /// `--fault`: how often each point was reached in this session.
-    faults: fault::Counter,
-    /// The rule that fired during the current step, until `finish` puts it in the `Step`.
-    fired: Option<String>,
 }
 
 /// RFC 4954 §4 leaves the number of tries to the server; three, then 421, stops password guessing.
@@ -294,6 +292,51 @@ impl State {
             State::Closed => Closed,
         }
     }
+}
+
+impl Input {
+    /// The RFC section behind this input, for `--trace` and `--explain`.
+    fn rfc(&self) -> &'static str {
+        match self {
+            Input::Command(command) => command.verb().info().rfc,
+            Input::Invalid { rfc, .. } => rfc,
+            Input::SaslResponse(_) => trigger_rfc(Trigger::SaslResponse),
+            Input::EndOfData(_) => trigger_rfc(Trigger::EndOfData),
+            Input::Chunk(_) => trigger_rfc(Trigger::LastChunk),
+            Input::Refusal { on, .. } => trigger_rfc(*on),
+        }
+    }
+
+    /// The table's trigger for this input in state `from` (`None`: the state must stay).
+    fn trigger(&self, from: &State) -> Option<Trigger> {
+        match self {
+            Input::Command(command) => Some(Trigger::Command(command.verb())),
+            Input::Invalid { .. } => None,
+            Input::SaslResponse(_) => Some(Trigger::SaslResponse),
+            Input::EndOfData(_) => Some(Trigger::EndOfData),
+            Input::Chunk(_) if matches!(from, State::Chunking { last: true, .. }) => {
+                Some(Trigger::LastChunk)
+            }
+            Input::Chunk(_) => Some(Trigger::Command(Verb::Bdat)),
+            Input::Refusal { on, .. } => Some(*on),
+        }
+    }
+}
+
+fn trigger_rfc(trigger: Trigger) -> &'static str {
+    match trigger {
+        Trigger::Command(verb) => verb.info().rfc,
+        Trigger::EndOfData => "RFC 5321 §4.1.1.4",
+        Trigger::LastChunk => "RFC 3030 §2",
+        Trigger::SaslResponse => "RFC 4954 §4",
+    }
+}
+
+/// Is `from → to` a move the table lists for `trigger`? Staying is always allowed (a refusal
+/// changes nothing, RFC 5321 §4.1.4), and so is the server ending the session (§3.8).
+fn listed(from: StateName, trigger: Option<Trigger>, to: StateName, next: Next) -> bool {
+    let closing = to == Closed && next == Next::Close;
+    closing || machine::allows(TRANSITIONS, from, trigger, to)
 }
 
 impl Session {
@@ -322,8 +365,6 @@ impl Session {
             auth_failures: 0,
             id,
             messages: 0,
-            faults: fault::Counter::default(),
-            fired: None,
         }
     }
 
@@ -340,209 +381,158 @@ impl Session {
     }
 
     /// RFC 5321 §4.2: "220 <domain> Service ready", with a hint for a student at a telnet prompt.
-    /// With `--explain` it gets its note too: clients read only the code of the greeting.
     pub fn greeting(&self) -> Reply {
-        let greeting = Reply::new(220, "", "").text(format!(
+        Reply::new(220, "", "").text(format!(
             "{} ESMTP smtplab ready; type HELO <your-name> to start, or HELP",
             self.config.hostname
-        ));
-        if self.config.explain {
-            return trace::explain(greeting, "RFC 5321 §3.1", Connected, false);
-        }
-        greeting
+        ))
     }
 
-    // ANCHOR: command
-    /// Take one command line (without its line end) and return what to answer and do next.
-    pub fn command(&mut self, line: &[u8]) -> Step {
-        let from = self.state.name();
+    /// What a line from the client is: a SASL response while AUTH waits for one, otherwise a
+    /// command, or the parser's refusal (RFC 5321 §4.2.4). Reading changes nothing.
+    pub fn input(&self, line: &[u8]) -> Input {
         if let State::Authenticating { .. } = self.state {
-            let mut replies = self.sasl_response(line);
-            let next = self.after_auth(&mut replies);
-            return self.finish(from, replies, next, "RFC 4954 §4");
+            return Input::SaslResponse(line.to_vec());
         }
-        let mut ehlo = false;
-        let (replies, next, rfc) = match command::parse(line) {
-            Ok(command) => {
-                let verb = command.verb();
-                ehlo = verb == Verb::Ehlo;
-                let (mut replies, next) = match self.scripted_fault(&command) {
-                    Some(fault) => fault,
-                    None => self.dispatch(command),
-                };
-                coach_space_after_colon(line, &mut replies);
-                (replies, next, verb.info().rfc)
-            }
-            Err(reply) => (
-                vec![self.coach_parse_error(line, reply)],
-                Next::ReadCommand,
-                "RFC 5321 §4.2.4",
-            ),
-        };
-        let step = self.finish(from, replies, next, rfc);
-        self.explained(step, ehlo)
-    }
-    // ANCHOR_END: command
-
-    // ANCHOR: scripted_fault
-    /// `--fault`: a rule for this command answers instead of the server, before the command is
-    /// handled, so the state does not change, as with any refusal (RFC 5321 §4.1.4).
-    fn scripted_fault(&mut self, command: &Command) -> Option<(Vec<Reply>, Next)> {
-        let address = match command {
-            Command::Mail { path, .. } => Some(path.to_string()),
-            Command::Rcpt { path, .. } => Some(path.to_string()),
-            _ => None,
-        };
-        self.fault_at(Point::Command(command.verb()), address.as_deref())
-    }
-
-    /// Count one arrival at `point`; if a rule fires, its reply (or a silent close). A 421
-    /// closes the connection, as that code promises (RFC 5321 §3.8).
-    fn fault_at(&mut self, point: Point, address: Option<&str>) -> Option<(Vec<Reply>, Next)> {
-        let rule = self
-            .faults
-            .check(&self.config.faults, point, address)?
-            .clone();
-        self.fired = Some(rule.text.clone());
-        match rule.reply() {
-            Some(reply) if reply.code == 421 => {
-                self.state = State::Closed;
-                Some((vec![reply], Next::Close))
-            }
-            Some(reply) => Some((vec![reply], Next::ReadCommand)),
-            None => {
-                self.state = State::Closed;
-                Some((Vec::new(), Next::Close))
-            }
+        match command::parse(line) {
+            Ok(command) => Input::Command(command),
+            Err(reply) => Input::Invalid {
+                reply,
+                rfc: "RFC 5321 §4.2.4",
+            },
         }
     }
-    // ANCHOR_END: scripted_fault
 
-    /// `--explain`: every reply of the step ends with its RFC section and the next command.
-    fn explained(&self, mut step: Step, ehlo: bool) -> Step {
-        if self.config.explain {
-            step.replies = step
-                .replies
-                .into_iter()
-                .map(|reply| trace::explain(reply, step.rfc, step.to, ehlo))
-                .collect();
-        }
-        step
-    }
-
-    // ANCHOR: coach_parse_error
-    /// A line that is not a command but looks like message text (`Subject: hi`, or the lone
-    /// dot) was meant for DATA: the code stays 500, the text says what to do instead.
-    fn coach_parse_error(&self, line: &[u8], reply: Reply) -> Reply {
-        let lone_dot = line == b".";
-        if !lone_dot && !command::looks_like_header(line) {
-            return reply;
-        }
-        let what = if lone_dot {
-            "A lone dot ends a message only after DATA and its 354 reply"
-        } else {
-            "This looks like message text"
-        };
-        let todo = match self.state.name() {
-            RcptGiven => "type DATA first and wait for 354",
-            MailGiven => "add RCPT TO:<recipient>, then type DATA and wait for 354",
-            Greeted => "send MAIL FROM and RCPT TO, then type DATA and wait for 354",
-            Connected => "say HELO first, then MAIL FROM, RCPT TO and DATA, and wait for 354",
-            _ => return reply,
-        };
-        reply.text(format!("{what}; {todo}"))
-    }
-    // ANCHOR_END: coach_parse_error
-
-    /// A line the connection refused before parsing (too long, bare CR): it counts as an error.
-    pub fn refuse_line(&mut self, reply: Reply) -> Step {
+    // ANCHOR: step
+    /// The one place where the state changes: hand the current state and the input to a
+    /// handler, count the errors, check the move against the table, keep the new state.
+    pub fn step(&mut self, input: Input) -> Step {
         let from = self.state.name();
-        let step = self.finish(from, vec![reply], Next::ReadCommand, "RFC 5321 §4.5.3.1.4");
-        self.explained(step, false)
-    }
-
-    /// Count errors; at the limit add 421 and close (RFC 5321 §7.8, as Postfix's hard error limit).
-    fn finish(
-        &mut self,
-        from: StateName,
-        replies: Vec<Reply>,
-        next: Next,
-        rfc: &'static str,
-    ) -> Step {
-        let mut replies = replies;
-        let mut next = next;
-        self.errors += replies.iter().filter(|r| r.is_error()).count() as u32;
-        if self.errors >= self.config.max_errors && next != Next::Close {
-            replies.push(Reply::TOO_MANY_ERRORS_421);
-            next = Next::Close;
-            self.state = State::Closed;
-        }
+        let rfc = input.rfc();
+        let trigger = input.trigger(&self.state);
+        // The handler owns the state while it runs; `Closed` only fills the gap until then.
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        let outcome = match input {
+            Input::Command(command) => self.command(state, command),
+            Input::Invalid { reply, .. } => Outcome::reply(state, reply),
+            Input::SaslResponse(line) => self.sasl_response(state, &line),
+            Input::EndOfData(content) => self.end_of_data(state, content),
+            Input::Chunk(size) => self.chunk(state, size),
+            Input::Refusal { on, reply } => refusal(state, on, reply),
+        };
+        let Outcome {
+            state,
+            replies,
+            next,
+        } = self.count_errors(outcome);
+        let to = state.name();
+        debug_assert!(
+            listed(from, trigger, to, next),
+            "{from:?} → {to:?} on {trigger:?} is not in TRANSITIONS"
+        );
+        self.state = state;
         Step {
             replies,
             next,
             from,
-            to: self.state.name(),
+            to,
             rfc,
-            fault: self.fired.take(),
         }
+    }
+    // ANCHOR_END: step
+
+    /// Count errors; at the limit add 421 and close (RFC 5321 §7.8, as Postfix's hard error limit).
+    fn count_errors(&mut self, outcome: Outcome) -> Outcome {
+        self.errors += outcome.replies.iter().filter(|r| r.is_error()).count() as u32;
+        if self.errors < self.config.max_errors || outcome.next == Next::Close {
+            return outcome;
+        }
+        let mut replies = outcome.replies;
+        replies.push(Reply::TOO_MANY_ERRORS_421);
+        Outcome::close(replies)
     }
 
     // ANCHOR: dispatch
-    /// The table decides whether a command is legal here; one method per verb does the work.
-    fn dispatch(&mut self, command: Command) -> (Vec<Reply>, Next) {
+    /// The table decides whether a command is legal here; one handler per verb does the work,
+    /// given what it needs of the state (the envelope, the chunks so far) by value.
+    fn command(&mut self, state: State, command: Command) -> Outcome {
         let verb = command.verb();
         if verb.is_obsolete() {
-            return (vec![obsolete(verb)], Next::ReadCommand);
+            return Outcome::reply(state, obsolete(verb));
         }
-        if transition(self.state.name(), verb).is_none() {
+        if transition(state.name(), verb).is_none() {
             // A refused BDAT is still followed by its chunk: read and drop it, then answer
             // (in `chunk`), or the chunk's bytes would be taken for commands.
             if let Command::Bdat { size, .. } = command {
-                return (Vec::new(), Next::ReadChunk(size));
+                return Outcome::read_chunk(state, size);
             }
-            return (vec![self.out_of_order(verb)], Next::ReadCommand);
+            let reply = out_of_order(&state, verb);
+            return Outcome::reply(state, reply);
         }
-        let reply = match command {
-            Command::Helo(name) => self.helo(name, false),
-            Command::Ehlo(name) => self.helo(name, true),
-            Command::Mail { path, params } => self.mail(path, &params),
-            Command::Rcpt { path, params } => self.rcpt(path, &params),
-            Command::Data => return self.data(),
-            Command::Rset => self.rset(),
-            Command::Vrfy(name) => self.vrfy(&name),
-            Command::Expn(name) => self.expn(&name),
-            Command::Help(topic) => self.help(topic.as_deref()),
-            Command::Noop => Reply::OK_250,
-            Command::Quit => return self.quit(),
-            Command::Starttls => return self.starttls(),
-            Command::Auth { mechanism, initial } => {
-                let mut replies = vec![self.auth(&mechanism, initial.as_deref())];
-                let next = self.after_auth(&mut replies);
-                return (replies, next);
+        match (state, command) {
+            (_, Command::Helo(name)) => self.helo(name, false),
+            (_, Command::Ehlo(name)) => self.helo(name, true),
+            (state, Command::Mail { path, params }) => self.mail(state, path, &params),
+            (
+                State::MailGiven { envelope } | State::RcptGiven { envelope },
+                Command::Rcpt { path, params },
+            ) => self.rcpt(envelope, path, &params),
+            (State::RcptGiven { envelope }, Command::Data) => data(envelope),
+            (State::RcptGiven { envelope }, Command::Bdat { size, last }) => {
+                let content = ChunkReader::new(
+                    envelope.options.body == BodyType::BinaryMime,
+                    &self.config.mail_dir,
+                );
+                chunking(envelope, content, 0, last, size)
             }
-            Command::Bdat { size, last } => return self.bdat(size, last),
-            Command::Obsolete(verb) => obsolete(verb),
-        };
-        (vec![reply], Next::ReadCommand)
+            (
+                State::Chunking {
+                    envelope,
+                    content,
+                    octets,
+                    ..
+                },
+                Command::Bdat { size, last },
+            ) => chunking(envelope, content, octets, last, size),
+            (state, Command::Rset) => rset(state),
+            (state, Command::Vrfy(name)) => Outcome::reply(state, self.vrfy(&name)),
+            (state, Command::Expn(name)) => Outcome::reply(state, self.expn(&name)),
+            (state, Command::Help(topic)) => {
+                let reply = help(state.name(), topic.as_deref());
+                Outcome::reply(state, reply)
+            }
+            (state, Command::Noop) => Outcome::reply(state, Reply::OK_250),
+            (_, Command::Quit) => self.quit(),
+            (state, Command::Starttls) => self.starttls(state),
+            (state, Command::Auth { mechanism, initial }) => {
+                let outcome = self.auth(state, &mechanism, initial.as_deref());
+                self.after_auth(outcome)
+            }
+            // The table let the verb through, but not in this state: refuse it all the same.
+            (state, command) => {
+                let reply = out_of_order(&state, command.verb());
+                Outcome::reply(state, reply)
+            }
+        }
     }
     // ANCHOR_END: dispatch
 
     /// HELO and EHLO (RFC 5321 §4.1.1.1): a fresh session identity and no open transaction.
-    fn helo(&mut self, name: String, esmtp: bool) -> Reply {
+    fn helo(&mut self, name: String, esmtp: bool) -> Outcome {
         let hello = format!("{} greets {name}", self.config.hostname);
         self.client.helo = Some(name);
         self.client.esmtp = esmtp;
-        self.state = State::Greeted;
         if !esmtp {
-            return Reply::new(250, "", "").text(hello);
+            return Outcome::reply(State::Greeted, Reply::new(250, "", "").text(hello));
         }
         let offer = Offer {
             starttls: self.endpoint.tls_available && !self.client.tls,
             auth: self.offers_auth(),
         };
-        extensions::ehlo_keywords(self.limits(), offer)
+        let reply = extensions::ehlo_keywords(self.limits(), offer)
             .into_iter()
-            .fold(Reply::new(250, "", "").text(hello), Reply::line)
+            .fold(Reply::new(250, "", "").text(hello), Reply::line);
+        Outcome::reply(State::Greeted, reply)
     }
 
     fn limits(&self) -> Limits {
@@ -552,45 +542,45 @@ impl Session {
     }
 
     /// MAIL FROM (RFC 5321 §4.1.1.2): open a transaction.
-    fn mail(&mut self, sender: ReversePath, params: &[Param]) -> Reply {
+    fn mail(&self, state: State, sender: ReversePath, params: &[Param]) -> Outcome {
+        match self.open_transaction(sender, params) {
+            Ok(envelope) => {
+                let text = format!("Sender {} OK; next: RCPT TO:<recipient>", envelope.sender);
+                Outcome::reply(
+                    State::MailGiven { envelope },
+                    Reply::SENDER_OK_250.text(text),
+                )
+            }
+            Err(reply) => Outcome::reply(state, reply),
+        }
+    }
+
+    /// The envelope MAIL FROM opens, or why it cannot be opened.
+    fn open_transaction(&self, sender: ReversePath, params: &[Param]) -> Result<Envelope, Reply> {
         // RFC 6409 §4.3: the submission port takes mail only from users who logged in.
         if self.endpoint.role != Role::Relay && self.client.user.is_none() {
-            return Reply::new(
+            return Err(Reply::new(
                 530,
                 "5.7.0",
                 "Authentication required: AUTH first (this is the submission port)",
-            );
+            ));
         }
-        let options = match extensions::mail_options(params, self.limits()) {
-            Ok(options) => options,
-            Err(reply) => return reply,
-        };
+        let options = extensions::mail_options(params, self.limits())?;
         if let ReversePath::Mailbox(mailbox) = &sender {
             if !options.smtputf8 && !is_ascii(mailbox) {
-                return Reply::NEEDS_SMTPUTF8_553;
+                return Err(Reply::NEEDS_SMTPUTF8_553);
             }
         }
-        let text = format!("Sender {sender} OK; next: RCPT TO:<recipient>");
-        self.state = State::MailGiven {
-            envelope: Envelope {
-                sender,
-                options,
-                recipients: Vec::new(),
-                refused_recipients: 0,
-            },
-        };
-        Reply::SENDER_OK_250.text(text)
+        Ok(Envelope {
+            sender,
+            options,
+            recipients: Vec::new(),
+            refused_recipients: 0,
+        })
     }
 
     /// RCPT TO (RFC 5321 §4.1.1.3): add one recipient, if it is ours.
-    fn rcpt(&mut self, path: ForwardPath, params: &[Param]) -> Reply {
-        let mut envelope = match std::mem::replace(&mut self.state, State::Closed) {
-            State::MailGiven { envelope } | State::RcptGiven { envelope } => envelope,
-            other => {
-                self.state = other;
-                return Reply::BAD_SEQUENCE_503;
-            }
-        };
+    fn rcpt(&self, mut envelope: Envelope, path: ForwardPath, params: &[Param]) -> Outcome {
         let smtputf8 = envelope.options.smtputf8;
         let checked = extensions::rcpt_options(params)
             .and_then(|options| Ok((self.route(&path, smtputf8)?, options)));
@@ -613,8 +603,7 @@ impl Session {
                 reply
             }
         };
-        self.state = transaction_state(envelope);
-        reply
+        Outcome::reply(transaction_state(envelope), reply)
     }
 
     // ANCHOR: route
@@ -670,48 +659,18 @@ impl Session {
         }
     }
 
-    /// DATA (RFC 5321 §4.1.1.4): 354, then the connection reads the message.
-    fn data(&mut self) -> (Vec<Reply>, Next) {
-        match std::mem::replace(&mut self.state, State::Closed) {
-            // RFC 3030 §3: a BINARYMIME body cannot be sent with DATA.
-            State::RcptGiven { envelope } if envelope.options.body == BodyType::BinaryMime => {
-                self.state = State::RcptGiven { envelope };
-                let reply = Reply::BAD_SEQUENCE_503
-                    .text("BODY=BINARYMIME needs BDAT, not DATA (RFC 3030 §3)");
-                (vec![reply], Next::ReadCommand)
-            }
-            State::RcptGiven { envelope } => {
-                self.state = State::Data { envelope };
-                (vec![Reply::START_MAIL_354], Next::ReadData)
-            }
-            other => {
-                self.state = other;
-                (vec![Reply::BAD_SEQUENCE_503], Next::ReadCommand)
-            }
-        }
-    }
-
     // ANCHOR: end_of_data
-    /// The end of the message: deliver it through the hook, then drop the transaction.
-    pub fn end_of_data(&mut self, content: Result<Body, Reply>) -> Step {
-        let from = self.state.name();
-        let State::Data { envelope } = std::mem::replace(&mut self.state, State::Greeted) else {
-            let reply = Reply::BAD_SEQUENCE_503;
-            return self.finish(from, vec![reply], Next::ReadCommand, "RFC 5321 §4.1.1.4");
+    /// The end of the message: deliver it through the hook; the transaction is over whatever
+    /// the answer.
+    fn end_of_data(&mut self, state: State, content: Result<Body, Reply>) -> Outcome {
+        let State::Data { envelope } = state else {
+            return Outcome::reply(state, Reply::BAD_SEQUENCE_503);
         };
-        // The transaction is over whatever the answer; a scripted fault stores nothing.
-        let (replies, next) = match self.fault_at(Point::EndOfData, None) {
-            Some(fault) => fault,
-            None => match content {
-                Err(reply) => (vec![reply], Next::ReadCommand),
-                Ok(content) => (
-                    vec![self.deliver_message(envelope, content)],
-                    Next::ReadCommand,
-                ),
-            },
+        let reply = match content {
+            Ok(content) => self.deliver_message(envelope, content),
+            Err(reply) => reply,
         };
-        let step = self.finish(from, replies, next, "RFC 5321 §4.1.1.4");
-        self.explained(step, false)
+        Outcome::reply(State::Greeted, reply)
     }
     // ANCHOR_END: end_of_data
 
@@ -732,34 +691,6 @@ impl Session {
         }
     }
 
-    /// BDAT (RFC 3030 §2): the connection reads the chunk, then calls `chunk`.
-    fn bdat(&mut self, size: u64, last: bool) -> (Vec<Reply>, Next) {
-        self.state = match std::mem::replace(&mut self.state, State::Closed) {
-            State::RcptGiven { envelope } => State::Chunking {
-                content: ChunkReader::new(
-                    envelope.options.body == BodyType::BinaryMime,
-                    &self.config.mail_dir,
-                ),
-                envelope,
-                octets: 0,
-                last,
-            },
-            State::Chunking {
-                envelope,
-                content,
-                octets,
-                ..
-            } => State::Chunking {
-                envelope,
-                content,
-                octets,
-                last,
-            },
-            other => other,
-        };
-        (Vec::new(), Next::ReadChunk(size))
-    }
-
     /// How many more octets of chunk data are worth keeping (the rest only counts to the limit).
     pub fn chunk_room(&self) -> usize {
         let max = usize::try_from(self.config.max_size).unwrap_or(usize::MAX);
@@ -772,7 +703,7 @@ impl Session {
     }
 
     /// Some octets of the chunk being read: the connection hands a large chunk over in pieces,
-    /// so it is never in memory whole.
+    /// so it is never in memory whole. They join the content; the state stays `Chunking`.
     pub fn chunk_piece(&mut self, octets: &[u8]) {
         if let State::Chunking { content, .. } = &mut self.state {
             content.push(octets);
@@ -780,47 +711,32 @@ impl Session {
     }
 
     // ANCHOR: chunk
-    /// One BDAT chunk has been read: `kept` of its `size` octets (after any `chunk_piece`s).
+    /// One BDAT chunk of `size` octets has been read (its octets went to `chunk_piece`).
     /// 250 for each chunk, and after the LAST one the delivery's answer (RFC 3030 §2).
-    pub fn chunk(&mut self, kept: Vec<u8>, size: u64) -> Step {
-        self.chunk_piece(&kept);
-        let from = self.state.name();
-        if matches!(self.state, State::Chunking { last: true, .. }) {
-            if let Some((replies, next)) = self.fault_at(Point::EndOfData, None) {
-                if next != Next::Close {
-                    self.state = State::Greeted;
-                }
-                let step = self.finish(from, replies, next, "RFC 3030 §2");
-                return self.explained(step, false);
-            }
-        }
-        let reply = match std::mem::replace(&mut self.state, State::Greeted) {
-            State::Chunking {
-                envelope,
-                content,
-                octets,
-                last,
-            } => {
-                let octets = octets.saturating_add(size);
-                if !last {
-                    self.state = State::Chunking {
-                        envelope,
-                        content,
-                        octets,
-                        last,
-                    };
-                    Reply::OK_250.text(format!("{size} octets received, {octets} in all"))
-                } else {
-                    self.last_chunk(envelope, content, octets)
-                }
-            }
-            other => {
-                self.state = other;
-                self.out_of_order(Verb::Bdat)
-            }
+    fn chunk(&mut self, state: State, size: u64) -> Outcome {
+        let State::Chunking {
+            envelope,
+            content,
+            octets,
+            last,
+        } = state
+        else {
+            let reply = out_of_order(&state, Verb::Bdat);
+            return Outcome::reply(state, reply);
         };
-        let step = self.finish(from, vec![reply], Next::ReadCommand, "RFC 3030 §2");
-        self.explained(step, false)
+        let octets = octets.saturating_add(size);
+        if last {
+            let reply = self.last_chunk(envelope, content, octets);
+            return Outcome::reply(State::Greeted, reply);
+        }
+        let reply = Reply::OK_250.text(format!("{size} octets received, {octets} in all"));
+        let state = State::Chunking {
+            envelope,
+            content,
+            octets,
+            last,
+        };
+        Outcome::reply(state, reply)
     }
 
     /// The whole message is in: check its size and bytes, then deliver it like DATA's.
@@ -839,35 +755,36 @@ impl Session {
     // ANCHOR_END: chunk
 
     /// STARTTLS (RFC 3207 §4): 220, then the handshake; all that was known is forgotten.
-    fn starttls(&mut self) -> (Vec<Reply>, Next) {
+    fn starttls(&mut self, state: State) -> Outcome {
         if self.client.tls {
-            return (
-                vec![Reply::BAD_SEQUENCE_503.text("TLS is already active")],
-                Next::ReadCommand,
-            );
+            return Outcome::reply(state, Reply::BAD_SEQUENCE_503.text("TLS is already active"));
         }
         if !self.endpoint.tls_available {
-            return (
-                vec![Reply::NOT_IMPLEMENTED_502
-                    .text("STARTTLS is not configured (start the server with --tls-self-signed)")],
-                Next::ReadCommand,
-            );
+            let reply = Reply::NOT_IMPLEMENTED_502
+                .text("STARTTLS is not configured (start the server with --tls-self-signed)");
+            return Outcome::reply(state, reply);
         }
-        self.reset_identity();
-        (
-            vec![Reply::new(220, "2.0.0", "Ready to start TLS")],
-            Next::StartTls,
+        self.forget_identity();
+        Outcome::reply(
+            State::Connected,
+            Reply::new(220, "2.0.0", "Ready to start TLS"),
         )
+        .then(Next::StartTls)
     }
 
     /// After the handshake (RFC 3207 §4.2): "the SMTP protocol is reset to the initial state".
+    /// STARTTLS already moved the session to `Connected`; what the client said is forgotten.
     pub fn tls_started(&mut self) {
-        self.reset_identity();
+        debug_assert_eq!(
+            self.state.name(),
+            Connected,
+            "TLS starts only from Connected"
+        );
+        self.forget_identity();
         self.client.tls = true;
     }
 
-    fn reset_identity(&mut self) {
-        self.state = State::Connected;
+    fn forget_identity(&mut self) {
         self.client.helo = None;
         self.client.esmtp = false;
         self.client.user = None;
@@ -881,41 +798,44 @@ impl Session {
 
     // ANCHOR: auth
     /// AUTH (RFC 4954 §4): start a SASL exchange.
-    fn auth(&mut self, mechanism: &str, initial: Option<&str>) -> Reply {
+    fn auth(&mut self, state: State, mechanism: &str, initial: Option<&str>) -> Outcome {
         if self.client.user.is_some() {
-            return Reply::BAD_SEQUENCE_503
+            let reply = Reply::BAD_SEQUENCE_503
                 .text("Already authenticated (RFC 4954 §4: AUTH once per session)");
+            return Outcome::reply(state, reply);
         }
         if !self.offers_auth() {
-            return Reply::new(
+            let reply = Reply::new(
                 538,
                 "5.7.11",
                 "Encryption required: send STARTTLS first (RFC 4954 §6)",
             );
+            return Outcome::reply(state, reply);
         }
         let challenge = auth::challenge(&self.config.hostname);
         self.sasl_step(auth::begin(mechanism, initial, challenge))
     }
 
-    fn sasl_response(&mut self, line: &[u8]) -> Vec<Reply> {
-        let State::Authenticating { exchange } = std::mem::replace(&mut self.state, State::Greeted)
-        else {
-            return vec![Reply::BAD_SEQUENCE_503];
+    fn sasl_response(&mut self, state: State, line: &[u8]) -> Outcome {
+        let State::Authenticating { exchange } = state else {
+            return Outcome::reply(state, Reply::BAD_SEQUENCE_503);
         };
         let text = String::from_utf8_lossy(line).trim().to_string();
-        vec![self.sasl_step(auth::respond(exchange, &text))]
+        let outcome = self.sasl_step(auth::respond(exchange, &text));
+        self.after_auth(outcome)
     }
 
     /// One step: send a challenge (334), or check the credentials (235 or 535).
-    fn sasl_step(&mut self, step: Result<Sasl, Reply>) -> Reply {
-        self.state = State::Greeted;
+    fn sasl_step(&mut self, step: Result<Sasl, Reply>) -> Outcome {
         match step {
-            Ok(Sasl::Continue(exchange, challenge)) => {
-                self.state = State::Authenticating { exchange };
-                Reply::new(334, "", "").text(challenge)
+            Ok(Sasl::Continue(exchange, challenge)) => Outcome::reply(
+                State::Authenticating { exchange },
+                Reply::new(334, "", "").text(challenge),
+            ),
+            Ok(Sasl::Check(credentials)) => {
+                Outcome::reply(State::Greeted, self.check(&credentials))
             }
-            Ok(Sasl::Check(credentials)) => self.check(&credentials),
-            Err(reply) => reply,
+            Err(reply) => Outcome::reply(State::Greeted, reply),
         }
     }
 
@@ -942,25 +862,23 @@ impl Session {
     // ANCHOR_END: auth
 
     /// After three failed attempts the session ends with 421.
-    fn after_auth(&mut self, replies: &mut Vec<Reply>) -> Next {
+    fn after_auth(&self, outcome: Outcome) -> Outcome {
         if self.auth_failures < MAX_AUTH_FAILURES {
-            return Next::ReadCommand;
+            return outcome;
         }
-        self.state = State::Closed;
+        let mut replies = outcome.replies;
         replies.push(Reply::new(
             421,
             "4.7.0",
             "Too many failed authentication attempts, closing connection",
         ));
-        Next::Close
+        Outcome::close(replies)
     }
 
-    /// RSET (RFC 5321 §4.1.1.5): drop the transaction, keep the client's identity.
-    fn rset(&mut self) -> Reply {
-        if self.state.name() != Connected {
-            self.state = State::Greeted;
-        }
-        Reply::OK_250.text("Reset OK")
+    /// QUIT (RFC 5321 §4.1.1.10): 221, then the server closes.
+    fn quit(&self) -> Outcome {
+        let text = format!("{} closing connection, goodbye", self.config.hostname);
+        Outcome::close(vec![Reply::CLOSING_221.text(text)])
     }
 
     /// VRFY (RFC 5321 §4.1.1.6, §3.5.3): does this user exist?
@@ -1000,66 +918,109 @@ impl Session {
             .first()
             .map_or("localhost", String::as_str)
     }
+}
 
-    /// HELP (RFC 5321 §4.1.1.8): what can be typed now, or how to use one verb.
-    fn help(&self, topic: Option<&str>) -> Reply {
-        match topic {
-            None => self.help_for_state(),
-            Some(word) => match Verb::from_name(word) {
-                Some(verb) => help_for_verb(verb),
-                None => {
-                    Reply::new(504, "5.5.4", "").text(format!("No help for {word}; try HELP alone"))
-                }
-            },
+/// DATA (RFC 5321 §4.1.1.4): 354, then the connection reads the message.
+fn data(envelope: Envelope) -> Outcome {
+    // RFC 3030 §3: a BINARYMIME body cannot be sent with DATA.
+    if envelope.options.body == BodyType::BinaryMime {
+        let reply =
+            Reply::BAD_SEQUENCE_503.text("BODY=BINARYMIME needs BDAT, not DATA (RFC 3030 §3)");
+        return Outcome::reply(State::RcptGiven { envelope }, reply);
+    }
+    Outcome::reply(State::Data { envelope }, Reply::START_MAIL_354).then(Next::ReadData)
+}
+
+/// BDAT (RFC 3030 §2): the connection reads the chunk, then steps with `Input::Chunk`.
+fn chunking(
+    envelope: Envelope,
+    content: ChunkReader,
+    octets: u64,
+    last: bool,
+    size: u64,
+) -> Outcome {
+    let state = State::Chunking {
+        envelope,
+        content,
+        octets,
+        last,
+    };
+    Outcome::read_chunk(state, size)
+}
+
+/// RSET (RFC 5321 §4.1.1.5): drop the transaction, keep the client's identity.
+fn rset(state: State) -> Outcome {
+    let state = match state {
+        State::Connected => State::Connected,
+        _ => State::Greeted,
+    };
+    Outcome::reply(state, Reply::OK_250.text("Reset OK"))
+}
+
+/// An answer from outside the protocol (`Input::Refusal`). A 421 closes, as that code promises
+/// (RFC 5321 §3.8), and so does no reply at all; a refused message ends its transaction.
+fn refusal(state: State, on: Trigger, reply: Option<Reply>) -> Outcome {
+    let reply = match reply {
+        Some(reply) if reply.code != 421 => reply,
+        closing => return Outcome::close(closing.into_iter().collect()),
+    };
+    let state = match on {
+        Trigger::EndOfData | Trigger::LastChunk => State::Greeted,
+        Trigger::Command(_) | Trigger::SaslResponse => state,
+    };
+    Outcome::reply(state, reply)
+}
+
+/// HELP (RFC 5321 §4.1.1.8): what can be typed now, or how to use one verb.
+fn help(state: StateName, topic: Option<&str>) -> Reply {
+    match topic {
+        None => help_for_state(state),
+        Some(word) => match Verb::from_name(word) {
+            Some(verb) => help_for_verb(verb),
+            None => {
+                Reply::new(504, "5.5.4", "").text(format!("No help for {word}; try HELP alone"))
+            }
+        },
+    }
+}
+
+fn help_for_state(state: StateName) -> Reply {
+    let header = format!("You are in state {state:?}. Commands you can type now:");
+    let lines = VERBS.iter().filter_map(|row| {
+        transition(state, row.verb)
+            .map(|t| format!("  {:<40} {} -> {:?}", row.syntax, row.summary, t.to))
+    });
+    lines
+        .fold(Reply::HELP_214.text(header), Reply::line)
+        .line("HELP <command> explains one command.")
+}
+
+/// 503 with a text that says what to send first (RFC 5321 §4.1.4); 554 for DATA when every
+/// recipient was refused (RFC 5321 §3.3: "no valid recipients").
+fn out_of_order(state: &State, verb: Verb) -> Reply {
+    if let (Verb::Data, State::MailGiven { envelope }) = (verb, state) {
+        if envelope.refused_recipients > 0 {
+            return Reply::NO_VALID_RECIPIENTS_554.text(
+                "No valid recipients: every RCPT TO was refused, so there is no one to deliver to",
+            );
         }
     }
-
-    fn help_for_state(&self) -> Reply {
-        let state = self.state.name();
-        let header = format!("You are in state {state:?}. Commands you can type now:");
-        let lines = VERBS.iter().filter_map(|row| {
-            transition(state, row.verb)
-                .map(|t| format!("  {:<40} {} -> {:?}", row.syntax, row.summary, t.to))
-        });
-        lines
-            .fold(Reply::HELP_214.text(header), Reply::line)
-            .line("HELP <command> explains one command.")
-    }
-
-    /// QUIT (RFC 5321 §4.1.1.10): 221, then the server closes.
-    fn quit(&mut self) -> (Vec<Reply>, Next) {
-        self.state = State::Closed;
-        let text = format!("{} closing connection, goodbye", self.config.hostname);
-        (vec![Reply::CLOSING_221.text(text)], Next::Close)
-    }
-
-    /// 503 with a text that says what to send first (RFC 5321 §4.1.4); 554 for DATA when every
-    /// recipient was refused (RFC 5321 §3.3: "no valid recipients").
-    fn out_of_order(&self, verb: Verb) -> Reply {
-        let state = self.state.name();
-        if let (Verb::Data, State::MailGiven { envelope }) = (verb, &self.state) {
-            if envelope.refused_recipients > 0 {
-                return Reply::NO_VALID_RECIPIENTS_554
-                    .text("No valid recipients: every RCPT TO was refused, so there is no one to deliver to");
-            }
+    let hint = match (state.name(), verb) {
+        (Connected, _) => "Send HELO or EHLO first: say who you are",
+        (Greeted, Verb::Rcpt) => "Send MAIL FROM:<sender> first: RCPT comes after MAIL",
+        (Greeted, Verb::Data) => {
+            "Send MAIL FROM and RCPT TO first: DATA needs a sender and a recipient"
         }
-        let hint = match (state, verb) {
-            (Connected, _) => "Send HELO or EHLO first: say who you are",
-            (Greeted, Verb::Rcpt) => "Send MAIL FROM:<sender> first: RCPT comes after MAIL",
-            (Greeted, Verb::Data) => {
-                "Send MAIL FROM and RCPT TO first: DATA needs a sender and a recipient"
-            }
-            (MailGiven, Verb::Data) => {
-                "Send RCPT TO:<recipient> first: DATA needs at least one recipient"
-            }
-            (Chunking, _) => "A BDAT transfer is open: send the next BDAT chunk, or RSET",
-            (MailGiven | RcptGiven, Verb::Mail) => {
-                "Nested MAIL: a transaction is already open; finish it or RSET"
-            }
-            _ => "Bad sequence of commands; HELP shows what you can type now",
-        };
-        Reply::BAD_SEQUENCE_503.text(hint)
-    }
+        (MailGiven, Verb::Data) => {
+            "Send RCPT TO:<recipient> first: DATA needs at least one recipient"
+        }
+        (Chunking, _) => "A BDAT transfer is open: send the next BDAT chunk, or RSET",
+        (MailGiven | RcptGiven, Verb::Mail) => {
+            "Nested MAIL: a transaction is already open; finish it or RSET"
+        }
+        _ => "Bad sequence of commands; HELP shows what you can type now",
+    };
+    Reply::BAD_SEQUENCE_503.text(hint)
 }
 
 /// What 250 after the message means for these recipients: in a mailbox, or in the queue.
@@ -1131,21 +1092,6 @@ fn history(verb: Verb) -> Option<&'static str> {
 }
 // ANCHOR_END: history
 
-/// DEVIATION (see `command::keyword_colon`): `MAIL FROM: <x>` is accepted, and the reply says
-/// that the grammar has no space there, so a student learns the rule without being stopped.
-fn coach_space_after_colon(line: &[u8], replies: &mut [Reply]) {
-    if !command::space_after_colon(line) {
-        return;
-    }
-    if let Some(reply) = replies.first_mut().filter(|r| r.code == 250) {
-        let text = format!(
-            "{} (accepted, but RFC 5321 §4.1.2 has no space after the colon)",
-            reply.text
-        );
-        *reply = reply.clone().text(text);
-    }
-}
-
 /// `alice`, `<alice@localhost>` or `alice@localhost` → `alice` (VRFY/EXPN arguments).
 fn local_name(argument: &str) -> String {
     let bare = argument
@@ -1175,6 +1121,23 @@ mod tests {
                 .map_err(|_| Reply::LOCAL_ERROR_451)?
                 .push(message.clone());
             Ok(())
+        }
+    }
+
+    /// The three ways the connection steps a session, as the tests drive them.
+    impl Session {
+        fn line(&mut self, line: &[u8]) -> Step {
+            let input = self.input(line);
+            self.step(input)
+        }
+
+        fn finish_data(&mut self, content: Result<Body, Reply>) -> Step {
+            self.step(Input::EndOfData(content))
+        }
+
+        fn read_chunk(&mut self, kept: Vec<u8>, size: u64) -> Step {
+            self.chunk_piece(&kept);
+            self.step(Input::Chunk(size))
         }
     }
 
@@ -1213,17 +1176,14 @@ mod tests {
             Closed => &["QUIT"],
         };
         for line in path {
-            assert!(
-                s.command(line.as_bytes()).replies[0].is_positive(),
-                "{line}"
-            );
+            assert!(s.line(line.as_bytes()).replies[0].is_positive(), "{line}");
         }
         if state == Data {
-            assert_eq!(s.command(b"DATA").next, Next::ReadData);
+            assert_eq!(s.line(b"DATA").next, Next::ReadData);
         }
         if state == Chunking {
-            assert_eq!(s.command(b"BDAT 3").next, Next::ReadChunk(3));
-            assert_eq!(s.chunk(b"abc".to_vec(), 3).replies[0].code, 250);
+            assert_eq!(s.line(b"BDAT 3").next, Next::ReadChunk(3));
+            assert_eq!(s.read_chunk(b"abc".to_vec(), 3).replies[0].code, 250);
         }
         assert_eq!(s.state().name(), state);
         s
@@ -1261,21 +1221,21 @@ mod tests {
             let mut s = session_in(t.from);
             let step = match t.on {
                 Trigger::Command(Verb::Bdat) => {
-                    let command = s.command(b"BDAT 3");
+                    let command = s.line(b"BDAT 3");
                     assert_eq!(command.next, Next::ReadChunk(3));
                     Step {
                         from: command.from,
-                        ..s.chunk(b"abc".to_vec(), 3)
+                        ..s.read_chunk(b"abc".to_vec(), 3)
                     }
                 }
-                Trigger::Command(verb) => s.command(sample(verb).as_bytes()),
-                Trigger::EndOfData => s.end_of_data(Ok(Body::from(&b"Subject: x\n\nhi\n"[..]))),
+                Trigger::Command(verb) => s.line(sample(verb).as_bytes()),
+                Trigger::EndOfData => s.finish_data(Ok(Body::from(&b"Subject: x\n\nhi\n"[..]))),
                 Trigger::LastChunk => {
-                    s.command(b"BDAT 4 LAST");
-                    s.chunk(b"hi\r\n".to_vec(), 4)
+                    s.line(b"BDAT 4 LAST");
+                    s.read_chunk(b"hi\r\n".to_vec(), 4)
                 }
                 Trigger::SaslResponse => {
-                    s.command(auth::base64_encode(b"\0alice\0password").as_bytes())
+                    s.line(auth::base64_encode(b"\0alice\0password").as_bytes())
                 }
             };
             assert!(step.replies[0].is_positive(), "{t:?}: {:?}", step.replies);
@@ -1295,9 +1255,9 @@ mod tests {
                 }
                 let mut s = session_in(from);
                 let before = s.state().clone();
-                let mut step = s.command(sample(row.verb).as_bytes());
+                let mut step = s.line(sample(row.verb).as_bytes());
                 if let Next::ReadChunk(size) = step.next {
-                    step = s.chunk(b"abc".to_vec(), size);
+                    step = s.read_chunk(b"abc".to_vec(), size);
                 }
                 let code = step.replies[0].code;
                 let expected = if row.verb.is_obsolete() { 502 } else { 503 };
@@ -1310,16 +1270,13 @@ mod tests {
     #[test]
     fn refused_arguments_leave_the_state() {
         let mut s = session_in(Greeted);
-        assert_eq!(s.command(b"MAIL FROM:<bad syntax").replies[0].code, 501);
+        assert_eq!(s.line(b"MAIL FROM:<bad syntax").replies[0].code, 501);
         assert_eq!(s.state().name(), Greeted);
         let mut s = session_in(MailGiven);
-        assert_eq!(
-            s.command(b"RCPT TO:<nobody@localhost>").replies[0].code,
-            550
-        );
+        assert_eq!(s.line(b"RCPT TO:<nobody@localhost>").replies[0].code, 550);
         assert_eq!(s.state().name(), MailGiven);
         assert_eq!(
-            s.command(b"DATA").replies[0].code,
+            s.line(b"DATA").replies[0].code,
             554,
             "all recipients refused"
         );
@@ -1344,9 +1301,9 @@ mod tests {
             "RCPT TO:<students@localhost>",
             "DATA",
         ] {
-            s.command(line.as_bytes());
+            s.line(line.as_bytes());
         }
-        let step = s.end_of_data(Ok(Body::from(&b"hi\n"[..])));
+        let step = s.finish_data(Ok(Body::from(&b"hi\n"[..])));
         assert_eq!(step.replies[0].code, 250);
         let delivered = hook.0.lock().unwrap();
         assert_eq!(delivered[0].id, "S9.1");
@@ -1360,7 +1317,7 @@ mod tests {
     #[test]
     fn a_refused_message_is_not_delivered() {
         let mut s = session_in(Data);
-        let step = s.end_of_data(Err(Reply::TOO_BIG_552));
+        let step = s.finish_data(Err(Reply::TOO_BIG_552));
         assert_eq!(step.replies[0].code, 552);
         assert_eq!(
             s.state().name(),
@@ -1373,9 +1330,9 @@ mod tests {
     fn the_error_limit_closes_the_session() {
         let mut s = session();
         for _ in 0..DEFAULT_ERRORS_FOR_TEST - 1 {
-            assert_eq!(s.command(b"BOGUS").next, Next::ReadCommand);
+            assert_eq!(s.line(b"BOGUS").next, Next::ReadCommand);
         }
-        let last = s.command(b"BOGUS");
+        let last = s.line(b"BOGUS");
         assert_eq!(last.replies.last().map(|r| r.code), Some(421));
         assert_eq!(last.next, Next::Close);
     }
@@ -1385,23 +1342,35 @@ mod tests {
     #[test]
     fn help_lists_what_is_legal_now() {
         let mut s = session_in(MailGiven);
-        let help = s.command(b"HELP").replies[0].text.to_string();
+        let help = s.line(b"HELP").replies[0].text.to_string();
         assert!(help.contains("RCPT TO:<recipient>"), "{help}");
         assert!(
             !help.contains("DATA  "),
             "DATA is not legal before RCPT: {help}"
         );
         let mut s = session();
-        let help = s.command(b"HELP MAIL").replies[0].text.to_string();
+        let help = s.line(b"HELP MAIL").replies[0].text.to_string();
         assert!(help.contains("RFC 5321 §4.1.1.2"), "{help}");
-        assert!(s.command(b"HELP TURN").replies[0].text.contains("obsolete"));
+        assert!(s.line(b"HELP TURN").replies[0].text.contains("obsolete"));
     }
 
     #[test]
     fn relaying_depends_on_the_client_not_the_sender() {
         let mut s = session_in(Greeted);
-        s.command(b"MAIL FROM:<alice@localhost>");
-        let reply = &s.command(b"RCPT TO:<victim@relay.example>").replies[0];
+        s.line(b"MAIL FROM:<alice@localhost>");
+        let reply = &s.line(b"RCPT TO:<victim@relay.example>").replies[0];
         assert_eq!((reply.code, reply.status), (550, "5.7.1"));
+    }
+
+    /// The debug assertion in `step`: the table's `to`, staying, or the server closing.
+    #[test]
+    fn only_listed_moves_pass_the_check() {
+        let mail = Some(Trigger::Command(Verb::Mail));
+        assert!(listed(Greeted, mail, MailGiven, Next::ReadCommand));
+        assert!(listed(Greeted, mail, Greeted, Next::ReadCommand));
+        assert!(listed(Greeted, mail, Closed, Next::Close));
+        assert!(!listed(Greeted, mail, RcptGiven, Next::ReadCommand));
+        assert!(!listed(Greeted, None, MailGiven, Next::ReadCommand));
+        assert!(!listed(Greeted, mail, Closed, Next::ReadCommand));
     }
 }

@@ -22,8 +22,8 @@ use log::{info, warn};
 use crate::datetime;
 use crate::relay::queue::{self, Prepared, Spool};
 use crate::smtp::address::ReversePath;
+use crate::smtp::envelope::{Client, Deliver, Message, Recipient, Route};
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Client, Deliver, Message, Recipient, Route};
 use crate::store::mbox::{Delivery, DeliveryError, MailDir};
 
 /// Delivers to mbox files under the mail directory.

@@ -392,6 +392,8 @@ pub struct ToolRun {
     pub stdout: String,
     pub stderr: String,
     pub success: bool,
+    /// The exit status; `None` when the tool was killed at the deadline (or by a signal).
+    pub code: Option<i32>,
 }
 
 /// Run a command with `input` on its stdin; kill it if it runs longer than `limit`.
@@ -434,6 +436,7 @@ pub fn run_tool(command: &mut std::process::Command, input: &[u8], limit: Durati
     let stderr = err.join().unwrap_or_default();
     ToolRun {
         success: status.is_some_and(|s| s.success()),
+        code: status.and_then(|s| s.code()),
         stdout,
         stderr,
     }
@@ -525,6 +528,28 @@ pub fn connect_with_timeouts(addr: SocketAddr) -> TcpStream {
         .set_write_timeout(Some(READ_TIMEOUT))
         .expect("timeout");
     stream
+}
+
+/// A client connected to `addr` from the loopback address `from` (any of 127.0.0.0/8), as a
+/// student on another machine would be; reads and writes give up after `READ_TIMEOUT`.
+pub fn connect_from(from: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let source: SocketAddr = format!("{from}:0").parse().expect("a source address");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&source.into())?;
+    socket.connect_timeout(&addr.into(), READ_TIMEOUT)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_write_timeout(Some(READ_TIMEOUT))?;
+    Ok(stream)
+}
+
+impl Client {
+    /// A client from the loopback address `from`, greeted (whatever the greeting says).
+    pub fn connect_from(from: &str, addr: SocketAddr) -> Client {
+        let mut reader = BufReader::new(connect_from(from, addr).expect("connect"));
+        let greeting = read_reply(&mut reader).expect("greeting");
+        Client { reader, greeting }
+    }
 }
 
 /// A free loopback address: bind port 0, note the address, close the socket.
@@ -694,11 +719,20 @@ pub fn hop_read_data(reader: &mut impl Read) -> Vec<u8> {
 /// and the first greeting comes after it. Output is discarded; the process is killed when the
 /// returned guard is dropped.
 pub fn start_binary(listen: SocketAddr, options: &[String]) -> Killed {
+    start_binary_logging(listen, options, std::process::Stdio::null())
+}
+
+/// As `start_binary`, with the server's log (its standard error) going to `log`.
+pub fn start_binary_logging(
+    listen: SocketAddr,
+    options: &[String],
+    log: impl Into<std::process::Stdio>,
+) -> Killed {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_smtplab"))
         .args(["--listen", &listen.to_string()])
         .args(options)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start smtplab");
     let mut server = Killed(child);
@@ -714,6 +748,34 @@ pub fn start_binary(listen: SocketAddr, options: &[String]) -> Killed {
         .read_line(&mut greeting)
         .expect("a greeting within the timeout");
     server
+}
+
+/// The soft limit on open files of this process (Linux: `/proc/self/limits`); a server started
+/// by a test inherits it.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?;
+    Some(soft.parse().unwrap_or(u64::MAX)) // "unlimited"
+}
+
+/// Make sure this process (and a server it starts later) may open `needed` files: raise the
+/// soft limit towards the hard one with util-linux's `prlimit` when it is lower. True when
+/// the limit is enough now.
+pub fn raise_open_files_limit(needed: u64) -> bool {
+    if open_files_limit().is_some_and(|limit| limit >= needed) {
+        return true;
+    }
+    let _ = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--nofile={needed}:"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    open_files_limit().is_some_and(|limit| limit >= needed)
 }
 
 /// The peak resident set size of a process, in KiB (Linux: `VmHWM` in `/proc/PID/status`).
@@ -741,4 +803,135 @@ pub fn start_one_test(dns: SocketAddr, mx_port: u16, retry: &str, extra: &[&str]
     ];
     options.extend_from_slice(extra);
     start(&options)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary under attack (limits, TLS limits, the hostile classroom)
+
+/// The binary on a free loopback port, with its own mail directory, spool and log.
+pub struct Binary {
+    pub process: Killed,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+}
+
+/// Start the binary on a free loopback port as host `smtplab.test`, with a temporary mail
+/// directory and spool, its log (standard error) kept in `server.log`, plus `options`.
+pub fn binary(options: &[String]) -> Binary {
+    binary_on(free_addr(), options)
+}
+
+/// As `binary`, listening on `addr`.
+pub fn binary_on(addr: SocketAddr, options: &[String]) -> Binary {
+    let dir = TempDir::new("binary");
+    let mut args = options.to_vec();
+    for (flag, sub) in [("--mail-dir", "mail"), ("--spool", "spool")] {
+        args.extend([flag.to_string(), dir.path().join(sub).display().to_string()]);
+    }
+    if !options.iter().any(|o| o == "--hostname") {
+        args.extend(["--hostname".into(), TLS_HOST.into()]);
+    }
+    let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+    let process = start_binary_logging(addr, &args, log);
+    Binary { process, addr, dir }
+}
+
+impl Binary {
+    pub fn peak_kib(&self) -> u64 {
+        peak_kib(self.process.0.id())
+    }
+
+    /// Watch the peak memory for `watch`; fail as soon as it passes `limit_kib`.
+    pub fn assert_peak_stays_under(&self, limit_kib: u64, watch: Duration) {
+        let until = Instant::now() + watch;
+        loop {
+            let peak = self.peak_kib();
+            assert!(
+                peak < limit_kib,
+                "peak RSS {peak} KiB, over {limit_kib} KiB"
+            );
+            if Instant::now() >= until {
+                println!("peak RSS {peak} KiB");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The bytes of a user's mbox ("" when it does not exist).
+    pub fn mbox(&self, user: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("mail").join(user)).unwrap_or_default()
+    }
+}
+
+/// Write `line` again and again, `limit` octets at most, never reading: small writes a moment
+/// apart, each ending in the middle of a line, so that every read of the server ends inside a
+/// line and it always has unread input. Stops when a write blocks for a second (the server
+/// has stopped reading) or after 20 s. Returns the octets written.
+pub fn pipeline_without_reading(stream: &mut TcpStream, line: &[u8], limit: usize) -> usize {
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let lines = line.repeat(4096);
+    let piece = 4095; // not a multiple of the line: every write ends inside a line
+    let (mut sent, mut at) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sent < limit && Instant::now() < deadline {
+        let end = (at + piece).min(lines.len());
+        match stream.write(&lines[at..end]) {
+            Ok(n) => {
+                sent += n;
+                at = (at + n) % lines.len();
+            }
+            Err(_) => break,
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    // End inside a line, whatever came before.
+    let _ = stream.write(&line[..line.len() / 2]);
+    sent
+}
+
+/// The start of a TLS handshake record that announces 512 octets: the server waits for them.
+pub const CLIENT_HELLO_START: &[u8] = &[
+    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+];
+
+/// Send a ClientHello one byte per `every` (then zeros) on `tcp` until the server closes the
+/// connection; how long that took, or None if it was still open after `give_up`.
+pub fn trickle_until_closed(
+    mut tcp: TcpStream,
+    every: Duration,
+    give_up: Duration,
+) -> Option<Duration> {
+    tcp.set_read_timeout(Some(every)).expect("timeout");
+    let started = Instant::now();
+    let mut bytes = CLIENT_HELLO_START
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(0));
+    while started.elapsed() < give_up {
+        let byte = bytes.next().unwrap_or(0);
+        if tcp.write_all(&[byte]).is_err() {
+            return Some(started.elapsed());
+        }
+        let mut answer = [0u8; 256];
+        match tcp.read(&mut answer) {
+            Ok(0) => return Some(started.elapsed()),
+            // An alert before the close: keep reading until the close.
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
 }

@@ -1,0 +1,268 @@
+//! The hostile classroom: twenty honest students each send twenty messages while attackers,
+//! one per finding, do their worst at the same time, each from an address of its own. Every
+//! honest message must arrive exactly once, no thread of the server may panic, and its memory
+//! must stay under 256 MiB. The whole run is bounded in time and count, on loopback only.
+//!
+//! An attacker is a row of `ATTACKERS`: a name, a source address and a function that attacks
+//! until the field says stop. A new limit brings its attacker as one more row.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::Client;
+
+const STUDENTS: usize = 20;
+const MESSAGES: usize = 20;
+const MEMORY_LIMIT_KIB: u64 = 256 * 1024;
+/// The honest students must be done by then, however hard the attackers push.
+const WHOLE_RUN: Duration = Duration::from_secs(120);
+
+/// What every attacker shares: where to aim (the server's SMTP, SMTPS and POP3 addresses),
+/// when to stop, and how many attackers are under way.
+struct Field {
+    smtp: SocketAddr,
+    smtps: SocketAddr,
+    pop3: SocketAddr,
+    stop: AtomicBool,
+    engaged: AtomicUsize,
+}
+
+impl Field {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Say once that this attacker's first attack is under way.
+    fn engaged(&self, said: &mut bool) {
+        if !std::mem::replace(said, true) {
+            self.engaged.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Wait until the field says stop or `pause` has passed, whichever comes first.
+    fn pause(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        while !self.stopped() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One attacker: what it does (the finding it tries), where it comes from, how it attacks.
+/// `attack` runs until the field says stop, reconnecting whenever the server cuts it off.
+struct Attacker {
+    finding: &'static str,
+    from: &'static str,
+    attack: fn(&str, &Field),
+}
+
+const ATTACKERS: &[Attacker] = &[
+    Attacker {
+        finding: "1: pipelines EHLO and never reads a reply",
+        from: "127.0.0.11",
+        attack: pipeline_never_reading,
+    },
+    Attacker {
+        finding: "1: pipelines POP3 CAPA before login and never reads",
+        from: "127.0.0.15",
+        attack: pipeline_capa_never_reading,
+    },
+    Attacker {
+        finding: "2: trickles a ClientHello a byte at a time",
+        from: "127.0.0.12",
+        attack: trickle_client_hello,
+    },
+    Attacker {
+        finding: "3: holds more connections than the whole server has",
+        from: "127.0.0.13",
+        attack: hold_connections,
+    },
+    Attacker {
+        finding: "12: sends NOOP for ever",
+        from: "127.0.0.14",
+        attack: junk_for_ever,
+    },
+    // Finding 5 (a mailbox filled to its limit) and finding 11 (password guessing past the
+    // per-address budget) each add their attacker here.
+];
+
+#[test]
+fn twenty_students_deliver_everything_while_attackers_do_their_worst() {
+    let (smtps, pop3) = (common::free_addr(), common::free_addr());
+    #[rustfmt::skip]
+    let server = common::binary(&[
+        "--tls-self-signed", "--smtps", &smtps.to_string(), "--pop3", &pop3.to_string(),
+        "--timeout", "3",
+    ].map(String::from));
+    common::wait_until("the SMTPS and POP3 listeners", || {
+        TcpStream::connect(smtps).is_ok() && TcpStream::connect(pop3).is_ok()
+    });
+    let field = Arc::new(Field {
+        smtp: server.addr,
+        smtps,
+        pop3,
+        stop: AtomicBool::new(false),
+        engaged: AtomicUsize::new(0),
+    });
+    let attackers: Vec<(&str, JoinHandle<()>)> = ATTACKERS
+        .iter()
+        .map(|attacker| {
+            let field = field.clone();
+            let (from, attack) = (attacker.from, attacker.attack);
+            let thread = std::thread::spawn(move || attack(from, &field));
+            (attacker.finding, thread)
+        })
+        .collect();
+    common::wait_until("every attacker under way", || {
+        field.engaged.load(Ordering::SeqCst) == ATTACKERS.len()
+    });
+
+    let started = Instant::now();
+    let smtp = field.smtp;
+    let students: Vec<_> = (0..STUDENTS)
+        .map(|student| std::thread::spawn(move || honest_student(student, smtp)))
+        .collect();
+    let failed: Vec<usize> = students
+        .into_iter()
+        .enumerate()
+        .filter_map(|(student, thread)| thread.join().is_err().then_some(student))
+        .collect();
+    let elapsed = started.elapsed();
+    field.stop.store(true, Ordering::SeqCst);
+    for (finding, thread) in attackers {
+        thread
+            .join()
+            .unwrap_or_else(|_| panic!("attacker {finding} panicked"));
+    }
+    assert!(failed.is_empty(), "students {failed:?} failed");
+    println!(
+        "{STUDENTS} students × {MESSAGES} messages in {:.1} s beside {} attackers; peak RSS {} KiB",
+        elapsed.as_secs_f64(),
+        ATTACKERS.len(),
+        server.peak_kib()
+    );
+    assert!(elapsed < WHOLE_RUN, "the students took {elapsed:?}");
+
+    let markers = count_markers(&server.mbox("alice"));
+    for student in 0..STUDENTS {
+        for message in 0..MESSAGES {
+            let marker = marker(student, message);
+            assert_eq!(markers.get(&marker), Some(&1), "{marker}");
+        }
+    }
+    assert_eq!(markers.len(), STUDENTS * MESSAGES, "no other message");
+    server.assert_peak_stays_under(MEMORY_LIMIT_KIB, Duration::ZERO);
+    let log = server.log();
+    assert!(!log.contains("panicked"), "a thread panicked:\n{log}");
+}
+
+fn marker(student: usize, message: usize) -> String {
+    format!("HONEST-{student:02}-{message:02}")
+}
+
+/// One student from an address of their own, twenty messages in one session.
+fn honest_student(student: usize, smtp: SocketAddr) {
+    let from = format!("127.0.1.{}", student + 1);
+    let mut c = Client::connect_from(&from, smtp);
+    assert_eq!(c.greeting.code, 220, "student {student}: {:?}", c.greeting);
+    c.expect(&format!("EHLO student{student}.example"), 250);
+    for message in 0..MESSAGES {
+        c.expect(&format!("MAIL FROM:<student{student}@client.example>"), 250);
+        c.expect("RCPT TO:<alice@localhost>", 250);
+        c.expect("DATA", 354);
+        let marker = marker(student, message);
+        let body = format!("Subject: {marker}\r\n\r\n{marker}\r\n.\r\n");
+        c.send_expect(body.as_bytes(), 250);
+    }
+    c.expect("QUIT", 221);
+}
+
+/// How often each marker appears as the body of a message in an mbox.
+fn count_markers(mbox: &[u8]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for message in smtplab::store::mbox::parse_mboxrd(mbox) {
+        let text = String::from_utf8_lossy(&message.content).into_owned();
+        if let Some(body) = text.split("\n\n").nth(1) {
+            *counts.entry(body.trim().to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+// ---------------------------------------------------------------------------------------------
+// The attackers
+
+/// Finding 1: EHLO after EHLO, each write ending inside a line, never reading a reply.
+fn pipeline_never_reading(from: &str, field: &Field) {
+    pipeline_at(from, field, field.smtp, b"EHLO x\r\n");
+}
+
+/// Finding 1 in POP3: CAPA, answered with many lines, before any login.
+fn pipeline_capa_never_reading(from: &str, field: &Field) {
+    pipeline_at(from, field, field.pop3, b"CAPA\r\n");
+}
+
+/// Send `line` again and again to `addr` without reading, until the server stops reading too
+/// (then the attack is at its worst), and again after the server has cut it off.
+fn pipeline_at(from: &str, field: &Field, addr: SocketAddr, line: &[u8]) {
+    let mut said = false;
+    while !field.stopped() {
+        if let Ok(mut tcp) = common::connect_from(from, addr) {
+            common::pipeline_without_reading(&mut tcp, line, 2 << 20);
+            field.engaged(&mut said);
+            field.pause(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Finding 2: a ClientHello at the SMTPS port, a byte every half second.
+fn trickle_client_hello(from: &str, field: &Field) {
+    let mut said = false;
+    while !field.stopped() {
+        if let Ok(tcp) = common::connect_from(from, field.smtps) {
+            field.engaged(&mut said);
+            common::trickle_until_closed(tcp, Duration::from_millis(500), Duration::from_secs(6));
+        }
+    }
+}
+
+/// Finding 3: more idle connections than the server has places, again and again.
+fn hold_connections(from: &str, field: &Field) {
+    let mut said = false;
+    while !field.stopped() {
+        let held: Vec<TcpStream> = (0..120)
+            .filter_map(|_| common::connect_from(from, field.smtp).ok())
+            .collect();
+        field.engaged(&mut said);
+        field.pause(Duration::from_secs(2));
+        drop(held);
+    }
+}
+
+/// Finding 12: NOOP after NOOP, reading each reply, until the server says 421.
+fn junk_for_ever(from: &str, field: &Field) {
+    let mut said = false;
+    while !field.stopped() {
+        let Ok(mut tcp) = common::connect_from(from, field.smtp) else {
+            field.pause(Duration::from_millis(100));
+            continue;
+        };
+        field.engaged(&mut said);
+        let mut buffer = [0u8; 4096];
+        while !field.stopped() {
+            let answered = tcp
+                .write_all(b"NOOP\r\n")
+                .and_then(|()| tcp.read(&mut buffer));
+            if !matches!(answered, Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+}
