@@ -366,7 +366,7 @@ pub(crate) mod tests {
 
     #[test]
     fn quoted_len_counts_what_quoting_makes() {
-        let counted = quoted_len(|each| TRICKY_BODY.chunks(5).try_for_each(|c| each(c)));
+        let counted = quoted_len(|each| TRICKY_BODY.chunks(5).try_for_each(each));
         assert_eq!(counted.unwrap(), quote_mboxrd(TRICKY_BODY).len() as u64);
     }
 
