@@ -120,7 +120,6 @@ fn python_mailbox_rewrite_then_restart_keeps_every_message() {
     });
 }
 
-// ANCHOR: mutt
 #[test]
 fn mutt_read_then_restart_keeps_every_message() {
     if !common::on_path("tmux") || !common::on_path("mutt") {
@@ -184,7 +183,6 @@ impl<F: Fn(&[&str]) -> std::process::Output> Drop for TmuxServer<'_, F> {
         (self.0)(&["kill-server"]);
     }
 }
-// ANCHOR_END: mutt
 
 /// Every file under `root` with its bytes: hidden files, locks and records included.
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {

@@ -164,7 +164,9 @@ impl IntentFile {
     /// The append in progress when the server stopped, if the record holds one.
     pub fn read(&self) -> io::Result<Option<Intent>> {
         let mut bytes = Vec::new();
-        (&self.file).read_to_end(&mut bytes)?;
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(0))?; // it may be read more than once
+        file.read_to_end(&mut bytes)?;
         Ok(Intent::decode(&bytes))
     }
 }

@@ -51,7 +51,6 @@ pub fn private_file() -> OpenOptions {
     options
 }
 
-// ANCHOR: mbox_lock
 /// One mbox held with both locks, and the file open for appending. Dropping it releases the
 /// fcntl lock and then the dotlock (fields drop after `drop` runs, in order).
 #[derive(Debug)]
@@ -82,7 +81,6 @@ pub fn lock_mbox(root: &Path, user: &str, attempts: u32) -> io::Result<Option<Mb
         _dotlock: dotlock,
     }))
 }
-// ANCHOR_END: mbox_lock
 
 impl Drop for MboxLock {
     fn drop(&mut self) {

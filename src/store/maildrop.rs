@@ -96,7 +96,6 @@ impl MailDir {
         }
     }
 
-    // ANCHOR: rewrite_without
     /// Rewrite `user`'s mbox without the messages `remove` marks, atomically, under the
     /// delivery locks. `remove` is called with the messages as the file holds them *now* (it
     /// may read each with `read_span`), so mail delivered since the caller last looked is seen
@@ -126,7 +125,6 @@ impl MailDir {
         }
         Ok(removed)
     }
-    // ANCHOR_END: rewrite_without
 }
 
 impl MaildropLock {

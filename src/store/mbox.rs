@@ -423,7 +423,6 @@ impl MailDir {
         Ok(())
     }
 
-    // ANCHOR: recover
     /// At start, once the listeners are bound: for every mbox whose intent record describes an
     /// append, judge it (`src/store/intent.rs::judge`) and cut only a tail it proves is ours
     /// and unacknowledged. Every record is then retired, so it is judged once.
@@ -450,29 +449,32 @@ impl MailDir {
         Ok(found)
     }
 
-    /// Judge one mbox's intent record under the delivery locks; `None` if it was idle.
+    /// Judge one mbox's intent record under the delivery locks; `None` if it was idle. The
+    /// record is read again and retired under the locks: another smtplab on the same mail
+    /// directory may be delivering, and its record is live until it lets go of the mbox.
     fn recover_one(&self, user: &str) -> io::Result<Option<Verdict>> {
         let record = IntentFile::open(&self.root, user)?;
-        let Some(intent) = record.read()? else {
+        if record.read()?.is_none() {
             return Ok(None);
+        }
+        if !self.root.join(user).exists() {
+            record.retire()?;
+            return Ok(Some(Verdict::Leave("the mbox is gone".to_string())));
+        }
+        let held = self
+            .lock_maildrop(user)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let Some(intent) = record.read()? else {
+            return Ok(None); // the other smtplab finished it meanwhile
         };
-        let verdict = if self.root.join(user).exists() {
-            let held = self
-                .lock_maildrop(user)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            let verdict = intent::judge(&intent, held.file())?;
-            if let Verdict::Cut { start, .. } = verdict {
-                held.file().set_len(start)?;
-                held.file().sync_data()?;
-            }
-            verdict
-        } else {
-            Verdict::Leave("the mbox is gone".to_string())
-        };
+        let verdict = intent::judge(&intent, held.file())?;
+        if let Verdict::Cut { start, .. } = verdict {
+            held.file().set_len(start)?;
+            held.file().sync_data()?;
+        }
         record.retire()?;
         Ok(Some(verdict))
     }
-    // ANCHOR_END: recover
 }
 
 /// Is `user` safe as a file name inside the mail directory?
@@ -496,7 +498,6 @@ fn sorted_unique(deliveries: &[Delivery]) -> Vec<&Delivery> {
     sorted
 }
 
-// ANCHOR: blank_line_guard
 /// What must come before our `From ` line so that it starts a message (RFC 4155 §2: a separator
 /// follows an empty line). Another writer may have left its last message without one: Python's
 /// `mailbox` writes the empty line *before* each message, not after. Without it, our separator
@@ -511,7 +512,6 @@ fn blank_line_guard(mbox: &File, len: u64) -> io::Result<&'static [u8]> {
         _ => b"\n\n",
     })
 }
-// ANCHOR_END: blank_line_guard
 
 /// Undo a failed delivery: truncate each mbox to its length before we wrote (Postfix
 /// mail_copy() does the same), and sync that. Errors are logged: the first error is the

@@ -257,7 +257,6 @@ pub struct Span {
     pub len: u64,
 }
 
-// ANCHOR: index
 /// The messages of an mbox read as a stream, one line at a time, so that a large file is
 /// never in memory: each message's span, cut where `parse_mboxrd` starts a new message.
 pub fn index_mboxrd(mut reader: impl BufRead) -> io::Result<Vec<Span>> {
@@ -281,7 +280,6 @@ pub fn index_mboxrd(mut reader: impl BufRead) -> io::Result<Vec<Span>> {
     }
     Ok(spans)
 }
-// ANCHOR_END: index
 
 /// How many octets `quote_mboxrd` would make of a body given in chunks, without keeping any.
 pub fn quoted_len(
