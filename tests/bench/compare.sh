@@ -137,17 +137,26 @@ if command -v strace >/dev/null; then
     read -r TRACE_PORT < <(python3 -c '
 import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     mkdir -p "$WORK/traced"
-    (cd "$WORK/traced" && exec strace -f -qq -e trace=fsync,fdatasync -o "$WORK/syncs.txt" \
-        "$BIN" --listen "127.0.0.1:$TRACE_PORT" >"$WORK/traced.log" 2>&1) &
-    PIDS+=("$!")
+    (cd "$WORK/traced" && exec "$BIN" --listen "127.0.0.1:$TRACE_PORT" >"$WORK/traced.log" 2>&1) &
+    TRACED_PID=$!
+    PIDS+=("$TRACED_PID")
     wait_for_port "$TRACE_PORT"
+    # Attach to the running server (every thread, and each new one): killing the server later
+    # ends strace too.
+    strace -f -qq -p "$TRACED_PID" -e trace=fsync,fdatasync -o "$WORK/syncs.txt" &
+    PIDS+=("$!")
+    for _ in $(seq 100); do
+        grep -q '^TracerPid:[[:space:]]*[1-9]' "/proc/$TRACED_PID/status" && break
+        sleep 0.05
+    done
     "$BIN" bench --server "127.0.0.1:$TRACE_PORT" --sessions 1 --messages 1 --size "$SIZE" \
         --to alice@localhost >/dev/null
-    before=$(grep -cE 'fsync|fdatasync' "$WORK/syncs.txt" || true)
+    before=$(grep -cE '(fsync|fdatasync)\(' "$WORK/syncs.txt" || true)
     "$BIN" bench --server "127.0.0.1:$TRACE_PORT" --sessions 1 --messages 200 --size "$SIZE" \
         --to alice@localhost >/dev/null
-    after=$(grep -cE 'fsync|fdatasync' "$WORK/syncs.txt" || true)
+    after=$(grep -cE '(fsync|fdatasync)\(' "$WORK/syncs.txt" || true)
     SYNCS=$(awk -v n=$((after - before)) 'BEGIN { printf "%.2f per message (%d for 200)", n / 200, n }')
+    kill "$TRACED_PID"
 fi
 
 echo
