@@ -73,7 +73,8 @@ wait_for_port() {
 
 mkdir -p "$WORK/smtplab" "$WORK/aiosmtpd"
 (cd "$WORK/smtplab" && exec "$BIN" --listen "127.0.0.1:$SMTPLAB_PORT" \
-    --max-connections $((IDLE + SESSIONS + 100)) --mailbox-size-limit 0 \
+    --max-connections $((IDLE + SESSIONS + 100)) --max-connections-per-ip $((IDLE + SESSIONS + 100)) \
+    --mailbox-size-limit 0 \
     >"$WORK/smtplab.log" 2>&1) &
 SMTPLAB_PID=$!
 PIDS+=("$SMTPLAB_PID")
