@@ -480,3 +480,61 @@ fn pop3_memory_does_not_grow_with_the_maildrop() {
     println!("POP3 over a {} KiB maildrop: peak {before} KiB before login, {after} KiB after, growth {growth} KiB", MAILDROP_MESSAGES * MESSAGE_KIB);
     assert!(growth < MAX_POP3_GROWTH_KIB, "grew by {growth} KiB");
 }
+
+const PYTHON_FLAG_AND_APPEND: &str = r#"
+import mailbox, sys
+box = mailbox.mbox(sys.argv[1])
+box.lock()
+key, message = next(box.iteritems())
+message.set_flags("RO")
+box[key] = message
+box.add(mailbox.mboxMessage("Subject: py\n\nadded during the POP3 session\n"))
+box.flush()
+box.unlock()
+"#;
+
+#[test]
+fn pop3_quit_keeps_what_another_program_changed_during_the_session() {
+    if !have_tool("python3") {
+        return;
+    }
+    let dir = TempDir::new("pop3-concurrent");
+    let (addr, pop3_addr) = (free_addr(), free_addr());
+    let _server = start_in(dir.path(), addr, &["--pop3", &pop3_addr.to_string()]);
+    for subject in ["one", "two", "three"] {
+        deliver(addr, subject);
+    }
+    let stream = TcpStream::connect(pop3_addr).expect("connect");
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream);
+    pop3(&mut reader, "", false);
+    pop3(&mut reader, "USER alice\r\n", false);
+    pop3(&mut reader, "PASS password\r\n", false);
+    pop3(&mut reader, "DELE 2\r\n", false);
+    // Python rewrites the mbox (a status header on "one", by rename) and appends "py".
+    let status = Command::new("python3")
+        .args(["-c", PYTHON_FLAG_AND_APPEND])
+        .arg(mbox_path(dir.path()))
+        .status()
+        .expect("run python3");
+    assert!(status.success());
+    pop3(&mut reader, "QUIT\r\n", false);
+
+    let subjects: Vec<String> = contents_without_status(dir.path())
+        .iter()
+        .filter_map(|m| {
+            let text = String::from_utf8_lossy(m);
+            text.lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(String::from))
+        })
+        .collect();
+    for kept in ["one", "three", "py"] {
+        assert!(
+            subjects.iter().any(|s| s == kept),
+            "{kept} lost: {subjects:?}"
+        );
+    }
+    println!("after QUIT: {subjects:?}");
+}

@@ -147,6 +147,13 @@ fn try_record_lock(file: &File) -> io::Result<Option<()>> {
     }
 }
 
+/// Open file description locks are Linux's. Elsewhere the classic lock belongs to the whole
+/// process; our own threads are still kept apart by the gates (`src/store/gate.rs`).
+#[cfg(target_os = "linux")]
+const SET_LOCK: libc::c_int = libc::F_OFD_SETLK;
+#[cfg(not(target_os = "linux"))]
+const SET_LOCK: libc::c_int = libc::F_SETLK;
+
 /// Set (`F_WRLCK`) or clear (`F_UNLCK`) the lock over the whole file, without waiting.
 fn record_lock(file: &File, kind: libc::c_int) -> io::Result<()> {
     // SAFETY: `flock` is plain data; all-zero is a valid value, and zero `l_start`/`l_len` with
@@ -155,7 +162,7 @@ fn record_lock(file: &File, kind: libc::c_int) -> io::Result<()> {
     request.l_type = kind as libc::c_short;
     request.l_whence = libc::SEEK_SET as libc::c_short;
     // SAFETY: a valid descriptor (we own `file`) and a pointer to a live `flock`.
-    let result = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut request) };
+    let result = unsafe { libc::fcntl(file.as_raw_fd(), SET_LOCK, &mut request) };
     if result == -1 {
         return Err(io::Error::last_os_error());
     }
