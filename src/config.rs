@@ -113,6 +113,12 @@ pub struct Config {
     pub queue_lifetime: Duration,
     /// Send all foreign mail to this `HOST:PORT` instead of looking up MX (`--smart-host`).
     pub smart_host: Option<String>,
+    /// When the relay uses STARTTLS towards the next hop (`--relay-tls`).
+    pub relay_tls: crate::relay::client::TlsPolicy,
+    /// Delivery threads (`--relay-workers`).
+    pub relay_workers: usize,
+    /// The longest one conversation with a next hop may take (`--relay-deadline`).
+    pub relay_deadline: Duration,
     /// `--trace`: print every line in and out, with state transitions, on stdout.
     pub trace: bool,
     /// `--explain`: end reply texts with the RFC section and the next expected command.
@@ -263,6 +269,9 @@ impl Default for Config {
             retry: crate::relay::queue::Schedule::default().retry,
             queue_lifetime: crate::relay::queue::DEFAULT_QUEUE_LIFETIME,
             smart_host: None,
+            relay_tls: crate::relay::client::TlsPolicy::default(),
+            relay_workers: crate::relay::worker::DEFAULT_WORKERS,
+            relay_deadline: crate::relay::worker::DEFAULT_DEADLINE,
             trace: false,
             explain: false,
             faults: Vec::new(),
@@ -316,6 +325,9 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "spool",           One,     "DIR",       "outbound queue (default ./spool)"),
     ("",  "retry",           One,     "LIST",      "waits between attempts, e.g. 1m,5m,30m,2h"),
     ("",  "queue-lifetime",  One,     "DUR",       "bounce after this long (default 5d)"),
+    ("",  "relay-tls",       One,     "LEVEL",     "STARTTLS to the next hop: none, may, encrypt (default may)"),
+    ("",  "relay-workers",   One,     "N",         "delivery threads (default 4)"),
+    ("",  "relay-deadline",  One,     "DUR",       "longest conversation with a next hop (default 15m)"),
     ("",  "plaintext-auth-from", Many, "CIDR",     "may log in without TLS (default: this machine)"),
     ("",  "allow-plaintext-auth", Nothing, "",     "any address may log in without TLS (a LAN lab)"),
     ("",  "auth-budget",     One,     "N",         "failed logins per address before a lockout (10)"),
@@ -563,6 +575,14 @@ impl Config {
                 return Err(format!("--smart-host needs HOST:PORT, not '{host}'."));
             }
             self.smart_host = Some(host);
+        }
+        if let Some(level) = m.opt_str("relay-tls") {
+            self.relay_tls = crate::relay::client::TlsPolicy::parse(&level)?;
+        }
+        self.relay_workers = number(m, "relay-workers", self.relay_workers)?.max(1);
+        if let Some(text) = m.opt_str("relay-deadline") {
+            self.relay_deadline = crate::relay::queue::parse_duration(&text)
+                .map_err(|e| format!("--relay-deadline: {e}"))?;
         }
         Ok(())
     }

@@ -83,7 +83,7 @@ impl Service for Smtp {
 
 impl Server {
     /// Bind every listen address, create the mail directory, and deliver locally.
-    pub fn bind(config: Config) -> Result<Server, String> {
+    pub fn bind(mut config: Config) -> Result<Server, String> {
         // Every listener first: an instance that cannot start (the port is taken, often by
         // another smtplab on the same mail directory) must leave the mail and spool untouched.
         let tls = tls_acceptor(&config)?;
@@ -111,6 +111,13 @@ impl Server {
         if !config.pop3s.is_empty() && tls.is_none() {
             return Err("--pop3s needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
+        // The addresses really bound (a port 0 became a real port): the relay compares next
+        // hops with them to find mail that would loop back here (relay/dns.rs `Me`).
+        config.listen = listeners
+            .iter()
+            .filter(|(_, role)| *role == Role::Relay)
+            .map(|(bound, _)| bound.addr)
+            .collect();
         let web = config.web.map(WebListener::bind).transpose()?;
         // Only now: the mail directory and the spool.
         std::fs::create_dir_all(&config.mail_dir).map_err(|e| {
