@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::Client;
+use smtplab::smtp::auth::base64_encode;
 
 const STUDENTS: usize = 20;
 const MESSAGES: usize = 20;
@@ -89,9 +90,19 @@ const ATTACKERS: &[Attacker] = &[
         from: "127.0.0.14",
         attack: junk_for_ever,
     },
-    // Finding 5 (a mailbox filled to its limit) and finding 11 (password guessing past the
-    // per-address budget) each add their attacker here.
+    Attacker {
+        finding: "11: guesses alice's password over SMTP AUTH and POP3 in turn",
+        from: "127.0.0.16",
+        attack: guess_passwords,
+    },
+    // Finding 5 (a mailbox filled to its limit) adds its attacker here.
 ];
+
+/// The password-failure budget of an address in this run (`--auth-budget`), and the first
+/// wait after the free failures (`--auth-delay`, seconds): small, so the guesser spends its
+/// budget within a few seconds.
+const GUESS_BUDGET: u32 = 5;
+const GUESS_DELAY: &str = "0.05";
 
 #[test]
 fn twenty_students_deliver_everything_while_attackers_do_their_worst() {
@@ -99,7 +110,7 @@ fn twenty_students_deliver_everything_while_attackers_do_their_worst() {
     #[rustfmt::skip]
     let server = common::binary(&[
         "--tls-self-signed", "--smtps", &smtps.to_string(), "--pop3", &pop3.to_string(),
-        "--timeout", "3",
+        "--timeout", "3", "--auth-budget", &GUESS_BUDGET.to_string(), "--auth-delay", GUESS_DELAY,
     ].map(String::from));
     common::wait_until("the SMTPS and POP3 listeners", || {
         TcpStream::connect(smtps).is_ok() && TcpStream::connect(pop3).is_ok()
@@ -265,4 +276,108 @@ fn junk_for_ever(from: &str, field: &Field) {
             }
         }
     }
+}
+
+/// Finding 11: wrong passwords for alice, over SMTP AUTH and POP3 in turn, reconnecting after
+/// every refusal. The server judges at most the budget's worth of them; after that every try,
+/// in either protocol and on any new connection, is refused unjudged. Under way once both
+/// protocols have shut it out.
+fn guess_passwords(from: &str, field: &Field) {
+    let (mut said, mut judged, mut guess) = (false, 0, 0);
+    while !field.stopped() {
+        let smtp = guess_over_smtp(from, field.smtp, &mut guess);
+        let pop3 = guess_over_pop3(from, field.pop3, &mut guess);
+        judged += smtp.judged + pop3.judged;
+        if smtp.shut_out && pop3.shut_out {
+            field.engaged(&mut said);
+        }
+    }
+    assert!(
+        judged <= GUESS_BUDGET,
+        "{judged} of {guess} guesses were judged; the budget is {GUESS_BUDGET}"
+    );
+}
+
+/// What one connection of guesses came to: how many the server judged (a plain "wrong
+/// password"), and whether it ended with the budget's refusal.
+struct Guesses {
+    judged: u32,
+    shut_out: bool,
+}
+
+/// The budget's words, in SMTP's 421 and POP3's -ERR [AUTH] alike.
+const SHUT_OUT: &str = "Too many failed logins";
+
+fn guess_over_smtp(from: &str, smtp: SocketAddr, guess: &mut u32) -> Guesses {
+    let mut guesses = Guesses {
+        judged: 0,
+        shut_out: false,
+    };
+    let Ok(tcp) = common::connect_from(from, smtp) else {
+        return guesses;
+    };
+    let mut c = Client::over(tcp);
+    c.expect("EHLO guesser.example", 250);
+    loop {
+        *guess += 1;
+        let wrong = base64_encode(format!("\0alice\0guess-{guess}").as_bytes());
+        let Some(reply) = ask(&mut c, &format!("AUTH PLAIN {wrong}")) else {
+            return guesses;
+        };
+        match reply.code {
+            535 => guesses.judged += 1,
+            421 => {
+                guesses.shut_out = reply.text().contains(SHUT_OUT);
+                return guesses;
+            }
+            _ => panic!("guess {guess} got {reply:?}"),
+        }
+    }
+}
+
+/// One command, and its reply; None once the server has closed the connection.
+fn ask(c: &mut Client, line: &str) -> Option<common::Reply> {
+    c.reader
+        .get_mut()
+        .write_all(format!("{line}\r\n").as_bytes())
+        .ok()?;
+    c.try_reply()
+}
+
+fn guess_over_pop3(from: &str, pop3: SocketAddr, guess: &mut u32) -> Guesses {
+    let mut guesses = Guesses {
+        judged: 0,
+        shut_out: false,
+    };
+    let Ok(tcp) = common::connect_from(from, pop3) else {
+        return guesses;
+    };
+    let mut reader = BufReader::new(tcp);
+    let mut say = |line: &str| -> Option<String> {
+        if !line.is_empty() {
+            let sent = reader.get_mut().write_all(format!("{line}\r\n").as_bytes());
+            sent.ok()?;
+        }
+        let mut answer = String::new();
+        match reader.read_line(&mut answer) {
+            Ok(n) if n > 0 => Some(answer),
+            _ => None,
+        }
+    };
+    if !say("").is_some_and(|greeting| greeting.starts_with("+OK")) {
+        return guesses;
+    }
+    while say("USER alice").is_some_and(|answer| answer.starts_with("+OK")) {
+        *guess += 1;
+        let Some(answer) = say(&format!("PASS guess-{guess}")) else {
+            break;
+        };
+        assert!(answer.starts_with("-ERR"), "guess {guess} got {answer:?}");
+        if answer.contains(SHUT_OUT) {
+            guesses.shut_out = true;
+            break;
+        }
+        guesses.judged += 1;
+    }
+    guesses
 }
