@@ -284,6 +284,54 @@ fn secrets_never_reach_a_transcript_the_console_or_the_log() {
     assert!(all.contains("C: AUTH{TAB}PLAIN{TAB}{secret}"), "{all}");
 }
 
+/// `-v` alone logs every line a client sends: a SASL continuation line (AUTH PLAIN's response
+/// after its 334, AUTH LOGIN's user name and password) and POP3's PASS are logged masked.
+#[test]
+fn the_verbose_log_masks_sasl_continuation_lines() {
+    let dir = TempDir::new("verbose-secrets");
+    let (smtp, pop3) = (free_addr(), free_addr());
+    let users = users(&dir);
+    let options = args(&[
+        "-v",
+        "--pop3",
+        &pop3.to_string(),
+        "--users",
+        &users,
+        "--mail-dir",
+        &dir.path().join("mail").display().to_string(),
+    ]);
+    let server = start_binary_logged(smtp, &options, dir.path());
+    let mut c = Client::connect(smtp);
+    c.expect("EHLO c", 250);
+    c.expect("AUTH PLAIN", 334);
+    c.expect(&plain("", "alice", PASSWORD), 235);
+    c.expect("QUIT", 221);
+    let mut c = Client::connect(smtp);
+    c.expect("EHLO c", 250);
+    c.expect("AUTH LOGIN", 334);
+    c.expect(&base64_encode(b"alice"), 334);
+    c.expect(&base64_encode(PASSWORD.as_bytes()), 235);
+    c.expect("QUIT", 221);
+    let mut p = Pop3::from(here(), pop3);
+    assert!(p.cmd("USER alice").starts_with("+OK"));
+    assert!(p.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK"));
+    assert!(p.cmd("QUIT").starts_with("+OK"));
+    drop(server); // the log is complete
+    let log = read(&dir.path().join("stderr"));
+    for secret in [
+        PASSWORD.to_string(),
+        plain("", "alice", PASSWORD),
+        base64_encode(PASSWORD.as_bytes()),
+        base64_encode(b"alice"),
+    ] {
+        assert!(!log.contains(&secret), "the log shows {secret}:\n{log}");
+    }
+    // The lines are logged, masked: the log was not merely silent.
+    let masked = log.lines().filter(|l| l.ends_with("C: {secret}")).count();
+    assert_eq!(masked, 3, "three continuation lines:\n{log}");
+    assert!(log.contains("C: PASS {secret}"), "{log}");
+}
+
 #[test]
 fn transcripts_are_private() {
     use std::os::unix::fs::PermissionsExt;
