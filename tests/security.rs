@@ -582,6 +582,27 @@ fn case_4_16_error_limit() {
     assert!(c.is_closed());
 }
 
+/// Cases 4.17 and 4.19 inside TLS: the deadlines are the same as in the clear (core.rs has them
+/// there).
+#[test]
+fn case_4_17_and_4_19_inside_tls() {
+    let server = common::start_tls(&["--timeout", "1", "--domain", "teach.test"]);
+    let mut idle = server.tls_client();
+    idle.expect("EHLO c", 250);
+    assert_reply(&idle.reply(), 421, "4.4.2");
+    assert!(idle.is_closed());
+    let mut silent = server.tls_client();
+    silent.expect("EHLO c", 250);
+    silent.expect("MAIL FROM:<a@relay.example>", 250);
+    silent.expect("RCPT TO:<alice@teach.test>", 250);
+    silent.expect("DATA", 354);
+    silent.send(b"Subject: half\r\n\r\nfirst line\r\n");
+    assert_reply(&silent.reply(), 421, "4.4.2");
+    assert!(silent.is_closed());
+    server.wait_idle();
+    assert!(server.mbox("alice").is_empty(), "no mail");
+}
+
 #[test]
 fn case_4_18_connection_dropped_in_the_middle_of_data() {
     let server = start_teach_test(&[]);
