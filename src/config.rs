@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
 /// The longest `--timeout`: a day. Deadlines are `Instant`s; a timeout near `u64::MAX`
 /// seconds would overflow them.
 pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+/// The shortest `--timeout`: a millisecond. Less rounds to a zero `Duration`, which no socket
+/// accepts as a timeout, so every session would end before its greeting.
+pub const MIN_TIMEOUT_SECS: f64 = 0.001;
 /// The longest `--retry` wait and `--queue-lifetime`: a year, far beyond any real queue.
 pub const MAX_QUEUE_DURATION: Duration = Duration::from_secs(365 * 86_400);
 pub const DEMO_PASSWORD: &str = "password";
@@ -425,9 +428,9 @@ impl Config {
         self.max_recipients = positive(m, "max-recipients", self.max_recipients)?;
         self.max_errors = positive(m, "max-errors", self.max_errors)?;
         let seconds = number(m, "timeout", self.idle_timeout.as_secs_f64())?;
-        if !(seconds > 0.0 && seconds <= MAX_TIMEOUT_SECS) {
+        if !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&seconds) {
             return Err(format!(
-                "--timeout needs a number of seconds above 0 and at most {MAX_TIMEOUT_SECS} (a day), not '{seconds}'."
+                "--timeout needs a number of seconds from {MIN_TIMEOUT_SECS} to {MAX_TIMEOUT_SECS} (a day), not '{seconds}'."
             ));
         }
         self.idle_timeout = Duration::from_secs_f64(seconds);
