@@ -50,6 +50,7 @@ pub const LAB_PORTS: LabPorts = LabPorts {
     smtps: 2465,
     pop3: 2110,
     pop3s: 2995,
+    web: 8025,
 };
 /// `--lab` records every session here unless `--transcripts` says otherwise.
 pub const LAB_TRANSCRIPTS: &str = "transcripts-mine";
@@ -62,6 +63,8 @@ pub struct LabPorts {
     pub smtps: u16,
     pub pop3: u16,
     pub pop3s: u16,
+    /// The live view: always on loopback, since it is the teacher's screen (lesson 17).
+    pub web: u16,
 }
 
 /// Everything the server needs to run.
@@ -108,12 +111,25 @@ pub struct Config {
     pub queue_lifetime: Duration,
     /// Send all foreign mail to this `HOST:PORT` instead of looking up MX (`--smart-host`).
     pub smart_host: Option<String>,
+    /// When the relay uses STARTTLS towards the next hop (`--relay-tls`).
+    pub relay_tls: crate::relay::client::TlsPolicy,
+    /// Delivery threads (`--relay-workers`).
+    pub relay_workers: usize,
+    /// The longest one conversation with a next hop may take (`--relay-deadline`).
+    pub relay_deadline: Duration,
     /// `--trace`: print every line in and out, with state transitions, on stdout.
     pub trace: bool,
     /// `--explain`: end reply texts with the RFC section and the next expected command.
     pub explain: bool,
     /// `--fault RULE`: scripted refusals for client-writing labs.
     pub faults: Vec<crate::lab::fault::Rule>,
+    /// `--web ADDR`: the live view in a browser.
+    pub web: Option<SocketAddr>,
+    /// `--web-show-mail`: raw messages on the web view even off loopback.
+    pub web_show_mail: bool,
+    /// Where every session reports for the web view; on only with `--web`. It lives here
+    /// because every session already holds the configuration.
+    pub live: crate::web::live::Board,
     /// Networks that may send passwords without TLS (`--plaintext-auth-from`,
     /// `--allow-plaintext-auth`); by default this machine only.
     pub plaintext_auth_from: Vec<Cidr>,
@@ -250,9 +266,15 @@ impl Default for Config {
             retry: crate::relay::queue::Schedule::default().retry,
             queue_lifetime: crate::relay::queue::DEFAULT_QUEUE_LIFETIME,
             smart_host: None,
+            relay_tls: crate::relay::client::TlsPolicy::default(),
+            relay_workers: crate::relay::worker::DEFAULT_WORKERS,
+            relay_deadline: crate::relay::worker::DEFAULT_DEADLINE,
             trace: false,
             explain: false,
             faults: Vec::new(),
+            web: None,
+            web_show_mail: false,
+            live: crate::web::live::Board::default(),
             plaintext_auth_from: loopback_networks(),
             auth_budget: Arc::new(AuthBudget::new(AuthPolicy::default())),
         }
@@ -299,6 +321,9 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "spool",           One,     "DIR",       "outbound queue (default ./spool)"),
     ("",  "retry",           One,     "LIST",      "waits between attempts, e.g. 1m,5m,30m,2h"),
     ("",  "queue-lifetime",  One,     "DUR",       "bounce after this long (default 5d)"),
+    ("",  "relay-tls",       One,     "LEVEL",     "STARTTLS to the next hop: none, may, encrypt (default may)"),
+    ("",  "relay-workers",   One,     "N",         "delivery threads (default 4)"),
+    ("",  "relay-deadline",  One,     "DUR",       "longest conversation with a next hop (default 15m)"),
     ("",  "plaintext-auth-from", Many, "CIDR",     "may log in without TLS (default: this machine)"),
     ("",  "allow-plaintext-auth", Nothing, "",     "any address may log in without TLS (a LAN lab)"),
     ("",  "auth-budget",     One,     "N",         "failed logins per address before a lockout (10)"),
@@ -307,6 +332,8 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "trace",           Nothing, "",          "print every C:/S: line with its state transition"),
     ("",  "explain",         Nothing, "",          "end replies with the RFC section and next command"),
     ("",  "fault",           Many,    "RULE",      "scripted reply, e.g. rcpt:3=452 (repeatable)"),
+    ("",  "web",             One,     "ADDR",      "live view in a browser, e.g. 127.0.0.1:8025"),
+    ("",  "web-show-mail",   Nothing, "",          "open raw messages on the web view off loopback too"),
     ("v", "verbose",         Nothing, "",          "log every command (or set RUST_LOG)"),
     ("h", "help",            Nothing, "",          "print this help"),
     ("V", "version",         Nothing, "",          "print the version"),
@@ -389,7 +416,22 @@ impl Config {
             .iter()
             .map(|rule| crate::lab::fault::Rule::parse(rule))
             .collect::<Result<_, _>>()?;
+        config.read_web_options(m)?;
         Ok(config)
+    }
+
+    /// `--web ADDR` (or a web address set before) turns the live board on; `--web-show-mail`
+    /// shows mail on it off loopback too.
+    fn read_web_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
+        self.web_show_mail = m.opt_present("web-show-mail");
+        if let Some(addr) = m.opt_str("web") {
+            self.web = Some(parse_addr(&addr).map_err(|e| format!("--web: {e}"))?);
+        }
+        if let Some(addr) = self.web {
+            let shows_mail = self.web_show_mail || addr.ip().is_loopback();
+            self.live = crate::web::live::Board::on(shows_mail);
+        }
+        Ok(())
     }
 }
 
@@ -415,6 +457,8 @@ impl Config {
         if self.transcripts.is_none() {
             self.transcripts = Some(PathBuf::from(LAB_TRANSCRIPTS));
         }
+        // `--web` read later still moves it.
+        self.web = Some(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), ports.web));
     }
 
     // ANCHOR: read_limits
@@ -526,6 +570,14 @@ impl Config {
                 return Err(format!("--smart-host needs HOST:PORT, not '{host}'."));
             }
             self.smart_host = Some(host);
+        }
+        if let Some(level) = m.opt_str("relay-tls") {
+            self.relay_tls = crate::relay::client::TlsPolicy::parse(&level)?;
+        }
+        self.relay_workers = number(m, "relay-workers", self.relay_workers)?.max(1);
+        if let Some(text) = m.opt_str("relay-deadline") {
+            self.relay_deadline = crate::relay::queue::parse_duration(&text)
+                .map_err(|e| format!("--relay-deadline: {e}"))?;
         }
         Ok(())
     }
@@ -681,6 +733,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mail_shows_on_the_web_view_only_on_loopback_unless_asked() {
+        let shows = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let matches = options().parse(&args).expect("parse");
+            Config::from_matches(&matches)
+                .expect("config")
+                .live
+                .shows_mail()
+        };
+        assert!(shows(&["--web", "127.0.0.1:8025"]));
+        assert!(shows(&["--web", "[::1]:8025"]));
+        assert!(!shows(&["--web", "0.0.0.0:8025"]));
+        assert!(shows(&["--web", "0.0.0.0:8025", "--web-show-mail"]));
+        assert!(!shows(&[]), "no --web, no board");
+    }
+
+    #[test]
     fn defaults_make_the_first_minute_work() {
         let config = Config::default();
         assert_eq!(config.listen[0].to_string(), "127.0.0.1:2525");
@@ -716,6 +785,10 @@ mod tests {
         assert_eq!(ports(&lab.smtps), ["127.0.0.1:2465"]);
         assert_eq!(ports(&lab.pop3), ["127.0.0.1:2110"]);
         assert_eq!(ports(&lab.pop3s), ["127.0.0.1:2995"]);
+        assert_eq!(
+            lab.web.map(|a| a.to_string()),
+            Some("127.0.0.1:8025".into())
+        );
         assert_eq!(lab.tls, Some(TlsSource::SelfSigned));
         assert_eq!(lab.transcripts, Some(PathBuf::from("transcripts-mine")));
         assert!(lab.demo_users);
@@ -730,6 +803,11 @@ mod tests {
         assert_eq!(ports(&room.submission), ["0.0.0.0:2587"]);
         assert_eq!(ports(&room.pop3), ["0.0.0.0:3110"]);
         assert_eq!(ports(&room.pop3s), ["0.0.0.0:2995"]);
+        // The live view is the teacher's own screen: loopback even when the room is served.
+        assert_eq!(
+            room.web.map(|a| a.to_string()),
+            Some("127.0.0.1:8025".into())
+        );
         let recorded = parse(&["--lab", "--transcripts", "elsewhere"]);
         assert_eq!(recorded.transcripts, Some(PathBuf::from("elsewhere")));
         assert!(

@@ -16,6 +16,7 @@
 //! | [`relay`] | mail for other domains: the queue, MX lookup, the next hop, bounces | 11 |
 //! | [`lab`] | classroom tools: transcripts, replay, compare, trace, faults, the bench | 12, 15, 16 |
 //! | [`pop3`] | reading mail back out over POP3 | 13 |
+//! | [`web`] | `--web`: the live view of sessions, state machine, mailboxes and queue | 17 |
 //!
 //! Standards: none
 
@@ -39,3 +40,5 @@ pub mod relay;
 pub mod lab;
 
 pub mod pop3;
+
+pub mod web;

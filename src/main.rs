@@ -135,6 +135,7 @@ fn purpose(role: &str, config: &Config) -> &'static str {
         "SMTPS" => "TLS from the first byte: openssl s_client",
         "POP3" => "read the mail back: USER, PASS, LIST, RETR",
         "POP3S" => "POP3 inside TLS from the first byte",
+        "web" => "the live view: open this address in a browser",
         _ => "",
     }
 }

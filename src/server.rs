@@ -1,15 +1,15 @@
 //! The whole server: the listeners of every role, the mail directory, TLS, and the relay.
 //!
 //! Interface:
-//! - `Server::bind(config)` binds every `--listen`, `--submission`, `--smtps`, `--pop3` and
-//!   `--pop3s` address (an error is one plain sentence).
+//! - `Server::bind(config)` binds every `--listen`, `--submission`, `--smtps`, `--pop3`,
+//!   `--pop3s` and `--web` address (an error is one plain sentence).
 //! - `Server::run()` accepts forever; `Server::spawn()` accepts on background threads and
 //!   returns a handle that stops them (tests use this). Both also start the relay thread
 //!   (`relay/worker.rs`), which the handle stops too.
 //!
 //! Every listener is a welcome socket of `net/listener.rs`, and all of them share one
 //! `Admission`: `--max-connections` and `--max-connections-per-ip` count SMTP and POP3 clients
-//! together. SMTP's part is `Smtp`, the service that starts `connection::serve`.
+//! and `--web` browsers together. SMTP's part is `Smtp`, the service that starts `connection::serve`.
 //!
 //! Standards: RFC 5321 §3.1, RFC 5321 §4.5.3.2, RFC 5321 §3.8
 
@@ -30,6 +30,7 @@ use crate::smtp::reply::Reply;
 use crate::smtp::session::Role;
 use crate::store::delivery::LocalDelivery;
 use crate::store::mbox::MailDir;
+use crate::web::server::{WebHandle, WebListener};
 
 /// The bound listeners and what their sessions share.
 pub struct Server {
@@ -40,6 +41,8 @@ pub struct Server {
     /// `--pop3` listeners; they serve the same mail directory.
     pop3: Vec<Pop3Listener>,
     spool: Arc<Spool>,
+    /// `--web`: the live view's welcome socket.
+    web: Option<WebListener>,
 }
 
 /// Stops the welcome sockets when dropped, then the relay thread.
@@ -50,6 +53,7 @@ pub struct ServerHandle {
     config: Arc<Config>,
     /// Dropped after the welcome sockets stop, which stops the relay thread.
     _relay: Option<RelayHandle>,
+    web: Option<WebHandle>,
 }
 
 /// SMTP as a welcome socket's service: one listener's role, session numbers shared by all.
@@ -78,7 +82,7 @@ impl Service for Smtp {
 
 impl Server {
     /// Bind every listen address, create the mail directory, and deliver locally.
-    pub fn bind(config: Config) -> Result<Server, String> {
+    pub fn bind(mut config: Config) -> Result<Server, String> {
         std::fs::create_dir_all(&config.mail_dir).map_err(|e| {
             format!(
                 "Cannot create the mail directory {}: {e}.",
@@ -119,6 +123,14 @@ impl Server {
         if !config.pop3s.is_empty() && tls.is_none() {
             return Err("--pop3s needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
+        // The addresses really bound (a port 0 became a real port): the relay compares next
+        // hops with them to find mail that would loop back here (relay/dns.rs `Me`).
+        config.listen = listeners
+            .iter()
+            .filter(|(_, role)| *role == Role::Relay)
+            .map(|(bound, _)| bound.addr)
+            .collect();
+        let web = config.web.map(WebListener::bind).transpose()?;
         let admission = Admission::new(Limits {
             total: config.max_connections,
             per_ip: config.max_connections_per_ip,
@@ -134,6 +146,7 @@ impl Server {
             admission,
             pop3,
             spool,
+            web,
         })
     }
 
@@ -147,21 +160,18 @@ impl Server {
 
     /// Every bound listener with the name of its role, for the start-up banner.
     pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
-        let smtp = self.local_addrs().into_iter().map(|(addr, role)| {
-            let name = match role {
-                Role::Relay => "SMTP",
-                Role::Submission => "submission",
-                Role::ImplicitTls => "SMTPS",
-            };
-            (name, addr)
-        });
+        let smtp = self
+            .local_addrs()
+            .into_iter()
+            .map(|(addr, role)| (role.name(), addr));
         let pop3 = self.pop3.iter().map(|l| {
             (
                 if l.implicit_tls { "POP3S" } else { "POP3" },
                 l.local_addr(),
             )
         });
-        smtp.chain(pop3).collect()
+        let web = self.web.iter().map(|l| ("web", l.local_addr()));
+        smtp.chain(pop3).chain(web).collect()
     }
 
     /// The configuration the server runs with.
@@ -210,6 +220,13 @@ impl Server {
                 (welcome, implicit)
             })
             .collect();
+        let web = self.web.map(|listener| {
+            listener.spawn(
+                context.config.clone(),
+                self.spool.clone(),
+                self.admission.clone(),
+            )
+        });
         let relay = worker::start(
             context.config.clone(),
             self.spool,
@@ -223,6 +240,7 @@ impl Server {
             pop3,
             config: context.config.clone(),
             _relay: relay,
+            web,
         }
     }
 }
@@ -292,6 +310,11 @@ impl ServerHandle {
             .iter()
             .find(|(_, implicit)| *implicit == implicit_tls)
             .map(|(welcome, _)| welcome.addr())
+    }
+
+    /// The `--web` address actually bound, if any.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(WebHandle::addr)
     }
 
     /// POP3 sessions running now.

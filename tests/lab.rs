@@ -50,11 +50,14 @@ impl<S: std::io::Read + Write> Pop3<S> {
 }
 
 #[test]
-fn lab_opens_five_listeners_and_one_path_runs_without_a_restart() {
+fn lab_opens_every_listener_and_one_path_runs_without_a_restart() {
     let dir = TempDir::new("lab");
     let lab = LabServer::start(&dir, &[]);
     let roles: Vec<&str> = lab.listeners.keys().map(String::as_str).collect();
-    assert_eq!(roles, ["POP3", "POP3S", "SMTP", "SMTPS", "submission"]);
+    assert_eq!(
+        roles,
+        ["POP3", "POP3S", "SMTP", "SMTPS", "submission", "web"]
+    );
 
     // Minute 0: a telnet-style session on the SMTP port, to bob.
     let mut smtp = Client::connect(lab.addr("SMTP"));

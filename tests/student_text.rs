@@ -305,7 +305,7 @@ fn a_recording_replays_against_any_fresh_server_and_replays_are_not_recorded() {
         start_binary(listen, &options)
     };
     let _one = start(first, "one.test", &mine, "mail-one");
-    // Session S1 says only QUIT; S2 sends a message, so its 250 names message S2.1.
+    // Session S1 says only QUIT; S2 sends a message, so its 250 names message S2-1-<this process>.
     let mut c = Client::connect(first);
     c.expect("QUIT", 221);
     let mut c = Client::connect(first);

@@ -5,7 +5,8 @@
 //! - `client`, `server`, `transition`, `event`, `data_hint` format one console line each, as
 //!   plain strings (coloured when `Style::colour` is set); pure functions, tested without I/O.
 //! - `Console` prints those strings for one session: one write per block under the stdout lock,
-//!   so the lines of several sessions interleave but never tear.
+//!   so the lines of several sessions interleave but never tear. With `--web` it also reports
+//!   every line and move to the live board (`web/live.rs`), so the page sees what `--trace` sees.
 //! - `explain(reply, rfc, next, ehlo)` adds the `--explain` note to a reply; `next_expected`
 //!   says in words what a client should send in a state.
 //! - Every line a student's bytes reach is written with `visible::escape` (client lines, in the
@@ -16,12 +17,15 @@
 //! Standards: RFC 5321 §4.1.4, RFC 5321 §4.2, RFC 5321 §4.1.1.1, RFC 4954 §4
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::config::Config;
 use crate::smtp::auth::Masked;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::StateName;
+use crate::smtp::session::{Role, StateName};
 use crate::visible;
+use crate::web::live::{Opening, Watch};
 
 /// After this long without a line in DATA the console reminds the teacher how DATA ends (or
 /// after half the idle timeout, when that is shorter, so the hint always comes before the 421).
@@ -177,12 +181,11 @@ pub fn event(style: Style, id: &str, text: &str) -> String {
 
 /// The reminder for a student who typed a message and forgot the lone dot.
 pub fn data_hint(style: Style, id: &str) -> String {
-    event(
-        style,
-        id,
-        "still in DATA: end the message with a line holding only a dot",
-    )
+    event(style, id, DATA_HINT)
 }
+
+/// What the reminder says, on the console and on the web view.
+const DATA_HINT: &str = "still in DATA: end the message with a line holding only a dot";
 
 // ANCHOR: explain
 /// What a client should send next, in words, in each state.
@@ -222,19 +225,49 @@ pub fn explain(reply: Reply, rfc: &str, next: StateName, ehlo: bool) -> Reply {
 }
 // ANCHOR_END: explain
 
-/// The console of one session.
-#[derive(Debug, Clone)]
+/// The console of one session: printed with `--trace`, shown on the web view with `--web`.
+#[derive(Clone)]
 pub struct Console {
     pub style: Style,
     pub id: String,
+    /// `--trace`: print on stdout.
+    pub to_stdout: bool,
+    /// `--web`: the same events on the live board.
+    pub live: Option<Watch>,
 }
 
 impl Console {
+    /// The console of an SMTP session, when `--trace` prints it or `--web` shows it.
+    pub fn open(
+        config: &Config,
+        style: Style,
+        id: &str,
+        peer: SocketAddr,
+        role: Role,
+    ) -> Option<Console> {
+        let live = config.live.open(Opening {
+            id: id.to_string(),
+            peer,
+            role: role.name(),
+            machine: "smtp",
+            state: format!("{:?}", StateName::Connected),
+        });
+        (config.trace || live.is_some()).then(|| Console {
+            style,
+            id: id.to_string(),
+            to_stdout: config.trace,
+            live,
+        })
+    }
+
     /// Write a block of lines with one call under the stdout lock: the block never tears.
     /// A console that cannot be written must not end a session, so errors are ignored.
-    pub fn print(&self, block: &str) {
+    fn print(&self, block: impl FnOnce() -> String) {
+        if !self.to_stdout {
+            return;
+        }
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(block.as_bytes());
+        let _ = out.write_all(block().as_bytes());
         let _ = out.flush();
     }
 
@@ -245,23 +278,47 @@ impl Console {
 
     /// A command line, its secret already masked.
     pub fn command(&self, line: Masked) {
-        self.print(&client(self.style, &self.id, line));
+        if let Some(live) = &self.live {
+            live.command(line);
+        }
+        self.print(|| client(self.style, &self.id, line));
+    }
+
+    /// A line of a message: on the web view only where mail may be shown (`Board::on`).
+    pub fn data(&self, bytes: &[u8]) {
+        if let Some(live) = &self.live {
+            live.data(bytes);
+        }
+        self.print(|| client(self.style, &self.id, Masked::new(bytes, None)));
     }
 
     pub fn server(&self, wire: &str) {
-        self.print(&server(self.style, &self.id, wire));
+        if let Some(live) = &self.live {
+            live.server(wire);
+        }
+        self.print(|| server(self.style, &self.id, wire));
     }
 
     pub fn transition(&self, states: (StateName, StateName), rfc: &str, fault: Option<&str>) {
-        self.print(&transition(self.style, &self.id, states, rfc, fault));
+        if let Some(live) = &self.live {
+            let (from, to) = states;
+            live.moved(&format!("{from:?}"), &format!("{to:?}"), rfc);
+        }
+        self.print(|| transition(self.style, &self.id, states, rfc, fault));
     }
 
     pub fn event(&self, text: &str) {
-        self.print(&event(self.style, &self.id, text));
+        if let Some(live) = &self.live {
+            live.event(text);
+        }
+        self.print(|| event(self.style, &self.id, text));
     }
 
     pub fn data_hint(&self) {
-        self.print(&data_hint(self.style, &self.id));
+        if let Some(live) = &self.live {
+            live.event(DATA_HINT);
+        }
+        self.print(|| data_hint(self.style, &self.id));
     }
 }
 

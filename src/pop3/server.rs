@@ -35,6 +35,7 @@ use crate::pop3::session::{
 };
 use crate::smtp::auth;
 use crate::store::mbox::{self, DeliveryError, MailDir};
+use crate::web::live::{Opening, Watch};
 
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
 pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
@@ -137,6 +138,7 @@ fn serve_tcp(
         .map(|a| listener::canonical(a).to_string())
         .unwrap_or_default();
     info!("[{id}] POP3 connect from {peer}");
+    let watch = open_watch(&session, &stream, &id, implicit_tls);
     if let Err(error) = stream.set_write_timeout(Some(AUTOLOGOUT)) {
         warn!("[{id}] cannot set a write timeout: {error}");
         return;
@@ -154,17 +156,29 @@ fn serve_tcp(
             }
         };
     }
-    serve(stream, session, &id, acceptor, idle);
+    serve(stream, session, &id, acceptor, idle, watch);
+}
+
+/// Tell `--web` a POP3 session opened (`None` without `--web`).
+fn open_watch(session: &Session, stream: &TcpStream, id: &str, tls: bool) -> Option<Watch> {
+    session.live().open(Opening {
+        id: id.to_string(),
+        peer: stream.peer_addr().ok()?,
+        role: if tls { "POP3S" } else { "POP3" },
+        machine: "pop3",
+        state: format!("{:?}", session::StateName::Authorization),
+    })
 }
 
 /// One client on this thread, over any stream with a read deadline. Errors end the
-/// connection; they are logged, never panics.
+/// connection; they are logged, never panics. `watch` reports to `--web`.
 pub fn serve(
     stream: Stream,
     session: Session,
     id: &str,
     acceptor: Option<Arc<Acceptor>>,
     idle: Duration,
+    watch: Option<Watch>,
 ) {
     let mut connection = Connection {
         stream: Some(stream),
@@ -174,6 +188,7 @@ pub fn serve(
         session,
         id,
         output: Vec::new(),
+        watch,
     };
     let outcome = connection.run();
     let state = connection.session.state().name();
@@ -196,6 +211,8 @@ struct Connection<'a> {
     session: Session,
     id: &'a str,
     output: Vec<u8>,
+    /// `--web`: lines and moves for the live view.
+    watch: Option<Watch>,
 }
 
 impl Connection<'_> {
@@ -258,7 +275,16 @@ impl Connection<'_> {
         let secret = is_pass(&line.bytes).then(|| auth::secret_after(&line.bytes, 1));
         let shown = auth::Masked::new(&line.bytes, secret.flatten());
         debug!("[{}] C: {shown}", self.id);
-        Ok(Ok(self.session.command(&line.bytes)))
+        let step = self.session.command(&line.bytes);
+        if let Some(watch) = &self.watch {
+            watch.command(shown);
+            watch.moved(
+                &format!("{:?}", step.from),
+                &format!("{:?}", step.to),
+                step.rfc,
+            );
+        }
+        Ok(Ok(step))
     }
 
     /// Queue responses; `flush` writes them.
@@ -267,7 +293,12 @@ impl Connection<'_> {
             // A response may quote the client; the log is read on a terminal too.
             let logged = crate::visible::sanitize(&response.to_string());
             debug!("[{}] S: {logged}", self.id);
-            self.output.extend_from_slice(&response.to_wire());
+            let wire = response.to_wire();
+            if let Some(watch) = &self.watch {
+                // The status line only: the lines after it may be a message (RETR, TOP).
+                watch.server(String::from_utf8_lossy(&wire).lines().next().unwrap_or(""));
+            }
+            self.output.extend_from_slice(&wire);
         }
     }
 

@@ -106,11 +106,16 @@ pub fn mermaid() -> String {
     machine::mermaid(
         POP3_TRANSITIONS,
         (Authorization, "+OK greeting", Closed),
-        |on| match on {
-            Trigger::Command(verb) => verb.name().to_string(),
-            Trigger::Updated => "deletions committed".to_string(),
-        },
+        label,
     )
+}
+
+/// How each trigger of the POP3 table is labelled in a picture.
+pub fn label(on: &Trigger) -> String {
+    match on {
+        Trigger::Command(verb) => verb.name().to_string(),
+        Trigger::Updated => "deletions committed".to_string(),
+    }
 }
 
 /// One message of a maildrop as the hook hands it over.
@@ -381,6 +386,11 @@ fn listed(from: StateName, trigger: Option<Trigger>, to: StateName, next: Next) 
 }
 
 impl Session {
+    /// Where this session reports for `--web` (off without it).
+    pub fn live(&self) -> &crate::web::live::Board {
+        &self.config.live
+    }
+
     pub fn new(config: Arc<Config>, maildrops: Arc<dyn Maildrops>, tls: Tls) -> Session {
         Session {
             state: State::Authorization { user: None },

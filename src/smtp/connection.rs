@@ -11,7 +11,8 @@
 //! STARTTLS drops every byte that arrived before the handshake (RFC 3207 §4.2, CVE-2011-0411).
 //! The peer address is IPv4 when the client is, also on a `[::]` listener.
 //! With `--trace` every line in and out, each state transition, connect, disconnect and TLS
-//! start go to the console (`trace::Console`); `--fault greeting=...` rules act in `start`.
+//! start go to the console (`trace::Console`), which also feeds `--web`; `--fault greeting=...`
+//! rules act in `start`.
 //!
 //! Standards: RFC 5321 §4.5.3.2.7, RFC 5321 §3.8, RFC 2920 §3.1, RFC 5321 §4.1.1.4, RFC 3207 §4.2, RFC 8314 §3.3, RFC 3030 §2
 
@@ -118,10 +119,7 @@ pub fn serve(tcp: TcpStream, context: Context, number: u64, role: Role) {
             })
             .ok()
     });
-    let console = context.config.trace.then(|| Console {
-        style: Style::for_stdout(number),
-        id: id.clone(),
-    });
+    let console = Console::open(&context.config, Style::for_stdout(number), &id, peer, role);
     if let Some(console) = &console {
         console.event(&connect_text(peer, local, role, &context.config.faults));
     }
@@ -548,7 +546,7 @@ impl TracedData {
             ));
         }
         if end || self.lines <= trace::MAX_DATA_LINES_SHOWN {
-            console.client(bytes);
+            console.data(bytes);
         } else {
             self.hidden += 1;
         }
