@@ -40,6 +40,15 @@ fn queue_listing(spool: &Path) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The names of every file in the spool directory.
+fn spool_files(spool: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(spool)
+        .expect("the spool directory")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect()
+}
+
 #[test]
 fn queued_mail_survives_sigkill_and_is_relayed_exactly_once() {
     let dir = TempDir::new("queue-crash");
@@ -78,6 +87,10 @@ fn queued_mail_survives_sigkill_and_is_relayed_exactly_once() {
     wait_until("the queue to empty", || {
         queue_listing(&spool) == "The queue is empty.\n"
     });
+    // The listing reads state files, and a finished entry loses its state file first and its
+    // content a moment later (a kill in between leaves content the next start removes): wait
+    // for the content too before killing, or the check below races the relay.
+    wait_until("the content files to go", || spool_files(&spool).is_empty());
     drop(second);
 
     let received: Vec<String> = hop
@@ -93,10 +106,6 @@ fn queued_mail_survives_sigkill_and_is_relayed_exactly_once() {
             .count();
         assert_eq!(copies, 1, "{marker} arrived {copies} times");
     }
-    let left: Vec<_> = std::fs::read_dir(&spool)
-        .expect("the spool directory")
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let left = spool_files(&spool);
     assert!(left.is_empty(), "files left in the spool: {left:?}");
 }
