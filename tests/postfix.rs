@@ -18,12 +18,14 @@ use common::{
     TestServer, READ_TIMEOUT,
 };
 use smtplab::relay::queue::Spool;
-use smtplab::store::mbox::parse_mboxrd;
+use smtplab::store::mbox::{parse_mboxrd, StoredMessage};
 
 /// Postfix listens here: an address of its own, so it can never meet another test's port.
 const POSTFIX_IP: &str = "127.0.0.26";
 /// The domain Postfix stores mail for.
 const POSTFIX_DOMAIN: &str = "pf.test";
+/// Postfix's `message_size_limit`, far below smtplab's.
+const POSTFIX_SIZE_LIMIT: usize = 200_000;
 /// How long Postfix gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -84,11 +86,8 @@ impl Postfix {
             std::os::unix::fs::chown(root.join(owned), Some(uid), Some(gid)).expect("chown");
         }
         make_certificate(&root.join("etc"));
-        std::fs::write(
-            root.join("etc/main.cf"),
-            main_cf(root, relayhost, uid, gid),
-        )
-        .expect("main.cf");
+        std::fs::write(root.join("etc/main.cf"), main_cf(root, relayhost, uid, gid))
+            .expect("main.cf");
         std::fs::write(root.join("etc/master.cf"), master_cf(addr)).expect("master.cf");
         let etc = root.join("etc");
         // `postfix check` creates the queue's subdirectories with the right owners.
@@ -141,7 +140,11 @@ impl Postfix {
     fn complaints(&self) -> Vec<String> {
         self.log()
             .lines()
-            .filter(|l| ["warning:", "error:", "fatal:", "panic:"].iter().any(|w| l.contains(w)))
+            .filter(|l| {
+                ["warning:", "error:", "fatal:", "panic:"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
             .map(String::from)
             .collect()
     }
@@ -180,7 +183,9 @@ fn daemon_directory(etc: &Path) -> PathBuf {
 fn make_certificate(etc: &Path) {
     let made = run_tool(
         Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
             .args(["-subj", "/CN=mx.pf.test", "-keyout"])
             .arg(etc.join("key.pem"))
             .arg("-out")
@@ -209,6 +214,7 @@ mydestination =
 inet_interfaces = loopback-only
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
+message_size_limit = {POSTFIX_SIZE_LIMIT}
 smtpd_peername_lookup = no
 smtp_host_lookup = native
 local_header_rewrite_clients =
@@ -260,13 +266,14 @@ fn master_cf(addr: SocketAddr) -> String {
     format!("{addr} inet n - n - - smtpd\n{}\n", services.join("\n"))
 }
 
-/// One message with MAIL FROM parameters, dot-stuffed on the wire (RFC 5321 §4.5.2); asserts
+/// One message, dot-stuffed on the wire (RFC 5321 §4.5.2): the sender with its MAIL FROM
+/// parameters, and the recipient as RCPT TO's argument (`<path>` and any parameters). Asserts
 /// every step and returns the reply code to the final dot.
-fn send(to_server: SocketAddr, from: &str, params: &str, to: &str, content: &str) -> u16 {
+fn send(to_server: SocketAddr, (from, params): (&str, &str), to: &str, content: &str) -> u16 {
     let mut client = Client::connect(to_server);
     client.expect("EHLO client.example", 250);
     client.expect(&format!("MAIL FROM:<{from}>{params}"), 250);
-    client.expect(&format!("RCPT TO:<{to}>"), 250);
+    client.expect(&format!("RCPT TO:{to}"), 250);
     client.expect("DATA", 354);
     let stuffed = content.replace("\r\n.", "\r\n..");
     client.send(stuffed.as_bytes());
@@ -301,60 +308,83 @@ fn tricky_message(from: &str, to: &str, marker: &str) -> String {
     )
 }
 
-#[test]
-fn smtplab_and_postfix_relay_to_each_other_over_starttls() {
-    let Some(ids) = postfix_can_run() else {
-        return;
-    };
-    let postfix_addr = free_port(POSTFIX_IP);
-    let smtplab = start_smtplab(postfix_addr);
-    let postfix = Postfix::start(postfix_addr, smtplab.addr(), ids);
+/// smtplab for one.test and Postfix for pf.test, each relaying the other's domain to the other.
+struct Lab {
+    smtplab: TestServer,
+    postfix: Postfix,
+}
 
-    // smtplab relays to Postfix: a UTF-8 sender and recipient, an 8-bit body.
+impl Lab {
+    fn start(ids: (u32, u32)) -> Lab {
+        let postfix_addr = free_port(POSTFIX_IP);
+        let smtplab = start_smtplab(postfix_addr);
+        let postfix = Postfix::start(postfix_addr, smtplab.addr(), ids);
+        Lab { smtplab, postfix }
+    }
+
+    /// The first message in `user`'s smtplab mbox that contains `marker`, once it is there.
+    fn smtplab_message(&self, user: &str, marker: &str) -> StoredMessage {
+        let find = || {
+            parse_mboxrd(&self.smtplab.mbox(user))
+                .into_iter()
+                .find(|m| String::from_utf8_lossy(&m.content).contains(marker))
+        };
+        wait_until(&format!("{marker:?} in {user}'s mbox"), || find().is_some());
+        find().expect("the message")
+    }
+
+    /// The first message Postfix stored that contains `marker` (mbox `>From ` quoting undone).
+    fn postfix_message(&self, marker: &str) -> String {
+        let find = || {
+            parse_mboxrd(self.postfix.inbox().as_bytes())
+                .into_iter()
+                .map(|m| String::from_utf8_lossy(&m.content).into_owned())
+                .find(|m| m.contains(marker))
+        };
+        wait_until(&format!("{marker:?} in Postfix's mailbox"), || {
+            find().is_some()
+        });
+        find().expect("the message")
+    }
+
+    fn smtplab_queue_empties(&self) {
+        let spool = Spool::new(self.smtplab.dir.path().join("spool"));
+        wait_until("smtplab's queue to empty", || spool.load_all().is_empty());
+    }
+}
+
+/// smtplab relays a UTF-8-addressed, 8-bit message to Postfix over STARTTLS; Postfix stores it
+/// unchanged.
+fn smtplab_relays_to_postfix(lab: &Lab) {
     let outbound = tricky_message("josé@one.test", "zoë@pf.test", "to-postfix");
-    let code = send(
-        smtplab.addr(),
-        "josé@one.test",
-        " SMTPUTF8 BODY=8BITMIME",
-        "zoë@pf.test",
-        &outbound,
-    );
+    let from = ("josé@one.test", " SMTPUTF8 BODY=8BITMIME");
+    let code = send(lab.smtplab.addr(), from, "<zoë@pf.test>", &outbound);
     assert_eq!(code, 250);
-    wait_until("Postfix to store the message", || {
-        postfix.inbox().contains("to-postfix: grüße")
-    });
-    let spool = Spool::new(smtplab.dir.path().join("spool"));
-    wait_until("smtplab's queue to empty", || spool.load_all().is_empty());
-    let inbox = postfix.inbox();
+    let stored = lab.postfix_message("to-postfix: grüße");
+    lab.smtplab_queue_empties();
     assert!(
-        inbox.contains("by mx.pf.test (Postfix) with UTF8SMTPS"),
-        "Postfix's Received shows no STARTTLS and SMTPUTF8:\n{inbox}"
+        stored.contains("by mx.pf.test (Postfix) with UTF8SMTPS"),
+        "Postfix's Received shows no STARTTLS and SMTPUTF8:\n{stored}"
     );
-    let stored = parse_mboxrd(inbox.as_bytes()).remove(0);
     assert!(
-        String::from_utf8_lossy(&stored.content).contains(&outbound.replace("\r\n", "\n")),
-        "the message changed on the way to Postfix:\n{inbox}"
+        stored.contains(&outbound.replace("\r\n", "\n")),
+        "the message changed on the way to Postfix:\n{stored}"
     );
-    let log = postfix.log();
+    let log = lab.postfix.log();
     assert!(
         log.contains("TLS connection established from"),
         "Postfix's smtpd saw no STARTTLS:\n{log}"
     );
+}
 
-    // Postfix relays to smtplab: the message lands in alice's mbox as the sender wrote it.
+/// Postfix relays a message to smtplab over STARTTLS; it lands in alice's mbox as the sender
+/// wrote it.
+fn postfix_relays_to_smtplab(lab: &Lab) {
     let inbound = tricky_message("rené@pf.test", "alice@one.test", "to-smtplab");
-    let code = send(
-        postfix.addr,
-        "rené@pf.test",
-        " SMTPUTF8 BODY=8BITMIME",
-        "alice@one.test",
-        &inbound,
-    );
+    let from = ("rené@pf.test", " SMTPUTF8 BODY=8BITMIME");
+    let code = send(lab.postfix.addr, from, "<alice@one.test>", &inbound);
     assert_eq!(code, 250);
-    wait_until("smtplab to store Postfix's message", || {
-        smtplab.message_count("alice") >= 1
-    });
-    let message = parse_mboxrd(&smtplab.mbox("alice")).remove(0);
+    let message = lab.smtplab_message("alice", "to-smtplab: grüße");
     let text = String::from_utf8_lossy(&message.content).into_owned();
     assert_eq!(message.sender, "rené@pf.test");
     assert!(
@@ -370,11 +400,74 @@ fn smtplab_and_postfix_relay_to_each_other_over_starttls() {
         inbound.replace("\r\n", "\n"),
         "the message changed on the way from Postfix"
     );
-    wait_until("Postfix to log the delivery", || {
-        postfix.log().contains("status=sent (250 2.0.0 OK")
-    });
+}
 
-    let complaints = postfix.complaints();
+/// NOTIFY=SUCCESS both ways (RFC 3461): each side reports `Action: delivered` to the other's
+/// sender, and the report crosses back over the relay.
+fn success_reports_cross(lab: &Lab) {
+    let content = "Subject: report-from-postfix\r\n\r\nplease confirm\r\n";
+    let from = ("alice@one.test", " ENVID=env-out");
+    send_notify(lab.smtplab.addr(), from, "dsn@pf.test", content);
+    let report = lab.smtplab_message("alice", "Original-Envelope-Id: env-out");
+    let text = String::from_utf8_lossy(&report.content).into_owned();
+    assert_eq!(report.sender, "MAILER-DAEMON", "{text}");
+    assert!(text.contains("Reporting-MTA: dns; mx.pf.test"), "{text}");
+    assert!(text.contains("Action: delivered"), "{text}");
+
+    let content = "From: bob@pf.test\r\nSubject: report-from-smtplab\r\n\r\nplease confirm\r\n";
+    let from = ("bob@pf.test", " ENVID=env-in");
+    send_notify(lab.postfix.addr, from, "alice@one.test", content);
+    let report = lab.postfix_message("Original-Envelope-Id: env-in");
+    assert!(
+        report.contains("Reporting-MTA: dns; mx.one.test"),
+        "{report}"
+    );
+    assert!(report.contains("Action: delivered"), "{report}");
+    assert!(report.contains("Return-Path: <>"), "{report}");
+}
+
+/// One message whose only recipient asks for a success report.
+fn send_notify(to_server: SocketAddr, from: (&str, &str), to: &str, content: &str) {
+    let rcpt = format!("<{to}> NOTIFY=SUCCESS ORCPT=rfc822;{to}");
+    assert_eq!(send(to_server, from, &rcpt, content), 250);
+}
+
+/// A message over Postfix's size limit: smtplab announces its SIZE in MAIL FROM (RFC 1870), so
+/// Postfix refuses it before the content is sent, and smtplab bounces it to the sender.
+fn size_is_announced(lab: &Lab) {
+    let content = format!(
+        "Subject: too-big-for-postfix\r\n\r\n{}",
+        format!("{}\r\n", "z".repeat(76)).repeat(POSTFIX_SIZE_LIMIT / 78 + 100)
+    );
+    let code = send(
+        lab.smtplab.addr(),
+        ("alice@one.test", ""),
+        "<big@pf.test>",
+        &content,
+    );
+    assert_eq!(code, 250);
+    let bounce = lab.smtplab_message("alice", "Subject: too-big-for-postfix");
+    let text = String::from_utf8_lossy(&bounce.content).into_owned();
+    assert!(text.contains("Status: 5.3.4"), "{text}");
+    let log = lab.postfix.log();
+    assert!(
+        log.contains("reject: MAIL from") && log.contains("552 5.3.4"),
+        "Postfix did not refuse at MAIL FROM, so no SIZE= came:\n{log}"
+    );
+}
+
+#[test]
+fn smtplab_and_postfix_relay_to_each_other_over_starttls() {
+    let Some(ids) = postfix_can_run() else {
+        return;
+    };
+    let lab = Lab::start(ids);
+    smtplab_relays_to_postfix(&lab);
+    postfix_relays_to_smtplab(&lab);
+    success_reports_cross(&lab);
+    size_is_announced(&lab);
+
+    let complaints = lab.postfix.complaints();
     println!("Postfix's warnings: {complaints:#?}");
     assert!(
         complaints
