@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use common::{free_addr, start_binary, wait_until, HopScript, Killed, ScriptedHop, TempDir};
+use common::{
+    free_addr, spool_files, start_binary, wait_until, HopScript, Killed, ScriptedHop, TempDir,
+};
 
 /// smtplab for one.test, sending all foreign mail to `next_hop`, its queue in `spool`.
 fn start(listen: SocketAddr, next_hop: SocketAddr, spool: &Path, mail: &Path) -> Killed {
@@ -38,15 +40,6 @@ fn queue_listing(spool: &Path) -> String {
         .expect("run smtplab queue");
     assert!(output.status.success());
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The names of every file in the spool directory.
-fn spool_files(spool: &Path) -> Vec<std::ffi::OsString> {
-    std::fs::read_dir(spool)
-        .expect("the spool directory")
-        .flatten()
-        .map(|e| e.file_name())
-        .collect()
 }
 
 #[test]
