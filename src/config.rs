@@ -25,6 +25,9 @@ pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
 /// Postfix's `smtpd_hard_error_limit`: after this many errors the session ends with 421.
 pub const DEFAULT_MAX_ERRORS: u32 = 20;
 pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
+
+/// Largest an mbox may grow through a delivery: 50 MiB, Postfix's `mailbox_size_limit`.
+pub const DEFAULT_MAILBOX_SIZE_LIMIT: u64 = 50 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 /// One address (one student's script) may hold this many connections at once.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
@@ -78,6 +81,8 @@ pub struct Config {
     pub mail_dir: PathBuf,
     pub directory: Directory,
     pub max_size: u64,
+    /// `--mailbox-size-limit`: no delivery makes an mbox longer (0: no limit).
+    pub mailbox_size_limit: u64,
     pub max_connections: usize,
     /// `--max-connections-per-ip`: the share of one client address.
     pub max_connections_per_ip: usize,
@@ -245,6 +250,7 @@ impl Default for Config {
             hostname,
             mail_dir: PathBuf::from("mail"),
             max_size: DEFAULT_MAX_SIZE,
+            mailbox_size_limit: DEFAULT_MAILBOX_SIZE_LIMIT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_recipients: DEFAULT_MAX_RECIPIENTS,
@@ -306,6 +312,7 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "tls-key",         One,     "FILE",      "PEM PKCS#8 private key"),
     ("",  "tls-self-signed", Nothing, "",          "make a throwaway certificate at start"),
     ("",  "max-size",        One,     "BYTES",     "SIZE limit (default 10485760)"),
+    ("",  "mailbox-size-limit", One,  "BYTES",     "largest an mbox may grow, 0 for none (default 52428800)"),
     ("",  "max-connections", One,     "N",         "SMTP and POP3 clients beyond N get 421 (default 100)"),
     ("",  "max-connections-per-ip", One, "N",      "the same, per client address (default 32)"),
     ("",  "max-recipients",  One,     "N",         "recipients per message (default 100)"),
@@ -463,6 +470,7 @@ impl Config {
     /// exit status 2, never a panic in a session thread later.
     fn read_limits(&mut self, m: &getopts::Matches) -> Result<(), String> {
         self.max_size = number(m, "max-size", self.max_size)?;
+        self.mailbox_size_limit = number(m, "mailbox-size-limit", self.mailbox_size_limit)?;
         self.max_connections = positive(m, "max-connections", self.max_connections)?;
         self.max_connections_per_ip =
             positive(m, "max-connections-per-ip", self.max_connections_per_ip)?;

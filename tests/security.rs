@@ -317,7 +317,7 @@ fn case_3_01_to_3_25_no_open_relay() {
     let mut files_after = common::files_under(server.dir.path());
     files_after.retain(|p| !files_before.contains(p));
     let expected_new = vec![
-        server.mail_dir().join(".alice.committed"),
+        server.mail_dir().join(".alice.intent"),
         server.mail_dir().join("alice"),
     ];
     assert_eq!(files_after, expected_new, "no other file was created");

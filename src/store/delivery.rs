@@ -269,6 +269,11 @@ fn failure_reply(error: &DeliveryError) -> Reply {
         DeliveryError::Io(_, e) if e.kind() == io::ErrorKind::FileTooLarge => {
             Reply::new(452, "4.2.2", "Mailbox full; nothing was stored")
         }
+        // RFC 3463 §3.3: X.2.2 "mailbox full" is a persistent transient failure; 452 lets the
+        // sender keep the message and try again after the owner has read (and deleted) mail.
+        DeliveryError::Full { user, limit } => Reply::new(452, "4.2.2", "").text(format!(
+            "Mailbox of {user} is full (limit {limit} bytes); nothing was stored, try again later"
+        )),
         _ => Reply::LOCAL_ERROR_451,
     }
 }
