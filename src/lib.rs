@@ -14,6 +14,7 @@
 //! | [`relay`] | mail for other domains: the queue, MX lookup, the next hop, bounces | 11 |
 //! | [`lab`] | classroom tools: transcripts, replay, compare, trace, faults, the bench | 12, 15, 16 |
 //! | [`pop3`] | reading mail back out over POP3 | 13 |
+//! | [`imap`] | reading mail on the server over IMAP: flags and UIDs kept | 17 |
 //!
 //! Standards: none
 
@@ -34,3 +35,5 @@ pub mod relay;
 pub mod lab;
 
 pub mod pop3;
+
+pub mod imap;

@@ -54,7 +54,7 @@ fn run_server(args: &[String]) -> ExitCode {
 }
 
 const USAGE: &str = "Usage: smtplab [OPTIONS]
-       smtplab states [--dot|--mermaid]
+       smtplab states [--dot|--mermaid|--pop3|--imap]
        smtplab replay FILE... --server HOST:PORT [--codes-only]
        smtplab compare MINE REFERENCE
        smtplab mx DOMAIN [--dns ADDR]
