@@ -68,6 +68,10 @@ pub struct Config {
     pub pop3s: Vec<SocketAddr>,
     /// Pause before answering a failed POP3 login.
     pub pop3_auth_delay: Duration,
+    /// IMAP listeners (`--imap`); none by default.
+    pub imap: Vec<SocketAddr>,
+    /// IMAP inside TLS from the first byte (`--imaps`, RFC 8314).
+    pub imaps: Vec<SocketAddr>,
     /// Nameserver for MX lookups (`--dns IP:PORT`); `None` asks the system's resolvers.
     pub dns: Option<SocketAddr>,
     /// Port of the next hop's SMTP server (`--mx-port`, 25 on the Internet).
@@ -196,6 +200,8 @@ impl Default for Config {
             pop3: Vec::new(),
             pop3s: Vec::new(),
             pop3_auth_delay: DEFAULT_POP3_AUTH_DELAY,
+            imap: Vec::new(),
+            imaps: Vec::new(),
             dns: None,
             mx_port: DEFAULT_MX_PORT,
             spool_dir: PathBuf::from("spool"),
@@ -227,6 +233,8 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "smtps",           Many,    "ADDR",      "submission inside TLS from the first byte (RFC 8314)"),
     ("",  "pop3",            Many,    "ADDR",      "POP3 listener for the same mailboxes"),
     ("",  "pop3s",           Many,    "ADDR",      "POP3 inside TLS from the first byte"),
+    ("",  "imap",            Many,    "ADDR",      "IMAP listener for the same mailboxes"),
+    ("",  "imaps",           Many,    "ADDR",      "IMAP inside TLS from the first byte"),
     ("n", "hostname",        One,     "NAME",      "name in the greeting, EHLO and Received"),
     ("d", "domain",          Many,    "DOMAIN",    "domain delivered here (default localhost + hostname)"),
     ("m", "mail-dir",        One,     "DIR",       "mbox files live at DIR/<user> (default ./mail)"),
@@ -314,6 +322,8 @@ impl Config {
             .collect::<Result<_, _>>()?;
         config.verbose = m.opt_present("verbose");
         config.pop3s = addresses(m, "pop3s")?;
+        config.imap = addresses(m, "imap")?;
+        config.imaps = addresses(m, "imaps")?;
         config.pop3 = m
             .opt_strs("pop3")
             .iter()

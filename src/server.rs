@@ -1,8 +1,8 @@
 //! The whole server: the listeners of every role, the mail directory, TLS, and the relay.
 //!
 //! Interface:
-//! - `Server::bind(config)` binds every `--listen`, `--submission`, `--smtps`, `--pop3` and
-//!   `--pop3s` address (an error is one plain sentence).
+//! - `Server::bind(config)` binds every `--listen`, `--submission`, `--smtps`, `--pop3`,
+//!   `--pop3s`, `--imap` and `--imaps` address (an error is one plain sentence).
 //! - `Server::run()` accepts forever; `Server::spawn()` accepts on background threads and
 //!   returns a handle that stops them (tests use this). Both also start the relay thread
 //!   (`relay/worker.rs`), which the handle stops too.
@@ -22,6 +22,7 @@ use log::warn;
 use crate::config::{Config, TlsSource};
 use crate::net::listener::{self, Admission, Bound, Limits, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor};
+use crate::imap::server::ImapListener;
 use crate::pop3::server::Pop3Listener;
 use crate::relay::queue::Spool;
 use crate::relay::worker::{self, RelayHandle};
@@ -39,6 +40,8 @@ pub struct Server {
     admission: Arc<Admission>,
     /// `--pop3` listeners; they serve the same mail directory.
     pop3: Vec<Pop3Listener>,
+    /// `--imap` and `--imaps` listeners, over the same mail directory.
+    imap: Vec<ImapListener>,
     spool: Arc<Spool>,
 }
 
@@ -47,6 +50,8 @@ pub struct ServerHandle {
     smtp: Vec<(Welcome, Role)>,
     /// Each stops its own acceptor; `true` for `--pop3s`.
     pop3: Vec<(Welcome, bool)>,
+    /// The same for `--imap` (`false`) and `--imaps` (`true`).
+    imap: Vec<(Welcome, bool)>,
     config: Arc<Config>,
     /// Dropped after the welcome sockets stop, which stops the relay thread.
     _relay: Option<RelayHandle>,
@@ -119,6 +124,10 @@ impl Server {
         if !config.pop3s.is_empty() && tls.is_none() {
             return Err("--pop3s needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
+        let imap = imap_listeners(&config)?;
+        if !config.imaps.is_empty() && tls.is_none() {
+            return Err("--imaps needs --tls-cert and --tls-key, or --tls-self-signed.".into());
+        }
         let admission = Admission::new(Limits {
             total: config.max_connections,
             per_ip: config.max_connections_per_ip,
@@ -133,6 +142,7 @@ impl Server {
             context,
             admission,
             pop3,
+            imap,
             spool,
         })
     }
@@ -161,7 +171,13 @@ impl Server {
                 l.local_addr(),
             )
         });
-        smtp.chain(pop3).collect()
+        let imap = self.imap.iter().map(|l| {
+            (
+                if l.implicit_tls { "IMAPS" } else { "IMAP" },
+                l.local_addr(),
+            )
+        });
+        smtp.chain(pop3).chain(imap).collect()
     }
 
     /// The configuration the server runs with.
@@ -210,6 +226,19 @@ impl Server {
                 (welcome, implicit)
             })
             .collect();
+        let imap = self
+            .imap
+            .into_iter()
+            .map(|listener| {
+                let implicit = listener.implicit_tls;
+                let welcome = listener.spawn(
+                    context.config.clone(),
+                    context.tls.clone(),
+                    self.admission.clone(),
+                );
+                (welcome, implicit)
+            })
+            .collect();
         let relay = worker::start(
             context.config.clone(),
             self.spool,
@@ -221,10 +250,21 @@ impl Server {
         ServerHandle {
             smtp,
             pop3,
+            imap,
             config: context.config.clone(),
             _relay: relay,
         }
     }
+}
+
+/// The `--imap` and `--imaps` listeners, bound.
+fn imap_listeners(config: &Config) -> Result<Vec<ImapListener>, String> {
+    let plain = config.imap.iter().map(|addr| (addr, false));
+    let implicit = config.imaps.iter().map(|addr| (addr, true));
+    plain
+        .chain(implicit)
+        .map(|(addr, tls)| ImapListener::bind(*addr, tls))
+        .collect()
 }
 
 /// Cut off what a crash left half-written (RFC 5321 §6.1: only acknowledged mail is kept).
@@ -289,6 +329,14 @@ impl ServerHandle {
 
     fn pop3_of(&self, implicit_tls: bool) -> Option<SocketAddr> {
         self.pop3
+            .iter()
+            .find(|(_, implicit)| *implicit == implicit_tls)
+            .map(|(welcome, _)| welcome.addr())
+    }
+
+    /// The first `--imap` (`false`) or `--imaps` (`true`) address actually bound, if any.
+    pub fn imap_addr(&self, implicit_tls: bool) -> Option<SocketAddr> {
+        self.imap
             .iter()
             .find(|(_, implicit)| *implicit == implicit_tls)
             .map(|(welcome, _)| welcome.addr())

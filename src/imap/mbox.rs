@@ -22,9 +22,9 @@
 //! Standards: RFC 9051 §2.3.1.1, §2.3.2, §2.3.3, RFC 4155 §2
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -406,10 +406,21 @@ fn header_after_separator(raw: &[u8]) -> &[u8] {
     &raw[first_line..]
 }
 
+/// Options for a file only its owner may read: the index says which mail is there.
+fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(0o600);
+    options
+}
+
 /// Write the index to a temporary file, sync it, and rename it into place.
 fn save_index(path: &PathBuf, map: &UidMap) -> io::Result<()> {
     let temp = path.with_extension("imap.new");
-    let mut file = File::create(&temp)?;
+    let mut file = private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)?;
     file.write_all(map.to_text().as_bytes())?;
     file.sync_all()?;
     fs::rename(&temp, path)
