@@ -20,9 +20,9 @@ use std::sync::Arc;
 use log::warn;
 
 use crate::config::{Config, TlsSource};
+use crate::imap::server::ImapListener;
 use crate::net::listener::{self, Admission, Bound, Limits, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor};
-use crate::imap::server::ImapListener;
 use crate::pop3::server::Pop3Listener;
 use crate::relay::queue::Spool;
 use crate::relay::worker::{self, RelayHandle};

@@ -356,12 +356,10 @@ impl Connection<'_> {
         loop {
             match self.lines.read_data(stream, deadline) {
                 Ok(piece) => {
-                    if line.len() + piece.bytes.len() > MAX_LINE {
-                        too_long = true;
-                    }
-                    if !too_long {
-                        line.extend_from_slice(&piece.bytes);
-                    }
+                    // Keep the start of a long line: its tag is needed for the BAD.
+                    let room = MAX_LINE.saturating_sub(line.len());
+                    too_long |= piece.bytes.len() > room;
+                    line.extend_from_slice(&piece.bytes[..piece.bytes.len().min(room)]);
                     if piece.ending.is_some() {
                         return Ok(Ok(if too_long {
                             LineRead::TooLong(line)
