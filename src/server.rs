@@ -342,6 +342,11 @@ impl ServerHandle {
             .map(|(welcome, _)| welcome.addr())
     }
 
+    /// IMAP sessions running now.
+    pub fn imap_sessions(&self) -> usize {
+        self.imap.iter().map(|(w, _)| w.active_sessions()).sum()
+    }
+
     /// POP3 sessions running now.
     pub fn pop3_sessions(&self) -> usize {
         self.pop3.iter().map(|(w, _)| w.active_sessions()).sum()

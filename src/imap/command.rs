@@ -413,9 +413,11 @@ pub fn parse(input: &[u8]) -> Result<Tagged, Refused> {
         tag: Some(tag.clone()),
         text,
     };
-    cursor
-        .space()
-        .map_err(|_| refused("A tag, a space, then a command".into()))?;
+    // A lone word may be a command typed without a tag: no tag to answer with.
+    cursor.space().map_err(|_| Refused {
+        tag: None,
+        text: "Every command starts with a tag and a space, such as a1 NOOP".into(),
+    })?;
     let keyword = cursor.atom().map_err(refused)?.to_ascii_uppercase();
     let Some(info) = VERBS.iter().find(|v| v.name == keyword) else {
         return Err(refused(format!(
@@ -1192,7 +1194,8 @@ mod tests {
             ("", None),
             (" NOOP", None),
             ("+x NOOP", None),
-            ("a1", Some("a1")),
+            ("a1", None),
+            ("NOOP", None),
             ("a1 BOGUS", Some("a1")),
             ("a1 NOOP extra", Some("a1")),
             ("a1 LOGIN alice", Some("a1")),
