@@ -244,7 +244,7 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "tls-key",         One,     "FILE",      "PEM PKCS#8 private key"),
     ("",  "tls-self-signed", Nothing, "",          "make a throwaway certificate at start"),
     ("",  "max-size",        One,     "BYTES",     "SIZE limit (default 10485760)"),
-    ("",  "max-connections", One,     "N",         "SMTP and POP3 clients beyond N get 421 (default 100)"),
+    ("",  "max-connections", One,     "N",         "SMTP, POP3 and IMAP clients beyond N are turned away (default 100)"),
     ("",  "max-connections-per-ip", One, "N",      "the same, per client address (default 32)"),
     ("",  "max-recipients",  One,     "N",         "recipients per message (default 100)"),
     ("",  "max-errors",      One,     "N",         "errors before 421 and close (default 20)"),

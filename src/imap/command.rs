@@ -1325,6 +1325,44 @@ mod tests {
         );
     }
 
+    /// A small in-process fuzz: valid commands with bytes changed, cut or repeated never make
+    /// the parser panic, and every refusal is a BAD (`fuzz/fuzz_targets/imap_parser.rs` runs
+    /// the same check under libFuzzer).
+    #[test]
+    fn mutated_commands_never_panic() {
+        let seeds: [&[u8]; 6] = [
+            b"a LOGIN {5}\r\nalice \"pass\"",
+            b"b UID FETCH 1:*,3 (FLAGS BODY.PEEK[HEADER.FIELDS (FROM)]<0.5>)",
+            b"c SEARCH CHARSET UTF-8 OR (FROM x NOT SEEN) UID 2:*",
+            b"d STORE 1 +FLAGS.SILENT (\\Seen \\Deleted)",
+            b"e STATUS INBOX (MESSAGES UIDNEXT)",
+            b"f LIST \"\" *",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let mut bytes = seeds[round % seeds.len()].to_vec();
+            for _ in 0..=next() % 4 {
+                let at = (next() as usize) % (bytes.len() + 1);
+                match next() % 4 {
+                    0 if at < bytes.len() => bytes[at] = next() as u8,
+                    1 => bytes.truncate(at),
+                    2 => bytes.insert(at, b"{}()[]<>\"\\ *:,.+-"[(next() % 17) as usize]),
+                    _ => bytes.extend_from_within(..at),
+                }
+            }
+            let _ = literal_at_end(&bytes);
+            if let Err(refused) = parse(&bytes) {
+                assert!(refused.response().is_bad(), "{bytes:?}");
+            }
+        }
+    }
+
     #[test]
     fn responses_on_the_wire() {
         assert_eq!(
