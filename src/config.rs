@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::auth_budget::{Budget as AuthBudget, Policy as AuthPolicy};
 
 use crate::smtp::address::Domain;
 
@@ -35,6 +38,35 @@ pub const DEMO_PASSWORD: &str = "password";
 pub const DEFAULT_POP3_AUTH_DELAY: Duration = Duration::from_secs(1);
 /// A mail host listens on "the SMTP port (specified by IANA as port 25)" (RFC 5321 §4.5.4.2).
 pub const DEFAULT_MX_PORT: u16 = 25;
+
+/// `--lab`: every listener of the lab at once, on ports that echo the real ones (25, 587, 465,
+/// 110, 995), so a student never restarts the server during a class.
+pub const LAB_PORTS: LabPorts = LabPorts {
+    smtp: 2525,
+    submission: 2587,
+    smtps: 2465,
+    pop3: 2110,
+    pop3s: 2995,
+    imap: 2143,
+    imaps: 2993,
+    web: 8025,
+};
+/// `--lab` records every session here unless `--transcripts` says otherwise.
+pub const LAB_TRANSCRIPTS: &str = "transcripts-mine";
+
+/// The ports `--lab` opens when no option moves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabPorts {
+    pub smtp: u16,
+    pub submission: u16,
+    pub smtps: u16,
+    pub pop3: u16,
+    pub pop3s: u16,
+    pub imap: u16,
+    pub imaps: u16,
+    /// The live view: always on loopback, since it is the teacher's screen (lesson 17).
+    pub web: u16,
+}
 
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
@@ -90,6 +122,33 @@ pub struct Config {
     pub explain: bool,
     /// `--fault RULE`: scripted refusals for client-writing labs.
     pub faults: Vec<crate::lab::fault::Rule>,
+    /// `--web ADDR`: the live view in a browser.
+    pub web: Option<SocketAddr>,
+    /// `--web-show-mail`: raw messages on the web view even off loopback.
+    pub web_show_mail: bool,
+    /// Where every session reports for the web view; on only with `--web`. It lives here
+    /// because every session already holds the configuration.
+    pub live: crate::web::live::Board,
+    /// Networks that may send passwords without TLS (`--plaintext-auth-from`,
+    /// `--allow-plaintext-auth`); by default this machine only.
+    pub plaintext_auth_from: Vec<Cidr>,
+    /// The password-failure budget per client address, shared by SMTP AUTH and POP3. It is
+    /// state, not an option, but it lives as long as the configuration and is shared the same way.
+    pub auth_budget: Arc<AuthBudget>,
+}
+
+/// This machine: the loopback networks, the only ones allowed passwords in the clear by default.
+pub fn loopback_networks() -> Vec<Cidr> {
+    vec![
+        Cidr {
+            network: IpAddr::from([127, 0, 0, 0]),
+            prefix: 8,
+        },
+        Cidr {
+            network: IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            prefix: 128,
+        },
+    ]
 }
 
 /// Where the TLS certificate comes from.
@@ -211,6 +270,11 @@ impl Default for Config {
             trace: false,
             explain: false,
             faults: Vec::new(),
+            web: None,
+            web_show_mail: false,
+            live: crate::web::live::Board::default(),
+            plaintext_auth_from: loopback_networks(),
+            auth_budget: Arc::new(AuthBudget::new(AuthPolicy::default())),
         }
     }
 }
@@ -228,6 +292,7 @@ use Takes::{Many, Nothing, One};
 /// The options of `smtplab [OPTIONS]` (design §3), in the order `--help` shows them.
 #[rustfmt::skip]
 const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
+    ("",  "lab",             Nothing, "",          "every listener, STARTTLS, transcripts (see below)"),
     ("l", "listen",          Many,    "ADDR",      "SMTP listener, port-25 role (default 127.0.0.1:2525)"),
     ("s", "submission",      Many,    "ADDR",      "submission listener: AUTH before MAIL (RFC 6409)"),
     ("",  "smtps",           Many,    "ADDR",      "submission inside TLS from the first byte (RFC 8314)"),
@@ -256,10 +321,16 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "spool",           One,     "DIR",       "outbound queue (default ./spool)"),
     ("",  "retry",           One,     "LIST",      "waits between attempts, e.g. 1m,5m,30m,2h"),
     ("",  "queue-lifetime",  One,     "DUR",       "bounce after this long (default 5d)"),
+    ("",  "plaintext-auth-from", Many, "CIDR",     "may log in without TLS (default: this machine)"),
+    ("",  "allow-plaintext-auth", Nothing, "",     "any address may log in without TLS (a LAN lab)"),
+    ("",  "auth-budget",     One,     "N",         "failed logins per address before a lockout (10)"),
+    ("",  "auth-delay",      One,     "SECS",      "first wait after 3 failed logins; doubles (1)"),
     ("",  "transcripts",     One,     "DIR",       "record every session as a transcript"),
     ("",  "trace",           Nothing, "",          "print every C:/S: line with its state transition"),
     ("",  "explain",         Nothing, "",          "end replies with the RFC section and next command"),
     ("",  "fault",           Many,    "RULE",      "scripted reply, e.g. rcpt:3=452 (repeatable)"),
+    ("",  "web",             One,     "ADDR",      "live view in a browser, e.g. 127.0.0.1:8025"),
+    ("",  "web-show-mail",   Nothing, "",          "open raw messages on the web view off loopback too"),
     ("v", "verbose",         Nothing, "",          "log every command (or set RUST_LOG)"),
     ("h", "help",            Nothing, "",          "print this help"),
     ("V", "version",         Nothing, "",          "print the version"),
@@ -295,6 +366,9 @@ impl Config {
         config.submission = addresses(m, "submission")?;
         config.smtps = addresses(m, "smtps")?;
         config.tls = tls_source(m)?;
+        if m.opt_present("lab") && config.tls.is_none() {
+            config.tls = Some(TlsSource::SelfSigned);
+        }
         if !config.smtps.is_empty() && config.tls.is_none() {
             return Err("--smtps needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
@@ -320,6 +394,7 @@ impl Config {
             .iter()
             .map(|c| Cidr::parse(c))
             .collect::<Result<_, _>>()?;
+        config.read_auth_options(m)?;
         config.verbose = m.opt_present("verbose");
         config.pop3s = addresses(m, "pop3s")?;
         config.imap = addresses(m, "imap")?;
@@ -330,6 +405,9 @@ impl Config {
             .map(|a| parse_addr(a))
             .collect::<Result<_, _>>()?;
         config.read_relay_options(m)?;
+        if m.opt_present("lab") {
+            config.open_the_lab(LAB_PORTS);
+        }
         config.trace = m.opt_present("trace");
         config.explain = m.opt_present("explain");
         config.faults = m
@@ -337,11 +415,53 @@ impl Config {
             .iter()
             .map(|rule| crate::lab::fault::Rule::parse(rule))
             .collect::<Result<_, _>>()?;
+        config.read_web_options(m)?;
         Ok(config)
+    }
+
+    /// `--web ADDR` (or a web address set before) turns the live board on; `--web-show-mail`
+    /// shows mail on it off loopback too.
+    fn read_web_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
+        self.web_show_mail = m.opt_present("web-show-mail");
+        if let Some(addr) = m.opt_str("web") {
+            self.web = Some(parse_addr(&addr).map_err(|e| format!("--web: {e}"))?);
+        }
+        if let Some(addr) = self.web {
+            let shows_mail = self.web_show_mail || addr.ip().is_loopback();
+            self.live = crate::web::live::Board::on(shows_mail);
+        }
+        Ok(())
     }
 }
 
 impl Config {
+    /// `--lab`: every listener an option did not give is opened on the lab's port, at the
+    /// address of the first `--listen` (so `--listen 0.0.0.0:2525` serves a room on all five),
+    /// and sessions are recorded in ./transcripts-mine unless `--transcripts` names a place.
+    fn open_the_lab(&mut self, ports: LabPorts) {
+        let ip = self
+            .listen
+            .first()
+            .map_or(IpAddr::from([127, 0, 0, 1]), SocketAddr::ip);
+        for (listeners, port) in [
+            (&mut self.submission, ports.submission),
+            (&mut self.smtps, ports.smtps),
+            (&mut self.pop3, ports.pop3),
+            (&mut self.pop3s, ports.pop3s),
+            (&mut self.imap, ports.imap),
+            (&mut self.imaps, ports.imaps),
+        ] {
+            if listeners.is_empty() {
+                listeners.push(SocketAddr::new(ip, port));
+            }
+        }
+        if self.transcripts.is_none() {
+            self.transcripts = Some(PathBuf::from(LAB_TRANSCRIPTS));
+        }
+        // `--web` read later still moves it.
+        self.web = Some(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), ports.web));
+    }
+
     // ANCHOR: read_limits
     /// The numeric limits. Each is checked here, at start, so a bad value is one sentence and
     /// exit status 2, never a panic in a session thread later.
@@ -363,6 +483,68 @@ impl Config {
     }
     // ANCHOR_END: read_limits
 
+    /// Who may log in without TLS, and the password-failure budget.
+    fn read_auth_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
+        if m.opt_present("plaintext-auth-from") {
+            self.plaintext_auth_from = m
+                .opt_strs("plaintext-auth-from")
+                .iter()
+                .map(|c| {
+                    Cidr::parse(c).map_err(|_| {
+                        format!(
+                            "--plaintext-auth-from needs a network like 192.168.1.0/24, not '{c}'."
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if m.opt_present("allow-plaintext-auth") {
+            self.plaintext_auth_from.extend([
+                Cidr {
+                    network: IpAddr::from([0, 0, 0, 0]),
+                    prefix: 0,
+                },
+                Cidr {
+                    network: IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+                    prefix: 0,
+                },
+            ]);
+        }
+        let defaults = AuthPolicy::default();
+        let failures = number(m, "auth-budget", defaults.failures)?;
+        let delay = number(m, "auth-delay", defaults.first_wait.as_secs_f64())?;
+        let first_wait = Duration::try_from_secs_f64(delay)
+            .ok()
+            .filter(|wait| *wait <= Duration::from_secs(60))
+            .ok_or("--auth-delay needs a number of seconds from 0 to 60.")?;
+        if failures == 0 {
+            return Err("--auth-budget needs at least 1 failed login.".into());
+        }
+        self.auth_budget = Arc::new(AuthBudget::new(AuthPolicy {
+            failures,
+            first_wait,
+            ..defaults
+        }));
+        Ok(())
+    }
+
+    /// The networks beyond this machine from which passwords may arrive in the clear: the
+    /// start-up banner warns about each.
+    pub fn plaintext_networks_beyond_loopback(&self) -> Vec<Cidr> {
+        let loopback = loopback_networks();
+        self.plaintext_auth_from
+            .iter()
+            .filter(|net| {
+                !loopback
+                    .iter()
+                    .any(|lo| lo.prefix <= net.prefix && lo.contains(net.network))
+            })
+            .copied()
+            .collect()
+    }
+}
+
+impl Config {
     /// The options of the outbound queue and relay (`queue.rs`, `relay.rs`, `dns.rs`).
     fn read_relay_options(&mut self, m: &getopts::Matches) -> Result<(), String> {
         if let Some(addr) = m.opt_str("dns") {
@@ -431,6 +613,12 @@ impl Cidr {
         }
     }
     // ANCHOR_END: cidr_contains
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
 }
 
 fn same_prefix(a: u128, b: u128, prefix: u32, bits: u32) -> bool {
@@ -538,6 +726,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mail_shows_on_the_web_view_only_on_loopback_unless_asked() {
+        let shows = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let matches = options().parse(&args).expect("parse");
+            Config::from_matches(&matches)
+                .expect("config")
+                .live
+                .shows_mail()
+        };
+        assert!(shows(&["--web", "127.0.0.1:8025"]));
+        assert!(shows(&["--web", "[::1]:8025"]));
+        assert!(!shows(&["--web", "0.0.0.0:8025"]));
+        assert!(shows(&["--web", "0.0.0.0:8025", "--web-show-mail"]));
+        assert!(!shows(&[]), "no --web, no board");
+    }
+
+    #[test]
     fn defaults_make_the_first_minute_work() {
         let config = Config::default();
         assert_eq!(config.listen[0].to_string(), "127.0.0.1:2525");
@@ -560,6 +765,51 @@ mod tests {
         assert!(config
             .directory
             .is_local_domain(&Domain::Name("LOCALHOST".into())));
+    }
+
+    #[test]
+    fn lab_opens_every_listener_and_each_can_still_move() {
+        let parse = |args: &[&str]| Config::from_matches(&options().parse(args).unwrap()).unwrap();
+        let lab = parse(&["--lab"]);
+        let ports =
+            |addrs: &[SocketAddr]| addrs.iter().map(SocketAddr::to_string).collect::<Vec<_>>();
+        assert_eq!(ports(&lab.listen), ["127.0.0.1:2525"]);
+        assert_eq!(ports(&lab.submission), ["127.0.0.1:2587"]);
+        assert_eq!(ports(&lab.smtps), ["127.0.0.1:2465"]);
+        assert_eq!(ports(&lab.pop3), ["127.0.0.1:2110"]);
+        assert_eq!(ports(&lab.pop3s), ["127.0.0.1:2995"]);
+        assert_eq!(ports(&lab.imap), ["127.0.0.1:2143"]);
+        assert_eq!(ports(&lab.imaps), ["127.0.0.1:2993"]);
+        assert_eq!(
+            lab.web.map(|a| a.to_string()),
+            Some("127.0.0.1:8025".into())
+        );
+        assert_eq!(lab.tls, Some(TlsSource::SelfSigned));
+        assert_eq!(lab.transcripts, Some(PathBuf::from("transcripts-mine")));
+        assert!(lab.demo_users);
+
+        let room = parse(&[
+            "--lab",
+            "--listen",
+            "0.0.0.0:2525",
+            "--pop3",
+            "0.0.0.0:3110",
+        ]);
+        assert_eq!(ports(&room.submission), ["0.0.0.0:2587"]);
+        assert_eq!(ports(&room.pop3), ["0.0.0.0:3110"]);
+        assert_eq!(ports(&room.pop3s), ["0.0.0.0:2995"]);
+        assert_eq!(ports(&room.imap), ["0.0.0.0:2143"]);
+        // The live view is the teacher's own screen: loopback even when the room is served.
+        assert_eq!(
+            room.web.map(|a| a.to_string()),
+            Some("127.0.0.1:8025".into())
+        );
+        let recorded = parse(&["--lab", "--transcripts", "elsewhere"]);
+        assert_eq!(recorded.transcripts, Some(PathBuf::from("elsewhere")));
+        assert!(
+            parse(&[]).submission.is_empty(),
+            "without --lab nothing more opens"
+        );
     }
 
     #[test]

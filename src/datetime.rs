@@ -3,6 +3,7 @@
 //! Interface:
 //! - `rfc5322(time)`: `Fri, 27 Nov 2026 05:06:52 +0000`, for `Received:` and `Date:`.
 //! - `asctime(time)`: `Fri Nov 27 05:06:52 2026`, for the mbox `From ` line.
+//! - `sortable(time)`: `20261127-050652`, for file names that `ls` lists in time order.
 //!
 //! Both are in UTC. A time before 1970 is clamped to the epoch (a mail server's clock never
 //! goes there, and the arithmetic below then needs no negative numbers).
@@ -67,6 +68,15 @@ pub fn asctime(time: SystemTime) -> String {
         c.minute,
         c.second,
         c.year
+    )
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC: names that sort as text sort by time.
+pub fn sortable(time: SystemTime) -> String {
+    let c = civil(time);
+    format!(
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
     )
 }
 
@@ -139,6 +149,8 @@ mod tests {
     fn epoch() {
         assert_eq!(rfc5322(at(0)), "Thu, 01 Jan 1970 00:00:00 +0000");
         assert_eq!(asctime(at(0)), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(sortable(at(0)), "19700101-000000");
+        assert_eq!(sortable(at(1_795_756_012)), "20261127-050652");
     }
 
     #[test]

@@ -10,11 +10,14 @@
 //! | [`smtp`] | the SMTP server side: commands, replies, the state machine, DATA | 2–6, 8–10 |
 //! | `machine` | a state machine as a table, shared by SMTP and POP3 | 6 |
 //! | [`store`] | local mailboxes: mbox files, locks, group commit | 7, 16 |
-//! | `datetime` | dates for trace headers and mbox separators | 7 |
+//! | `datetime` | dates for trace headers, mbox separators and transcript names | 7, 12 |
+//! | `auth_budget` | the password-failure budget per client address, for SMTP and POP3 | 14 |
+//! | `visible` | escapes for every byte a student sends that a terminal would act on | 14 |
 //! | [`relay`] | mail for other domains: the queue, MX lookup, the next hop, bounces | 11 |
 //! | [`lab`] | classroom tools: transcripts, replay, compare, trace, faults, the bench | 12, 15, 16 |
 //! | [`pop3`] | reading mail back out over POP3 | 13 |
-//! | [`imap`] | reading mail on the server over IMAP: flags and UIDs kept | 17 |
+//! | [`web`] | `--web`: the live view of sessions, state machine, mailboxes and queue | 17 |
+//! | [`imap`] | reading mail on the server over IMAP: flags and UIDs kept | 18 |
 //!
 //! Standards: none
 
@@ -30,6 +33,9 @@ pub mod store;
 
 pub mod datetime;
 
+pub mod auth_budget;
+pub mod visible;
+
 pub mod relay;
 
 pub mod lab;
@@ -37,3 +43,4 @@ pub mod lab;
 pub mod pop3;
 
 pub mod imap;
+pub mod web;

@@ -6,7 +6,8 @@
 //! - `find(table, from, on)` is the legal move, if there is one; `allows(table, from, on, to)`
 //!   says whether a move is the table's, or a stay (what each session's `step` asserts).
 //! - `mermaid(table, ..)` and `dot(table, ..)` draw a table, rows with the same ends merged
-//!   into one labelled edge, so a diagram is always the table the server runs.
+//!   into one labelled edge, so a diagram is always the table the server runs; `edges` is that
+//!   merge, for other drawings (the SVG of `web/svg.rs`).
 //!
 //! Standards: RFC 5321 §4.1.4, RFC 1939 §3
 
@@ -43,7 +44,7 @@ pub fn allows<S: Copy + PartialEq, T: PartialEq>(
 }
 
 /// Rows with the same ends as one edge, labelled with every trigger, in table order.
-fn edges<S: Copy + PartialEq, T>(
+pub fn edges<S: Copy + PartialEq, T>(
     table: &[Transition<S, T>],
     label: impl Fn(&T) -> String,
 ) -> Vec<(S, S, Vec<String>)> {

@@ -2,14 +2,14 @@
 //!
 //! Interface:
 //! - `Server::bind(config)` binds every `--listen`, `--submission`, `--smtps`, `--pop3`,
-//!   `--pop3s`, `--imap` and `--imaps` address (an error is one plain sentence).
+//!   `--pop3s`, `--imap`, `--imaps` and `--web` address (an error is one plain sentence).
 //! - `Server::run()` accepts forever; `Server::spawn()` accepts on background threads and
 //!   returns a handle that stops them (tests use this). Both also start the relay thread
 //!   (`relay/worker.rs`), which the handle stops too.
 //!
 //! Every listener is a welcome socket of `net/listener.rs`, and all of them share one
 //! `Admission`: `--max-connections` and `--max-connections-per-ip` count SMTP and POP3 clients
-//! together. SMTP's part is `Smtp`, the service that starts `connection::serve`.
+//! and `--web` browsers together. SMTP's part is `Smtp`, the service that starts `connection::serve`.
 //!
 //! Standards: RFC 5321 §3.1, RFC 5321 §4.5.3.2, RFC 5321 §3.8
 
@@ -31,6 +31,7 @@ use crate::smtp::reply::Reply;
 use crate::smtp::session::Role;
 use crate::store::delivery::LocalDelivery;
 use crate::store::mbox::MailDir;
+use crate::web::server::{WebHandle, WebListener};
 
 /// The bound listeners and what their sessions share.
 pub struct Server {
@@ -43,6 +44,8 @@ pub struct Server {
     /// `--imap` and `--imaps` listeners, over the same mail directory.
     imap: Vec<ImapListener>,
     spool: Arc<Spool>,
+    /// `--web`: the live view's welcome socket.
+    web: Option<WebListener>,
 }
 
 /// Stops the welcome sockets when dropped, then the relay thread.
@@ -55,6 +58,7 @@ pub struct ServerHandle {
     config: Arc<Config>,
     /// Dropped after the welcome sockets stop, which stops the relay thread.
     _relay: Option<RelayHandle>,
+    web: Option<WebHandle>,
 }
 
 /// SMTP as a welcome socket's service: one listener's role, session numbers shared by all.
@@ -128,6 +132,7 @@ impl Server {
         if !config.imaps.is_empty() && tls.is_none() {
             return Err("--imaps needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
+        let web = config.web.map(WebListener::bind).transpose()?;
         let admission = Admission::new(Limits {
             total: config.max_connections,
             per_ip: config.max_connections_per_ip,
@@ -144,6 +149,7 @@ impl Server {
             pop3,
             imap,
             spool,
+            web,
         })
     }
 
@@ -157,14 +163,10 @@ impl Server {
 
     /// Every bound listener with the name of its role, for the start-up banner.
     pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
-        let smtp = self.local_addrs().into_iter().map(|(addr, role)| {
-            let name = match role {
-                Role::Relay => "SMTP",
-                Role::Submission => "submission",
-                Role::ImplicitTls => "SMTPS",
-            };
-            (name, addr)
-        });
+        let smtp = self
+            .local_addrs()
+            .into_iter()
+            .map(|(addr, role)| (role.name(), addr));
         let pop3 = self.pop3.iter().map(|l| {
             (
                 if l.implicit_tls { "POP3S" } else { "POP3" },
@@ -177,7 +179,8 @@ impl Server {
                 l.local_addr(),
             )
         });
-        smtp.chain(pop3).chain(imap).collect()
+        let web = self.web.iter().map(|l| ("web", l.local_addr()));
+        smtp.chain(pop3).chain(imap).chain(web).collect()
     }
 
     /// The configuration the server runs with.
@@ -239,6 +242,13 @@ impl Server {
                 (welcome, implicit)
             })
             .collect();
+        let web = self.web.map(|listener| {
+            listener.spawn(
+                context.config.clone(),
+                self.spool.clone(),
+                self.admission.clone(),
+            )
+        });
         let relay = worker::start(
             context.config.clone(),
             self.spool,
@@ -253,6 +263,7 @@ impl Server {
             imap,
             config: context.config.clone(),
             _relay: relay,
+            web,
         }
     }
 }
@@ -345,6 +356,11 @@ impl ServerHandle {
     /// IMAP sessions running now.
     pub fn imap_sessions(&self) -> usize {
         self.imap.iter().map(|(w, _)| w.active_sessions()).sum()
+    }
+
+    /// The `--web` address actually bound, if any.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(WebHandle::addr)
     }
 
     /// POP3 sessions running now.

@@ -3,47 +3,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{on_path, wait_until, Client, Killed, TempDir, READ_TIMEOUT};
+use common::{on_path, wait_until, Client, Killed, Output, TempDir, READ_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Collects what a child process prints, line by line, on a thread of its own.
-#[derive(Clone, Default)]
-struct Output(Arc<Mutex<String>>);
-
-impl Output {
-    fn collect(source: impl Read + Send + 'static) -> Output {
-        let output = Output::default();
-        let sink = output.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(source);
-            let mut line = String::new();
-            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                sink.0.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
-        output
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, needle: &str) {
-        wait_until(&format!("{needle:?} in the output"), || {
-            self.text().contains(needle)
-        });
-    }
-}
 
 /// The real `smtplab` binary with `--trace`, its stdout collected.
 struct Binary {
@@ -70,7 +39,7 @@ impl Binary {
             .expect("start smtplab");
         let stdout = Output::collect(child.stdout.take().expect("stdout"));
         let child = Killed(child);
-        stdout.wait_for("smtplab listening on");
+        stdout.wait_for("smtplab listening");
         Binary {
             _child: child,
             stdout,
@@ -102,6 +71,11 @@ struct Tmux {
 
 impl Tmux {
     fn start(name: &str, command: &str) -> Tmux {
+        Tmux::start_sized(name, command, 150)
+    }
+
+    /// A window `columns` wide, as narrow as a projector's console may be.
+    fn start_sized(name: &str, command: &str, columns: u16) -> Tmux {
         let dir = TempDir::new(name);
         let tmux = Tmux {
             socket: dir.path().join("tmux.sock"),
@@ -112,7 +86,15 @@ impl Tmux {
             .command()
             .args(["-f", "/dev/null", "start-server", ";"])
             .args(["set-option", "-g", "remain-on-exit", "on", ";"])
-            .args(["new-session", "-d", "-s", "class", "-x", "150", "-y", "60"])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                "class",
+                "-x",
+                &columns.to_string(),
+            ])
+            .args(["-y", "60"])
             .arg(command)
             .env("TERM", "xterm")
             .status()
@@ -128,9 +110,19 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
+        self.capture(&[])
+    }
+
+    /// The screen with its colours, as ANSI escape sequences.
+    fn screen_in_colour(&self) -> String {
+        self.capture(&["-e"])
+    }
+
+    fn capture(&self, options: &[&str]) -> String {
         let output = self
             .command()
             .args(["capture-pane", "-p", "-t", "class"])
+            .args(options)
             .output()
             .expect("capture-pane");
         String::from_utf8_lossy(&output.stdout).into_owned()
@@ -166,6 +158,47 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.command().arg("kill-server").status();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The projector: the console in a real terminal
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_projector_console_is_coloured_and_wraps_at_the_terminal_width() {
+    if !on_path("tmux") {
+        return;
+    }
+    let mail = TempDir::new("projector-mail");
+    let listen = common::free_addr();
+    let command = format!(
+        "{} --trace --listen {listen} --hostname smtplab.test --mail-dir {}",
+        env!("CARGO_BIN_EXE_smtplab"),
+        mail.path().display()
+    );
+    let tmux = Tmux::start_sized("projector", &command, 60);
+    tmux.wait_for("Try: telnet", 1);
+    let mut c = Client::connect(listen);
+    c.expect(
+        "HELO a-rather-long-name-for-a-client-host.in-a-classroom.example",
+        250,
+    );
+    c.expect("QUIT", 221);
+    tmux.wait_for("-- disconnect", 1);
+    let screen = tmux.screen();
+    // The console cut the line itself: the rest goes on under the same [S1], indented (a line
+    // the terminal wrapped would go on without it).
+    let lines: Vec<&str> = screen.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("[S1] C: HELO a-rather-long"))
+        .unwrap_or_else(|| panic!("no HELO line on the screen:\n{screen}"));
+    assert!(lines[at + 1].starts_with("[S1]   "), "{screen}");
+    assert!(lines.iter().all(|l| l.chars().count() <= 60), "{screen}");
+    assert!(
+        tmux.screen_in_colour().contains("\u{1b}["),
+        "no colours on a terminal"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -279,6 +312,24 @@ fn a_stray_backspace_is_named() {
 }
 
 #[test]
+fn an_arrow_key_is_named_and_the_student_asked_to_retype() {
+    let server = common::start(&[]);
+    let mut c = server.connect();
+    // The up arrow in a terminal without line editing: ESC [ A, then what was typed.
+    let reply = c.cmd("\x1b[AMAIL FROM:<mary@client.example>");
+    assert_eq!(reply.code, 500, "{reply:?}");
+    assert!(
+        reply.text().contains("your terminal sent an arrow key"),
+        "{reply:?}"
+    );
+    assert!(reply.text().contains("retype the line"), "{reply:?}");
+    // Another escape sequence (F1 is ESC O P) is named as one too.
+    let reply = c.cmd("HELO x\x1bOP");
+    assert!(reply.text().contains("escape sequence"), "{reply:?}");
+    c.expect("HELO client.example", 250);
+}
+
+#[test]
 fn missing_angle_brackets_show_the_right_form() {
     let server = common::start(&[]);
     let mut c = server.connect();
@@ -370,6 +421,8 @@ fn listed(reply: &common::Reply) -> Vec<String> {
     reply
         .lines
         .iter()
+        // `  VERB syntax -> State`; the summary under it is indented further.
+        .filter(|l| !l.starts_with("2.0.0     "))
         .filter_map(|l| l.strip_prefix("2.0.0   "))
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
@@ -433,6 +486,45 @@ fn help_lists_what_is_legal_in_each_state() {
     assert!(server.mbox_text("alice").contains("\nHELP\n"));
 }
 
+/// The reply as the terminal shows it: `214-2.0.0 text` per line.
+fn wire_lines(reply: &common::Reply) -> Vec<String> {
+    let last = reply.lines.len() - 1;
+    reply
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, text)| format!("{}{}{text}", reply.code, if i == last { ' ' } else { '-' }))
+        .collect()
+}
+
+#[test]
+fn help_fits_80_columns_in_every_state_and_for_every_verb() {
+    let server = common::start(&[]);
+    let mut c = server.connect();
+    let mut replies = vec![c.expect("HELP", 214)];
+    for command in [
+        "EHLO client.example",
+        "MAIL FROM:<mary@client.example>",
+        "RCPT TO:<alice@localhost>",
+    ] {
+        c.expect(command, 250);
+        replies.push(c.expect("HELP", 214));
+    }
+    for verb in smtplab::smtp::command::VERBS {
+        replies.push(c.expect(&format!("HELP {}", verb.name), 214));
+    }
+    let wide: Vec<String> = replies
+        .iter()
+        .flat_map(wire_lines)
+        .filter(|line| line.chars().count() > 80)
+        .collect();
+    assert!(
+        wide.is_empty(),
+        "HELP lines over 80 columns:\n{}",
+        wide.join("\n")
+    );
+}
+
 #[test]
 fn help_for_a_verb_gives_syntax_section_and_example() {
     let server = common::start(&[]);
@@ -460,8 +552,8 @@ fn help_tells_the_history_of_obsolete_and_disabled_verbs() {
     ] {
         let help = c.expect(&format!("HELP {verb}"), 214).text();
         let history = help
-            .lines()
-            .find(|l| l.contains("History:"))
+            .split_once("History:")
+            .map(|(_, story)| story.replace('\n', " "))
             .unwrap_or_else(|| panic!("HELP {verb}: {help}"));
         assert!(history.contains(words), "HELP {verb}: {history}");
     }
@@ -875,7 +967,8 @@ fn trace_shows_scripted_faults() {
     assert!(text.contains("[S1] S: 452 4.5.3 Too many recipients (scripted fault)"));
 }
 
-/// AUTH data never reaches the projector, and a stray backspace is shown by name.
+/// AUTH data never reaches the projector, and a stray backspace is shown as an escape, in the
+/// notation of the transcripts.
 #[test]
 fn trace_masks_credentials_and_names_control_keys() {
     let server = Binary::start(&["--trace"]);
@@ -887,9 +980,6 @@ fn trace_masks_credentials_and_names_control_keys() {
     server.stdout.wait_for("[S1] -- disconnect");
     let text = server.stdout.text();
     assert!(!text.contains("AGFsaWNl"), "{text}");
-    assert!(
-        text.contains("[S1] C: AUTH PLAIN (credentials hidden)"),
-        "{text}"
-    );
-    assert!(text.contains("[S1] C: HEL<BS>LO x"), "{text}");
+    assert!(text.contains("[S1] C: AUTH PLAIN {secret}"), "{text}");
+    assert!(text.contains("[S1] C: HEL{x08}LO x"), "{text}");
 }

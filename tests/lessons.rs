@@ -5,6 +5,8 @@
 //! `lessons/rfc-index.md`) are rewritten from the code instead of failing, so code can move
 //! without hand-editing lessons. Citations and coverage are never blessed: a person fixes those.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,9 @@ const BLESS_VAR: &str = "SMTPLAB_BLESS";
 const BLESS_HINT: &str = "run SMTPLAB_BLESS=1 cargo test --test lessons";
 const SNIPPET_MARK: &str = "<!-- snippet: ";
 const MERMAID_MARK: &str = "<!-- mermaid: smtplab states --mermaid -->";
+/// `<!-- mermaid: smtplab states ARGS -->`: any diagram the binary draws.
+const MERMAID_PREFIX: &str = "<!-- mermaid: smtplab states ";
+const POP3_LESSON: &str = "lessons/13-pop3.md";
 const RFC_INDEX: &str = "lessons/rfc-index.md";
 const STATE_LESSON: &str = "lessons/06-the-state-machine.md";
 
@@ -433,29 +438,34 @@ fn snippet_blocks(lines: &[&str], lesson: &str, problems: &mut Vec<String>) -> V
     blocks(lines, lesson, marker, "rust", expect, problems)
 }
 
-fn mermaid_from_binary() -> Result<String, String> {
+/// The diagram `smtplab states ARGS` prints (`--mermaid` for SMTP, `--pop3` for POP3).
+fn mermaid_from_binary(args: &str) -> Result<String, String> {
     let output = Command::new(env!("CARGO_BIN_EXE_smtplab"))
-        .args(["states", "--mermaid"])
+        .arg("states")
+        .args(args.split_whitespace())
         .output()
-        .map_err(|e| format!("cannot run smtplab states --mermaid: {e}"))?;
+        .map_err(|e| format!("cannot run smtplab states {args}: {e}"))?;
     if !output.status.success() {
-        return Err(format!(
-            "smtplab states --mermaid failed: {}",
-            output.status
-        ));
+        return Err(format!("smtplab states {args} failed: {}", output.status));
     }
     String::from_utf8(output.stdout).map_err(|_| "smtplab states printed non-UTF-8".to_string())
 }
 
+/// `<!-- mermaid: smtplab states ARGS -->` before a ```mermaid block: the diagram the binary
+/// draws from the state table.
 fn mermaid_blocks(lines: &[&str], lesson: &str, problems: &mut Vec<String>) -> Vec<Block> {
-    let diagram = mermaid_from_binary();
-    let marker = |line: &str| (line.trim() == MERMAID_MARK).then(|| "mermaid diagram".to_string());
+    let marker = |line: &str| {
+        line.trim()
+            .strip_prefix(MERMAID_PREFIX)
+            .and_then(|rest| rest.strip_suffix("-->"))
+            .map(|args| args.trim().to_string())
+    };
     blocks(
         lines,
         lesson,
         marker,
         "mermaid",
-        |_| diagram.clone(),
+        mermaid_from_binary,
         problems,
     )
 }
@@ -508,12 +518,13 @@ fn check_blocks(
 fn snippets_and_the_diagram_match_the_code() {
     let _guard = FILES.lock().unwrap_or_else(|e| e.into_inner());
     let mut problems = Vec::new();
-    let mut saw_mermaid = false;
+    let (mut saw_mermaid, mut saw_pop3) = (false, false);
     for (lesson, text) in lesson_files() {
         let lines: Vec<&str> = text.lines().collect();
         let mut found = snippet_blocks(&lines, &lesson, &mut problems);
         let diagrams = mermaid_blocks(&lines, &lesson, &mut problems);
-        saw_mermaid |= lesson == STATE_LESSON && !diagrams.is_empty();
+        saw_mermaid |= lesson == STATE_LESSON && diagrams.iter().any(|d| d.label == "--mermaid");
+        saw_pop3 |= lesson == POP3_LESSON && diagrams.iter().any(|d| d.label == "--pop3");
         found.extend(diagrams);
         found.sort_by_key(|b| b.body_start);
         if let Some(new_text) = check_blocks(&lesson, &lines, found, &mut problems) {
@@ -525,6 +536,11 @@ fn snippets_and_the_diagram_match_the_code() {
     if !saw_mermaid {
         problems.push(format!(
             "{STATE_LESSON} must embed the state diagram: a line `{MERMAID_MARK}` followed by a ```mermaid block"
+        ));
+    }
+    if !saw_pop3 {
+        problems.push(format!(
+            "{POP3_LESSON} must embed the POP3 diagram: a line `{MERMAID_PREFIX}--pop3 -->` followed by a ```mermaid block"
         ));
     }
     fail_if_any(&problems, "lesson snippets out of date");
@@ -774,4 +790,389 @@ fn checker_extracts_anchors() {
     assert_eq!(anchor(source, "outer").as_deref(), Some("    x\n    y\n"));
     assert_eq!(anchor(source, "inner").as_deref(), Some("    y\n"));
     assert_eq!(anchor(source, "missing"), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// EHLO lists: checked against the real binary, blessable
+// ---------------------------------------------------------------------------------------------
+
+/// `<!-- ehlo: OPTIONS -->` before a fence: the EHLO lists in the block are what the binary,
+/// started with OPTIONS, answers. `starttls` among the options asks after STARTTLS, inside TLS.
+const EHLO_MARK: &str = "<!-- ehlo:";
+const INSIDE_TLS: &str = "starttls";
+/// A line of only this (after the prefix) inside a list says "some keywords left out here".
+const ELISION: &str = "...";
+
+/// What to ask the binary for one list: its options, its host name, the client's name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct EhloRequest {
+    options: Vec<String>,
+    host: String,
+    client: String,
+}
+
+/// One EHLO list in a lesson: lines `start..end` of the file, each `prefix` + a reply line.
+#[derive(Debug)]
+struct EhloList {
+    start: usize,
+    end: usize,
+    prefix: String,
+    shown: Vec<String>,
+    request: EhloRequest,
+}
+
+/// `250-HOST greets CLIENT` after any prefix (`S: `, `[S1] S: `): the first line of a list.
+fn ehlo_first_line(line: &str) -> Option<(String, String, String)> {
+    let at = line.find("250-")?;
+    let mut words = line[at + 4..].split_whitespace();
+    let (host, greets, client) = (words.next()?, words.next()?, words.next()?);
+    (greets == "greets").then(|| (line[..at].to_string(), host.to_string(), client.to_string()))
+}
+
+/// Every EHLO list in `lines`, with the options of the marker before its code block. A list
+/// whose block has no marker is a problem: it could drift.
+fn ehlo_lists(lines: &[&str], file: &str, problems: &mut Vec<String>) -> Vec<EhloList> {
+    let mut found = Vec::new();
+    let mut options: Option<Vec<String>> = None;
+    let mut in_block = false;
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        if line.trim_start().starts_with("```") {
+            if in_block {
+                options = None;
+            } else {
+                // The marker is the line before the fence, or the one before it when another
+                // marker (`<!-- session: ... -->` in LAB.md) sits between.
+                options = lines[i.saturating_sub(2)..i]
+                    .iter()
+                    .filter_map(|l| l.trim().strip_prefix(EHLO_MARK))
+                    .find_map(|rest| rest.strip_suffix("-->"))
+                    .map(|rest| rest.split_whitespace().map(str::to_string).collect());
+            }
+            in_block = !in_block;
+            i += 1;
+            continue;
+        }
+        let Some((prefix, host, client)) = in_block.then(|| ehlo_first_line(line)).flatten() else {
+            i += 1;
+            continue;
+        };
+        let start = i;
+        let mut shown = vec![line[prefix.len()..].to_string()];
+        i += 1;
+        while let Some(next) = lines.get(i).and_then(|l| l.strip_prefix(prefix.as_str())) {
+            if !(next.starts_with("250-") || next.starts_with("250 ") || next == ELISION) {
+                break;
+            }
+            shown.push(next.to_string());
+            i += 1;
+            if next.starts_with("250 ") {
+                break;
+            }
+        }
+        match &options {
+            Some(options) => found.push(EhloList {
+                start,
+                end: i,
+                prefix,
+                shown,
+                request: EhloRequest {
+                    options: options.clone(),
+                    host,
+                    client,
+                },
+            }),
+            None => problems.push(format!(
+                "{file}:{}: an EHLO list in a block without a `{EHLO_MARK} OPTIONS -->` line \
+                 before its fence; add one (the options the server runs with) so the list is \
+                 checked against the binary",
+                start + 1
+            )),
+        }
+    }
+    found
+}
+
+/// Do the lines shown match the real reply? All of them, in order; a list with `...` may leave
+/// lines out, but what it shows must be there, in that order.
+fn ehlo_matches(shown: &[String], actual: &[String]) -> bool {
+    if !shown.iter().any(|l| l == ELISION) {
+        return shown == actual;
+    }
+    let mut rest = actual.iter();
+    shown
+        .iter()
+        .filter(|l| *l != ELISION)
+        .all(|l| rest.any(|a| a == l))
+}
+
+/// Check (and with `bless` rewrite) the EHLO lists of one file; `ask` runs the binary.
+fn check_ehlo_lists(
+    file: &str,
+    text: &str,
+    bless: bool,
+    ask: &mut impl FnMut(&EhloRequest) -> Result<Vec<String>, String>,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut next = 0;
+    for list in ehlo_lists(&lines, file, problems) {
+        let actual = match ask(&list.request) {
+            Ok(actual) => actual,
+            Err(why) => {
+                problems.push(format!("{file}:{}: {why}", list.start + 1));
+                continue;
+            }
+        };
+        if ehlo_matches(&list.shown, &actual) {
+            continue;
+        }
+        if !bless || list.shown.iter().any(|l| l == ELISION) {
+            problems.push(format!(
+                "{file}:{}: the EHLO list differs from what `smtplab {}` answers:\n      {}\n    \
+                 The binary says:\n      {}\n    {BLESS_HINT}",
+                list.start + 1,
+                list.request.options.join(" "),
+                list.shown.join("\n      "),
+                actual.join("\n      ")
+            ));
+            continue;
+        }
+        out.extend(lines[next..list.start].iter().map(|l| l.to_string()));
+        out.extend(actual.iter().map(|l| format!("{}{l}", list.prefix)));
+        next = list.end;
+    }
+    if next == 0 {
+        return None;
+    }
+    out.extend(lines[next..].iter().map(|l| l.to_string()));
+    Some(out.join("\n") + "\n")
+}
+
+/// The binary started in `dir` as host `host` with `options` on a port of its own; its banner.
+fn start_for_lesson(
+    dir: &common::TempDir,
+    host: &str,
+    options: &[&String],
+) -> (common::Killed, String) {
+    let (child, stdout) = common::spawn_collecting(
+        Command::new(env!("CARGO_BIN_EXE_smtplab"))
+            .current_dir(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--hostname", host])
+            .args(options)
+            .stderr(std::process::Stdio::null()),
+    );
+    stdout.wait_for("Try: telnet");
+    (child, stdout.text())
+}
+
+/// The EHLO reply of the real binary: started with the request's options on a port of its
+/// own, asked `EHLO client` (inside TLS after STARTTLS when the options say `starttls`).
+fn ehlo_from_binary(request: &EhloRequest) -> Result<Vec<String>, String> {
+    use std::io::{BufReader, Write};
+    let dir = common::TempDir::new("lessons-ehlo");
+    let inside_tls = request.options.iter().any(|o| o == INSIDE_TLS);
+    let options: Vec<&String> = request
+        .options
+        .iter()
+        .filter(|o| *o != INSIDE_TLS)
+        .collect();
+    let (_child, banner) = start_for_lesson(&dir, &request.host, &options);
+    let addr = *common::banner_listeners(&banner)
+        .get("SMTP")
+        .ok_or("no SMTP listener in the banner")?;
+    let tcp = common::connect_with_timeouts(addr);
+    let mut reader = BufReader::new(tcp);
+    let ask = |reader: &mut BufReader<_>, line: &str| -> Result<common::Reply, String> {
+        let stream: &mut std::net::TcpStream = reader.get_mut();
+        stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        common::read_reply(reader).ok_or_else(|| format!("no reply to {line}"))
+    };
+    common::read_reply(&mut reader).ok_or("no greeting")?;
+    let ehlo = format!("EHLO {}", request.client);
+    let reply = if inside_tls {
+        ask(&mut reader, &ehlo)?;
+        ask(&mut reader, "STARTTLS")?;
+        let tls = common::tls_connector()
+            .connect(common::TLS_HOST, reader.into_inner())
+            .map_err(|e| format!("TLS: {e}"))?;
+        let mut tls = BufReader::new(tls);
+        tls.get_mut()
+            .write_all(format!("{ehlo}\r\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        common::read_reply(&mut tls).ok_or("no EHLO reply inside TLS")?
+    } else {
+        ask(&mut reader, &ehlo)?
+    };
+    let last = reply.lines.len() - 1;
+    Ok(reply
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, text)| format!("{}{}{text}", reply.code, if i == last { ' ' } else { '-' }))
+        .collect())
+}
+
+/// The README and the lessons: every file a student reads an EHLO list in.
+fn student_files() -> Vec<(String, String)> {
+    let mut files = lesson_files();
+    files.push(("README.md".to_string(), read(&root().join("README.md"))));
+    files
+}
+
+#[test]
+fn every_ehlo_list_comes_from_the_binary() {
+    let _guard = FILES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cache: BTreeMap<EhloRequest, Result<Vec<String>, String>> = BTreeMap::new();
+    let mut ask = |request: &EhloRequest| {
+        cache
+            .entry(request.clone())
+            .or_insert_with(|| ehlo_from_binary(request))
+            .clone()
+    };
+    let mut problems = Vec::new();
+    for (file, text) in student_files() {
+        if let Some(new_text) = check_ehlo_lists(&file, &text, blessing(), &mut ask, &mut problems)
+        {
+            fs::write(root().join(&file), new_text)
+                .unwrap_or_else(|e| panic!("cannot bless {file}: {e}"));
+            eprintln!("blessed {file}");
+        }
+    }
+    fail_if_any(&problems, "EHLO lists in README.md and lessons/");
+}
+
+#[test]
+fn the_ehlo_check_fails_on_a_changed_list() {
+    let lesson = |list: &str| {
+        format!(
+            "Connect:\n\n<!-- ehlo: --max-size 1000 -->\n```text\n220 vm ready\nEHLO client.example\n{list}MAIL FROM:<a@b>\n```\n"
+        )
+    };
+    let mut ask = |request: &EhloRequest| ehlo_from_binary(request);
+    let actual = ehlo_from_binary(&EhloRequest {
+        options: vec!["--max-size".into(), "1000".into()],
+        host: "vm".into(),
+        client: "client.example".into(),
+    })
+    .expect("the binary answers EHLO");
+    let good: String = actual.iter().map(|l| format!("{l}\n")).collect();
+    let mut problems = Vec::new();
+    assert_eq!(
+        check_ehlo_lists("good.md", &lesson(&good), false, &mut ask, &mut problems),
+        None
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // One keyword changed, one left out, one added: each is caught, and `...` is no excuse for
+    // a keyword the server does not send.
+    let changed = good.replace("250-SIZE 1000", "250-SIZE 10485760");
+    let dropped = good.replace("250-PIPELINING\n", "");
+    let added = good.replace("250 HELP", "250-XFOO\n250 HELP");
+    let elided = format!("{}...\n250-XFOO\n250 HELP\n", actual[0]);
+    for (name, list) in [
+        ("changed", changed),
+        ("dropped", dropped),
+        ("added", added),
+        ("elided", elided),
+    ] {
+        let mut problems = Vec::new();
+        check_ehlo_lists(name, &lesson(&list), false, &mut ask, &mut problems);
+        assert_eq!(problems.len(), 1, "{name}: {problems:#?}");
+        assert!(problems[0].contains("differs from what `smtplab --max-size 1000` answers"));
+    }
+    // A list in a block without a marker cannot be checked, so it is a problem too.
+    let unmarked = lesson(&good).replace("<!-- ehlo: --max-size 1000 -->\n", "");
+    let mut problems = Vec::new();
+    check_ehlo_lists("unmarked.md", &unmarked, false, &mut ask, &mut problems);
+    assert!(
+        problems[0].contains("without a `<!-- ehlo:"),
+        "{problems:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up banners: checked against the real binary
+// ---------------------------------------------------------------------------------------------
+
+/// `<!-- banner: OPTIONS -->` before a ```text fence: the block is the banner the binary prints
+/// when started with OPTIONS in an empty directory. Ports and spacing may differ (the test
+/// cannot take 2525); every word must be the same.
+const BANNER_MARK: &str = "<!-- banner:";
+
+/// The banner as the lesson shows it: the binary's, with the lesson's addresses in place of
+/// the ones it really bound, and runs of spaces made one.
+fn banner_as_shown(actual: &str, shown: &str) -> Vec<String> {
+    let (real, doc) = (
+        common::banner_listeners(actual),
+        common::banner_listeners(shown),
+    );
+    let mut text = actual.to_string();
+    for (role, addr) in &real {
+        if let Some(wanted) = doc.get(role) {
+            text = text
+                .replace(&addr.to_string(), &wanted.to_string())
+                .replace(
+                    &format!("telnet {} {}", addr.ip(), addr.port()),
+                    &format!("telnet {} {}", wanted.ip(), wanted.port()),
+                );
+        }
+    }
+    words_per_line(&text)
+}
+
+fn words_per_line(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn start_up_banners_come_from_the_binary() {
+    let _guard = FILES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    for (file, text) in student_files() {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some(options) = line
+                .trim()
+                .strip_prefix(BANNER_MARK)
+                .and_then(|r| r.strip_suffix("-->"))
+            else {
+                continue;
+            };
+            seen += 1;
+            let Some(close) = lines[i + 2..].iter().position(|l| l.trim() == "```") else {
+                problems.push(format!(
+                    "{file}:{}: the banner block is never closed",
+                    i + 1
+                ));
+                continue;
+            };
+            let shown = lines[i + 2..i + 2 + close].join("\n");
+            let host = shown
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("smtplab listening as "))
+                .and_then(|l| l.strip_suffix(':'))
+                .unwrap_or("localhost");
+            let options: Vec<String> = options.split_whitespace().map(str::to_string).collect();
+            let dir = common::TempDir::new("lessons-banner");
+            let (_child, actual) =
+                start_for_lesson(&dir, host, &options.iter().collect::<Vec<_>>());
+            if banner_as_shown(&actual, &shown) != words_per_line(&shown) {
+                problems.push(format!(
+                    "{file}:{}: the banner differs from what the binary prints:\n{shown}\n  The binary says:\n{actual}",
+                    i + 1
+                ));
+            }
+        }
+    }
+    assert!(seen > 0, "no `{BANNER_MARK} -->` banner in the lessons");
+    fail_if_any(&problems, "start-up banners in README.md and lessons/");
 }

@@ -224,9 +224,9 @@ fn recorded_session_replays() {
         "{text}"
     );
 
-    // Nothing volatile is left to mask: the host name is fixed (smtplab.test), replies carry no
-    // date, and a fresh server numbers its sessions from S1 again, so the message id in the 250
-    // after DATA (S1.1) comes out the same. The recorded file is replayed exactly as written.
+    // The recorder wrote {host} and {id} where the server said its name and the message id, so
+    // the file replays exactly as written (tests/student_text.rs replays one against a server
+    // with another name and another session count).
     let recorded = Transcript::parse(&text).unwrap();
     let replays = common::TempDir::new("recorded-replay");
     let replay_dir = replays.path().display().to_string();

@@ -37,6 +37,7 @@ use crate::net::line::{LineReader, ReadError};
 use crate::net::listener::{self, Admission, Bound, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor, Stream};
 use crate::store::mbox::MailDir;
+use crate::visible;
 
 /// RFC 9051 §5.4: an inactivity autologout timer "MUST be of at least 30 minutes' duration".
 pub const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
@@ -378,16 +379,25 @@ impl Connection<'_> {
         let text = String::from_utf8_lossy(bytes);
         let mut words = text.split(' ');
         let (tag, verb) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        if verb.eq_ignore_ascii_case("LOGIN") || verb.eq_ignore_ascii_case("AUTHENTICATE") {
-            debug!("[{}] C: {tag} {verb} ****", self.id);
+        let secret = ["LOGIN", "AUTHENTICATE"]
+            .iter()
+            .any(|v| verb.eq_ignore_ascii_case(v));
+        let shown = if secret {
+            format!("{tag} {verb} ****")
         } else {
-            debug!("[{}] C: {}", self.id, text.lines().next().unwrap_or(""));
-        }
+            text.lines().next().unwrap_or("").to_string()
+        };
+        // What the client sent may hold terminal escapes: the log is read on a terminal.
+        debug!("[{}] C: {}", self.id, visible::sanitize(&shown));
     }
 
     fn send(&mut self, responses: &[Response]) {
         for response in responses {
-            debug!("[{}] S: {response}", self.id);
+            debug!(
+                "[{}] S: {}",
+                self.id,
+                visible::sanitize(&response.to_string())
+            );
             self.output.extend_from_slice(&response.to_wire());
         }
     }

@@ -24,6 +24,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth_budget::{shut_out_text, Verdict};
 use crate::config::Config;
 use crate::imap::command::{
     parse, Command, FetchItem, Flags, Refused, Response, SearchKey, SequenceSet, Status, StoreMode,
@@ -379,9 +380,10 @@ impl Session {
 
     // ANCHOR: plaintext
     /// LOGIN and AUTHENTICATE PLAIN carry the password as it is typed: only inside TLS, or
-    /// from this machine (the same rule as SMTP AUTH and POP3 PASS).
+    /// from the networks allowed to (`--plaintext-auth-from`, by default this machine): the
+    /// rule of SMTP AUTH and POP3 PASS.
     fn plaintext_allowed(&self) -> bool {
-        self.tls.active || self.peer.is_loopback()
+        auth::plaintext_allowed(self.peer, self.tls.active, &self.config.plaintext_auth_from)
     }
     // ANCHOR_END: plaintext
 
@@ -638,23 +640,31 @@ impl Session {
         if !self.plaintext_allowed() {
             return Outcome::new(State::NotAuthenticated, vec![privacy_required(tag)]);
         }
+        // The per-address budget that SMTP AUTH and POP3 PASS share.
+        if let Verdict::ShutOut(left) = self.config.auth_budget.check(self.peer) {
+            return shut_out(tag, self.peer, left, Duration::ZERO);
+        }
         if let Some(user) = credentials.verify(&self.config.directory.users) {
+            self.config.auth_budget.succeeded(self.peer);
             let state = State::Authenticated { user };
             let text = format!("[CAPABILITY {}] Logged in", self.capabilities(false));
             return Outcome::new(state, vec![Response::tagged(tag, Status::Ok, text)]);
         }
         self.auth_failures += 1;
-        let no = Response::tagged(
-            tag,
-            Status::No,
-            "[AUTHENTICATIONFAILED] Wrong user name or password",
+        let mut pause = self.config.pop3_auth_delay;
+        match self.config.auth_budget.failed(self.peer) {
+            Verdict::Wait(wait) => pause += wait,
+            Verdict::ShutOut(left) => return shut_out(tag, self.peer, left, pause),
+        }
+        let text = "[AUTHENTICATIONFAILED] Wrong user name or password";
+        let mut outcome = Outcome::new(
+            State::NotAuthenticated,
+            vec![Response::tagged(tag, Status::No, text)],
         );
-        let mut outcome = Outcome::new(State::NotAuthenticated, vec![no]);
-        outcome.pause = self.config.pop3_auth_delay;
+        outcome.pause = pause;
         if self.auth_failures >= MAX_AUTH_FAILURES {
-            outcome
-                .responses
-                .push(Response::untagged("BYE Too many tries, goodbye"));
+            let bye = Response::untagged("BYE Too many tries, goodbye");
+            outcome.responses.push(bye);
             outcome.state = State::Logout;
             outcome.next = Next::Close;
         }
@@ -750,11 +760,20 @@ impl Session {
 }
 
 fn privacy_required(tag: &str) -> Response {
-    Response::tagged(
-        tag,
-        Status::No,
-        "[PRIVACYREQUIRED] Passwords are not taken in the clear from your address: STARTTLS first",
-    )
+    let text = format!("[PRIVACYREQUIRED] {}", auth::PLAINTEXT_REFUSED);
+    Response::tagged(tag, Status::No, text)
+}
+
+/// Too many failed logins from this address: NO, BYE, and the connection closes.
+fn shut_out(tag: &str, peer: IpAddr, left: Duration, pause: Duration) -> Outcome {
+    let text = format!("[UNAVAILABLE] {}", shut_out_text(peer, left));
+    let responses = vec![
+        Response::tagged(tag, Status::No, text),
+        Response::untagged("BYE Too many failed logins"),
+    ];
+    let mut outcome = Outcome::new(State::Logout, responses).then(Next::Close);
+    outcome.pause = pause;
+    outcome
 }
 
 fn cannot_read(tag: &str, user: String) -> Outcome {

@@ -10,8 +10,8 @@
 use crate::machine;
 use crate::smtp::session::{StateName, Trigger, TRANSITIONS};
 
-/// How each trigger of the SMTP table is labelled in the picture.
-fn label(on: &Trigger) -> String {
+/// How each trigger of the SMTP table is labelled in a picture.
+pub fn label(on: &Trigger) -> String {
     match on {
         Trigger::Command(verb) => verb.name().to_string(),
         Trigger::EndOfData => "end of data".to_string(),

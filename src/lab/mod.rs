@@ -2,7 +2,8 @@
 //!
 //! | file | what | lesson |
 //! |---|---|---|
-//! | `transcript.rs` | the `C:`/`S:` transcript format and the recorder | 12 |
+//! | `transcript.rs` | the `C:`/`S:` transcript format: parse, match, print | 12 |
+//! | `recorder.rs` | `--transcripts`: each live session written as a transcript | 12, 14 |
 //! | `replay.rs` | plays a transcript against any server and diffs the replies | 12 |
 //! | `compare.rs` | explains how a student's session differs from a reference | 12 |
 //! | `coach.rs` | coaching, `--explain` and `--fault` around the SMTP session's `step` | 15 |
@@ -10,10 +11,14 @@
 //! | `diagram.rs` | the state machine drawn from its table | 6 |
 //! | `fault.rs` | `--fault`: refusals at a chosen point, the same way every time | 15 |
 //! | `bench.rs` | the load generator | 16 |
+//! | `dns_server.rs` | `smtplab dns`: a lab nameserver for one zone file | 11 |
+//! | `roster.rs` | `smtplab roster N`: logins for a class, and the list `class` | 15 |
 //!
 //! Standards: none
 
 pub mod transcript;
+
+pub mod recorder;
 
 pub mod replay;
 
@@ -28,3 +33,7 @@ pub mod diagram;
 pub mod fault;
 
 pub mod bench;
+
+pub mod roster;
+
+pub mod dns_server;

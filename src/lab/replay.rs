@@ -5,13 +5,18 @@
 //! - `replay(transcript, server, options)` runs one transcript and returns a `ReplayReport`.
 //! - `ReplayReport::is_match` / `first_mismatch` / `render(color)`: the verdict and a unified diff
 //!   (`-` the expected `S:` line with its line number, `+` what the server said).
-//! - `replay_main(args)`: `smtplab replay FILE... --server HOST:PORT [--codes-only]
+//! - `replay_main(args)`: `smtplab replay FILE... --server HOST:PORT [--codes-only] [--record]
 //!   [--color auto|always|never]`; exit 0 when every file matches, 1 on a difference, 2 on a
 //!   usage or I/O error.
 //!
 //! The rule for sending: consecutive `C:` lines go out in one write (so pipelined commands and
 //! DATA content are sent as a client would), then one reply is read for each reply in the
 //! following `S:` lines. The first `S:` lines, before any `C:`, are the greeting.
+//!
+//! After an SMTP greeting a replay sends `recorder::REPLAY_MARKER`, a NOOP whose 250 is not
+//! compared, so a server recording its sessions leaves the replay out (unless `--record`).
+//! Every line of the report that holds a server's or a transcript's text is escaped
+//! (`visible`): a reply cannot send the terminal a control sequence.
 //!
 //! With `# protocol: pop3` the server's lines are not grouped by reply codes (POP3 has none):
 //! each run of `S:` lines is one "reply", and exactly that many lines are read for it. The same
@@ -27,10 +32,12 @@ use std::time::{Duration, Instant};
 
 use getopts::Options;
 
+use crate::lab::recorder::REPLAY_MARKER;
 use crate::lab::transcript::{
     align, is_last_reply_line, reply_code, ClientLine, Entry, Line, LineEnding, Pair, Pattern,
     Protocol, Transcript,
 };
+use crate::visible::sanitize;
 
 /// Longest reply line we read; RFC 5321 §4.5.3.1.5 allows 512, some servers send more.
 const MAX_REPLY_LINE: u64 = 4096;
@@ -45,6 +52,9 @@ pub struct ReplayOptions {
     pub codes_only: bool,
     pub read_timeout: Duration,
     pub deadline: Duration,
+    /// Let a server with `--transcripts` record this replay. Otherwise the replay first sends
+    /// `recorder::REPLAY_MARKER` after the greeting, and the recorder leaves it out.
+    pub record: bool,
 }
 
 impl Default for ReplayOptions {
@@ -53,6 +63,7 @@ impl Default for ReplayOptions {
             codes_only: false,
             read_timeout: READ_TIMEOUT,
             deadline: FILE_DEADLINE,
+            record: false,
         }
     }
 }
@@ -226,6 +237,21 @@ impl Connection {
         }
     }
 
+    /// Says "this is a replay" with a NOOP the recorder knows; its 250 is read and not compared.
+    /// It ends as the transcript's first line does, so a netcat (bare LF) session stays one.
+    fn mark_as_replay(&mut self, ending: LineEnding) {
+        let marker = ClientLine {
+            bytes: REPLAY_MARKER.as_bytes().to_vec(),
+            secret: false,
+            ending,
+        };
+        let _ = self
+            .reader
+            .get_mut()
+            .write_all(&marker.wire_bytes().unwrap_or_default());
+        let _ = self.read_reply(1);
+    }
+
     /// Reads the reply `expected` stands for: in SMTP the lines up to the one without a `-`
     /// after the code; in POP3 exactly as many lines as were expected.
     fn read_reply(&mut self, expected: usize) -> Result<Vec<String>, String> {
@@ -271,6 +297,21 @@ impl Connection {
     }
 }
 
+/// How the transcript's first client line ends (CRLF when it has none).
+fn first_ending(transcript: &Transcript) -> LineEnding {
+    let first = transcript
+        .entries
+        .iter()
+        .find_map(|entry| match &entry.line {
+            Line::Client(client) => Some(client.ending),
+            _ => None,
+        });
+    match first {
+        Some(LineEnding::Lf) => LineEnding::Lf,
+        _ => LineEnding::CrLf,
+    }
+}
+
 fn without_ending(line: &[u8]) -> String {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -310,10 +351,14 @@ pub fn replay(
             return report;
         }
     };
-    for exchange in &exchanges {
+    for (index, exchange) in exchanges.iter().enumerate() {
         connection.send(&exchange.send);
         if !report.check(exchange, &mut connection, options.codes_only) {
             break;
+        }
+        let after_greeting = index == 0 && exchange.send.is_empty();
+        if after_greeting && protocol == Protocol::Smtp && !options.record {
+            connection.mark_as_replay(first_ending(transcript));
         }
     }
     report
@@ -581,6 +626,7 @@ pub fn replay_main(args: &[String]) -> i32 {
     }
     let replay_options = ReplayOptions {
         codes_only: matches.opt_present("codes-only"),
+        record: matches.opt_present("record"),
         ..ReplayOptions::default()
     };
     let statuses = matches
@@ -599,6 +645,11 @@ fn command_line_options() -> Options {
         "HOST:PORT",
     );
     options.optflag("", "codes-only", "compare reply codes only, not the texts");
+    options.optflag(
+        "",
+        "record",
+        "let a server with --transcripts record this replay too",
+    );
     options.optopt(
         "",
         "color",
@@ -628,12 +679,13 @@ fn replay_file(path: &Path, server: SocketAddr, options: &ReplayOptions, color: 
     let transcript = match Transcript::load(path) {
         Ok(transcript) => transcript,
         Err(error) => {
-            eprintln!("{}: {error}", path.display());
+            eprintln!("{}", sanitize(&format!("{}: {error}", path.display())));
             return EXIT_ERROR;
         }
     };
     let report = replay(&transcript, server, options);
-    print!("{}: {}", path.display(), report.render(color));
+    let name = sanitize(&path.display().to_string());
+    print!("{name}: {}", report.render(color));
     match (&report.error, report.is_match()) {
         (Some(_), _) => EXIT_ERROR,
         (None, true) => EXIT_MATCH,

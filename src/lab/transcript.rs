@@ -6,7 +6,11 @@
 //!   back, and `parse(print(t)) == t`.
 //! - `Pattern::matches(actual)` checks a server reply line against an `S:` line with placeholders.
 //! - `reply_code(line)`, `is_last_reply_line(line)` and `align(..)` are shared by replay and compare.
-//! - `Recorder` writes a live session to `DIR/<date>-<ip>-<port>-<n>.txt`, flushed line by line.
+//! - `escape_line(bytes, at_line_end)` writes bytes in this notation (`recorder.rs` uses it).
+//!
+//! A transcript file never holds a raw control or invisible character (`visible::is_hidden`):
+//! the parser refuses one, and the printer escapes every one, so whatever prints a transcript
+//! line cannot send a terminal a control sequence.
 //!
 //! The format, one line each (blank lines are ignored):
 //!
@@ -42,11 +46,11 @@
 //! Standards: RFC 5321 Appendix D, RFC 5321 §2.3.8, RFC 5321 §4.2, RFC 4954 §4, RFC 1939 §3, RFC 9051 §2.2.2
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use crate::visible;
 
 /// The line that separates what was said in the clear from what was said inside TLS.
 pub const TLS_MARKER: &str = "== TLS ==";
@@ -207,6 +211,16 @@ impl Transcript {
             // Editors strip trailing blanks, so they carry no meaning; a real one is `{x20}`.
             let raw = raw.trim_end();
             let error = |message: String| ParseError { line_no, message };
+            if let Some(hidden) = raw
+                .chars()
+                .find(|&c| visible::is_hidden(c) && c != '\u{feff}')
+            {
+                let written = visible::escape(hidden.to_string().as_bytes());
+                return Err(error(format!(
+                    "a raw control or invisible character (U+{:04X}); write it as {written}",
+                    u32::from(hidden)
+                )));
+            }
             if raw.is_empty() {
                 continue;
             } else if let Some(comment) = raw.strip_prefix('#') {
@@ -373,7 +387,8 @@ impl ClientLine {
         Some(wire)
     }
 
-    /// The text of the line for people: lossy UTF-8, without escapes or the ending.
+    /// The text of the line: lossy UTF-8, without escapes or the ending. Not for a terminal
+    /// as it is: escape it first (`visible`).
     pub fn lossy_text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
     }
@@ -393,21 +408,22 @@ impl Pattern {
     /// Reads the text after `S: `. Placeholders: `{host}` `{id}` `{date}` `{n}` `{*}`.
     pub fn parse(source: &str) -> Result<Pattern, String> {
         let mut pieces: Vec<Piece> = Vec::new();
+        // Escaped bytes gather here until the text goes on: `{xC2}{x85}` is one character.
+        let mut bytes: Vec<u8> = Vec::new();
         for token in lex(source)? {
             let piece = match token {
-                Token::Text(text) => Piece::Literal(text),
-                Token::Byte(byte) if byte.is_ascii() => {
-                    Piece::Literal(char::from(byte).to_string())
+                Token::Byte(byte) => {
+                    bytes.push(byte);
+                    continue;
                 }
+                Token::Text(text) => Piece::Literal(text),
                 Token::Name(name) => placeholder(&name)?,
-                _ => return Err("in S: lines only ASCII bytes can be escaped".to_string()),
+                Token::LineFeed => return Err("a server line cannot hold {LF}".to_string()),
             };
-            // `{CR}` next to text is one literal; joining them keeps the matcher simple.
-            match (pieces.last_mut(), piece) {
-                (Some(Piece::Literal(before)), Piece::Literal(more)) => before.push_str(&more),
-                (_, piece) => pieces.push(piece),
-            }
+            push_piece(&mut pieces, escaped_text(&mut bytes)?);
+            push_piece(&mut pieces, Some(piece));
         }
+        push_piece(&mut pieces, escaped_text(&mut bytes)?);
         let source = source.to_string();
         Ok(Pattern { source, pieces })
     }
@@ -419,7 +435,7 @@ impl Pattern {
         } else {
             vec![Piece::Literal(text.to_string())]
         };
-        let source = escape(text.as_bytes(), true);
+        let source = escape_line(text.as_bytes(), true);
         Pattern { source, pieces }
     }
 
@@ -436,6 +452,25 @@ impl Pattern {
     /// The reply code the pattern expects, when it is written out (`250-...` gives 250).
     pub fn reply_code(&self) -> Option<u16> {
         reply_code(&self.source)
+    }
+}
+
+/// The text of escaped bytes gathered so far, which must be UTF-8 in a server's line.
+fn escaped_text(bytes: &mut Vec<u8>) -> Result<Option<Piece>, String> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let text = String::from_utf8(std::mem::take(bytes))
+        .map_err(|_| "in S: lines escaped bytes must form UTF-8 characters".to_string())?;
+    Ok(Some(Piece::Literal(text)))
+}
+
+/// `{CR}` next to text is one literal; joining them keeps the matcher simple.
+fn push_piece(pieces: &mut Vec<Piece>, piece: Option<Piece>) {
+    match (pieces.last_mut(), piece) {
+        (Some(Piece::Literal(before)), Some(Piece::Literal(more))) => before.push_str(&more),
+        (_, Some(piece)) => pieces.push(piece),
+        (_, None) => {}
     }
 }
 
@@ -574,33 +609,24 @@ pub fn align(left: usize, right: usize, same: impl Fn(usize, usize) -> bool) -> 
 // Printing
 // ---------------------------------------------------------------------------------------------
 
-/// Writes bytes so that every one of them can be seen and read back: ASCII control bytes and
-/// bytes that are not UTF-8 become escapes, `{` becomes `{{`. With `at_line_end`, trailing
-/// blanks become `{x20}`, since an editor would silently drop them.
-fn escape(bytes: &[u8], at_line_end: bool) -> String {
-    let mut out = String::new();
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '{' => out.push_str("{{"),
-                '\r' => out.push_str("{CR}"),
-                '\t' => out.push_str("{TAB}"),
-                '\0' => out.push_str("{NUL}"),
-                c if c.is_ascii_control() => out.push_str(&format!("{{x{:02X}}}", u32::from(c))),
-                c => out.push(c),
-            }
-        }
-        for byte in chunk.invalid() {
-            out.push_str(&format!("{{x{byte:02X}}}"));
-        }
-    }
+/// Writes bytes so that every one of them can be seen and read back (`visible::escape`:
+/// control and invisible characters and bytes that are not UTF-8 become escapes, `{` becomes
+/// `{{`). With `at_line_end`, trailing blanks become `{x20}`, since an editor would silently
+/// drop them.
+pub fn escape_line(bytes: &[u8], at_line_end: bool) -> String {
+    let out = visible::escape(bytes);
     if at_line_end {
-        let kept = out.trim_end_matches(' ').len();
-        let blanks = out.len() - kept;
-        out.truncate(kept);
-        out.push_str(&"{x20}".repeat(blanks));
+        return trailing_blanks_escaped(out);
     }
     out
+}
+
+/// Blanks at the end of a line would be dropped by an editor: they become `{x20}`.
+pub fn trailing_blanks_escaped(mut line: String) -> String {
+    let kept = line.trim_end_matches(' ').len();
+    let blanks = line.len() - kept;
+    line.truncate(kept);
+    line + &"{x20}".repeat(blanks)
 }
 
 impl fmt::Display for ClientLine {
@@ -613,7 +639,7 @@ impl fmt::Display for ClientLine {
         };
         let secret = if self.secret { "{secret}" } else { "" };
         let at_line_end = secret.is_empty() && marker.is_empty();
-        let text = format!("{}{secret}{marker}", escape(&self.bytes, at_line_end));
+        let text = format!("{}{secret}{marker}", escape_line(&self.bytes, at_line_end));
         if text.is_empty() {
             write!(f, "C:")
         } else {
@@ -668,172 +694,6 @@ impl fmt::Display for Transcript {
         }
         Ok(())
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Recording
-// ---------------------------------------------------------------------------------------------
-
-/// The reply that asks for a SASL response; the client's next line is a secret (RFC 4954 §4).
-const SASL_CONTINUE: u16 = 334;
-/// The reply to DATA that asks for the message text (RFC 5321 §4.1.1.4).
-const START_MAIL_INPUT: u16 = 354;
-
-/// Writes one session to its own transcript file while it happens.
-///
-/// Every line is written with one `write` on an unbuffered file, so a teacher can `tail -f` it.
-/// Recording must never end a session: on the first I/O error the recorder logs one warning and
-/// stops recording.
-#[derive(Debug)]
-pub struct Recorder {
-    /// `None` once recording has stopped after an error.
-    file: Option<File>,
-    path: PathBuf,
-    expecting: Expecting,
-}
-
-/// What the client's next line is, as far as recording cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expecting {
-    /// A command: recorded as sent, except the initial response of `AUTH`.
-    Command,
-    /// After 334: a SASL response, masked as a whole (RFC 4954 §4).
-    SaslResponse,
-    /// After 354: message text, recorded exactly as sent, up to the lone `.`.
-    MessageText,
-}
-
-impl Recorder {
-    /// Creates `dir/<YYYYMMDD-HHMMSS>-<peer ip>-<port>-<counter>.txt` (UTC) and writes its header.
-    pub fn create(dir: &Path, peer: SocketAddr, counter: u64, title: &str) -> io::Result<Recorder> {
-        fs::create_dir_all(dir)?;
-        let now = SystemTime::now();
-        // `:` in an IPv6 address is not allowed in file names everywhere.
-        let ip = peer.ip().to_string().replace(':', "_");
-        let name = format!("{}-{ip}-{}-{counter}.txt", file_stamp(now), peer.port());
-        let path = dir.join(name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        let mut recorder = Recorder {
-            file: Some(file),
-            path,
-            expecting: Expecting::Command,
-        };
-        let title = title.replace(|c: char| c.is_control(), " ");
-        recorder.write(&format!("# title: {title}\n# recorded: {peer}\n"));
-        Ok(recorder)
-    }
-
-    /// Where the transcript is being written.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Records one line exactly as it arrived (bytes without the ending, and the ending).
-    /// A SASL response, or the initial response of `AUTH <mechanism> <response>`, is masked;
-    /// message text after 354 is never masked.
-    pub fn client_line(&mut self, bytes: &[u8], ending: LineEnding) {
-        let (kept, secret) = match self.expecting {
-            Expecting::SaslResponse => (&bytes[..0], true),
-            Expecting::MessageText => (bytes, false),
-            Expecting::Command => mask_auth_argument(bytes),
-        };
-        if self.expecting != Expecting::MessageText || bytes == b"." {
-            self.expecting = Expecting::Command;
-        }
-        let line = ClientLine {
-            bytes: kept.to_vec(),
-            secret,
-            ending,
-        };
-        self.write(&format!("{line}\n"));
-    }
-
-    /// Records a reply as sent: one or more lines, each ending in CRLF; one `S:` line each.
-    pub fn server_reply(&mut self, text: &str) {
-        let mut written = String::new();
-        let mut last_code = None;
-        for line in text.lines() {
-            written.push_str(&format!("{}\n", Line::Server(Pattern::literal(line))));
-            last_code = reply_code(line);
-        }
-        self.expecting = match last_code {
-            Some(SASL_CONTINUE) => Expecting::SaslResponse,
-            Some(START_MAIL_INPUT) => Expecting::MessageText,
-            _ => Expecting::Command,
-        };
-        self.write(&written);
-    }
-
-    /// Records that the session switched to TLS (after `220` to STARTTLS).
-    pub fn tls_started(&mut self) {
-        self.write(&format!("{TLS_MARKER}\n"));
-    }
-
-    fn write(&mut self, text: &str) {
-        let Some(file) = self.file.as_mut() else {
-            return;
-        };
-        if let Err(error) = file.write_all(text.as_bytes()) {
-            log::warn!(
-                "transcript {}: {error}; recording stopped",
-                self.path.display()
-            );
-            self.file = None;
-        }
-    }
-}
-
-/// `AUTH PLAIN dGVzdA==` keeps `AUTH PLAIN ` and masks the rest; other lines are kept whole.
-fn mask_auth_argument(bytes: &[u8]) -> (&[u8], bool) {
-    let words: Vec<&[u8]> = bytes.splitn(3, |&b| b == b' ').collect();
-    match words.as_slice() {
-        [verb, mechanism, secret]
-            if verb.eq_ignore_ascii_case(b"AUTH")
-                && !mechanism.is_empty()
-                && !secret.is_empty() =>
-        {
-            (&bytes[..bytes.len() - secret.len()], true)
-        }
-        _ => (bytes, false),
-    }
-}
-
-/// `YYYYMMDD-HHMMSS` in UTC, for file names that sort by time.
-fn file_stamp(time: SystemTime) -> String {
-    let seconds = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = i64::try_from(seconds / 86_400).unwrap_or(0);
-    let (year, month, day) = civil_from_days(days);
-    let of_day = seconds % 86_400;
-    let (hour, minute, second) = (of_day / 3600, of_day / 60 % 60, of_day % 60);
-    format!("{year:04}{month:02}{day:02}-{hour:02}{minute:02}{second:02}")
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`: count in 400-year eras whose years start in March).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    // Both are small and positive by construction (day 1..=31, month 1..=12).
-    (year, small_u32(month), small_u32(day))
-}
-
-fn small_u32(n: i64) -> u32 {
-    u32::try_from(n).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -986,28 +846,5 @@ mod tests {
         let pairs = align(left.len(), right.len(), |i, j| left[i] == right[j]);
         assert!(pairs.contains(&Pair::OnlyRight(2)));
         assert_eq!(pairs.len(), 5);
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_784), (2026, 11, 27));
-    }
-
-    #[test]
-    fn auth_masking() {
-        assert_eq!(
-            mask_auth_argument(b"AUTH PLAIN abc"),
-            (&b"AUTH PLAIN "[..], true)
-        );
-        assert_eq!(
-            mask_auth_argument(b"auth login dXNlcg=="),
-            (&b"auth login "[..], true)
-        );
-        assert_eq!(
-            mask_auth_argument(b"AUTH LOGIN"),
-            (&b"AUTH LOGIN"[..], false)
-        );
     }
 }

@@ -7,8 +7,8 @@
 //! - `Admission::new(limits)` holds the connection counts of one server: all its clients
 //!   (`--max-connections`) and the clients of each address (`--max-connections-per-ip`).
 //! - `Welcome::spawn(listener, admission, service)` accepts on a background thread; dropping
-//!   the `Welcome` stops it. A `Service` (SMTP or POP3) says how to serve a client and how to
-//!   turn one away.
+//!   the `Welcome` stops it. A `Service` (SMTP, POP3, the web view) says how to serve a
+//!   client and how to turn one away.
 //! - `say_and_close(stream, text)` writes a last line to a client that is turned away.
 //! - `canonical(addr)` turns an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`) into IPv4.
 //!

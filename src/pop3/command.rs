@@ -125,8 +125,14 @@ pub fn parse(line: &[u8]) -> Result<Command, Response> {
     let line = std::str::from_utf8(line).map_err(|_| Response::err("Commands are ASCII text"))?;
     let (keyword, rest) = line.split_once(' ').unwrap_or((line, ""));
     let Some(info) = VERBS.iter().find(|v| v.name.eq_ignore_ascii_case(keyword)) else {
+        // Only up to a blank or control: `PASS<TAB>secret` must not come back in the reply.
+        let shown: String = keyword
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !c.is_control())
+            .take(16)
+            .collect();
         return Err(Response::err(format!(
-            "Unknown command {keyword:?}; try CAPA, USER name, PASS password, STAT, LIST, RETR n, QUIT"
+            "Unknown command {shown:?}; try CAPA, USER name, PASS password, STAT, LIST, RETR n, QUIT"
         )));
     };
     let args: Vec<&str> = rest.split(' ').filter(|a| !a.is_empty()).collect();

@@ -29,11 +29,13 @@ use crate::config::Config;
 use crate::net::line::{CommandLine, LineReader, ReadError};
 use crate::net::listener::{self, Admission, Bound, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor, Stream};
-use crate::pop3::command::Response;
+use crate::pop3::command::{self, Response};
 use crate::pop3::session::{
     self, Maildrops, Next, OpenError, Opened, Session, Step, StoredMessage, Tls,
 };
+use crate::smtp::auth;
 use crate::store::mbox::{self, DeliveryError, MailDir};
+use crate::web::live::{Opening, Watch};
 
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
 pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
@@ -100,6 +102,10 @@ impl Service for Pop3 {
             active: self.implicit_tls,
         };
         let session = Session::new(self.config.clone(), self.maildrops.clone(), tls);
+        let Ok(peer) = stream.peer_addr() else {
+            return (format!("pop3-{id}"), Box::new(|| ()));
+        };
+        let session = session.with_peer(listener::canonical(peer).ip());
         let acceptor = self.tls.clone();
         let (implicit_tls, idle) = (self.implicit_tls, self.config.idle_timeout);
         let name = format!("pop3-{id}");
@@ -132,6 +138,7 @@ fn serve_tcp(
         .map(|a| listener::canonical(a).to_string())
         .unwrap_or_default();
     info!("[{id}] POP3 connect from {peer}");
+    let watch = open_watch(&session, &stream, &id, implicit_tls);
     if let Err(error) = stream.set_write_timeout(Some(AUTOLOGOUT)) {
         warn!("[{id}] cannot set a write timeout: {error}");
         return;
@@ -149,17 +156,29 @@ fn serve_tcp(
             }
         };
     }
-    serve(stream, session, &id, acceptor, idle);
+    serve(stream, session, &id, acceptor, idle, watch);
+}
+
+/// Tell `--web` a POP3 session opened (`None` without `--web`).
+fn open_watch(session: &Session, stream: &TcpStream, id: &str, tls: bool) -> Option<Watch> {
+    session.live().open(Opening {
+        id: id.to_string(),
+        peer: stream.peer_addr().ok()?,
+        role: if tls { "POP3S" } else { "POP3" },
+        machine: "pop3",
+        state: format!("{:?}", session::StateName::Authorization),
+    })
 }
 
 /// One client on this thread, over any stream with a read deadline. Errors end the
-/// connection; they are logged, never panics.
+/// connection; they are logged, never panics. `watch` reports to `--web`.
 pub fn serve(
     stream: Stream,
     session: Session,
     id: &str,
     acceptor: Option<Arc<Acceptor>>,
     idle: Duration,
+    watch: Option<Watch>,
 ) {
     let mut connection = Connection {
         stream: Some(stream),
@@ -169,6 +188,7 @@ pub fn serve(
         session,
         id,
         output: Vec::new(),
+        watch,
     };
     let outcome = connection.run();
     let state = connection.session.state().name();
@@ -191,6 +211,8 @@ struct Connection<'a> {
     session: Session,
     id: &'a str,
     output: Vec<u8>,
+    /// `--web`: lines and moves for the live view.
+    watch: Option<Watch>,
 }
 
 impl Connection<'_> {
@@ -250,19 +272,33 @@ impl Connection<'_> {
             Err(ReadError::Closed { .. }) => return Ok(Err("client closed the connection")),
             Err(ReadError::Io(error)) => return Err(error),
         };
-        if is_pass(&line.bytes) {
-            debug!("[{}] C: PASS ****", self.id);
-        } else {
-            debug!("[{}] C: {}", self.id, String::from_utf8_lossy(&line.bytes));
+        let secret = is_pass(&line.bytes).then(|| auth::secret_after(&line.bytes, 1));
+        let shown = auth::Masked::new(&line.bytes, secret.flatten());
+        debug!("[{}] C: {shown}", self.id);
+        let step = self.session.command(&line.bytes);
+        if let Some(watch) = &self.watch {
+            watch.command(shown);
+            watch.moved(
+                &format!("{:?}", step.from),
+                &format!("{:?}", step.to),
+                step.rfc,
+            );
         }
-        Ok(Ok(self.session.command(&line.bytes)))
+        Ok(Ok(step))
     }
 
     /// Queue responses; `flush` writes them.
     fn send(&mut self, responses: &[Response]) {
         for response in responses {
-            debug!("[{}] S: {response}", self.id);
-            self.output.extend_from_slice(&response.to_wire());
+            // A response may quote the client; the log is read on a terminal too.
+            let logged = crate::visible::sanitize(&response.to_string());
+            debug!("[{}] S: {logged}", self.id);
+            let wire = response.to_wire();
+            if let Some(watch) = &self.watch {
+                // The status line only: the lines after it may be a message (RETR, TOP).
+                watch.server(String::from_utf8_lossy(&wire).lines().next().unwrap_or(""));
+            }
+            self.output.extend_from_slice(&wire);
         }
     }
 
@@ -299,9 +335,16 @@ impl Connection<'_> {
     }
 }
 
-/// Passwords never go to the log.
+/// Passwords never go to the log: a line whose verb, as the parser reads it, is PASS.
 fn is_pass(line: &[u8]) -> bool {
-    line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"PASS")
+    let verb = line
+        .split(|b| *b == b' ' || *b == b'\t')
+        .find(|w| !w.is_empty());
+    verb.is_some_and(|word| {
+        command::VERBS.iter().any(|info| {
+            info.verb == command::Verb::Pass && word.eq_ignore_ascii_case(info.name.as_bytes())
+        })
+    })
 }
 
 // ANCHOR: mbox_maildrops

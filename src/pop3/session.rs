@@ -22,12 +22,15 @@
 //! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §5, RFC 1939 §6, RFC 1939 §7, RFC 1939 §11, RFC 2449 §5, RFC 2449 §6.6, RFC 2449 §8.1.2, RFC 2595 §4
 
 use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth_budget::{shut_out_text, Verdict};
 use crate::config::Config;
 use crate::machine;
 use crate::pop3::command::{parse, Command, Response, Verb};
+use crate::smtp::auth;
 
 /// Failed logins before the server closes the connection (RFC 1939 §4 lets it close after any).
 pub const MAX_AUTH_FAILURES: u32 = 3;
@@ -103,11 +106,16 @@ pub fn mermaid() -> String {
     machine::mermaid(
         POP3_TRANSITIONS,
         (Authorization, "+OK greeting", Closed),
-        |on| match on {
-            Trigger::Command(verb) => verb.name().to_string(),
-            Trigger::Updated => "deletions committed".to_string(),
-        },
+        label,
     )
+}
+
+/// How each trigger of the POP3 table is labelled in a picture.
+pub fn label(on: &Trigger) -> String {
+    match on {
+        Trigger::Command(verb) => verb.name().to_string(),
+        Trigger::Updated => "deletions committed".to_string(),
+    }
 }
 
 /// One message of a maildrop as the hook hands it over.
@@ -298,6 +306,9 @@ pub struct Session {
     errors: u32,
     auth_failures: u32,
     tls: Tls,
+    /// The client's address: it decides whether USER/PASS may be used without TLS, and whose
+    /// password-failure budget a wrong password spends.
+    peer: IpAddr,
 }
 
 /// TLS for this session: can STLS be offered, and is the connection inside TLS already?
@@ -375,6 +386,11 @@ fn listed(from: StateName, trigger: Option<Trigger>, to: StateName, next: Next) 
 }
 
 impl Session {
+    /// Where this session reports for `--web` (off without it).
+    pub fn live(&self) -> &crate::web::live::Board {
+        &self.config.live
+    }
+
     pub fn new(config: Arc<Config>, maildrops: Arc<dyn Maildrops>, tls: Tls) -> Session {
         Session {
             state: State::Authorization { user: None },
@@ -383,7 +399,19 @@ impl Session {
             errors: 0,
             auth_failures: 0,
             tls,
+            peer: IpAddr::from(Ipv6Addr::LOCALHOST),
         }
+    }
+
+    /// The client's address (a new session assumes this machine).
+    pub fn with_peer(mut self, peer: IpAddr) -> Session {
+        self.peer = peer;
+        self
+    }
+
+    /// USER/PASS send the password as it is typed: only inside TLS or from allowed networks.
+    fn plaintext_allowed(&self) -> bool {
+        auth::plaintext_allowed(self.peer, self.tls.active, &self.config.plaintext_auth_from)
     }
 
     /// After the STLS handshake (RFC 2595 §4): still in AUTHORIZATION, now inside TLS. STLS
@@ -500,9 +528,14 @@ impl Session {
                 let text = format!("{} POP3 smtplab signing off", self.config.hostname);
                 Outcome::respond(State::Closed, Response::ok(text)).then(Next::Close)
             }
+            (state, Command::User(_) | Command::Pass(_)) if !self.plaintext_allowed() => {
+                Outcome::respond(state, plaintext_refused())
+            }
             (State::Authorization { user }, Command::Pass(password)) => self.pass(user, &password),
             (_, Command::User(name)) => user(name),
-            (state, Command::Capa) => Outcome::respond(state, capa(self.tls)),
+            (state, Command::Capa) => {
+                Outcome::respond(state, capa(self.tls, self.plaintext_allowed()))
+            }
             (state, Command::Stls) => self.stls(state),
             (State::Transaction { mut maildrop }, command) => {
                 let response = maildrop.command(command);
@@ -535,10 +568,15 @@ impl Session {
             let text = "USER first: USER name, then PASS password";
             return Outcome::respond(waiting, Response::err(text));
         };
+        if let Verdict::ShutOut(left) = self.config.auth_budget.check(self.peer) {
+            let text = format!("[AUTH] {}", shut_out_text(self.peer, left));
+            return Outcome::respond(State::Closed, Response::err(text)).then(Next::Close);
+        }
         let user = name.to_lowercase();
         if !self.password_matches(&user, password) {
             return self.login_failed();
         }
+        self.config.auth_budget.succeeded(self.peer);
         match self.maildrops.open(&user) {
             Ok(opened) => {
                 let maildrop = Maildrop::new(user, opened);
@@ -550,7 +588,9 @@ impl Session {
                 Outcome::respond(State::Transaction { maildrop }, response)
             }
             Err(OpenError::InUse) => {
-                let text = "[IN-USE] maildrop busy: is another POP3 session running?";
+                // Said in words, since curl shows a bare [IN-USE] as "Access denied".
+                let text = "[IN-USE] this mailbox is open in another POP3 session \
+                            (a mail client left open?); QUIT that one, then log in again";
                 Outcome::respond(waiting, Response::err(text))
             }
             Err(OpenError::Failed(_)) => {
@@ -564,7 +604,18 @@ impl Session {
     /// The same answer and the same pause for an unknown user and a wrong password.
     fn login_failed(&mut self) -> Outcome {
         self.auth_failures += 1;
-        let pause = self.config.pop3_auth_delay;
+        let mut pause = self.config.pop3_auth_delay;
+        match self.config.auth_budget.failed(self.peer) {
+            Verdict::Wait(wait) => pause += wait,
+            Verdict::ShutOut(left) => {
+                let text = format!("[AUTH] {}", shut_out_text(self.peer, left));
+                let shut = Outcome::respond(State::Closed, Response::err(text));
+                return Outcome {
+                    pause,
+                    ..shut.then(Next::Close)
+                };
+            }
+        }
         let (state, next, text) = if self.auth_failures >= MAX_AUTH_FAILURES {
             let text = "Wrong user name or password; too many tries, goodbye";
             (State::Closed, Next::Close, text)
@@ -631,6 +682,11 @@ fn user(name: String) -> Outcome {
     )
 }
 
+/// `-ERR [AUTH]`, the response code for a refused login: the same sentence SMTP gives with its 538.
+fn plaintext_refused() -> Response {
+    Response::err(format!("[AUTH] {}", auth::PLAINTEXT_REFUSED))
+}
+
 /// "1 message", "2 messages": the console is read by people.
 fn counted(n: usize, noun: &str) -> String {
     if n == 1 {
@@ -641,9 +697,8 @@ fn counted(n: usize, noun: &str) -> String {
 }
 
 /// CAPA (RFC 2449 §5): what this server offers, one capability per line.
-fn capa(tls: Tls) -> Response {
+fn capa(tls: Tls, plaintext_allowed: bool) -> Response {
     let mut capabilities = vec![
-        "USER",       // RFC 2449 §6.2
         "TOP",        // RFC 2449 §6.1
         "UIDL",       // RFC 2449 §6.8
         "RESP-CODES", // RFC 2449 §6.4
@@ -651,6 +706,9 @@ fn capa(tls: Tls) -> Response {
         "PIPELINING",
         "IMPLEMENTATION smtplab", // RFC 2449 §6.9
     ];
+    if plaintext_allowed {
+        capabilities.insert(0, "USER"); // RFC 2449 §6.2: only where USER/PASS may be used
+    }
     if tls.available && !tls.active {
         capabilities.push("STLS"); // RFC 2595 §4
     }

@@ -31,6 +31,8 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 
+use crate::visible::sanitize;
+
 /// How long one DNS query may take before it counts as a temporary failure. A relay must queue
 /// and retry on a temporary error (RFC 5321 §5.1), so a short wait loses nothing.
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -532,20 +534,26 @@ pub fn mx_main(args: &[String]) -> i32 {
         &mut trace,
     );
     for (n, step) in trace.iter().enumerate() {
-        println!("{:>2}. {step}", n + 1);
+        println!("{}", sanitize(&format!("{:>2}. {step}", n + 1)));
     }
     match result {
         Ok(route) => {
             let hosts: Vec<&str> = route.hops.iter().map(|h| h.host.as_str()).collect();
-            println!("=> try in this order: {}", hosts.join(", "));
+            println!(
+                "{}",
+                sanitize(&format!("=> try in this order: {}", hosts.join(", ")))
+            );
             0
         }
         Err(RouteError::Permanent { code, status, text }) => {
-            println!("=> permanent failure, the sender gets a bounce: {code} {status} {text}");
+            let said =
+                format!("=> permanent failure, the sender gets a bounce: {code} {status} {text}");
+            println!("{}", sanitize(&said));
             1
         }
         Err(RouteError::Temporary { text }) => {
-            println!("=> temporary failure, the message stays queued: {text}");
+            let said = format!("=> temporary failure, the message stays queued: {text}");
+            println!("{}", sanitize(&said));
             1
         }
     }

@@ -610,7 +610,9 @@ pub fn queue_main(args: &[String]) -> i32 {
         return 0;
     }
     let dir = matches.opt_str("spool").unwrap_or_else(|| "spool".into());
-    print!("{}", listing(&Spool::new(dir).load_all(), unix_now()));
+    // Senders, recipients and remote replies come from clients and other servers: escaped.
+    let listed = listing(&Spool::new(dir).load_all(), unix_now());
+    print!("{}", crate::visible::sanitize(&listed));
     0
 }
 

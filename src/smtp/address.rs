@@ -163,6 +163,25 @@ pub fn forward_path(arg: &str, smtputf8: bool) -> Result<(ForwardPath, &str), Ad
     Ok((ForwardPath::Mailbox(mailbox), rest))
 }
 
+// ANCHOR: helo_name
+/// `ehlo = "EHLO" SP ( Domain / address-literal )` (RFC 5321 §4.1.1.1): the whole argument
+/// must be one of the two, in ASCII. It goes into the `Received:` header as written, so nothing
+/// else may pass: no space, no comment, no `([ip])` or `by` clause, no control or format
+/// character.
+pub fn helo_name(text: &str) -> Result<Domain, AddressError> {
+    let mut parser = Parser::new(text, false);
+    let name = if text.starts_with('[') {
+        parser.address_literal()?
+    } else {
+        parser.domain()?
+    };
+    if !parser.rest().is_empty() {
+        return Err(AddressError::Syntax("nothing may follow the name"));
+    }
+    Ok(name)
+}
+// ANCHOR_END: helo_name
+
 /// DEVIATION: RFC 5321 §4.1.1.2 has no space after `MAIL FROM:`, but many clients send one and
 /// Postfix accepts it, so leading spaces are skipped. Only spaces: a tab or CR is still refused.
 fn skip_spaces(text: &str) -> &str {
@@ -794,6 +813,32 @@ mod tests {
                 domain: name("x"),
             };
             assert_eq!(mailbox.local_part_unquoted(), unquoted, "{local_part:?}");
+        }
+    }
+
+    #[test]
+    fn helo_names() {
+        for good in [
+            "client.example",
+            "x",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+            "my-pc.local",
+        ] {
+            assert!(helo_name(good).is_ok(), "{good}");
+        }
+        let forged = "evil.example ([10.9.8.7])\u{85}X-Injected: 1\u{2028} by trusted.example";
+        for bad in [
+            forged,
+            "evil.example\u{2028}",
+            "evil.example\u{202e}",
+            "a b",
+            "192.0.2.1",
+            "[10.9.8.7]x",
+            "bob's laptop",
+            "gr\u{fc}\u{df}e.example",
+        ] {
+            assert!(helo_name(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -7,11 +7,19 @@
 //! - `Credentials::verify(users)` names the user when the password (or digest) is right.
 //! - `base64_encode` / `base64_decode`: written out here, because the lesson is that PLAIN is
 //!   only base64 — anyone who sees the bytes can read the password, hence TLS first.
+//! - `plaintext_allowed(peer, tls, from)`: may this client send a password here (RFC 4954 §4)?
+//! - `smtp_secret(line, sasl_response)` / `secret_after(line, words)`: where the secret in a
+//!   command line starts, found from its words as the parser reads them, so every place that
+//!   shows or stores a line (log, console, transcript) masks the same bytes; `Masked` writes it.
 //!
 //! Standards: RFC 4954 §4, RFC 4954 §6, RFC 4616 §2, RFC 2195 §2
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
 
+use crate::config::Cidr;
+use crate::smtp::command::Verb;
 use crate::smtp::reply::Reply;
 
 /// The mechanisms EHLO advertises, in order of preference.
@@ -113,12 +121,21 @@ fn plain(response: &str) -> Result<Sasl, Reply> {
         base64_decode(response).ok_or_else(bad_base64)?
     };
     let parts: Vec<&[u8]> = bytes.split(|&b| b == 0).collect();
-    let [_authzid, user, password] = parts.as_slice() else {
+    let [authzid, user, password] = parts.as_slice() else {
         return Err(bad_base64().text("PLAIN needs authzid NUL user NUL password, in base64"));
     };
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad_base64());
+    let (authzid, user) = (text(authzid)?, text(user)?);
+    // RFC 4616 §2: the server must not let the authcid act as another identity unless that
+    // is authorised; here no user may act for another, so the authzid is empty or the user.
+    if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(&user) {
+        return Err(Reply::new(535, "5.7.8", "").text(
+            "Authentication credentials invalid: a user may log in only as itself \
+             (leave the authorization identity empty, RFC 4616 §2)",
+        ));
+    }
     Ok(Sasl::Check(Credentials::Password {
-        user: text(user)?,
+        user,
         password: text(password)?,
     }))
 }
@@ -246,6 +263,91 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     (count < 6 && bits & ((1 << count) - 1) == 0).then_some(out)
 }
 
+// ANCHOR: plaintext_allowed
+/// May this client send a password that is readable on the wire (PLAIN, LOGIN, POP3 PASS)?
+/// Inside TLS always; in the clear only from the networks in `from` (by default this machine,
+/// so a class can see that PLAIN is only base64 without a password crossing a network).
+pub fn plaintext_allowed(peer: IpAddr, tls: bool, from: &[Cidr]) -> bool {
+    tls || from.iter().any(|network| network.contains(peer))
+}
+// ANCHOR_END: plaintext_allowed
+
+/// Why a password is refused in the clear: one sentence, for SMTP and POP3 alike.
+pub const PLAINTEXT_REFUSED: &str =
+    "Passwords are not taken in the clear from your address: start TLS first (STARTTLS, or STLS in POP3)";
+
+// ANCHOR: secret
+/// Where the secret of an SMTP command line starts, if it has one: the whole of a SASL
+/// response (the line after 334), or what follows `AUTH <mechanism>`, however it is spaced.
+pub fn smtp_secret(line: &[u8], sasl_response: bool) -> Option<usize> {
+    if sasl_response {
+        return Some(0);
+    }
+    let verb = words(line).next().map(|(start, end)| &line[start..end])?;
+    let is_auth = std::str::from_utf8(verb)
+        .ok()
+        .and_then(Verb::from_name)
+        .is_some_and(|verb| verb == Verb::Auth);
+    is_auth.then(|| secret_after(line, 2)).flatten()
+}
+
+/// Where the text after the first `words` words of a line starts, if any text follows. Words
+/// are split at spaces and tabs, as the parsers split them.
+pub fn secret_after(line: &[u8], count: usize) -> Option<usize> {
+    let end = match count {
+        0 => 0,
+        n => words(line).nth(n - 1).map(|(_, end)| end)?,
+    };
+    words(&line[end..]).next().map(|(start, _)| end + start)
+}
+
+/// The (start, end) of each word of a line.
+fn words(line: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let start = at + line[at..].iter().position(|b| !blank(b))?;
+        let end = start
+            + line[start..]
+                .iter()
+                .position(blank)
+                .unwrap_or(line.len() - start);
+        at = end;
+        Some((start, end))
+    })
+}
+
+/// A line as it may be shown or stored: the bytes before the secret, and whether one followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Masked<'a> {
+    pub shown: &'a [u8],
+    pub secret: bool,
+}
+
+impl Masked<'_> {
+    pub fn new(line: &[u8], secret_start: Option<usize>) -> Masked<'_> {
+        match secret_start {
+            Some(start) => Masked {
+                shown: &line[..start.min(line.len())],
+                secret: true,
+            },
+            None => Masked {
+                shown: line,
+                secret: false,
+            },
+        }
+    }
+}
+
+/// For a log line: the shown part (lossy UTF-8, hidden characters escaped), then `{secret}`.
+impl fmt::Display for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let secret = if self.secret { "{secret}" } else { "" };
+        write!(f, "{}{secret}", crate::visible::escape(self.shown))
+    }
+}
+// ANCHOR_END: secret
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +430,63 @@ mod tests {
             panic!()
         };
         assert_eq!(creds.verify(&users), Some("tim".into()));
+    }
+
+    #[test]
+    fn plain_refuses_another_authzid() {
+        let other = base64_encode(b"bob\0alice\0password");
+        let error = begin("PLAIN", Some(&other), String::new()).unwrap_err();
+        assert_eq!((error.code, error.status), (535, "5.7.8"));
+        for same in [&b"alice\0alice\0password"[..], b"ALICE\0alice\0password"] {
+            let Ok(Sasl::Check(creds)) = begin("PLAIN", Some(&base64_encode(same)), String::new())
+            else {
+                panic!()
+            };
+            assert_eq!(creds.verify(&users()), Some("alice".into()));
+        }
+    }
+
+    #[test]
+    fn plaintext_only_inside_tls_or_from_the_allowed_networks() {
+        let here = [
+            Cidr::parse("127.0.0.0/8").unwrap(),
+            Cidr::parse("::1").unwrap(),
+        ];
+        let lan: IpAddr = "192.168.1.20".parse().unwrap();
+        assert!(plaintext_allowed(
+            "127.0.0.9".parse().unwrap(),
+            false,
+            &here
+        ));
+        assert!(plaintext_allowed("::1".parse().unwrap(), false, &here));
+        assert!(!plaintext_allowed(lan, false, &here));
+        assert!(plaintext_allowed(lan, true, &here));
+        let class = [Cidr::parse("192.168.1.0/24").unwrap()];
+        assert!(plaintext_allowed(lan, false, &class));
+    }
+
+    #[test]
+    fn secrets_are_found_from_the_words_however_spaced() {
+        let cases: [(&[u8], Option<&[u8]>); 8] = [
+            (b"AUTH PLAIN AGFsaWNl", Some(b"AUTH PLAIN ")),
+            (b"AUTH  PLAIN AGFsaWNl", Some(b"AUTH  PLAIN ")),
+            (b"AUTH PLAIN\tAGFsaWNl", Some(b"AUTH PLAIN\t")),
+            (b"auth\tlogin  dXNlcg== extra", Some(b"auth\tlogin  ")),
+            (b"AUTH PLAIN", None),
+            (b"AUTH PLAIN   ", None),
+            (b"MAIL FROM:<a@b> AUTH=<>", None),
+            (b"AUTHX PLAIN abc", None),
+        ];
+        for (line, shown) in cases {
+            let masked = Masked::new(line, smtp_secret(line, false));
+            assert_eq!(masked.secret, shown.is_some(), "{line:?}");
+            assert_eq!(masked.shown, shown.unwrap_or(line), "{line:?}");
+        }
+        assert_eq!(smtp_secret(b"cGFzcw==", true), Some(0));
+        assert_eq!(secret_after(b"PASS  hunter2", 1), Some(6));
+        assert_eq!(secret_after(b"PASS", 1), None);
+        let shown = Masked::new(b"AUTH PLAIN\tx", Some(11));
+        assert_eq!(shown.to_string(), "AUTH PLAIN{TAB}{secret}");
     }
 
     #[test]

@@ -210,8 +210,8 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         return Err(unknown_verb(word));
     };
     match verb {
-        Verb::Helo => domain_argument(argument, verb).map(Command::Helo),
-        Verb::Ehlo => domain_argument(argument, verb).map(Command::Ehlo),
+        Verb::Helo => helo_argument(argument, verb).map(Command::Helo),
+        Verb::Ehlo => helo_argument(argument, verb).map(Command::Ehlo),
         Verb::Mail => mail_argument(argument),
         Verb::Rcpt => rcpt_argument(argument),
         Verb::Data => no_argument(argument, verb, Command::Data),
@@ -268,6 +268,12 @@ fn command_bytes_problem(line: &[u8]) -> Option<String> {
             "Your line contains a {key} character: the terminal sent the key instead of erasing. Type the whole line again"
         ));
     }
+    if let Some(key) = escape_sequence(line) {
+        return Some(format!(
+            "Your line contains an escape sequence: your terminal sent {key}. \
+             Telnet does not edit lines: retype the line"
+        ));
+    }
     if line.iter().any(|&b| b < 0x20 && b != b'\t') {
         return Some("Command contains a control character".into());
     }
@@ -276,9 +282,26 @@ fn command_bytes_problem(line: &[u8]) -> Option<String> {
         .then(|| "Command contains 8-bit bytes that are not UTF-8".into())
 }
 
+/// A key the terminal sent as an ANSI escape sequence (ESC `[` or ESC `O`, then a final
+/// letter), named as a student would: telnet and netcat pass keys through, so the up arrow
+/// that recalls a line in a shell arrives here as `ESC [ A`.
+fn escape_sequence(line: &[u8]) -> Option<&'static str> {
+    let at = line.iter().position(|&b| b == 0x1b)?;
+    match line.get(at + 1..at + 3) {
+        Some([b'[' | b'O', b'A' | b'B' | b'C' | b'D']) => Some("an arrow key"),
+        _ => Some("a cursor or function key (an escape sequence)"),
+    }
+}
+
 /// 500 for an unknown verb, with a suggestion when it is one typo away from a real one.
 fn unknown_verb(word: &str) -> Reply {
-    let shown: String = word.chars().take(16).filter(|c| !c.is_control()).collect();
+    // Only up to a blank or control: `AUTH<TAB>PLAIN<TAB>secret` is one "word" here, and its
+    // secret must not come back in the reply (which the log and the transcript keep).
+    let shown: String = word
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !c.is_control())
+        .take(16)
+        .collect();
     match closest_verb(word) {
         Some(verb) => Reply::UNKNOWN_COMMAND_500.text(format!(
             "Command \"{shown}\" not recognized; did you mean {}?",
@@ -332,6 +355,24 @@ fn domain_argument(argument: &str, verb: Verb) -> Result<String, Reply> {
         )));
     }
     Ok(argument.to_string())
+}
+
+/// RFC 5321 §4.1.1.1: the client's name is a Domain or an address literal, nothing else
+/// (it is written into the `Received:` header, where anything more could forge a clause).
+fn helo_argument(argument: &str, verb: Verb) -> Result<String, Reply> {
+    let name = domain_argument(argument, verb)?;
+    address::helo_name(&name).map_err(|error| {
+        let rule = match error {
+            AddressError::Syntax(rule) => rule,
+            _ => "a domain name of at most 255 octets",
+        };
+        let name = verb.name();
+        syntax_reply(verb).text(format!(
+            "Syntax: {name} <domain> or {name} [address], e.g. {}; {rule} (RFC 5321 §4.1.1.1)",
+            verb.info().example
+        ))
+    })?;
+    Ok(name)
 }
 
 fn string_argument(argument: &str, verb: Verb) -> Result<String, Reply> {

@@ -11,11 +11,12 @@
 //! STARTTLS drops every byte that arrived before the handshake (RFC 3207 §4.2, CVE-2011-0411).
 //! The peer address is IPv4 when the client is, also on a `[::]` listener.
 //! With `--trace` every line in and out, each state transition, connect, disconnect and TLS
-//! start go to the console (`trace::Console`); `--fault greeting=...` rules act in `start`.
+//! start go to the console (`trace::Console`), which also feeds `--web`; `--fault greeting=...`
+//! rules act in `start`.
 //!
 //! Standards: RFC 5321 §4.5.3.2.7, RFC 5321 §3.8, RFC 2920 §3.1, RFC 5321 §4.1.1.4, RFC 3207 §4.2, RFC 8314 §3.3, RFC 3030 §2
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,11 +26,12 @@ use log::{debug, info, warn};
 use crate::config::Config;
 use crate::lab::coach::Coach;
 use crate::lab::fault::{self, Action};
+use crate::lab::recorder::Recorder;
 use crate::lab::trace::{self, Console, Style};
-use crate::lab::transcript::{LineEnding, Recorder};
 use crate::net::line::{CommandLine, Ending, LineReader, Piece, ReadError};
 use crate::net::listener;
 use crate::net::tls::{self, Acceptor, Stream};
+use crate::smtp::auth;
 use crate::smtp::body::READ_CHUNK;
 use crate::smtp::command::{self, Command};
 use crate::smtp::data::DataReader;
@@ -108,7 +110,7 @@ pub fn serve(tcp: TcpStream, context: Context, number: u64, role: Role) {
     );
     let session = Coach::new(session, context.config.clone());
     let recorder = context.config.transcripts.as_deref().and_then(|dir| {
-        Recorder::create(dir, peer, number, &format!("Session {id} from {peer}"))
+        Recorder::start(&context.config, peer, number, &id)
             .map_err(|error| {
                 warn!(
                     "[{id}] cannot record a transcript in {}: {error}",
@@ -117,13 +119,7 @@ pub fn serve(tcp: TcpStream, context: Context, number: u64, role: Role) {
             })
             .ok()
     });
-    let console = context.config.trace.then(|| Console {
-        style: Style {
-            colour: io::stdout().is_terminal(),
-            session: number,
-        },
-        id: id.clone(),
-    });
+    let console = Console::open(&context.config, Style::for_stdout(number), &id, peer, role);
     if let Some(console) = &console {
         console.event(&connect_text(peer, local, role, &context.config.faults));
     }
@@ -279,15 +275,13 @@ impl Connection {
             }
             Err(error) => return self.read_failed(error).map(Err),
         };
-        debug!(
-            "[{}] C: {}",
-            self.session.id(),
-            String::from_utf8_lossy(&line.bytes)
-        );
-        self.record_client(&line.bytes, Some(line.ending));
+        // One decision, from the command's words, masks the secret everywhere the line goes.
+        let sasl = self.session.state().name() == StateName::Authenticating;
+        let shown = auth::Masked::new(&line.bytes, auth::smtp_secret(&line.bytes, sasl));
+        debug!("[{}] C: {shown}", self.session.id());
+        self.record_client(shown, Some(line.ending));
         if let Some(console) = &self.console {
-            let sasl = self.session.state().name() == StateName::Authenticating;
-            console.client(&trace::mask_secret(&line.bytes, sasl));
+            console.command(shown);
         }
         let junk = self.session.state().name() != StateName::Authenticating && is_junk(&line.bytes);
         // Rule LE-3: a CR inside a command line is not a line end; say so instead of guessing.
@@ -323,7 +317,7 @@ impl Connection {
             match self.read_data_piece(&mut shown.hinted, deadline)? {
                 Ok(piece) => {
                     received += piece.bytes.len() as u64 + 2;
-                    self.record_client(&piece.bytes, piece.ending);
+                    self.record_client(auth::Masked::new(&piece.bytes, None), piece.ending);
                     let end = data.push(&piece, self.lines.saw_cr());
                     shown.line(self.console.as_ref(), &piece.bytes, end);
                     if end {
@@ -454,9 +448,9 @@ impl Connection {
                 Ok("client closed the connection")
             }
             ReadError::Closed { partial } => {
-                if let Some(recorder) = &mut self.recorder {
-                    recorder.client_line(&partial, LineEnding::None);
-                }
+                let sasl = self.session.state().name() == StateName::Authenticating;
+                let secret = auth::smtp_secret(&partial, sasl);
+                self.record_client(auth::Masked::new(&partial, secret), None);
                 Ok("client closed the connection in the middle of a line")
             }
             ReadError::Timeout => {
@@ -471,15 +465,12 @@ impl Connection {
     fn send(&mut self, replies: &[Reply]) {
         for reply in replies {
             let text = reply.to_string();
+            // A reply may quote the client; the log is read on a terminal too.
+            let logged = crate::visible::sanitize(text.trim_end());
             if reply.is_error() {
-                info!(
-                    "[{}] {} S: {}",
-                    self.session.id(),
-                    self.peer,
-                    text.trim_end()
-                );
+                info!("[{}] {} S: {logged}", self.session.id(), self.peer);
             } else {
-                debug!("[{}] S: {}", self.session.id(), text.trim_end());
+                debug!("[{}] S: {logged}", self.session.id());
             }
             self.output.extend_from_slice(text.as_bytes());
             if let Some(console) = &self.console {
@@ -498,14 +489,9 @@ impl Connection {
 
     /// Record what the client sent. A fragment of a very long line is recorded as a line of its
     /// own (marked as ending without a line end); whole lines keep their real ending.
-    fn record_client(&mut self, bytes: &[u8], ending: Option<Ending>) {
+    fn record_client(&mut self, shown: auth::Masked, ending: Option<Ending>) {
         if let Some(recorder) = &mut self.recorder {
-            let ending = match ending {
-                Some(Ending::CrLf) => LineEnding::CrLf,
-                Some(Ending::Lf) => LineEnding::Lf,
-                None => LineEnding::None,
-            };
-            recorder.client_line(bytes, ending);
+            recorder.client_line(shown, ending);
         }
     }
 
@@ -560,7 +546,7 @@ impl TracedData {
             ));
         }
         if end || self.lines <= trace::MAX_DATA_LINES_SHOWN {
-            console.client(bytes);
+            console.data(bytes);
         } else {
             self.hidden += 1;
         }

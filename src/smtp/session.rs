@@ -21,6 +21,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::auth_budget::{shut_out_text, Verdict};
 use crate::config::Config;
 use crate::machine;
 use crate::smtp::address::{Domain, ForwardPath, Mailbox, ReversePath};
@@ -170,6 +171,17 @@ pub enum Role {
     Submission,
     /// Port 465 (`--smtps`): submission inside TLS from the first byte.
     ImplicitTls,
+}
+
+impl Role {
+    /// The listener's name in the banner and on the web view.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Relay => "SMTP",
+            Role::Submission => "submission",
+            Role::ImplicitTls => "SMTPS",
+        }
+    }
 }
 
 /// What the listener offers this client.
@@ -793,7 +805,8 @@ impl Session {
     /// AUTH is offered inside TLS, and in the clear only to a client on this machine, so a
     /// class can see that PLAIN is only base64 without sending a password over a network.
     fn offers_auth(&self) -> bool {
-        self.client.tls || self.client.peer.ip().is_loopback()
+        let from = &self.config.plaintext_auth_from;
+        auth::plaintext_allowed(self.client.peer.ip(), self.client.tls, from)
     }
 
     // ANCHOR: auth
@@ -805,12 +818,13 @@ impl Session {
             return Outcome::reply(state, reply);
         }
         if !self.offers_auth() {
-            let reply = Reply::new(
-                538,
-                "5.7.11",
-                "Encryption required: send STARTTLS first (RFC 4954 §6)",
-            );
-            return Outcome::reply(state, reply);
+            let why = format!("{} (RFC 4954 §6)", auth::PLAINTEXT_REFUSED);
+            return Outcome::reply(state, Reply::new(538, "5.7.11", "").text(why));
+        }
+        if let Verdict::ShutOut(left) = self.config.auth_budget.check(self.client.peer.ip()) {
+            let reply =
+                Reply::new(421, "4.7.0", "").text(shut_out_text(self.client.peer.ip(), left));
+            return Outcome::close(vec![reply]);
         }
         let challenge = auth::challenge(&self.config.hostname);
         self.sasl_step(auth::begin(mechanism, initial, challenge))
@@ -843,6 +857,7 @@ impl Session {
         match credentials.verify(&self.config.directory.users) {
             Some(user) => {
                 log::info!("[{}] {} authenticated as {user}", self.id, self.client.peer);
+                self.config.auth_budget.succeeded(self.client.peer.ip());
                 self.client.user = Some(user);
                 Reply::new(235, "2.7.0", "Authentication successful")
             }
@@ -855,6 +870,11 @@ impl Session {
                     credentials.user()
                 );
                 self.auth_failures += 1;
+                match self.config.auth_budget.failed(self.client.peer.ip()) {
+                    // One thread per client: the wait slows this client only.
+                    Verdict::Wait(wait) => std::thread::sleep(wait),
+                    Verdict::ShutOut(_) => self.auth_failures = MAX_AUTH_FAILURES,
+                }
                 Reply::new(535, "5.7.8", "Authentication credentials invalid")
             }
         }
@@ -984,15 +1004,41 @@ fn help(state: StateName, topic: Option<&str>) -> Reply {
     }
 }
 
+/// HELP text lines are at most this long, so `214-2.0.0 ` and the text fit an 80-column
+/// terminal without wrapping.
+const HELP_WIDTH: usize = 80 - "214-2.0.0 ".len();
+
+/// Each command the state allows on a line of its own with the state it leads to, and what it
+/// does indented below it.
 fn help_for_state(state: StateName) -> Reply {
     let header = format!("You are in state {state:?}. Commands you can type now:");
     let lines = VERBS.iter().filter_map(|row| {
-        transition(state, row.verb)
-            .map(|t| format!("  {:<40} {} -> {:?}", row.syntax, row.summary, t.to))
+        let to = transition(state, row.verb)?.to;
+        let mut lines = vec![format!("  {} -> {to:?}", row.syntax)];
+        lines.extend(help_lines(row.summary, "      "));
+        Some(lines)
     });
     lines
+        .flatten()
         .fold(Reply::HELP_214.text(header), Reply::line)
         .line("HELP <command> explains one command.")
+}
+
+/// `text` cut at spaces into lines of at most `HELP_WIDTH`, each starting with `indent`.
+fn help_lines(text: &str, indent: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = indent.to_string();
+    for word in text.split(' ') {
+        if line.len() > indent.len() && line.len() + 1 + word.len() > HELP_WIDTH {
+            lines.push(std::mem::replace(&mut line, indent.to_string()));
+        }
+        if line.len() > indent.len() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    lines.push(line);
+    lines
 }
 
 /// 503 with a text that says what to send first (RFC 5321 §4.1.4); 554 for DATA when every
@@ -1057,13 +1103,17 @@ fn obsolete(verb: Verb) -> Reply {
 
 fn help_for_verb(verb: Verb) -> Reply {
     let info = verb.info();
-    let help = Reply::HELP_214
-        .text(format!("{}: {}", info.name, info.summary))
+    let mut summary = help_lines(&format!("{}: {}", info.name, info.summary), "").into_iter();
+    let first = summary.next().unwrap_or_default();
+    let help = summary
+        .fold(Reply::HELP_214.text(first), Reply::line)
         .line(format!("Syntax:  {}", info.syntax))
         .line(format!("Example: {}", info.example))
         .line(format!("Defined in {}", info.rfc));
     match history(verb) {
-        Some(why) => help.line(format!("History: {why}")),
+        Some(why) => help_lines(&format!("History: {why}"), "")
+            .into_iter()
+            .fold(help, Reply::line),
         None => help,
     }
 }

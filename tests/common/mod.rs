@@ -2,10 +2,13 @@
 //! client whose every read has a timeout.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use smtplab::config::{self, Config};
@@ -219,7 +222,12 @@ impl<S: Read + Write, G> Conn<S, G> {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let mut reader = BufReader::new(connect_with_timeouts(addr));
+        Client::over(connect_with_timeouts(addr))
+    }
+
+    /// A client on a connection already made (see `connect_from`); reads the greeting.
+    pub fn over(stream: TcpStream) -> Client {
+        let mut reader = BufReader::new(stream);
         let greeting = read_reply(&mut reader).expect("greeting");
         Client { reader, greeting }
     }
@@ -718,20 +726,31 @@ pub fn hop_read_data(reader: &mut impl Read) -> Vec<u8> {
 /// a deadline) until it accepts connections. Output is discarded; the process is killed when the
 /// returned guard is dropped.
 pub fn start_binary(listen: SocketAddr, options: &[String]) -> Killed {
-    start_binary_logging(listen, options, std::process::Stdio::null())
+    spawn_binary(listen, options, Stdio::null(), Stdio::null())
 }
 
 /// As `start_binary`, with the server's log (its standard error) going to `log`.
 pub fn start_binary_logging(
     listen: SocketAddr,
     options: &[String],
-    log: impl Into<std::process::Stdio>,
+    log: impl Into<Stdio>,
 ) -> Killed {
+    spawn_binary(listen, options, Stdio::null(), log.into())
+}
+
+/// `start_binary`, keeping what the server prints: standard output (the banner, `--trace`) in
+/// `dir/stdout` and standard error (the log) in `dir/stderr`.
+pub fn start_binary_logged(listen: SocketAddr, options: &[String], dir: &Path) -> Killed {
+    let file = |name: &str| Stdio::from(std::fs::File::create(dir.join(name)).expect("log file"));
+    spawn_binary(listen, options, file("stdout"), file("stderr"))
+}
+
+fn spawn_binary(listen: SocketAddr, options: &[String], stdout: Stdio, stderr: Stdio) -> Killed {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_smtplab"))
         .args(["--listen", &listen.to_string()])
         .args(options)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .expect("start smtplab");
     let mut server = Killed(child);
@@ -797,6 +816,107 @@ pub fn start_one_test(dns: SocketAddr, mx_port: u16, retry: &str, extra: &[&str]
     ];
     options.extend_from_slice(extra);
     start(&options)
+}
+
+/// Collects what a child process prints, line by line, on a thread of its own.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<String>>);
+
+impl Output {
+    pub fn collect(source: impl Read + Send + 'static) -> Output {
+        let output = Output::default();
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(source);
+            let mut line = String::new();
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                sink.0.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        output
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn wait_for(&self, needle: &str) {
+        wait_until(&format!("{needle:?} in the output"), || {
+            self.text().contains(needle)
+        });
+    }
+}
+
+/// Start `command` with stdin closed and its stdout collected (stderr as the command says);
+/// the process is killed when the returned `Killed` is dropped.
+pub fn spawn_collecting(command: &mut Command) -> (Killed, Output) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the process");
+    let stdout = Output::collect(child.stdout.take().expect("stdout"));
+    (Killed(child), stdout)
+}
+
+/// The real binary started with `--lab` in `dir` (every listener on a port of its own choosing,
+/// host name `smtplab.test` unless `extra` names one), its banner read from stdout.
+pub struct LabServer {
+    _child: Killed,
+    pub stdout: Output,
+    /// Each banner line `  ROLE  ADDR  purpose`, by role.
+    pub listeners: BTreeMap<String, SocketAddr>,
+}
+
+impl LabServer {
+    pub fn start(dir: &TempDir, extra: &[&str]) -> LabServer {
+        // Port 0 everywhere: a test must not depend on 2525 and its neighbours being free.
+        let host = if extra.contains(&"--hostname") {
+            &[][..]
+        } else {
+            &["--hostname", "smtplab.test"][..]
+        };
+        let (child, stdout) = spawn_collecting(
+            Command::new(env!("CARGO_BIN_EXE_smtplab"))
+                .current_dir(dir.path())
+                .arg("--lab")
+                .args(host)
+                .args(["--listen", "127.0.0.1:0", "--submission", "127.0.0.1:0"])
+                .args(["--smtps", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
+                .args(["--pop3s", "127.0.0.1:0", "--web", "127.0.0.1:0"])
+                .args(["--imap", "127.0.0.1:0", "--imaps", "127.0.0.1:0"])
+                .args(extra)
+                .stderr(Stdio::null()),
+        );
+        stdout.wait_for("Try: telnet");
+        let listeners = banner_listeners(&stdout.text());
+        LabServer {
+            _child: child,
+            stdout,
+            listeners,
+        }
+    }
+
+    pub fn addr(&self, role: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(role)
+            .unwrap_or_else(|| panic!("no {role} in the banner:\n{:?}", self.listeners))
+    }
+}
+
+pub fn banner_listeners(banner: &str) -> BTreeMap<String, SocketAddr> {
+    banner
+        .lines()
+        .filter(|line| line.starts_with("  "))
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let role = words.next()?.to_string();
+            let addr = words.next()?.parse().ok()?;
+            Some((role, addr))
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
