@@ -826,7 +826,14 @@ mod tests {
             Transcript::parse("# title: t\n").unwrap().header.protocol,
             Protocol::Smtp
         );
-        let error = Transcript::parse("# title: t\n# protocol: imap\n").unwrap_err();
+        assert_eq!(
+            Transcript::parse("# title: t\n# protocol: IMAP\n")
+                .unwrap()
+                .header
+                .protocol,
+            Protocol::Imap
+        );
+        let error = Transcript::parse("# title: t\n# protocol: nntp\n").unwrap_err();
         assert_eq!(error.line_no, 2);
     }
 
