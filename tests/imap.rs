@@ -573,3 +573,36 @@ impl Drop for KillTmux {
             .output();
     }
 }
+
+#[test]
+fn codes_only_replay_compares_the_tagged_status() {
+    use smtplab::lab::replay::{replay, ReplayOptions};
+    use smtplab::lab::transcript::Transcript;
+    let golden = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/transcripts/70-imap-session.txt"
+    );
+    let text = std::fs::read_to_string(golden).unwrap();
+    let reworded = text.replace("a6 OK SEARCH completed", "a6 OK nothing unseen");
+    let wrong = text.replace("a6 OK SEARCH completed", "a6 NO SEARCH completed");
+    let codes_only = ReplayOptions {
+        codes_only: true,
+        ..ReplayOptions::default()
+    };
+    let run = |text: &str, options: &ReplayOptions| {
+        let server = start();
+        deliver(
+            server.addr(),
+            "From: <mary@client.example>\r\nSubject: Hello\r\n\r\nHi!\r\n",
+        );
+        replay(
+            &Transcript::parse(text).unwrap(),
+            imap_addr(&server),
+            options,
+        )
+    };
+    assert!(!run(&reworded, &ReplayOptions::default()).is_match());
+    let loose = run(&reworded, &codes_only);
+    assert!(loose.is_match(), "{}", loose.render(false));
+    assert!(!run(&wrong, &codes_only).is_match(), "OK is not NO");
+}
