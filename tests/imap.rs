@@ -563,6 +563,71 @@ fn mutt_lists_the_mailbox_over_imap() {
     tmux(&["send-keys", "q"]);
 }
 
+#[test]
+fn a_mutt_rewrite_keeps_uids_and_its_flags_show_over_imap() {
+    if !common::have_tool_with("mutt", &["-v"]) || !common::have_tool_with("tmux", &["-V"]) {
+        return;
+    }
+    let server = start();
+    for i in 1..=3 {
+        deliver(server.addr(), &simple(&format!("mutt {i}")));
+    }
+    let mut imap = Imap::login(imap_addr(&server));
+    imap.run("SELECT INBOX");
+    assert!(imap.run("STORE 1 +FLAGS (\\Seen)").ok());
+    let before = imap.uids_and_flags();
+    imap.run("LOGOUT");
+    // mutt opens the file itself, flags a message and writes the mailbox back ($): it adds
+    // Content-Length and Lines headers and rewrites Status, under the dotlock.
+    let dir = TempDir::new("imap-mutt-file");
+    let muttrc = dir.path().join("muttrc");
+    let settings = format!(
+        "set folder={}\nset mbox_type=mbox\nset move=no\nset sort=date\n",
+        dir.path().display()
+    );
+    std::fs::write(&muttrc, settings).unwrap();
+    let session = format!("smtplab-imap-file-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &session])
+            .args(args)
+            .output()
+            .expect("tmux")
+    };
+    let _stop = KillTmux(session.clone());
+    let mbox = server.mail_dir().join("alice");
+    let mutt = format!(
+        "TERM=xterm mutt -n -F {} -f {}",
+        muttrc.display(),
+        mbox.display()
+    );
+    tmux(&["new-session", "-d", "-x", "120", "-y", "30", &mutt]);
+    wait_until("mutt to show the mailbox", || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).contains("mutt 3")
+    });
+    // mutt opens at the first unread message: number 2.
+    tmux(&["send-keys", "F", "$"]);
+    wait_until("mutt to write the file", || {
+        server.mbox_text("alice").contains("X-Status: F")
+    });
+    tmux(&["send-keys", "q"]);
+    assert!(
+        server.mbox_text("alice").contains("Lines: "),
+        "mutt rewrote the file"
+    );
+    let mut imap = Imap::login(imap_addr(&server));
+    imap.run("SELECT INBOX");
+    let after = imap.uids_and_flags();
+    let uids = |list: &[(u32, String)]| list.iter().map(|(uid, _)| *uid).collect::<Vec<_>>();
+    assert_eq!(
+        uids(&after),
+        uids(&before),
+        "the same UIDs after mutt's rewrite"
+    );
+    assert_eq!(after[0].1, "\\Seen", "the flag IMAP set, kept by mutt");
+    assert_eq!(after[1].1, "\\Flagged", "the flag mutt set, seen over IMAP");
+}
+
 /// Ends a tmux server (its own socket) when the test ends, however it ends.
 struct KillTmux(String);
 
