@@ -427,7 +427,8 @@ fn implicit_tls_and_starttls() {
     let mut plain = Imap::connect(server.handle.imap_addr(false).unwrap());
     let caps = plain.run("CAPABILITY");
     assert!(caps.text().contains(" STARTTLS"), "{}", caps.text());
-    plain.send(b"s STARTTLS\r\n");
+    // A command sent in the clear behind STARTTLS must not run inside TLS (CVE-2011-0411).
+    plain.send(b"s STARTTLS\r\ninjected LOGIN alice password\r\n");
     assert!(plain.until("s").ok());
     let tcp = plain.reader.into_inner();
     let mut tls = connector.connect(common::TLS_HOST, tcp).expect("handshake");
@@ -438,10 +439,13 @@ fn implicit_tls_and_starttls() {
         assert_eq!(tls.read(&mut byte).unwrap(), 1);
         text.push(byte[0]);
     }
+    let text = String::from_utf8_lossy(&text);
+    assert!(!text.contains("STARTTLS"), "not offered twice");
     assert!(
-        !String::from_utf8_lossy(&text).contains("STARTTLS"),
-        "not offered twice"
+        !text.contains("injected"),
+        "the plaintext behind STARTTLS was dropped: {text}"
     );
+    assert!(text.contains("AUTH=PLAIN"), "still not logged in: {text}");
 }
 
 /// Run a Python script with the IMAP port, the SMTP port and the mail directory as arguments.
