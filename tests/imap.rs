@@ -675,3 +675,22 @@ fn codes_only_replay_compares_the_tagged_status() {
     assert!(loose.is_match(), "{}", loose.render(false));
     assert!(!run(&wrong, &codes_only).is_match(), "OK is not NO");
 }
+
+#[test]
+fn compare_sends_an_imap_session_to_replay() {
+    let golden = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/transcripts/70-imap-session.txt"
+    );
+    let smtp = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/transcripts/01-seed-session.txt"
+    );
+    let args = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
+    assert_eq!(
+        smtplab::lab::compare::compare_main(&args(golden, golden)),
+        2
+    );
+    assert_eq!(smtplab::lab::compare::compare_main(&args(smtp, golden)), 2);
+    assert_eq!(smtplab::lab::compare::compare_main(&args(smtp, smtp)), 0);
+}

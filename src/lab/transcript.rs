@@ -40,8 +40,8 @@
 //! `smtplab replay` ignores them (it is given a running server). `# port:` names a listener:
 //! `smtp` (the default, `--listen`), `submission`, `smtps`, `pop3` or `imap`. `# setup: deliver USER`
 //! (one line per message) delivers one short fixed message to `USER@localhost` over SMTP before
-//! the replay, so that a POP3 transcript finds mail in the maildrop. `smtplab compare` compares
-//! SMTP sessions only.
+//! the replay, so that a POP3 or IMAP transcript finds mail in the maildrop. `smtplab compare`
+//! compares SMTP sessions only, and sends a POP3 or IMAP one to `smtplab replay --codes-only`.
 //!
 //! Standards: RFC 5321 Appendix D, RFC 5321 §2.3.8, RFC 5321 §4.2, RFC 4954 §4, RFC 1939 §3, RFC 9051 §2.2.2
 
