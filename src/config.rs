@@ -25,12 +25,18 @@ pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
 /// Postfix's `smtpd_hard_error_limit`: after this many errors the session ends with 421.
 pub const DEFAULT_MAX_ERRORS: u32 = 20;
 pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
+
+/// Largest an mbox may grow through a delivery: 50 MiB, Postfix's `mailbox_size_limit`.
+pub const DEFAULT_MAILBOX_SIZE_LIMIT: u64 = 50 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 /// One address (one student's script) may hold this many connections at once.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
 /// The longest `--timeout`: a day. Deadlines are `Instant`s; a timeout near `u64::MAX`
 /// seconds would overflow them.
 pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+/// The shortest `--timeout`: a millisecond. Less rounds to a zero `Duration`, which no socket
+/// accepts as a timeout, so every session would end before its greeting.
+pub const MIN_TIMEOUT_SECS: f64 = 0.001;
 /// The longest `--retry` wait and `--queue-lifetime`: a year, far beyond any real queue.
 pub const MAX_QUEUE_DURATION: Duration = Duration::from_secs(365 * 86_400);
 pub const DEMO_PASSWORD: &str = "password";
@@ -82,6 +88,8 @@ pub struct Config {
     pub mail_dir: PathBuf,
     pub directory: Directory,
     pub max_size: u64,
+    /// `--mailbox-size-limit`: no delivery makes an mbox longer (0: no limit).
+    pub mailbox_size_limit: u64,
     pub max_connections: usize,
     /// `--max-connections-per-ip`: the share of one client address.
     pub max_connections_per_ip: usize,
@@ -98,6 +106,8 @@ pub struct Config {
     pub pop3: Vec<SocketAddr>,
     /// POP3 inside TLS from the first byte (`--pop3s`, RFC 8314).
     pub pop3s: Vec<SocketAddr>,
+    /// A POP3 session silent this long is closed (`--pop3-autologout`, RFC 1939 §3).
+    pub pop3_autologout: Duration,
     /// Pause before answering a failed POP3 login.
     pub pop3_auth_delay: Duration,
     /// IMAP listeners (`--imap`); none by default.
@@ -116,6 +126,12 @@ pub struct Config {
     pub queue_lifetime: Duration,
     /// Send all foreign mail to this `HOST:PORT` instead of looking up MX (`--smart-host`).
     pub smart_host: Option<String>,
+    /// When the relay uses STARTTLS towards the next hop (`--relay-tls`).
+    pub relay_tls: crate::relay::client::TlsPolicy,
+    /// Delivery threads (`--relay-workers`).
+    pub relay_workers: usize,
+    /// The longest one conversation with a next hop may take (`--relay-deadline`).
+    pub relay_deadline: Duration,
     /// `--trace`: print every line in and out, with state transitions, on stdout.
     pub trace: bool,
     /// `--explain`: end reply texts with the RFC section and the next expected command.
@@ -247,6 +263,7 @@ impl Default for Config {
             hostname,
             mail_dir: PathBuf::from("mail"),
             max_size: DEFAULT_MAX_SIZE,
+            mailbox_size_limit: DEFAULT_MAILBOX_SIZE_LIMIT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_recipients: DEFAULT_MAX_RECIPIENTS,
@@ -261,12 +278,16 @@ impl Default for Config {
             pop3_auth_delay: DEFAULT_POP3_AUTH_DELAY,
             imap: Vec::new(),
             imaps: Vec::new(),
+            pop3_autologout: crate::pop3::server::AUTOLOGOUT,
             dns: None,
             mx_port: DEFAULT_MX_PORT,
             spool_dir: PathBuf::from("spool"),
             retry: crate::relay::queue::Schedule::default().retry,
             queue_lifetime: crate::relay::queue::DEFAULT_QUEUE_LIFETIME,
             smart_host: None,
+            relay_tls: crate::relay::client::TlsPolicy::default(),
+            relay_workers: crate::relay::worker::DEFAULT_WORKERS,
+            relay_deadline: crate::relay::worker::DEFAULT_DEADLINE,
             trace: false,
             explain: false,
             faults: Vec::new(),
@@ -300,6 +321,7 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "pop3s",           Many,    "ADDR",      "POP3 inside TLS from the first byte"),
     ("",  "imap",            Many,    "ADDR",      "IMAP listener for the same mailboxes"),
     ("",  "imaps",           Many,    "ADDR",      "IMAP inside TLS from the first byte"),
+    ("",  "pop3-autologout", One,     "SECS",      "close a silent POP3 session (default 600, RFC 1939 §3)"),
     ("n", "hostname",        One,     "NAME",      "name in the greeting, EHLO and Received"),
     ("d", "domain",          Many,    "DOMAIN",    "domain delivered here (default localhost + hostname)"),
     ("m", "mail-dir",        One,     "DIR",       "mbox files live at DIR/<user> (default ./mail)"),
@@ -309,6 +331,7 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "tls-key",         One,     "FILE",      "PEM PKCS#8 private key"),
     ("",  "tls-self-signed", Nothing, "",          "make a throwaway certificate at start"),
     ("",  "max-size",        One,     "BYTES",     "SIZE limit (default 10485760)"),
+    ("",  "mailbox-size-limit", One,  "BYTES",     "largest an mbox may grow, 0 for none (default 52428800)"),
     ("",  "max-connections", One,     "N",         "SMTP, POP3 and IMAP clients beyond N are turned away (default 100)"),
     ("",  "max-connections-per-ip", One, "N",      "the same, per client address (default 32)"),
     ("",  "max-recipients",  One,     "N",         "recipients per message (default 100)"),
@@ -321,6 +344,9 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "spool",           One,     "DIR",       "outbound queue (default ./spool)"),
     ("",  "retry",           One,     "LIST",      "waits between attempts, e.g. 1m,5m,30m,2h"),
     ("",  "queue-lifetime",  One,     "DUR",       "bounce after this long (default 5d)"),
+    ("",  "relay-tls",       One,     "LEVEL",     "STARTTLS to the next hop: none, may, encrypt (default may)"),
+    ("",  "relay-workers",   One,     "N",         "delivery threads (default 4)"),
+    ("",  "relay-deadline",  One,     "DUR",       "longest conversation with a next hop (default 15m)"),
     ("",  "plaintext-auth-from", Many, "CIDR",     "may log in without TLS (default: this machine)"),
     ("",  "allow-plaintext-auth", Nothing, "",     "any address may log in without TLS (a LAN lab)"),
     ("",  "auth-budget",     One,     "N",         "failed logins per address before a lockout (10)"),
@@ -467,18 +493,14 @@ impl Config {
     /// exit status 2, never a panic in a session thread later.
     fn read_limits(&mut self, m: &getopts::Matches) -> Result<(), String> {
         self.max_size = number(m, "max-size", self.max_size)?;
+        self.mailbox_size_limit = number(m, "mailbox-size-limit", self.mailbox_size_limit)?;
         self.max_connections = positive(m, "max-connections", self.max_connections)?;
         self.max_connections_per_ip =
             positive(m, "max-connections-per-ip", self.max_connections_per_ip)?;
         self.max_recipients = positive(m, "max-recipients", self.max_recipients)?;
         self.max_errors = positive(m, "max-errors", self.max_errors)?;
-        let seconds = number(m, "timeout", self.idle_timeout.as_secs_f64())?;
-        if !(seconds > 0.0 && seconds <= MAX_TIMEOUT_SECS) {
-            return Err(format!(
-                "--timeout needs a number of seconds above 0 and at most {MAX_TIMEOUT_SECS} (a day), not '{seconds}'."
-            ));
-        }
-        self.idle_timeout = Duration::from_secs_f64(seconds);
+        self.idle_timeout = seconds(m, "timeout", self.idle_timeout)?;
+        self.pop3_autologout = seconds(m, "pop3-autologout", self.pop3_autologout)?;
         Ok(())
     }
     // ANCHOR_END: read_limits
@@ -572,6 +594,14 @@ impl Config {
             }
             self.smart_host = Some(host);
         }
+        if let Some(level) = m.opt_str("relay-tls") {
+            self.relay_tls = crate::relay::client::TlsPolicy::parse(&level)?;
+        }
+        self.relay_workers = number(m, "relay-workers", self.relay_workers)?.max(1);
+        if let Some(text) = m.opt_str("relay-deadline") {
+            self.relay_deadline = crate::relay::queue::parse_duration(&text)
+                .map_err(|e| format!("--relay-deadline: {e}"))?;
+        }
         Ok(())
     }
 }
@@ -655,6 +685,17 @@ fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) ->
             .parse()
             .map_err(|_| format!("--{name} needs a number, not '{text}'.")),
     }
+}
+
+/// A timeout in seconds, from `MIN_TIMEOUT_SECS` to `MAX_TIMEOUT_SECS`.
+fn seconds(m: &getopts::Matches, name: &str, default: Duration) -> Result<Duration, String> {
+    let seconds = number(m, name, default.as_secs_f64())?;
+    if !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&seconds) {
+        return Err(format!(
+            "--{name} needs a number of seconds from {MIN_TIMEOUT_SECS} to {MAX_TIMEOUT_SECS} (a day), not '{seconds}'."
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// A count that must be at least 1: `--max-connections 0` would refuse every client.

@@ -137,6 +137,7 @@ fn purpose(role: &str, config: &Config) -> &'static str {
         "POP3S" => "POP3 inside TLS from the first byte",
         "IMAP" => "the mail kept on the server: LOGIN, SELECT, FETCH",
         "IMAPS" => "IMAP inside TLS from the first byte",
+        "web" => "the live view: open this address in a browser",
         _ => "",
     }
 }

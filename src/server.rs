@@ -30,7 +30,8 @@ use crate::smtp::connection::{self, Context};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::Role;
 use crate::store::delivery::LocalDelivery;
-use crate::store::mbox::MailDir;
+use crate::store::intent::Verdict;
+use crate::store::mbox::{MailDir, Recovered};
 use crate::web::server::{WebHandle, WebListener};
 
 /// The bound listeners and what their sessions share.
@@ -87,22 +88,9 @@ impl Service for Smtp {
 
 impl Server {
     /// Bind every listen address, create the mail directory, and deliver locally.
-    pub fn bind(config: Config) -> Result<Server, String> {
-        std::fs::create_dir_all(&config.mail_dir).map_err(|e| {
-            format!(
-                "Cannot create the mail directory {}: {e}.",
-                config.mail_dir.display()
-            )
-        })?;
-        let mail_dir = MailDir::new(config.mail_dir.clone());
-        recover(&mail_dir)?;
-        let spool = Arc::new(Spool::new(config.spool_dir.clone()));
-        spool.remove_stale_temp_files();
-        let deliver = Arc::new(LocalDelivery {
-            mail_dir,
-            hostname: config.hostname.clone(),
-            spool: Some(spool.clone()),
-        });
+    pub fn bind(mut config: Config) -> Result<Server, String> {
+        // Every listener first: an instance that cannot start (the port is taken, often by
+        // another smtplab on the same mail directory) must leave the mail and spool untouched.
         let tls = tls_acceptor(&config)?;
         let mut listeners = Vec::new();
         for (addrs, role) in [
@@ -132,7 +120,34 @@ impl Server {
         if !config.imaps.is_empty() && tls.is_none() {
             return Err("--imaps needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
+        // The addresses really bound (a port 0 became a real port): the relay compares next
+        // hops with them to find mail that would loop back here (relay/dns.rs `Me`).
+        config.listen = listeners
+            .iter()
+            .filter(|(_, role)| *role == Role::Relay)
+            .map(|(bound, _)| bound.addr)
+            .collect();
         let web = config.web.map(WebListener::bind).transpose()?;
+        // Only now: the mail directory and the spool.
+        std::fs::create_dir_all(&config.mail_dir).map_err(|e| {
+            format!(
+                "Cannot create the mail directory {}: {e}.",
+                config.mail_dir.display()
+            )
+        })?;
+        let mail_dir = MailDir::new(config.mail_dir.clone());
+        recover(&mail_dir)?;
+        let mail_dir = match config.mailbox_size_limit {
+            0 => mail_dir,
+            limit => mail_dir.with_size_limit(limit),
+        };
+        let spool = Arc::new(Spool::new(config.spool_dir.clone()));
+        spool.remove_stale_temp_files();
+        let deliver = Arc::new(LocalDelivery {
+            mail_dir,
+            hostname: config.hostname.clone(),
+            spool: Some(spool.clone()),
+        });
         let admission = Admission::new(Limits {
             total: config.max_connections,
             per_ip: config.max_connections_per_ip,
@@ -278,16 +293,25 @@ fn imap_listeners(config: &Config) -> Result<Vec<ImapListener>, String> {
         .collect()
 }
 
-/// Cut off what a crash left half-written (RFC 5321 §6.1: only acknowledged mail is kept).
+/// Cut off what a killed delivery of ours left half-written, and only that (RFC 5321 §6.1:
+/// nothing acknowledged may be lost); say in one line per mbox what was found.
 fn recover(mail_dir: &MailDir) -> Result<(), String> {
-    let cut = mail_dir.recover().map_err(|e| {
+    let found = mail_dir.recover().map_err(|e| {
         format!(
             "Cannot check the mail directory {}: {e}.",
             mail_dir.root().display()
         )
     })?;
-    for (user, bytes) in cut {
-        warn!("removed {bytes} bytes of an unfinished delivery from the mbox of {user}");
+    for Recovered { user, verdict } in found {
+        match verdict {
+            Verdict::Cut { start, bytes } => warn!(
+                "removed {bytes} bytes of an unfinished delivery from the mbox of {user} \
+                 (from offset {start}; smtplab wrote them and never acknowledged them)"
+            ),
+            Verdict::Leave(why) => warn!(
+                "left the mbox of {user} as it is after an unfinished delivery, because {why}"
+            ),
+        }
     }
     Ok(())
 }

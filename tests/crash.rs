@@ -120,7 +120,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_mail() {
         check_mbox(&mail_dir.join("alice"), &round_acked);
         // Start every round with an empty mbox, so markers never repeat across rounds.
         let _ = std::fs::remove_file(mail_dir.join("alice"));
-        let _ = std::fs::remove_file(mail_dir.join(".alice.committed"));
+        let _ = std::fs::remove_file(mail_dir.join(".alice.intent"));
     }
     println!("{ROUNDS} rounds, {total_acked} messages acknowledged; {restarts_that_cut} restarts cut a half-written delivery");
 }

@@ -517,6 +517,13 @@ fn a_bounce_that_fails_is_never_bounced_again() {
         "the message, then its bounce: no bounce of the bounce"
     );
     assert!(sessions[1].commands.iter().any(|c| c == "MAIL FROM:<>"));
+    // Not lost either: the report about the failed bounce goes to the local postmaster (alice).
+    let notice = bounce_for_alice(&one);
+    let text = String::from_utf8_lossy(&notice.content);
+    assert!(
+        text.contains("Final-Recipient: rfc822; carol@far.test\n"),
+        "{text}"
+    );
 }
 
 #[test]

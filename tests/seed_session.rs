@@ -40,8 +40,8 @@ fn seed_session_delivers_to_the_known_user_only() {
     let others: Vec<_> = std::fs::read_dir(server.mail_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        // `.alice.committed` is alice's delivery record (see `src/store/mbox.rs::MailDir::recover`).
-        .filter(|name| name != "alice" && name != ".alice.committed")
+        // `.alice.intent` is alice's intent record (see `src/store/intent.rs::Intent`).
+        .filter(|name| name != "alice" && name != ".alice.intent")
         .collect();
     assert!(others.is_empty(), "mail landed elsewhere: {others:?}");
 }

@@ -1,9 +1,10 @@
 //! What a student types, against the real binary: it cannot forge the `Received:` header, it
-//! reaches the teacher's terminal only escaped (trace, compare, replay, queue), and it cannot
+//! reaches the teacher's terminal only escaped (trace, compare, replay, queue, mx), and it cannot
 //! fill the disk through a transcript. Recordings replay against any smtplab and leave replays
 //! out.
 
 mod common;
+mod dns_server;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -221,6 +222,24 @@ fn the_queue_listing_escapes_remote_replies() {
     assert_terminal_safe("queue", &run.stdout);
 }
 
+#[test]
+fn the_mx_lookup_escapes_the_domain_a_student_types() {
+    let dns = dns_server::DnsServer::start(
+        dns_server::Zone::new().a("mx.evil.test", [127, 0, 0, 3].into()),
+    );
+    let nameserver = dns.addr().to_string();
+    for domain in [
+        "evil\u{1b}]0;OWNED\u{7}.test",
+        "evil\u{202e}tset.test",
+        "\u{9b}2J.evil.test",
+    ] {
+        let run = smtplab(&["mx", domain, "--dns", &nameserver]);
+        assert_terminal_safe("mx", &run.stdout);
+        assert_terminal_safe("mx", &run.stderr);
+        assert!(run.stdout.contains("evil"), "{domain:?}: {}", run.stdout);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Transcripts on disk
 
@@ -286,7 +305,7 @@ fn a_recording_replays_against_any_fresh_server_and_replays_are_not_recorded() {
         start_binary(listen, &options)
     };
     let _one = start(first, "one.test", &mine, "mail-one");
-    // Session S1 says only QUIT; S2 sends a message, so its 250 names message S2.1.
+    // Session S1 says only QUIT; S2 sends a message, so its 250 names message S2-1-<this process>.
     let mut c = Client::connect(first);
     c.expect("QUIT", 221);
     let mut c = Client::connect(first);

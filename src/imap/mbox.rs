@@ -34,7 +34,9 @@ use crate::imap::command::Flags;
 use crate::imap::message::Message;
 use crate::imap::session::{Mailbox, Mailboxes, OpenError, Snapshot};
 use crate::pop3::session::fnv1a64;
-use crate::store::mbox::{self, DeliveryError, MailDir, ReaderLock};
+use crate::store::maildrop::{MaildropLock, Part, ReaderLock};
+use crate::store::mbox::{DeliveryError, MailDir};
+use crate::store::mboxrd::{self, Span};
 
 /// Headers that mail programs rewrite: they are not part of a message's key.
 const REWRITTEN: [&str; 8] = [
@@ -321,69 +323,94 @@ fn failed(error: impl std::fmt::Display) -> String {
     error.to_string()
 }
 
-impl MboxMailboxes {
-    fn index_path(&self, user: &str) -> PathBuf {
-        self.mail_dir.root().join(format!(".{user}.imap"))
+/// `DIR/.<user>.imap`: a name no mailbox can have, as it starts with a dot.
+fn index_path(mail_dir: &MailDir, user: &str) -> PathBuf {
+    mail_dir.root().join(format!(".{user}.imap"))
+}
+
+/// The messages of a locked mbox as they are now: where each lies, and its bytes.
+fn read_messages(lock: &MaildropLock) -> io::Result<Vec<(Span, Vec<u8>)>> {
+    lock.spans()?
+        .into_iter()
+        .map(|span| Ok((span, lock.read_span(span)?)))
+        .collect()
+}
+
+/// A message that stays in the mbox: its UID, where it lies, its bytes, and its new bytes
+/// when its flags change.
+struct Kept<'a> {
+    uid: u32,
+    span: Span,
+    raw: &'a [u8],
+    replaced: Option<Vec<u8>>,
+}
+
+impl Kept<'_> {
+    /// The message as the file will hold it.
+    fn bytes(&self) -> &[u8] {
+        self.replaced.as_deref().unwrap_or(self.raw)
     }
 }
 
+// ANCHOR: transact
 /// Read `user`'s mbox under the delivery locks, give each message its UID, and apply
-/// `change` (the flags to write, the UIDs to remove). Returns the mailbox as it is after.
+/// `change` (the flags to write, the UIDs to remove): one rewrite, in which the messages not
+/// changed are copied as they are. Returns the mailbox as it is after.
 fn transact(mail_dir: &MailDir, user: &str, change: Option<Change>) -> Result<Snapshot, String> {
     let io_error = |e: io::Error| failed(DeliveryError::Io(user.to_string(), e));
     let lock = mail_dir.lock_maildrop(user).map_err(failed)?;
-    let bytes = lock.read().map_err(io_error)?;
-    let raw = mbox::split_mboxrd(&bytes);
-    let keys = identities(raw.messages.iter().copied());
-    let index = mail_dir.root().join(format!(".{user}.imap"));
+    let messages = read_messages(&lock).map_err(io_error)?;
+    let keys = identities(messages.iter().map(|(_, raw)| raw.as_slice()));
+    let index = index_path(mail_dir, user);
     let old = fs::read_to_string(&index)
         .ok()
         .and_then(|text| UidMap::parse(&text));
     let mut map = old.clone().unwrap_or_else(|| UidMap::fresh(seconds_now()));
     let uids = map.assign(&keys, seconds_now());
-    let mut kept: Vec<(u32, Vec<u8>)> = Vec::new();
-    let mut rewrite = false;
-    for (raw, uid) in raw.messages.iter().zip(&uids) {
-        let (new_flags, expunge) = match change {
-            Some((flags, expunged)) => (
-                flags.iter().find(|(u, _)| u == uid).map(|(_, f)| *f),
-                expunged.contains(uid),
-            ),
-            None => (None, false),
-        };
-        if expunge {
-            rewrite = true;
+    let (flags, expunged) = change.unwrap_or((&[], &[]));
+    let mut kept: Vec<Kept> = Vec::new();
+    for ((span, raw), uid) in messages.iter().zip(&uids) {
+        if expunged.contains(uid) {
             continue;
         }
-        match new_flags {
-            Some(flags) if flags != flags_of(header_after_separator(raw)) => {
-                rewrite = true;
-                kept.push((*uid, with_flags(raw, flags)));
-            }
-            _ => kept.push((*uid, raw.to_vec())),
-        }
+        let new_flags = flags.iter().find(|(u, _)| u == uid).map(|(_, f)| *f);
+        let replaced = new_flags
+            .filter(|f| *f != flags_of(header_after_separator(raw)))
+            .map(|f| with_flags(raw, f));
+        kept.push(Kept {
+            uid: *uid,
+            span: *span,
+            raw,
+            replaced,
+        });
     }
-    if rewrite {
-        let mut contents = raw.prefix.to_vec();
-        for (_, raw) in &kept {
-            contents.extend_from_slice(raw);
-        }
-        let keys = identities(kept.iter().map(|(_, raw)| raw.as_slice()));
+    if kept.len() < messages.len() || kept.iter().any(|k| k.replaced.is_some()) {
+        let prefix = Span {
+            offset: 0,
+            len: messages.first().map_or(0, |(span, _)| span.offset),
+        };
+        let mut parts = vec![Part::Kept(prefix)];
+        parts.extend(kept.iter().map(|k| match &k.replaced {
+            Some(bytes) => Part::New(bytes),
+            None => Part::Kept(k.span),
+        }));
+        let keys = identities(kept.iter().map(Kept::bytes));
         map.uids.retain(|key, _| keys.contains(key));
-        lock.rewrite(&contents).map_err(io_error)?;
+        lock.rewrite_parts(&parts).map_err(io_error)?;
     }
     if old.as_ref() != Some(&map) {
         save_index(&index, &map).map_err(io_error)?;
     }
     let messages = kept
         .iter()
-        .map(|(uid, raw)| {
-            let content = mbox::parse_mboxrd(raw)
+        .map(|k| {
+            let raw = k.bytes();
+            let content = mboxrd::parse_mboxrd(raw)
                 .pop()
                 .map(|m| m.content)
                 .unwrap_or_default();
             Message::new(
-                *uid,
+                k.uid,
                 flags_of(&content),
                 &served(&content),
                 internal_date(raw),
@@ -396,6 +423,7 @@ fn transact(mail_dir: &MailDir, user: &str, change: Option<Change>) -> Result<Sn
         messages,
     })
 }
+// ANCHOR_END: transact
 
 /// The header of a raw message, after its `From ` line.
 fn header_after_separator(raw: &[u8]) -> &[u8] {
@@ -460,19 +488,17 @@ impl Mailboxes for MboxMailboxes {
             Some(_reader) => transact(&self.mail_dir, user, None),
             None => {
                 let lock = self.mail_dir.lock_maildrop(user).map_err(failed)?;
-                let bytes = lock.read().map_err(failed)?;
-                let raw = mbox::split_mboxrd(&bytes);
-                let keys = identities(raw.messages.iter().copied());
-                let mut map = fs::read_to_string(self.index_path(user))
+                let messages = read_messages(&lock).map_err(failed)?;
+                let keys = identities(messages.iter().map(|(_, raw)| raw.as_slice()));
+                let mut map = fs::read_to_string(index_path(&self.mail_dir, user))
                     .ok()
                     .and_then(|text| UidMap::parse(&text))
                     .unwrap_or_else(|| UidMap::fresh(seconds_now()));
                 let uids = map.assign(&keys, seconds_now());
-                let messages = raw
-                    .messages
+                let messages = messages
                     .iter()
                     .zip(uids)
-                    .map(|(raw, uid)| {
+                    .map(|((_, raw), uid)| {
                         let flags = flags_of(header_after_separator(raw));
                         Message::new(uid, flags, b"", internal_date(raw))
                     })

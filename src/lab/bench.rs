@@ -16,19 +16,18 @@
 //! Standards: RFC 5321 §3.3, RFC 5321 §4.1.1.4, RFC 5321 §4.5.2, RFC 5321 §4.2
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::relay::client;
 
 /// How long any one read or write may take before the run counts the session as failed.
 const DEFAULT_TIMEOUT_SECS: u64 = 30;
 
 /// RFC 5322 §2.1.1 asks for lines of at most 78 characters; the filler uses 76 plus CRLF.
 const FILLER_LINE: usize = 76;
-
-/// RFC 5321 §4.2: a reply line is three digits, then a space (last line) or a hyphen.
-const REPLY_CODE_LEN: usize = 3;
 
 const USAGE: &str =
     "Usage: smtplab bench --server ADDR [--sessions N] [--messages M] [--size BYTES]
@@ -473,37 +472,7 @@ impl Client {
 
     /// Read one reply (all its lines) and fail unless its code is `code`.
     fn expect(&mut self, code: u16, after: &str) -> io::Result<()> {
-        let got = read_reply(&mut self.reader)?;
-        if got.0 == code {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!(
-                "expected {code} after {after}, got {:?}",
-                got.1
-            )))
-        }
-    }
-}
-
-/// Read a reply: its code and its last line. RFC 5321 §4.2: every line but the last has a
-/// hyphen after the code, and all lines carry the same code.
-pub fn read_reply(reader: &mut impl BufRead) -> io::Result<(u16, String)> {
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ));
-        }
-        let line = line.trim_end_matches(['\r', '\n']).to_string();
-        let code = line
-            .get(..REPLY_CODE_LEN)
-            .and_then(|digits| digits.parse::<u16>().ok())
-            .ok_or_else(|| io::Error::other(format!("not a reply line: {line:?}")))?;
-        if line.as_bytes().get(REPLY_CODE_LEN) != Some(&b'-') {
-            return Ok((code, line));
-        }
+        client::expect(&mut self.reader, &[code], after).map(|_| ())
     }
 }
 
@@ -578,15 +547,6 @@ mod tests {
         assert!(body.ends_with(b"\r\n.\r\n"));
         let inner = &body[..body.len() - 3];
         assert!(!inner.windows(3).any(|w| w == b"\n.\r" || w == b"\n.."));
-    }
-
-    #[test]
-    fn multi_line_replies_end_at_the_line_without_a_hyphen() {
-        let mut input: &[u8] = b"250-first\r\n250-second\r\n250 last\r\n";
-        let reply = read_reply(&mut input).ok();
-        assert_eq!(reply, Some((250, "250 last".to_string())));
-        let mut garbage: &[u8] = b"hello\r\n";
-        assert!(read_reply(&mut garbage).is_err());
     }
 
     #[test]

@@ -70,7 +70,7 @@ enum Recording {
 #[derive(Debug, Clone)]
 struct Volatile {
     host: String,
-    /// `S3`: message ids of the session are `S3.1`, `S3.2`, ...
+    /// `S3`: message ids of the session are `S3-1-<process>`, `S3-2-<process>`, ...
     session: String,
 }
 
@@ -240,12 +240,7 @@ impl Volatile {
         if word.eq_ignore_ascii_case(&self.host) && !after_at {
             return Some("{host}");
         }
-        let number = word
-            .strip_prefix(self.session.as_str())
-            .and_then(|rest| rest.strip_prefix('.'));
-        number
-            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            .map(|_| "{id}")
+        crate::relay::queue::is_message_id(&self.session, word).then_some("{id}")
     }
 }
 
@@ -291,7 +286,7 @@ mod tests {
             ("250-mx.teach.test greets c", "250-{host} greets c"),
             ("250", "250"),
             (
-                "250 2.0.0 OK: message S12.3 delivered",
+                "250 2.0.0 OK: message S12-3-tpgqqn009md delivered",
                 "250 2.0.0 OK: message {id} delivered",
             ),
             (

@@ -25,7 +25,7 @@
 //!
 //! Standards: RFC 5321 §4.2, RFC 5321 §4.5.3.2, RFC 2920 §3.1, RFC 1939 §3, RFC 9051 §2.2.2, §7.1
 
-use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
+use std::io::{self, BufReader, IsTerminal, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,10 +37,9 @@ use crate::lab::transcript::{
     align, is_last_reply_line, reply_code, ClientLine, Entry, Line, LineEnding, Pair, Pattern,
     Protocol, Transcript,
 };
+use crate::relay::client::{self, MAX_REPLY_LINE_READ};
 use crate::visible::sanitize;
 
-/// Longest reply line we read; RFC 5321 §4.5.3.1.5 allows 512, some servers send more.
-const MAX_REPLY_LINE: u64 = 4096;
 /// How long to wait for one reply line, and for a connection.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one transcript may take altogether.
@@ -269,7 +268,8 @@ impl Connection {
         }
     }
 
-    /// Reads one line ending in CRLF or LF; the error text says why there is none.
+    /// Reads one line ending in CRLF or LF (`client::read_line`, which cuts a long one); the
+    /// error text says why there is none.
     fn read_line(&mut self) -> Result<String, String> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -279,21 +279,14 @@ impl Connection {
         if let Err(error) = self.reader.get_ref().set_read_timeout(Some(timeout)) {
             return Err(format!("(connection error: {error})"));
         }
-        let mut line = Vec::new();
-        let read = (&mut self.reader)
-            .take(MAX_REPLY_LINE)
-            .read_until(b'\n', &mut line);
-        match read {
-            Ok(0) => Err("(the server closed the connection)".to_string()),
-            Ok(_) if !line.ends_with(b"\n") && line.len() as u64 == MAX_REPLY_LINE => {
-                Err(format!("(a reply line longer than {MAX_REPLY_LINE} bytes)"))
+        client::read_line(&mut self.reader).map_err(|error| match error.kind() {
+            io::ErrorKind::UnexpectedEof => "(the server closed the connection)".to_string(),
+            io::ErrorKind::InvalidData => {
+                format!("(a reply line longer than {MAX_REPLY_LINE_READ} bytes)")
             }
-            Ok(_) => Ok(without_ending(&line)),
-            Err(error) if is_timeout(&error) => {
-                Err(format!("(no reply within {} s)", timeout.as_secs_f32()))
-            }
-            Err(error) => Err(format!("(connection error: {error})")),
-        }
+            _ if is_timeout(&error) => format!("(no reply within {} s)", timeout.as_secs_f32()),
+            _ => format!("(connection error: {error})"),
+        })
     }
 }
 
@@ -310,12 +303,6 @@ fn first_ending(transcript: &Transcript) -> LineEnding {
         Some(LineEnding::Lf) => LineEnding::Lf,
         _ => LineEnding::CrLf,
     }
-}
-
-fn without_ending(line: &[u8]) -> String {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    String::from_utf8_lossy(line).into_owned()
 }
 
 fn is_timeout(error: &io::Error) -> bool {

@@ -7,7 +7,9 @@
 //! - `serve(stream, session, id, acceptor, idle)` runs one session over a `tls::Stream`: in the
 //!   clear with STLS (RFC 2595 §4), or inside TLS from the first byte (`--pop3s`, RFC 8314 §3.3).
 //! - `MboxMaildrops` is the `pop3::Maildrops` hook over the mail directory: the reader lock for
-//!   the session, the delivery lock for a moment to read, and an atomic rewrite in UPDATE.
+//!   the session, the delivery lock for a moment to index the messages, each message read from
+//!   the file when RETR or TOP asks (memory does not grow with the maildrop), and an atomic
+//!   rewrite in UPDATE.
 //!
 //! The server side of the same loop as `connection.rs`: greet, read a line, step the session,
 //! write; flush when no further input is waiting, so pipelined commands all get answers, or
@@ -16,8 +18,10 @@
 //!
 //! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §6, RFC 2449 §6.6, RFC 2595 §4, RFC 8314 §3.3
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -31,13 +35,16 @@ use crate::net::listener::{self, Admission, Bound, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor, Stream};
 use crate::pop3::command::{self, Response};
 use crate::pop3::session::{
-    self, Maildrops, Next, OpenError, Opened, Session, Step, StoredMessage, Tls,
+    self, Maildrops, MessageSource, Next, OpenError, Opened, Session, Step, StoredMessage, Tls,
 };
 use crate::smtp::auth;
-use crate::store::mbox::{self, DeliveryError, MailDir};
+use crate::store::maildrop::{MaildropLock, ReaderLock};
+use crate::store::mbox::{DeliveryError, MailDir};
+use crate::store::mboxrd::{self, Span};
 use crate::web::live::{Opening, Watch};
 
-/// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
+/// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration"
+/// (the default of `--pop3-autologout`; a lesson may shorten it to watch it happen).
 pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
 
 /// A bound POP3 welcome socket, not yet accepting.
@@ -255,7 +262,7 @@ impl Connection<'_> {
 
     /// Read and step one command line; `Err(reason)` means the session is over.
     fn read_command(&mut self) -> io::Result<Result<Step, &'static str>> {
-        let deadline = Instant::now() + AUTOLOGOUT;
+        let deadline = Instant::now() + self.session.autologout();
         let stream = self
             .stream
             .as_mut()
@@ -355,7 +362,8 @@ pub struct MboxMaildrops {
 
 impl Maildrops for MboxMaildrops {
     /// Take the reader lock for the whole session (a second login gets `[IN-USE]`), then the
-    /// delivery lock only while reading, so SMTP goes on delivering during the session.
+    /// delivery lock only while indexing, so SMTP goes on delivering during the session. Only
+    /// each message's place, size and unique-id are kept: RETR reads the message when asked.
     fn open(&self, user: &str) -> Result<Opened, OpenError> {
         let failed = |error: DeliveryError| {
             warn!("POP3 cannot open the maildrop of {user}: {error}");
@@ -366,40 +374,33 @@ impl Maildrops for MboxMaildrops {
             .try_lock_reader(user)
             .map_err(failed)?
             .ok_or(OpenError::InUse)?;
-        let bytes = {
-            let locked = self.mail_dir.lock_maildrop(user).map_err(failed)?;
-            locked
-                .read()
-                .map_err(|e| failed(DeliveryError::Io(user.to_string(), e)))?
-        };
-        let raw = mbox::split_mboxrd(&bytes);
-        let uids = session::unique_ids(raw.messages.iter().copied());
-        let messages = raw
+        let locked = self.mail_dir.lock_maildrop(user).map_err(failed)?;
+        let snapshot = Snapshot::index(&locked, reader)
+            .map_err(|e| failed(DeliveryError::Io(user.to_string(), e)))?;
+        let uids = session::ids_of_hashes(snapshot.messages.iter().map(|m| m.hash));
+        let messages = snapshot
             .messages
             .iter()
             .zip(uids)
-            .map(|(raw, uid)| StoredMessage {
-                uid,
-                content: mbox::parse_mboxrd(raw)
-                    .pop()
-                    .map(|m| m.content)
-                    .unwrap_or_default(),
-            })
+            .map(|(m, uid)| StoredMessage { uid, size: m.size })
             .collect();
         Ok(Opened {
             messages,
-            guard: Box::new(reader),
+            source: Box::new(snapshot),
         })
     }
 
-    /// UPDATE: under the delivery lock, read the file as it is now, find the deleted messages
-    /// by unique-id (mail that arrived meanwhile has other ids and stays), rewrite atomically.
+    /// UPDATE: under the delivery lock, index the file as it is now, find the deleted messages
+    /// by unique-id (mail that arrived meanwhile, or that another program rewrote, has other
+    /// ids and stays), rewrite atomically.
     fn commit(&self, user: &str, deleted: &[String]) -> Result<usize, String> {
-        let removed = self.mail_dir.rewrite_without(user, |messages| {
-            session::unique_ids(messages.iter().copied())
+        let removed = self.mail_dir.rewrite_without(user, |locked, spans| {
+            let hashes = spans
                 .iter()
-                .map(|uid| deleted.contains(uid))
-                .collect()
+                .map(|span| locked.read_span(*span).map(|raw| session::fnv1a64(&raw)))
+                .collect::<io::Result<Vec<u64>>>()?;
+            let uids = session::ids_of_hashes(hashes);
+            Ok(uids.iter().map(|uid| deleted.contains(uid)).collect())
         });
         match removed {
             Ok(removed) => {
@@ -414,3 +415,66 @@ impl Maildrops for MboxMaildrops {
     }
 }
 // ANCHOR_END: mbox_maildrops
+
+// ANCHOR: snapshot
+/// The maildrop as it was at login: where each message lies in the file, its hash and its
+/// size, but not its bytes. RETR reads a message from the file and checks the hash, so a
+/// message another program moved or changed since is refused, never served wrong.
+struct Snapshot {
+    /// The mbox at login, open for reading. A file renamed over the name later is another
+    /// file; this one still holds the messages as indexed.
+    file: File,
+    messages: Vec<Indexed>,
+    /// The exclusive-access lock of the session (RFC 1939 §4), released when this is dropped.
+    _reader: ReaderLock,
+}
+
+struct Indexed {
+    span: Span,
+    hash: u64,
+    size: usize,
+}
+
+impl Snapshot {
+    /// Read the locked maildrop once, a message at a time.
+    fn index(locked: &MaildropLock, reader: ReaderLock) -> io::Result<Snapshot> {
+        let mut messages = Vec::new();
+        for span in locked.spans()? {
+            let raw = locked.read_span(span)?;
+            messages.push(Indexed {
+                span,
+                hash: session::fnv1a64(&raw),
+                size: session::to_crlf(&content_of(&raw)).len(),
+            });
+        }
+        Ok(Snapshot {
+            file: locked.file().try_clone()?,
+            messages,
+            _reader: reader,
+        })
+    }
+}
+
+impl MessageSource for Snapshot {
+    fn content(&self, index: usize) -> io::Result<Vec<u8>> {
+        let message = self
+            .messages
+            .get(index)
+            .ok_or_else(|| io::Error::other("no such message"))?;
+        let mut raw = vec![0; message.span.len as usize];
+        self.file.read_exact_at(&mut raw, message.span.offset)?;
+        if session::fnv1a64(&raw) != message.hash {
+            return Err(io::Error::other("the message changed since login"));
+        }
+        Ok(content_of(&raw))
+    }
+}
+
+/// One message's content from its raw bytes in the mbox (quoting undone).
+fn content_of(raw: &[u8]) -> Vec<u8> {
+    mboxrd::parse_mboxrd(raw)
+        .pop()
+        .map(|m| m.content)
+        .unwrap_or_default()
+}
+// ANCHOR_END: snapshot

@@ -118,22 +118,28 @@ pub fn label(on: &Trigger) -> String {
     }
 }
 
-/// One message of a maildrop as the hook hands it over.
+/// One message of a maildrop as the hook hands it over: what LIST and UIDL show. Its content
+/// stays where it is until RETR or TOP asks (`MessageSource`), so a session's memory does not
+/// grow with the maildrop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     /// Its unique-id (see `unique_ids`).
     pub uid: String,
-    /// The message with `\n` line ends (mbox quoting undone).
-    pub content: Vec<u8>,
+    /// Its size on the wire, CRLF line ends (`to_crlf`): what STAT and LIST count.
+    pub size: usize,
 }
 
-/// Held for as long as the session may use the maildrop; dropping it lets the next session in.
-pub type MaildropGuard = Box<dyn Send>;
+/// Where RETR and TOP read a message from. Held for as long as the session may use the
+/// maildrop, with the exclusive-access lock; dropping it lets the next session in.
+pub trait MessageSource: Send {
+    /// Message `index` (from 0) with `\n` line ends, mbox quoting undone.
+    fn content(&self, index: usize) -> std::io::Result<Vec<u8>>;
+}
 
-/// A maildrop opened at login: its messages and the exclusive-access lock (RFC 1939 §4).
+/// A maildrop opened at login: its messages and their source (RFC 1939 §4).
 pub struct Opened {
     pub messages: Vec<StoredMessage>,
-    pub guard: MaildropGuard,
+    pub source: Box<dyn MessageSource>,
 }
 
 /// Why a maildrop could not be opened.
@@ -175,10 +181,14 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 /// so the second gets `-2`, the third `-3`: ids stay unique within the maildrop, and UPDATE,
 /// which deletes by id, still deletes the right number of copies.
 pub fn unique_ids<'a>(raw_messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<String> {
+    ids_of_hashes(raw_messages.into_iter().map(fnv1a64))
+}
+
+/// `unique_ids` from each message's `fnv1a64` hash, for a maildrop read one message at a time.
+pub fn ids_of_hashes(each_hash: impl IntoIterator<Item = u64>) -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();
     let mut hashes: Vec<u64> = Vec::new();
-    for raw in raw_messages {
-        let hash = fnv1a64(raw);
+    for hash in each_hash {
         let copies = hashes.iter().filter(|&&h| h == hash).count();
         hashes.push(hash);
         ids.push(match copies {
@@ -226,8 +236,8 @@ pub fn top(wire: &[u8], lines: usize) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub uid: String,
-    /// The CRLF form sent by RETR; its length is the size in STAT and LIST.
-    pub wire: Vec<u8>,
+    /// The length of the CRLF form RETR sends: the size in STAT and LIST.
+    pub size: usize,
     /// Marked by DELE: hidden from every command, removed only in UPDATE; RSET unmarks.
     pub deleted: bool,
 }
@@ -236,7 +246,7 @@ pub struct Message {
 pub struct Maildrop {
     pub user: String,
     pub messages: Vec<Message>,
-    _guard: MaildropGuard,
+    source: Box<dyn MessageSource>,
 }
 
 impl fmt::Debug for Maildrop {
@@ -389,6 +399,11 @@ impl Session {
     /// Where this session reports for `--web` (off without it).
     pub fn live(&self) -> &crate::web::live::Board {
         &self.config.live
+    }
+
+    /// How long the client may take to send a command (`--pop3-autologout`).
+    pub fn autologout(&self) -> Duration {
+        self.config.pop3_autologout
     }
 
     pub fn new(config: Arc<Config>, maildrops: Arc<dyn Maildrops>, tls: Tls) -> Session {
@@ -723,14 +738,14 @@ impl Maildrop {
             .into_iter()
             .map(|m| Message {
                 uid: m.uid,
-                wire: to_crlf(&m.content),
+                size: m.size,
                 deleted: false,
             })
             .collect();
         Maildrop {
             user,
             messages,
-            _guard: opened.guard,
+            source: opened.source,
         }
     }
 
@@ -739,15 +754,13 @@ impl Maildrop {
         let result = match command {
             Command::Stat => Ok(self.stat()),
             Command::List(None) => Ok(self.list()),
-            Command::List(Some(n)) => self
-                .get(n)
-                .map(|m| Response::ok(format!("{n} {}", m.wire.len()))),
+            Command::List(Some(n)) => self.get(n).map(|m| Response::ok(format!("{n} {}", m.size))),
             Command::Retr(n) => self
-                .get(n)
-                .map(|m| Response::multi(format!("{} octets", m.wire.len()), m.wire.clone())),
+                .wire(n)
+                .map(|wire| Response::multi(format!("{} octets", wire.len()), wire)),
             Command::Top { msg, lines } => self
-                .get(msg)
-                .map(|m| Response::multi("Top of message follows", top(&m.wire, lines))),
+                .wire(msg)
+                .map(|wire| Response::multi("Top of message follows", top(&wire, lines))),
             Command::Dele(n) => self.dele(n),
             Command::Uidl(None) => Ok(self.uidl()),
             Command::Uidl(Some(n)) => self.get(n).map(|m| Response::ok(format!("{n} {}", m.uid))),
@@ -775,6 +788,18 @@ impl Maildrop {
         Ok(message)
     }
 
+    /// Message `n` as RETR sends it, read from the maildrop now.
+    fn wire(&self, n: usize) -> Result<Vec<u8>, Response> {
+        self.get(n)?;
+        let content = self.source.content(n - 1).map_err(|error| {
+            log::warn!("POP3 {}: cannot read message {n}: {error}", self.user);
+            Response::err(format!(
+                "Message {n} cannot be read now (another program may have changed the maildrop)"
+            ))
+        })?;
+        Ok(to_crlf(&content))
+    }
+
     fn live(&self) -> impl Iterator<Item = (usize, &Message)> {
         (1..).zip(&self.messages).filter(|(_, m)| !m.deleted)
     }
@@ -787,7 +812,7 @@ impl Maildrop {
 
     fn totals(&self) -> (usize, usize) {
         self.live().fold((0, 0), |(count, octets), (_, m)| {
-            (count + 1, octets + m.wire.len())
+            (count + 1, octets + m.size)
         })
     }
 
@@ -800,7 +825,7 @@ impl Maildrop {
     fn list(&self) -> Response {
         let body: String = self
             .live()
-            .map(|(n, m)| format!("{n} {}\r\n", m.wire.len()))
+            .map(|(n, m)| format!("{n} {}\r\n", m.size))
             .collect();
         Response::multi(self.summary(), body.into_bytes())
     }
@@ -856,6 +881,12 @@ mod tests {
     /// The lock of a session; dropping it logs the user out.
     struct Held(Arc<Mutex<HashSet<String>>>, String);
 
+    impl MessageSource for Held {
+        fn content(&self, index: usize) -> std::io::Result<Vec<u8>> {
+            Ok([FIRST, SECOND][index].to_vec())
+        }
+    }
+
     impl Drop for Held {
         fn drop(&mut self) {
             self.0.lock().unwrap().remove(&self.1);
@@ -878,10 +909,10 @@ mod tests {
                     .zip(contents)
                     .map(|(uid, c)| StoredMessage {
                         uid,
-                        content: c.to_vec(),
+                        size: to_crlf(c).len(),
                     })
                     .collect(),
-                guard: Box::new(Held(self.in_use.clone(), user.to_string())),
+                source: Box::new(Held(self.in_use.clone(), user.to_string())),
             })
         }
 

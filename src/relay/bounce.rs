@@ -1,15 +1,16 @@
-//! Bounces: the delivery status notification (DSN) that tells a sender which recipients failed,
-//! or (when the sender asked with `NOTIFY=SUCCESS`) which were relayed.
+//! Reports: the delivery status notification (DSN) that tells a sender which recipients failed,
+//! or (when the sender asked with `NOTIFY=SUCCESS`) which were delivered or relayed.
 //!
 //! Interface:
-//! - `dsn(hostname, entry, original, failed, now, spill_dir)` builds the report for the failed
-//!   recipients of a queued message: a `multipart/report; report-type=delivery-status` message
-//!   with a readable part, the `message/delivery-status` part, and the original message read
-//!   from `original` (the queue's content file): its headers (`text/rfc822-headers`), or all of
-//!   it (`message/rfc822`) when the sender asked `RET=FULL`. The report is a `Body` that spills
-//!   into `spill_dir` when large, and the original is copied in chunks, never whole.
-//! - `relayed_dsn(..)` (same arguments) builds the "relayed" report for recipients whose next
-//!   hop took the message but cannot report on it (RFC 3461 §5.2.2 (b)).
+//! - `report(hostname, entry, original, rcpts, action, now, spill_dir)` builds the report on
+//!   some recipients of a queued message: a `multipart/report; report-type=delivery-status`
+//!   message with a readable part, the `message/delivery-status` part, and the original message
+//!   read from `original` (the queue's content file): its headers (`text/rfc822-headers`), or
+//!   all of it (`message/rfc822`) for a failure when the sender asked `RET=FULL`. The report is
+//!   a `Body` that spills into `spill_dir` when large; the original is copied in chunks.
+//! - `queue_report(spool, message_id, sender, report)` queues a report for a sender elsewhere.
+//! - `queue_delivered_report(spool, hostname, message)`: `Action: delivered` for the local
+//!   recipients of a message that asked `NOTIFY=SUCCESS` (RFC 3461 §4.1).
 //! - `status_of(reply)` finds the RFC 3463 status code in a reply line (`550 5.1.1 ...` -> `5.1.1`).
 //!
 //! The relay sends the report from the null reverse-path `<>`, and never reports on a message
@@ -17,7 +18,7 @@
 //! (RFC 5321 §4.5.5, RFC 5321 §6.1). Lines end in `\n` like every stored message; the relay
 //! writes CRLF on the wire.
 //!
-//! Standards: RFC 3464 §2.1, RFC 3464 §2.2, RFC 3464 §2.2.1, RFC 3464 §2.3, RFC 3464 §2.3.1, RFC 3464 §2.3.3, RFC 5321 §4.5.5, RFC 3461 §4.3, RFC 3461 §6.1, RFC 3461 §6.2, RFC 3461 §6.3, RFC 3463 §2, RFC 5321 §6.1
+//! Standards: RFC 3464 §2.1, §2.2, §2.2.1, §2.3, §2.3.1, §2.3.3, RFC 3461 §4.1, §4.3, §6.1, §6.2, §6.3, RFC 3463 §2, RFC 5321 §4.4, §4.5.5, §6.1
 
 use std::fmt::Write as _;
 use std::io::{self, Read};
@@ -25,76 +26,124 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::datetime;
-use crate::relay::queue::{system_time, Entry, Rcpt};
+use crate::relay::queue::{system_time, Entry, Rcpt, Spool};
+use crate::smtp::address::ReversePath;
 use crate::smtp::body::{Body, READ_CHUNK};
-use crate::smtp::extensions::{orcpt_decoded, xtext_decode, Ret};
+use crate::smtp::envelope::{Message, Recipient, Route};
+use crate::smtp::extensions::{orcpt_decoded, xtext_decode, Notify, Ret};
 
 /// The subject line most mail systems use, so that filters and people recognise a bounce.
 const SUBJECT: &str = "Undelivered Mail Returned to Sender";
 /// The subject of a report without failures (Postfix uses the same words).
 const SUBJECT_SUCCESS: &str = "Successful Mail Delivery Report";
+/// At most this much of a delivered message's header section comes back in its report.
+const MAX_RETURNED_HEADERS: usize = 64 * 1024;
 
 /// RFC 3464 §2.3.3: what happened to the recipients a report is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
+pub enum Action {
     /// The message could not be delivered.
     Failed,
     /// Handed to a next hop that cannot send DSNs itself: our last word on it.
     Relayed,
+    /// Delivered to a local mailbox (RFC 3461 §4.1, `NOTIFY=SUCCESS`).
+    Delivered,
 }
 
 impl Action {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Action::Failed => "failed",
             Action::Relayed => "relayed",
+            Action::Delivered => "delivered",
         }
     }
 }
 
-/// The whole bounce message for `failed` recipients of `entry`, whose content is `original`.
-pub fn dsn(
+/// The whole report on `rcpts` of `entry` (whose content is `original`), all with the same
+/// `action`: the one writer of every report this server sends.
+pub fn report(
     hostname: &str,
     entry: &Entry,
     original: impl Read,
-    failed: &[Rcpt],
+    rcpts: &[Rcpt],
+    action: Action,
     now: SystemTime,
     spill_dir: &Path,
 ) -> io::Result<Body> {
     let mut report = Body::new(spill_dir);
-    write_report(
-        &mut report,
-        hostname,
-        entry,
-        original,
-        failed,
-        Action::Failed,
-        now,
-    )?;
+    write_report(&mut report, hostname, entry, original, rcpts, action, now)?;
     Ok(report)
 }
 
-/// The "relayed" report for recipients that asked `NOTIFY=SUCCESS` (RFC 3461 §5.2.2 (b)).
-pub fn relayed_dsn(
-    hostname: &str,
-    entry: &Entry,
-    original: impl Read,
-    relayed: &[Rcpt],
-    now: SystemTime,
-    spill_dir: &Path,
-) -> io::Result<Body> {
-    let mut report = Body::new(spill_dir);
-    write_report(
-        &mut report,
-        hostname,
-        entry,
-        original,
-        relayed,
-        Action::Relayed,
-        now,
-    )?;
-    Ok(report)
+// ANCHOR: queue_report
+/// Queue a report for a sender in another domain: from `<>`, with `NOTIFY=NEVER`, so that a
+/// report about it can never come back (RFC 3461 §6.1). The queue id.
+pub fn queue_report(
+    spool: &Spool,
+    message_id: &str,
+    sender: &str,
+    report: &Body,
+) -> io::Result<String> {
+    let mut entry = Entry::new(
+        &format!("{message_id}-report"),
+        "<>".into(),
+        vec![format!("<{sender}>")],
+    );
+    entry.recipients[0].notify = Some(Notify::NEVER);
+    let prepared = spool.prepare(&entry, b"", report)?;
+    let id = prepared.id().to_string();
+    prepared.commit()?;
+    Ok(id)
 }
+// ANCHOR_END: queue_report
+
+// ANCHOR: delivered_report
+/// RFC 3461 §4.1, §6.2: the local recipients of `message` that asked `NOTIFY=SUCCESS` get a
+/// report with `Action: delivered`, queued to the sender like any report (the relay delivers
+/// it here when the sender is local). Nothing for a message from `<>` (RFC 3461 §5.2).
+pub fn queue_delivered_report(
+    spool: &Spool,
+    hostname: &str,
+    message: &Message,
+) -> io::Result<Option<String>> {
+    let ReversePath::Mailbox(sender) = &message.envelope.sender else {
+        return Ok(None);
+    };
+    let asked: Vec<&Recipient> = message
+        .envelope
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.route, Route::Local(_)))
+        .filter(|r| Notify::wants_success(r.options.notify))
+        .collect();
+    if asked.is_empty() {
+        return Ok(None);
+    }
+    let paths = asked.iter().map(|r| r.path.to_string()).collect();
+    let mut entry = Entry::new(&message.id, message.envelope.sender.to_string(), paths);
+    entry.keep_mail_options(&message.envelope.options);
+    for (rcpt, recipient) in entry.recipients.iter_mut().zip(&asked) {
+        rcpt.orcpt = recipient.options.orcpt.clone();
+        rcpt.remote.clear();
+        rcpt.reply = "250 2.0.0 Delivered to a local mailbox".into();
+    }
+    // Only the header section comes back in a success report (RFC 3461 §4.3).
+    let head = io::Cursor::new(message.content.head(MAX_RETURNED_HEADERS)?);
+    let now = SystemTime::now();
+    let rcpts = entry.recipients.clone();
+    let body = report(
+        hostname,
+        &entry,
+        head,
+        &rcpts,
+        Action::Delivered,
+        now,
+        spool.dir(),
+    )?;
+    queue_report(spool, &message.id, &sender.to_string(), &body).map(Some)
+}
+// ANCHOR_END: delivered_report
 
 // ANCHOR: dsn
 /// A report on `rcpts` of `entry`, all with the same `action`, appended to `report`.
@@ -110,9 +159,17 @@ fn write_report(
     let boundary = format!("=_smtplab-dsn-{}", entry.id);
     let subject = match action {
         Action::Failed => SUBJECT,
-        Action::Relayed => SUBJECT_SUCCESS,
+        Action::Relayed | Action::Delivered => SUBJECT_SUCCESS,
     };
     let mut m = String::new();
+    // RFC 5321 §4.4: the report starts here, so its trace line has no FROM clause.
+    let _ = writeln!(
+        m,
+        "Received: by {hostname} (smtplab) id {}-{};\n\t{}",
+        entry.id,
+        action.name(),
+        datetime::rfc5322(now)
+    );
     // RFC 3464 §2.1 via RFC 6522: the report is the second part of a multipart/report.
     let _ = writeln!(m, "From: Mail Delivery System <MAILER-DAEMON@{hostname}>");
     let _ = writeln!(m, "To: {}", entry.sender);
@@ -198,6 +255,9 @@ fn readable_part(m: &mut String, hostname: &str, rcpts: &[Rcpt], action: Action)
             m.push_str("The next mail server does not report deliveries, so this is the\n");
             m.push_str("last notice you will get about them.\n\n");
         }
+        Action::Delivered => {
+            m.push_str("Your message was delivered to the recipients below, as you asked.\n\n");
+        }
     }
     for rcpt in rcpts {
         let who = if rcpt.remote.is_empty() {
@@ -246,7 +306,7 @@ fn status_part(
         let _ = writeln!(m, "Action: {}", action.name());
         let status = match action {
             Action::Failed => status_of(&rcpt.reply),
-            Action::Relayed => "2.0.0".to_string(),
+            Action::Relayed | Action::Delivered => "2.0.0".to_string(),
         };
         let _ = writeln!(m, "Status: {status}");
         if !rcpt.remote.is_empty() {
@@ -356,9 +416,22 @@ mod tests {
             reply: "550 5.1.1 No such user \u{e9}".into(),
             notify: None,
             orcpt: None,
+            tls: false,
         };
         let now = SystemTime::now();
-        let text = text(dsn("one.test", &entry, original, &[failed], now, &spill()));
+        let text = text(report(
+            "one.test",
+            &entry,
+            original,
+            &[failed],
+            Action::Failed,
+            now,
+            &spill(),
+        ));
+        assert!(text.starts_with(&format!(
+            "Received: by one.test (smtplab) id {}-failed;",
+            entry.id
+        )));
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(text.contains("Content-Type: message/delivery-status\n"));
         assert!(text.contains("Reporting-MTA: dns; one.test\n"));
@@ -390,7 +463,15 @@ mod tests {
         let entry = entry_with_dsn_parameters(Some(Ret::Full));
         let now = SystemTime::now();
         let rcpts = &entry.recipients;
-        let text = text(dsn("one.test", &entry, ORIGINAL, rcpts, now, &spill()));
+        let text = text(report(
+            "one.test",
+            &entry,
+            ORIGINAL,
+            rcpts,
+            Action::Failed,
+            now,
+            &spill(),
+        ));
         assert!(text.contains("Content-Type: message/rfc822\n"), "{text}");
         assert!(text.contains("\nsecret body\n"), "{text}");
         assert!(
@@ -405,7 +486,15 @@ mod tests {
         );
         let hdrs = entry_with_dsn_parameters(Some(Ret::Hdrs));
         let rcpts = &hdrs.recipients;
-        let text = self::text(dsn("h", &hdrs, ORIGINAL, rcpts, now, &spill()));
+        let text = self::text(report(
+            "h",
+            &hdrs,
+            ORIGINAL,
+            rcpts,
+            Action::Failed,
+            now,
+            &spill(),
+        ));
         assert!(text.contains("Content-Type: text/rfc822-headers\n") && !text.contains("secret"));
     }
 
@@ -414,11 +503,12 @@ mod tests {
         let entry = entry_with_dsn_parameters(Some(Ret::Full));
         let now = SystemTime::now();
         let rcpts = &entry.recipients;
-        let text = text(relayed_dsn(
+        let text = text(report(
             "one.test",
             &entry,
             ORIGINAL,
             rcpts,
+            Action::Relayed,
             now,
             &spill(),
         ));
@@ -436,7 +526,15 @@ mod tests {
         plain.envid = None;
         plain.recipients[0].orcpt = None;
         let rcpts = &plain.recipients;
-        let text = self::text(dsn("h", &plain, ORIGINAL, rcpts, now, &spill()));
+        let text = self::text(report(
+            "h",
+            &plain,
+            ORIGINAL,
+            rcpts,
+            Action::Failed,
+            now,
+            &spill(),
+        ));
         assert!(!text.contains("Original-Envelope-Id") && !text.contains("Original-Recipient"));
     }
 

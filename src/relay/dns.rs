@@ -122,14 +122,39 @@ pub struct Me<'a> {
 
 impl Me<'_> {
     fn is_me(&self, host: &str, addrs: &[IpAddr]) -> bool {
-        host.eq_ignore_ascii_case(self.hostname)
-            || addrs.iter().any(|ip| {
-                self.listen.iter().any(|own| {
-                    own.port() == self.mx_port
-                        && (own.ip() == *ip || (own.ip().is_unspecified() && ip.is_loopback()))
-                })
-            })
+        host.eq_ignore_ascii_case(self.hostname) || addrs.iter().any(|&ip| self.reached_at(ip))
     }
+
+    // ANCHOR: reached_at
+    /// Would a connection to `ip` on the next hop's port reach this server? Every form counts:
+    /// the address it listens on, `0.0.0.0` (which connects to this machine), an IPv4-mapped
+    /// IPv6 address (`::ffff:127.0.0.1`), and, for a server listening on every address, any
+    /// address of this machine.
+    pub fn reached_at(&self, ip: IpAddr) -> bool {
+        let target = reached_address(ip);
+        self.listen.iter().any(|own| {
+            let own_ip = own.ip().to_canonical();
+            own.port() == self.mx_port
+                && (own_ip == target || (own_ip.is_unspecified() && is_local_address(target)))
+        })
+    }
+    // ANCHOR_END: reached_at
+}
+
+/// The address a connection to `ip` really goes to: `0.0.0.0` and `::` mean this machine
+/// (Linux connects them to the loopback address), and `::ffff:a.b.c.d` is `a.b.c.d`.
+fn reached_address(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        other => other,
+    }
+}
+
+/// Is `ip` an address of this machine? A socket can be bound only to a local address, so
+/// binding a throwaway UDP socket to it answers without reading the interface list.
+fn is_local_address(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 // ANCHOR: rng
@@ -168,6 +193,10 @@ impl Rng {
 // ANCHOR_END: rng
 
 // ANCHOR: route
+/// Addresses tried per domain and attempt (Postfix `smtp_mx_address_limit`; RFC 5321 §5.1
+/// asks for at least two): hosts after the first this many addresses are not even looked up.
+pub const MAX_ADDRESSES: usize = 5;
+
 /// RFC 5321 §5.1, step by step: MX records (or the implicit MX), sorted by preference and
 /// shuffled among equals, each host's A and AAAA addresses, and the list cut where it names us.
 pub fn route(
@@ -189,13 +218,24 @@ pub fn route(
     ));
     let mut hops = Vec::new();
     let mut temporary = None;
+    let mut found = 0;
     for mx in &ordered {
+        if found >= MAX_ADDRESSES {
+            trace.push(format!(
+                "{MAX_ADDRESSES} addresses found: {} and later hosts are not looked up",
+                mx.exchange
+            ));
+            break;
+        }
         match addresses_of(dns, &mx.exchange, trace) {
-            Ok(addrs) => hops.push(Hop {
-                host: mx.exchange.clone(),
-                preference: mx.preference,
-                addrs,
-            }),
+            Ok(addrs) => {
+                found += addrs.len();
+                hops.push(Hop {
+                    host: mx.exchange.clone(),
+                    preference: mx.preference,
+                    addrs,
+                });
+            }
             Err(error) => temporary = Some(error),
         }
     }
@@ -738,6 +778,44 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn every_form_of_this_servers_address_is_recognised() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let specific = [SocketAddr::from(([127, 0, 0, 2], 25))];
+        let me = Me {
+            hostname: "one.test",
+            listen: &specific,
+            mx_port: 25,
+        };
+        assert!(me.reached_at(ip("127.0.0.2")));
+        assert!(me.reached_at(ip("::ffff:127.0.0.2")));
+        assert!(
+            !me.reached_at(ip("127.0.0.3")),
+            "another server on this machine"
+        );
+        assert!(
+            !me.reached_at(ip("0.0.0.0")),
+            "0.0.0.0 reaches 127.0.0.1, not 127.0.0.2"
+        );
+        let other_port = Me {
+            mx_port: 2525,
+            ..me
+        };
+        assert!(!other_port.reached_at(ip("127.0.0.2")));
+        let everywhere = [SocketAddr::from(([0, 0, 0, 0], 25))];
+        let me = Me {
+            listen: &everywhere,
+            ..me
+        };
+        for form in ["0.0.0.0", "127.0.0.1", "127.0.0.9", "::ffff:127.0.0.1"] {
+            assert!(me.reached_at(ip(form)), "{form}");
+        }
+        assert!(
+            !me.reached_at(ip("192.0.2.1")),
+            "TEST-NET-1 is nobody's interface"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | `queue.rs` | the spool: two files per message, written so a crash loses nothing | 11 |
 //! | `dns.rs` | MX lookup: which hosts take mail for a domain, in which order | 11 |
-//! | `worker.rs` | the thread that takes messages from the spool to the next hop | 11 |
+//! | `worker.rs` | the threads that take messages from the spool to the next hop | 11 |
+//! | `client.rs` | the SMTP client: commands out, replies in, STARTTLS, DATA and BDAT | 11 |
 //! | `bounce.rs` | delivery status notifications for the sender | 11 |
 //!
 //! Standards: none
@@ -14,5 +15,7 @@ pub mod queue;
 pub mod dns;
 
 pub mod worker;
+
+pub mod client;
 
 pub mod bounce;

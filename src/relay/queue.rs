@@ -14,6 +14,7 @@
 //!   a new message is queued or the timeout passes.
 //! - `Entry` (envelope, per-recipient state, schedule), `Schedule` (`--retry`,
 //!   `--queue-lifetime`), `parse_duration`, `parse_retry`.
+//! - `message_id(session, n)` names an accepted message, uniquely across restarts.
 //! - `queue_main(args)` is `smtplab queue [--spool DIR]`: what waits, why, and when it is tried next.
 //!
 //! One entry on disk, step by step: write `tmp.<id>`, fsync it, rename it to `<id>` (a rename is
@@ -35,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::datetime;
 use crate::smtp::body::Body;
-use crate::smtp::extensions::{Notify, Ret};
+use crate::smtp::extensions::{BodyType, MailOptions, Notify, Ret};
 
 /// RFC 5321 §4.5.4.1: "the retry interval SHOULD be at least 30 minutes", and "retries continue
 /// until the message is transmitted or the sender gives up; the give-up time generally needs to
@@ -81,6 +82,8 @@ pub struct Rcpt {
     pub notify: Option<Notify>,
     /// RFC 3461 §4.2 `ORCPT=` from the RCPT command, as the client wrote it (xtext).
     pub orcpt: Option<String>,
+    /// The last conversation about this recipient was inside TLS (STARTTLS, RFC 3207).
+    pub tls: bool,
 }
 
 /// One queued message: envelope, recipients with their state, schedule. The content is in its
@@ -103,6 +106,10 @@ pub struct Entry {
     pub ret: Option<Ret>,
     /// RFC 3461 §4.4 `ENVID=` from the MAIL command, as the client wrote it (xtext).
     pub envid: Option<String>,
+    /// RFC 6531 §3.4: the client sent `SMTPUTF8` with MAIL FROM.
+    pub smtputf8: bool,
+    /// RFC 6152, RFC 3030: the `BODY=` the client declared.
+    pub body: BodyType,
 }
 
 impl Entry {
@@ -125,11 +132,23 @@ impl Entry {
                     reply: String::new(),
                     notify: None,
                     orcpt: None,
+                    tls: false,
                 })
                 .collect(),
             ret: None,
             envid: None,
+            smtputf8: false,
+            body: BodyType::SevenBit,
         }
+    }
+
+    /// The MAIL FROM parameters the relay passes on or honours: RET and ENVID (RFC 3461
+    /// §5.2.1), SMTPUTF8 (RFC 6531 §3.4) and BODY (RFC 6152, RFC 3030).
+    pub fn keep_mail_options(&mut self, options: &MailOptions) {
+        self.ret = options.ret;
+        self.envid = options.envid.clone();
+        self.smtputf8 = options.smtputf8;
+        self.body = options.body;
     }
 
     /// True when no recipient is pending: the file can go.
@@ -219,20 +238,68 @@ pub fn system_time(unix: u64) -> SystemTime {
 }
 
 /// `<seconds>-<pid>-<counter>`: unique within a process, and across restarts (new pid, later time).
+// ANCHOR: message_id
+/// The id of the `n`-th message of session `session` (`S1`): `S1-1-tz4k1q0001f`. The last part
+/// is this process's start time and process id in base 36, so an id is never given twice,
+/// across restarts or by two servers on one machine. Letters, digits and `-` only: an RFC 5321
+/// `Atom`, as the `id` clause of a `Received:` line wants (§4.4), where `S1.1` was not.
+pub fn message_id(session: &str, n: u32) -> String {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let instance = INSTANCE.get_or_init(|| {
+        // Five base-36 digits hold every Linux process id (at most 2^22), so the two parts
+        // cannot run into each other.
+        let pid = base36(u64::from(std::process::id()));
+        format!("{}{pid:0>5}", base36(unix_now()))
+    });
+    format!("{session}-{n}-{instance}")
+}
+// ANCHOR_END: message_id
+
+/// Is `word` the id of a message of session `session`, as `message_id` makes them? (The
+/// transcript recorder writes it as `{id}`, so a recording replays against any server.)
+pub fn is_message_id(session: &str, word: &str) -> bool {
+    let parts = word
+        .strip_prefix(session)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.split_once('-'));
+    parts.is_some_and(|(n, instance)| {
+        !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && !instance.is_empty()
+            && instance.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn new_queue_id(now: u64) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     format!("{now}-{}-{n}", std::process::id())
 }
 
-/// The spool directory, and the alarm clock that wakes the relay when something is queued.
+/// The spool directory. The alarm clock that wakes the relay when something is queued is one
+/// per process (`ALARM`), so a `Spool` made anywhere from the directory's name (as ETRN does)
+/// wakes the relay too; another server in the same process only looks once more.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
-    /// Bumped by `wake`; the relay waits for it to change.
-    generation: Mutex<u64>,
-    changed: Condvar,
 }
+
+/// Bumped by `Spool::wake`; the relay waits for it to change.
+static ALARM: (Mutex<u64>, Condvar) = (Mutex::new(0), Condvar::new());
 
 /// A new entry written and synced under a temporary name, not yet in the queue.
 #[must_use = "commit() puts the entry in the queue; dropping it removes the file"]
@@ -245,11 +312,7 @@ pub struct Prepared<'a> {
 impl Spool {
     /// The directory is created on first use, so a server that never relays leaves no trace.
     pub fn new(dir: impl Into<PathBuf>) -> Spool {
-        Spool {
-            dir: dir.into(),
-            generation: Mutex::new(0),
-            changed: Condvar::new(),
-        }
+        Spool { dir: dir.into() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -321,7 +384,8 @@ impl Spool {
         entries
     }
 
-    fn load(&self, name: &str) -> Result<Entry, String> {
+    /// One entry, read again from its state file (`id` is its file name).
+    pub fn load(&self, name: &str) -> Result<Entry, String> {
         let bytes =
             fs::read(self.dir.join(name)).map_err(|e| format!("{name}: cannot read: {e}"))?;
         deserialize(name, &bytes).map_err(|e| format!("{name}: {e}"))
@@ -346,21 +410,21 @@ impl Spool {
     }
 
     pub fn generation(&self) -> u64 {
-        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
+        *ALARM.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wake the relay: a message was queued (or the server is stopping).
     pub fn wake(&self) {
-        let mut generation = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        let mut generation = ALARM.0.lock().unwrap_or_else(|p| p.into_inner());
         *generation += 1;
-        self.changed.notify_all();
+        ALARM.1.notify_all();
     }
 
     /// Sleep until `wake` is called after `seen` was read, or until `timeout` passes.
     pub fn wait(&self, seen: u64, timeout: Duration) {
-        let generation = self.generation.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self
-            .changed
+        let generation = ALARM.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = ALARM
+            .1
             .wait_timeout_while(generation, timeout, |g| *g == seen);
     }
 
@@ -461,8 +525,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 // ANCHOR: format
 /// The state file: a header of `name: value` lines, one `recipient:` line per recipient with
-/// tab-separated fields (state, path, remote host, last reply, NOTIFY, ORCPT), and an empty
-/// line; the content is in `<id>.msg`. The DSN parameters (`ret:`, `envid:`, the last two fields) are written only
+/// tab-separated fields (state, path, remote host, last reply, NOTIFY, ORCPT, `tls` when the
+/// last conversation was inside TLS), and an empty line; the content is in `<id>.msg`. The MAIL
+/// parameters (`ret:`, `envid:`, `smtputf8:`, `body:`) and NOTIFY and ORCPT are written only
 /// when the client gave them, because a relay passes on exactly what it got (RFC 3461 §5.2.1).
 fn serialize(entry: &Entry) -> Vec<u8> {
     let mut head = String::new();
@@ -479,6 +544,18 @@ fn serialize(entry: &Entry) -> Vec<u8> {
     if let Some(envid) = &entry.envid {
         let _ = writeln!(head, "envid: {}", one_line(envid));
     }
+    if entry.smtputf8 {
+        let _ = writeln!(head, "smtputf8: yes");
+    }
+    match entry.body {
+        BodyType::SevenBit => {}
+        BodyType::EightBitMime => {
+            let _ = writeln!(head, "body: 8BITMIME");
+        }
+        BodyType::BinaryMime => {
+            let _ = writeln!(head, "body: BINARYMIME");
+        }
+    }
     for rcpt in &entry.recipients {
         let state = match rcpt.state {
             RcptState::Pending => "pending",
@@ -487,12 +564,13 @@ fn serialize(entry: &Entry) -> Vec<u8> {
         };
         let _ = writeln!(
             head,
-            "recipient: {state}\t{}\t{}\t{}\t{}\t{}",
+            "recipient: {state}\t{}\t{}\t{}\t{}\t{}\t{}",
             one_line(&rcpt.path),
             one_line(&rcpt.remote),
             one_line(&rcpt.reply),
             rcpt.notify.map(|n| n.to_string()).unwrap_or_default(),
             one_line(rcpt.orcpt.as_deref().unwrap_or("")),
+            if rcpt.tls { "tls" } else { "" },
         );
     }
     head.push('\n');
@@ -531,6 +609,8 @@ fn deserialize(name: &str, bytes: &[u8]) -> Result<Entry, String> {
         recipients: Vec::new(),
         ret: None,
         envid: None,
+        smtputf8: false,
+        body: BodyType::SevenBit,
     };
     for line in lines {
         let (key, value) = line.split_once(": ").ok_or("a header line without ': '")?;
@@ -549,6 +629,8 @@ fn deserialize(name: &str, bytes: &[u8]) -> Result<Entry, String> {
             "recipient" => entry.recipients.push(recipient(value)?),
             "ret" => entry.ret = Some(Ret::parse(value).ok_or("bad ret")?),
             "envid" => entry.envid = Some(value.to_string()),
+            "smtputf8" => entry.smtputf8 = value == "yes",
+            "body" => entry.body = body_type(value)?,
             _ => {} // a field from a newer version: keep going
         }
     }
@@ -578,6 +660,7 @@ fn recipient(value: &str) -> Result<Rcpt, String> {
         None => None,
     };
     let orcpt = fields.next().filter(|o| !o.is_empty()).map(str::to_string);
+    let tls = fields.next() == Some("tls");
     Ok(Rcpt {
         state,
         path: path.to_string(),
@@ -585,7 +668,17 @@ fn recipient(value: &str) -> Result<Rcpt, String> {
         reply,
         notify,
         orcpt,
+        tls,
     })
+}
+
+fn body_type(value: &str) -> Result<BodyType, String> {
+    match value {
+        "8BITMIME" => Ok(BodyType::EightBitMime),
+        "BINARYMIME" => Ok(BodyType::BinaryMime),
+        "7BIT" => Ok(BodyType::SevenBit),
+        _ => Err(format!("unknown body type {value}")),
+    }
 }
 
 const QUEUE_USAGE: &str = "Usage: smtplab queue [--spool DIR]
@@ -660,10 +753,10 @@ fn describe(out: &mut String, entry: &Entry, now: u64) {
             RcptState::Delivered => "delivered",
             RcptState::Failed => "failed",
         };
-        let via = if rcpt.remote.is_empty() {
-            String::new()
-        } else {
-            format!(" (from {})", rcpt.remote)
+        let via = match (rcpt.remote.is_empty(), rcpt.tls) {
+            (true, _) => String::new(),
+            (false, false) => format!(" (from {})", rcpt.remote),
+            (false, true) => format!(" (from {}, over TLS)", rcpt.remote),
         };
         let _ = writeln!(out, "    {state:<9} {}  {}{via}", rcpt.path, rcpt.reply);
     }
@@ -724,6 +817,9 @@ mod tests {
             delay: false,
         });
         entry.recipients[1].orcpt = Some("rfc822;a+20b@two.test".into());
+        entry.recipients[0].tls = true;
+        entry.smtputf8 = true;
+        entry.body = BodyType::BinaryMime;
         spool
             .prepare(&entry, HEAD, &body())
             .unwrap()
@@ -751,6 +847,26 @@ mod tests {
             "both files go"
         );
         let _ = fs::remove_dir_all(spool.dir());
+    }
+
+    #[test]
+    fn message_ids_are_atoms_that_carry_the_process() {
+        let id = message_id("S1", 2);
+        assert!(id.starts_with("S1-2-") && id.len() > 10, "{id}");
+        assert!(
+            id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            "{id}"
+        );
+        assert_eq!(message_id("S1", 2), id, "one process, one instance part");
+        assert!(is_message_id("S1", &id));
+        assert!(
+            !is_message_id("S11", &id)
+                && !is_message_id("S1", "S1-2")
+                && !is_message_id("S1", "S1.2")
+        );
+        assert_ne!(message_id("S1", 3), id);
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(36 * 36 - 1), "zz");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub enum Verb {
     Starttls,
     Auth,
     Bdat,
+    Etrn,
 }
 
 /// Facts about one verb, in one table: HELP prints them, the lessons quote them.
@@ -77,6 +78,8 @@ pub const VERBS: &[VerbInfo] = &[
         "log in (PLAIN, LOGIN or CRAM-MD5), so the server relays for you", "AUTH PLAIN AGFsaWNlAHBhc3N3b3Jk"),
     verb(Verb::Bdat, "BDAT", "BDAT <octets> [LAST]", "RFC 3030 §2",
         "send the next chunk of the message: exactly that many octets follow", "BDAT 86 LAST"),
+    verb(Verb::Etrn, "ETRN", "ETRN <domain> | ETRN @<domain> | ETRN #<queue>", "RFC 1985 §5",
+        "ask the server to try its queued mail for a domain now", "ETRN two.test"),
     verb(Verb::Send, "SEND", "SEND FROM:<sender>", "RFC 5321 Appendix F.6",
         "obsolete: deliver to a terminal instead of a mailbox", "SEND FROM:<mary@client.example>"),
     verb(Verb::Soml, "SOML", "SOML FROM:<sender>", "RFC 5321 Appendix F.6",
@@ -172,6 +175,8 @@ pub enum Command {
         size: u64,
         last: bool,
     },
+    /// `ETRN node` (RFC 1985 §5): start the queue for a domain.
+    Etrn(String),
     /// SEND, SOML, SAML, TURN: recognised, never implemented.
     Obsolete(Verb),
 }
@@ -193,6 +198,7 @@ impl Command {
             Command::Starttls => Verb::Starttls,
             Command::Auth { .. } => Verb::Auth,
             Command::Bdat { .. } => Verb::Bdat,
+            Command::Etrn(_) => Verb::Etrn,
             Command::Obsolete(verb) => *verb,
         }
     }
@@ -227,6 +233,7 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         Verb::Starttls => no_argument(argument, verb, Command::Starttls),
         Verb::Auth => auth_argument(argument),
         Verb::Bdat => bdat_argument(argument),
+        Verb::Etrn => string_argument(argument, verb).map(Command::Etrn),
         Verb::Send | Verb::Soml | Verb::Saml | Verb::Turn => Ok(Command::Obsolete(verb)),
     }
 }

@@ -24,6 +24,8 @@ pub struct Offer {
     pub starttls: bool,
     /// RFC 4954: AUTH is offered (over TLS, or to a loopback client).
     pub auth: bool,
+    /// RFC 1985: ETRN is offered (to a client that may relay).
+    pub etrn: bool,
 }
 
 /// The limits a client learns from EHLO.
@@ -184,6 +186,9 @@ pub fn ehlo_keywords(limits: Limits, offer: Offer) -> Vec<String> {
     }
     if offer.auth {
         keywords.push(format!("AUTH {}", crate::smtp::auth::MECHANISMS)); // RFC 4954
+    }
+    if offer.etrn {
+        keywords.push("ETRN".to_string()); // RFC 1985
     }
     keywords.push("HELP".to_string()); // RFC 5321 §4.1.1.8
     keywords

@@ -154,6 +154,8 @@ pub const TRANSITIONS: &[Transition] = &[
     row(MailGiven, Verb::Quit, Closed,    "RFC 5321 §4.1.1.10"),
     row(RcptGiven, Verb::Quit, Closed,    "RFC 5321 §4.1.1.10"),
     row(Chunking,  Verb::Quit, Closed,    "RFC 5321 §4.1.1.10"),
+    // ETRN starts the queue for a domain; not inside a transaction (RFC 1985 §5).
+    row(Greeted,   Verb::Etrn, Greeted,   "RFC 1985 §5"),
 ];
 // ANCHOR_END: transitions
 
@@ -516,6 +518,7 @@ impl Session {
             (state, Command::Noop) => Outcome::reply(state, Reply::OK_250),
             (_, Command::Quit) => self.quit(),
             (state, Command::Starttls) => self.starttls(state),
+            (state, Command::Etrn(node)) => Outcome::reply(state, self.etrn(&node)),
             (state, Command::Auth { mechanism, initial }) => {
                 let outcome = self.auth(state, &mechanism, initial.as_deref());
                 self.after_auth(outcome)
@@ -540,6 +543,7 @@ impl Session {
         let offer = Offer {
             starttls: self.endpoint.tls_available && !self.client.tls,
             auth: self.offers_auth(),
+            etrn: self.may_relay(),
         };
         let reply = extensions::ehlo_keywords(self.limits(), offer)
             .into_iter()
@@ -641,19 +645,26 @@ impl Session {
         }
         // The local part is looked up in the table, never used as a file name as it is: a
         // `%`, `!` or quoted `@` inside it finds no user, so it is never routed elsewhere.
+        let unknown = match mailbox.domain {
+            // Relayed, mail for a literal naming this server would come straight back.
+            Domain::Literal(_) => Reply::new(550, "5.4.6", "").text(format!(
+                "No such user here, and mail for {mailbox} would loop back to this host"
+            )),
+            Domain::Name(_) => {
+                Reply::NO_SUCH_USER_550.text(format!("No such user here: {mailbox}"))
+            }
+        };
         directory
             .mailboxes(&mailbox.local_part_unquoted())
             .map(Route::Local)
-            .ok_or_else(|| Reply::NO_SUCH_USER_550.text(format!("No such user here: {mailbox}")))
+            .ok_or(unknown)
     }
     // ANCHOR_END: route
 
     // ANCHOR: relay_route
     /// RFC 5321 §3.6.2, §7.9: relaying is decided by who the client is, never by MAIL FROM.
     fn relay_route(&self, mailbox: &Mailbox) -> Result<Route, Reply> {
-        let peer = self.client.peer.ip();
-        let trusted_network = self.config.relay_from.iter().any(|net| net.contains(peer));
-        if self.client.user.is_some() || trusted_network {
+        if self.may_relay() {
             return Ok(Route::Relay(mailbox.clone()));
         }
         Err(Reply::RELAY_DENIED_550.text(format!(
@@ -663,10 +674,34 @@ impl Session {
     }
     // ANCHOR_END: relay_route
 
-    /// A local domain by name, or an address literal naming the address the client connected to.
+    /// A client that logged in, or one inside `--relay-from`.
+    fn may_relay(&self) -> bool {
+        let peer = self.client.peer.ip();
+        self.client.user.is_some() || self.config.relay_from.iter().any(|net| net.contains(peer))
+    }
+
+    // ANCHOR: etrn
+    /// ETRN (RFC 1985): only a client that may relay may start the queue; anyone else could
+    /// make the server hammer a domain's hosts. The queue's side is `relay::worker::etrn`.
+    fn etrn(&self, node: &str) -> Reply {
+        if !self.may_relay() {
+            return Reply::new(459, "4.7.1", "").text(format!(
+                "Node {node} not allowed: only a client that may relay may start the queue"
+            ));
+        }
+        let spool = crate::relay::queue::Spool::new(self.config.spool_dir.clone());
+        crate::relay::worker::etrn(&spool, &self.config, node)
+    }
+    // ANCHOR_END: etrn
+
+    /// A local domain by name, or an address literal naming this server: the address the
+    /// client connected to, or any other form of it (`[0.0.0.0]`, `[IPv6:::ffff:...]`).
     fn is_local(&self, domain: &Domain) -> bool {
         match domain {
-            Domain::Literal(ip) => *ip == self.client.local.ip(),
+            Domain::Literal(ip) => {
+                *ip == self.client.local.ip()
+                    || crate::relay::worker::names_this_host(domain, &self.config)
+            }
             Domain::Name(_) => self.config.directory.is_local_domain(domain),
         }
     }
@@ -688,7 +723,7 @@ impl Session {
 
     fn deliver_message(&mut self, envelope: Envelope, content: Body) -> Reply {
         self.messages += 1;
-        let id = format!("{}.{}", self.id, self.messages);
+        let id = crate::relay::queue::message_id(&self.id, self.messages);
         let message = Message {
             id: id.clone(),
             client: self.client.clone(),
@@ -1132,6 +1167,11 @@ fn history(verb: Verb) -> Option<&'static str> {
              proof of who it was, so anyone could collect another host's mail; RFC 5321 \
              Appendix F.1 retired it (ETRN and ATRN replaced it) and servers answer 502"
         }
+        Verb::Etrn => {
+            "ETRN is the safe successor of TURN: the client only asks the server to try its \
+             queue for a domain now, over the server's own connections (RFC 1985); smtplab \
+             takes it from clients that may relay"
+        }
         Verb::Vrfy | Verb::Expn => {
             "spammers harvest addresses by asking VRFY and EXPN, so most public servers answer \
              252 (cannot verify, but will try to deliver) or 502 (RFC 5321 §7.3); smtplab \
@@ -1260,6 +1300,7 @@ mod tests {
             Verb::Starttls => "STARTTLS",
             Verb::Auth => "AUTH PLAIN",
             Verb::Bdat => "BDAT 3",
+            Verb::Etrn => "ETRN two.test",
         }
     }
 
@@ -1277,6 +1318,10 @@ mod tests {
                         from: command.from,
                         ..s.read_chunk(b"abc".to_vec(), 3)
                     }
+                }
+                Trigger::Command(Verb::Etrn) => {
+                    s.client.user = Some("alice".into()); // ETRN wants a client that may relay
+                    s.line(sample(Verb::Etrn).as_bytes())
                 }
                 Trigger::Command(verb) => s.line(sample(verb).as_bytes()),
                 Trigger::EndOfData => s.finish_data(Ok(Body::from(&b"Subject: x\n\nhi\n"[..]))),
@@ -1356,7 +1401,7 @@ mod tests {
         let step = s.finish_data(Ok(Body::from(&b"hi\n"[..])));
         assert_eq!(step.replies[0].code, 250);
         let delivered = hook.0.lock().unwrap();
-        assert_eq!(delivered[0].id, "S9.1");
+        assert!(delivered[0].id.starts_with("S9-1-"), "{}", delivered[0].id);
         assert_eq!(
             delivered[0].envelope.recipients[0].route,
             Route::Local(vec!["alice".into(), "bob".into()])

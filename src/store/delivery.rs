@@ -54,6 +54,9 @@ impl Deliver for LocalDelivery {
             })?;
             info!("{}: queued as {id} for relaying", message.id);
         }
+        if !deliveries.is_empty() {
+            self.report_delivered(message);
+        }
         Ok(())
     }
     // ANCHOR_END: deliver
@@ -84,6 +87,17 @@ impl LocalDelivery {
                 warn!("{}: delivery failed, nothing stored: {error}", message.id);
                 Err(failure_reply(&error))
             }
+        }
+    }
+
+    /// RFC 3461 §4.1: `NOTIFY=SUCCESS` on a local recipient queues an `Action: delivered`
+    /// report. The message is stored already, so a failure here is logged, not refused.
+    fn report_delivered(&self, message: &Message) {
+        let Some(spool) = &self.spool else { return };
+        match crate::relay::bounce::queue_delivered_report(spool, &self.hostname, message) {
+            Ok(Some(id)) => info!("{}: the delivery report is queued as {id}.", message.id),
+            Ok(None) => {}
+            Err(error) => warn!("{}: the delivery report was lost: {error}.", message.id),
         }
     }
 
@@ -187,7 +201,10 @@ pub fn received_header(
     recipient: Option<&Recipient>,
     now: SystemTime,
 ) -> String {
-    let helo = client.helo.as_deref().unwrap_or("unknown");
+    let Some(helo) = client.helo.as_deref() else {
+        // A message made here (a report) carries its own `Received: by` line (relay/bounce.rs).
+        return String::new();
+    };
     let protocol = protocol(client, smtputf8);
     let for_clause = recipient
         .map(|r| format!("\n\tfor {}", r.path))
@@ -234,8 +251,7 @@ fn relay_received_header(message: &Message, hostname: &str, relayed: &[&Recipien
 /// RFC 3461 §5.2.1: the DSN parameters travel with the queued copy, so the relay can honour
 /// them and pass them on.
 fn keep_dsn_parameters(entry: &mut queue::Entry, message: &Message, recipients: &[&Recipient]) {
-    entry.ret = message.envelope.options.ret;
-    entry.envid = message.envelope.options.envid.clone();
+    entry.keep_mail_options(&message.envelope.options);
     for (rcpt, recipient) in entry.recipients.iter_mut().zip(recipients) {
         rcpt.notify = recipient.options.notify;
         rcpt.orcpt = recipient.options.orcpt.clone();
@@ -253,6 +269,11 @@ fn failure_reply(error: &DeliveryError) -> Reply {
         DeliveryError::Io(_, e) if e.kind() == io::ErrorKind::FileTooLarge => {
             Reply::new(452, "4.2.2", "Mailbox full; nothing was stored")
         }
+        // RFC 3463 §3.3: X.2.2 "mailbox full" is a persistent transient failure; 452 lets the
+        // sender keep the message and try again after the owner has read (and deleted) mail.
+        DeliveryError::Full { user, limit } => Reply::new(452, "4.2.2", "").text(format!(
+            "Mailbox of {user} is full (limit {limit} bytes); nothing was stored, try again later"
+        )),
         _ => Reply::LOCAL_ERROR_451,
     }
 }

@@ -3,7 +3,7 @@
 //! Interface:
 //! - `Gates::submit(user, bytes, write_batch)`: queue a message for `user`'s mailbox. The first
 //!   thread to find the mailbox free becomes the leader: it takes every message queued so far,
-//!   calls `write_batch` once with all of them (lock, append, fsync, unlock), and hands the one
+//!   calls `write_batch` once with all of them (lock, append, sync, unlock), and hands the one
 //!   outcome to each. A thread returns only when its own bytes are on disk, or failed.
 //! - `Gates::exclusive(user)` waits for the mailbox and holds it (deliveries to several mailboxes,
 //!   and a POP3 rewrite), released when the guard is dropped.
@@ -87,7 +87,7 @@ impl<E: Clone> Gates<E> {
         &self,
         user: &str,
         bytes: Vec<u8>,
-        write_batch: impl FnOnce(&[u8]) -> Result<(), E>,
+        write_batch: impl FnOnce(&[&[u8]]) -> Result<(), E>,
     ) -> Result<(), E> {
         let gate = self.gate(user);
         let ticket = Arc::new(Ticket {
@@ -110,8 +110,8 @@ impl<E: Clone> Gates<E> {
         state.busy = true;
         let batch = std::mem::take(&mut state.pending);
         drop(state);
-        let bytes: Vec<u8> = batch.iter().flat_map(|t| t.bytes.iter().copied()).collect();
-        let outcome = write_batch(&bytes);
+        let messages: Vec<&[u8]> = batch.iter().map(|t| t.bytes.as_slice()).collect();
+        let outcome = write_batch(&messages);
         for waiter in &batch {
             *lock(&waiter.outcome) = Some(outcome.clone());
         }
@@ -163,7 +163,7 @@ mod tests {
                 thread::spawn(move || {
                     gates.submit("alice", vec![b'a' + i], |bytes| {
                         batches.fetch_add(1, Ordering::SeqCst);
-                        lock(&written).extend_from_slice(bytes);
+                        lock(&written).extend(bytes.concat());
                         Ok(())
                     })
                 })

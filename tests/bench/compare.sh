@@ -4,7 +4,7 @@
 #   tests/bench/compare.sh            (from the repository root; takes a few minutes)
 #
 # Environment (all optional): SESSIONS (20), MESSAGES (20000), SIZE (2048), IDLE (1000),
-# CONNECTIONS (5000), VENV (/tmp/smtplab-bench-venv).
+# CONNECTIONS (5000), SEQUENTIAL (2000), VENV (/tmp/smtplab-bench-venv).
 #
 # What it does:
 #   1. builds smtplab in release mode and makes a venv with aiosmtpd (pip install aiosmtpd);
@@ -16,7 +16,11 @@
 #   4. measures connections per second (--connect-only) against each;
 #   5. opens IDLE connections to each (after the 220), and reads the server's VmRSS from
 #      /proc/PID/status before and after: KiB per idle connection;
-#   6. prints the ratio of the message rates, and stops both servers.
+#   6. load L3: one session sending SEQUENTIAL messages one after the other, to each server:
+#      the time per message when no batch can form, so every delivery pays its own sync;
+#   7. with strace installed, counts the syncs (fsync, fdatasync) of a fresh smtplab while one
+#      session sends 200 messages: syncs per message on the hot path;
+#   8. prints the ratios, and stops both servers.
 # Benchmarks report; nothing here passes or fails on a timing.
 set -euo pipefail
 
@@ -25,6 +29,7 @@ MESSAGES=${MESSAGES:-20000}
 SIZE=${SIZE:-2048}
 IDLE=${IDLE:-1000}
 CONNECTIONS=${CONNECTIONS:-5000}
+SEQUENTIAL=${SEQUENTIAL:-2000}
 VENV=${VENV:-/tmp/smtplab-bench-venv}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN="$ROOT/target/release/smtplab"
@@ -68,7 +73,9 @@ wait_for_port() {
 
 mkdir -p "$WORK/smtplab" "$WORK/aiosmtpd"
 (cd "$WORK/smtplab" && exec "$BIN" --listen "127.0.0.1:$SMTPLAB_PORT" \
-    --max-connections $((IDLE + SESSIONS + 100)) >"$WORK/smtplab.log" 2>&1) &
+    --max-connections $((IDLE + SESSIONS + 100)) --max-connections-per-ip $((IDLE + SESSIONS + 100)) \
+    --mailbox-size-limit 0 \
+    >"$WORK/smtplab.log" 2>&1) &
 SMTPLAB_PID=$!
 PIDS+=("$SMTPLAB_PID")
 "$VENV/bin/python" "$ROOT/tests/bench/aiosmtpd_mbox.py" --listen "127.0.0.1:$AIOSMTPD_PORT" \
@@ -116,6 +123,43 @@ for name in smtplab aiosmtpd; do
     "$BIN" bench --server "127.0.0.1:${!port_var}" --idle "$IDLE" --pid "${!pid_var}"
 done
 
+for name in smtplab aiosmtpd; do
+    port_var="${name^^}_PORT"
+    echo
+    echo "-- $name: L3, one session, $SEQUENTIAL messages in sequence"
+    "$BIN" bench --server "127.0.0.1:${!port_var}" --sessions 1 --messages "$SEQUENTIAL" \
+        --size "$SIZE" --to alice@localhost | tee "$WORK/$name.sequential"
+done
+
+# Syncs per message: a fresh smtplab under strace, one session, 200 messages to an mbox that
+# already exists (the first message creates it, which costs a directory sync once).
+SYNCS="(strace not installed)"
+if command -v strace >/dev/null; then
+    read -r TRACE_PORT < <(python3 -c '
+import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$WORK/traced"
+    (cd "$WORK/traced" && exec "$BIN" --listen "127.0.0.1:$TRACE_PORT" >"$WORK/traced.log" 2>&1) &
+    TRACED_PID=$!
+    PIDS+=("$TRACED_PID")
+    wait_for_port "$TRACE_PORT"
+    # Attach to the running server (every thread, and each new one): killing the server later
+    # ends strace too.
+    strace -f -qq -p "$TRACED_PID" -e trace=fsync,fdatasync -o "$WORK/syncs.txt" &
+    PIDS+=("$!")
+    for _ in $(seq 100); do
+        grep -q '^TracerPid:[[:space:]]*[1-9]' "/proc/$TRACED_PID/status" && break
+        sleep 0.05
+    done
+    "$BIN" bench --server "127.0.0.1:$TRACE_PORT" --sessions 1 --messages 1 --size "$SIZE" \
+        --to alice@localhost >/dev/null
+    before=$(grep -cE '(fsync|fdatasync)\(' "$WORK/syncs.txt" || true)
+    "$BIN" bench --server "127.0.0.1:$TRACE_PORT" --sessions 1 --messages 200 --size "$SIZE" \
+        --to alice@localhost >/dev/null
+    after=$(grep -cE '(fsync|fdatasync)\(' "$WORK/syncs.txt" || true)
+    SYNCS=$(awk -v n=$((after - before)) 'BEGIN { printf "%.2f per message (%d for 200)", n / 200, n }')
+    kill "$TRACED_PID"
+fi
+
 echo
 echo "== summary"
 printf '%-10s %12s %14s\n' server "messages/s" "connections/s"
@@ -124,3 +168,6 @@ for name in smtplab aiosmtpd; do
 done
 awk -v a="$(rate "$WORK/smtplab.send")" -v b="$(rate "$WORK/aiosmtpd.send")" \
     'BEGIN { printf "ratio      smtplab / aiosmtpd = %.2f (messages/s)\n", a / b }'
+awk -v a="$(rate "$WORK/smtplab.sequential")" -v b="$(rate "$WORK/aiosmtpd.sequential")" \
+    'BEGIN { printf "L3         %.3f ms against %.3f ms per message: %.2fx aiosmtpd'"'"'s time\n", 1000 / a, 1000 / b, b / a }'
+echo "syncs      smtplab, one session: $SYNCS"

@@ -587,6 +587,20 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// The names of the files in a spool directory (none when it does not exist): for checks that
+/// a finished queue leaves nothing behind, content files included.
+pub fn spool_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 // A scripted next hop (DSN and queue-crash tests)
 
 /// What a scripted next hop saw in one connection.
@@ -723,7 +737,8 @@ pub fn hop_read_data(reader: &mut impl Read) -> Vec<u8> {
 // The real binary, for tests that kill it or measure its memory
 
 /// Start the `smtplab` binary listening on `listen` with these further options, and wait (with
-/// a deadline) until it accepts connections. Output is discarded; the process is killed when the
+/// a deadline) until it greets a client: the listeners are bound before the start-up recovery,
+/// and the first greeting comes after it. Output is discarded; the process is killed when the
 /// returned guard is dropped.
 pub fn start_binary(listen: SocketAddr, options: &[String]) -> Killed {
     spawn_binary(listen, options, Stdio::null(), Stdio::null())
@@ -760,6 +775,11 @@ fn spawn_binary(listen: SocketAddr, options: &[String], stdout: Stdio, stderr: S
         }
         TcpStream::connect(listen).is_ok()
     });
+    let mut greeting = String::new();
+    let stream = connect_with_timeouts(listen);
+    BufReader::new(stream)
+        .read_line(&mut greeting)
+        .expect("a greeting within the timeout");
     server
 }
 
