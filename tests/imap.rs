@@ -694,3 +694,42 @@ fn compare_sends_an_imap_session_to_replay() {
     assert_eq!(smtplab::lab::compare::compare_main(&args(smtp, golden)), 2);
     assert_eq!(smtplab::lab::compare::compare_main(&args(smtp, smtp)), 0);
 }
+
+#[test]
+fn flag_rewrites_lose_nothing_smtp_delivers_meanwhile() {
+    const MESSAGES: usize = 30;
+    let server = start();
+    deliver(server.addr(), &simple("first"));
+    let smtp = server.addr();
+    let sender = std::thread::spawn(move || {
+        for i in 0..MESSAGES {
+            deliver(smtp, &simple(&format!("during {i}")));
+        }
+    });
+    let mut imap = Imap::login(imap_addr(&server));
+    assert!(imap.run("SELECT INBOX").ok());
+    let mut rewrites = 0;
+    while !sender.is_finished() || rewrites == 0 {
+        let flag = if rewrites % 2 == 0 { "+" } else { "-" };
+        assert!(imap
+            .run(&format!("STORE 1:* {flag}FLAGS.SILENT (\\Seen)"))
+            .ok());
+        assert!(imap.run("NOOP").ok());
+        rewrites += 1;
+    }
+    sender.join().expect("the sender");
+    let noop = imap.run("NOOP");
+    assert!(noop.ok());
+    assert_eq!(server.message_count("alice"), MESSAGES + 1, "none lost");
+    assert_eq!(
+        imap.bodies().len(),
+        MESSAGES + 1,
+        "the client was told of each"
+    );
+    let uids = imap.uids_and_flags();
+    assert!(
+        uids.windows(2).all(|w| w[0].0 < w[1].0),
+        "UIDs grow: {uids:?}"
+    );
+    println!("{rewrites} flag rewrites while {MESSAGES} messages were delivered");
+}
