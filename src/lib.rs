@@ -17,6 +17,7 @@
 //! | [`lab`] | classroom tools: transcripts, replay, compare, trace, faults, the bench | 12, 15, 16 |
 //! | [`pop3`] | reading mail back out over POP3 | 13 |
 //! | [`web`] | `--web`: the live view of sessions, state machine, mailboxes and queue | 17 |
+//! | [`imap`] | reading mail on the server over IMAP: flags and UIDs kept | 18 |
 //!
 //! Standards: none
 
@@ -41,4 +42,5 @@ pub mod lab;
 
 pub mod pop3;
 
+pub mod imap;
 pub mod web;

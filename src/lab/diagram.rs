@@ -3,7 +3,7 @@
 //! Interface:
 //! - `mermaid()` and `dot()` render the table the server runs, so a diagram in a lesson can
 //!   never drift from the code (a test compares them).
-//! - `states_main(args)` is `smtplab states [--dot|--mermaid]`.
+//! - `states_main(args)` is `smtplab states [--dot|--mermaid|--pop3|--imap]`.
 //!
 //! Standards: RFC 5321 §4.1.4, RFC 5321 §3.3
 
@@ -42,8 +42,11 @@ pub fn states_main(args: &[String]) -> i32 {
         None | Some("--mermaid") => print!("{}", mermaid()),
         Some("--dot") => print!("{}", dot()),
         Some("--pop3") => print!("{}", crate::pop3::session::mermaid()),
+        Some("--imap") => print!("{}", crate::imap::session::mermaid()),
         Some(other) => {
-            eprintln!("smtplab states: unknown option {other}; use --dot, --mermaid or --pop3");
+            eprintln!(
+                "smtplab states: unknown option {other}; use --dot, --mermaid, --pop3 or --imap"
+            );
             return 2;
         }
     }

@@ -604,7 +604,7 @@ impl Session {
             }
             Err(OpenError::InUse) => {
                 // Said in words, since curl shows a bare [IN-USE] as "Access denied".
-                let text = "[IN-USE] this mailbox is open in another POP3 session \
+                let text = "[IN-USE] this mailbox is open in another POP3 or IMAP session \
                             (a mail client left open?); QUIT that one, then log in again";
                 Outcome::respond(waiting, Response::err(text))
             }
