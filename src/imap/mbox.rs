@@ -356,8 +356,9 @@ impl Kept<'_> {
 /// Read `user`'s mbox under the delivery locks, give each message its UID, and apply
 /// `change` (the flags to write, the UIDs to remove): one rewrite, in which the messages not
 /// changed are copied as they are. Returns the mailbox as it is after, and the file's stamp
-/// taken while the locks are still held: a stamp taken later could already include a message
-/// delivered after the read, and that message would never be reported.
+/// taken while the locks are still held, after the rewrite and the index are written: a stamp
+/// taken later could already include a message delivered after the read, and that message
+/// would never be reported.
 fn transact(
     mail_dir: &MailDir,
     user: &str,
@@ -428,7 +429,10 @@ fn transact(
         next_uid: map.next,
         messages,
     };
-    Ok((snapshot, stamp(mail_dir, user)))
+    // Taken before `lock` drops: the next delivery must change what `changed` compares.
+    let stamp = stamp(mail_dir, user);
+    drop(lock);
+    Ok((snapshot, stamp))
 }
 // ANCHOR_END: transact
 
@@ -616,6 +620,67 @@ mod tests {
             UidMap::parse("smtplab-imap 1\nuidvalidity 1\nuidnext 2\na 5\n"),
             None
         );
+    }
+
+    /// A fresh mail directory under the system temp dir, removed when dropped.
+    struct TempMailDir(MailDir);
+
+    impl TempMailDir {
+        fn new(name: &str) -> TempMailDir {
+            let path =
+                std::env::temp_dir().join(format!("smtplab-imap-{}-{name}", std::process::id()));
+            fs::create_dir_all(&path).expect("create temp dir");
+            TempMailDir(MailDir::new(path))
+        }
+    }
+
+    impl Drop for TempMailDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(self.0.root());
+        }
+    }
+
+    fn deliver(mail_dir: &MailDir, text: &str) {
+        let to = crate::store::mbox::Delivery {
+            user: "alice".to_string(),
+            trace_headers: String::new(),
+        };
+        let content = format!("Subject: {text}\n\n{text}\n");
+        mail_dir
+            .deliver("bob@example.org", &[to], content.as_bytes())
+            .expect("deliver");
+    }
+
+    /// A delivery that gets the locks the moment a flag rewrite lets them go must still be
+    /// seen as a change: rounds of a flag rewrite racing one delivery, each checked after.
+    #[test]
+    fn mail_delivered_right_after_a_flag_rewrite_is_a_change() {
+        let dir = TempMailDir::new("rewrite-race");
+        deliver(&dir.0, "first");
+        let mut mailbox = MboxMailboxes {
+            mail_dir: dir.0.clone(),
+        }
+        .open("alice")
+        .map_err(|_| "open")
+        .expect("open");
+        let mut seen = Flags::default();
+        for round in 0..20 {
+            let snapshot = mailbox.snapshot().expect("snapshot");
+            let mail_dir = dir.0.clone();
+            let sender = std::thread::spawn(move || deliver(&mail_dir, &format!("m{round}")));
+            seen = if seen == Flags::SEEN {
+                Flags::default()
+            } else {
+                Flags::SEEN
+            };
+            let written = mailbox.write(&[(snapshot.messages[0].uid, seen)], &[]);
+            sender.join().expect("the sender");
+            let told = written.expect("write").messages.len();
+            assert!(
+                told == round + 2 || mailbox.changed(),
+                "round {round}: told of {told} messages, and no change is seen"
+            );
+        }
     }
 
     #[test]

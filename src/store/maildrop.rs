@@ -180,9 +180,11 @@ impl MaildropLock {
     /// Replace the mbox with `parts`, all or nothing: spans of the file as it is, and new bytes
     /// (IMAP's new flag headers), copied into `DIR/.<user>.new` a buffer at a time; sync it,
     /// rename it over the mbox, sync the directory (the rename lives there). A crash leaves
-    /// either the old file or the new one, never half of each. The locks are released only
-    /// after all of that, when `self` is dropped.
-    pub fn rewrite_parts(self, parts: &[Part]) -> io::Result<()> {
+    /// either the old file or the new one, never half of each. The locks stay held until the
+    /// caller drops `self`: IMAP saves its index and takes the new file's stamp first, as mail
+    /// delivered after the locks go must make the stamp differ. Only `spans` is no longer
+    /// possible, as the name now holds the new file.
+    pub fn rewrite_parts(&self, parts: &[Part]) -> io::Result<()> {
         let temp = self.root.join(format!(".{}.new", self.mbox.user));
         // A temp file left by a crash is ours to remove: we hold the dotlock.
         match fs::remove_file(&temp) {
