@@ -43,7 +43,8 @@ use crate::store::mbox::{DeliveryError, MailDir};
 use crate::store::mboxrd::{self, Counter, Span, MAX_PIECE};
 use crate::web::live::{Opening, Watch};
 
-/// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
+/// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration"
+/// (the default of `--pop3-autologout`; a lesson may shorten it to watch it happen).
 pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
 
 /// A bound POP3 welcome socket, not yet accepting.
@@ -261,7 +262,7 @@ impl Connection<'_> {
 
     /// Read and step one command line; `Err(reason)` means the session is over.
     fn read_command(&mut self) -> io::Result<Result<Step, &'static str>> {
-        let deadline = Instant::now() + AUTOLOGOUT;
+        let deadline = Instant::now() + self.session.autologout();
         let stream = self
             .stream
             .as_mut()
