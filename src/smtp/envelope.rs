@@ -6,7 +6,8 @@
 //! - `Envelope`: the sender, the MAIL parameters and the `Recipient`s, each with its `Route`.
 //! - `Client`: who is connected (HELO name, TLS, AUTH user); it outlives transactions.
 //! - `Message`: an envelope, a client and the content, ready for delivery.
-//! - `Deliver`: the hook that stores a `Message`, or says why it cannot (a 4xx/5xx reply).
+//! - `Deliver`: the hook that stores a `Message`, or says why it cannot (a 4xx/5xx reply), and
+//!   at RCPT time says whether a recipient's mailboxes have room (`room_for`).
 //!
 //! Standards: RFC 5321 §3.3, RFC 5321 §5.1, RFC 3461 §4.1, RFC 3461 §4.2
 
@@ -74,4 +75,11 @@ pub struct Message {
 pub trait Deliver: Send + Sync {
     /// Store the message durably; an `Err` reply (4xx/5xx) means nothing was stored.
     fn deliver(&self, message: &Message) -> Result<(), Reply>;
+
+    /// RCPT time: can every mailbox of `route` still take a message of `declared` octets
+    /// (RFC 1870 `SIZE=`, 0 when not declared)? An `Err` reply refuses this recipient only.
+    /// The default takes everything: a hook without mailboxes has nothing to fill.
+    fn room_for(&self, _route: &Route, _declared: u64) -> Result<(), Reply> {
+        Ok(())
+    }
 }

@@ -6,8 +6,9 @@
 //!   maildrop, from login to the end of the session.
 //! - `MailDir::lock_maildrop(user)` holds an mbox with the locks a delivery takes; on the held
 //!   `MaildropLock`, `spans()` indexes the messages as they are *now*, `read_span(span)` reads
-//!   one, and `rewrite(keep)` replaces the file with only the spans kept; `rewrite_parts` also
-//!   writes new bytes in between (IMAP's flag headers).
+//!   one (`span_reader(span)` as a stream, in bounded memory), and `rewrite(keep)` replaces
+//!   the file with only the spans kept; `rewrite_parts` also writes new bytes in between
+//!   (IMAP's flag headers).
 //! - `MailDir::rewrite_without(user, remove)` does all of that in one step: `remove` sees the
 //!   messages as the file holds them at that moment, so mail another program delivered or
 //!   rewrote during the session is judged by what it is now, and kept unless marked.
@@ -15,14 +16,14 @@
 //! Standards: RFC 1939 §4, RFC 1939 §6, RFC 4155 §2
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 
 use crate::store::gate::Exclusive;
 use crate::store::lock::{private_file, MboxLock};
 use crate::store::mbox::{is_safe_mailbox_name, DeliveryError, MailDir};
-use crate::store::mboxrd::{index_mboxrd, Span};
+use crate::store::mboxrd::{index_mboxrd, Span, MAX_PIECE};
 
 // ANCHOR: maildrop_lock
 /// The mbox of one user, held with the same two locks a delivery takes (dotlock, then fcntl),
@@ -57,6 +58,14 @@ impl Drop for ReaderLock {
     }
 }
 // ANCHOR_END: maildrop_lock
+
+/// The bytes of `span` in `file`, read `MAX_PIECE` at a time: a message of any size is read
+/// in bounded memory. Moves the file's offset (shared with its clones).
+pub fn span_reader(mut file: &File, span: Span) -> io::Result<impl BufRead + '_> {
+    file.seek(SeekFrom::Start(span.offset))?;
+    let capacity = usize::try_from(MAX_PIECE).map_err(io::Error::other)?;
+    Ok(BufReader::with_capacity(capacity, file.take(span.len)))
+}
 
 impl MailDir {
     /// Lock a user's mbox as a delivery does (waiting up to the lock attempts); the mbox is
@@ -156,6 +165,11 @@ impl MaildropLock {
         let mut bytes = vec![0; usize::try_from(span.len).map_err(io::Error::other)?];
         self.mbox.file.read_exact_at(&mut bytes, span.offset)?;
         Ok(bytes)
+    }
+
+    /// One message's raw bytes as a stream, read a buffer at a time (`span_reader`).
+    pub fn span_reader(&self, span: Span) -> io::Result<impl BufRead + '_> {
+        span_reader(&self.mbox.file, span)
     }
 
     /// Is the name still this file? A file renamed over it meanwhile is not ours to read.
