@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth_budget::{Budget as AuthBudget, Policy as AuthPolicy};
+use crate::smtp::auth_budget::{Budget as AuthBudget, Policy as AuthPolicy};
 
 use crate::smtp::address::Domain;
 
@@ -131,7 +131,7 @@ pub struct Config {
     pub web_show_mail: bool,
     /// Where every session reports for the web view; on only with `--web`. It lives here
     /// because every session already holds the configuration.
-    pub live: crate::web::live::Board,
+    pub live: crate::lab::live::Board,
     /// Networks that may send passwords without TLS (`--plaintext-auth-from`,
     /// `--allow-plaintext-auth`); by default this machine only.
     pub plaintext_auth_from: Vec<Cidr>,
@@ -277,7 +277,7 @@ impl Default for Config {
             faults: Vec::new(),
             web: None,
             web_show_mail: false,
-            live: crate::web::live::Board::default(),
+            live: crate::lab::live::Board::default(),
             plaintext_auth_from: loopback_networks(),
             auth_budget: Arc::new(AuthBudget::new(AuthPolicy::default())),
         }
@@ -353,6 +353,20 @@ pub fn options() -> getopts::Options {
         };
     }
     o
+}
+
+impl Config {
+    /// Does this address literal name this server (`[127.0.0.2]`, `[0.0.0.0]`,
+    /// `[IPv6:::ffff:127.0.0.2]`, ...)? Mail to it is delivered here or refused at RCPT: relayed,
+    /// it would come straight back (RFC 5321 §5.1 says the same of an MX list that names us).
+    pub fn names_this_host(&self, ip: IpAddr) -> bool {
+        let me = crate::relay::dns::Me {
+            hostname: &self.hostname,
+            listen: &self.listen,
+            mx_port: self.mx_port,
+        };
+        me.reached_at(ip)
+    }
 }
 
 impl Config {
@@ -433,7 +447,7 @@ impl Config {
         }
         if let Some(addr) = self.web {
             let shows_mail = self.web_show_mail || addr.ip().is_loopback();
-            self.live = crate::web::live::Board::on(shows_mail);
+            self.live = crate::lab::live::Board::on(shows_mail);
         }
         Ok(())
     }

@@ -6,13 +6,13 @@
 //! | part | what it holds | lessons |
 //! |---|---|---|
 //! | `config`, `server` | the options, and the listeners that start everything | 1 |
+//! | `connection` | one SMTP client's loop: where the protocol ([`smtp`]) meets the socket ([`net`]) and the classroom tools ([`lab`]), so it sits above all three | 5, 6 |
 //! | [`net`] | the welcome socket and its limits, bytes to lines, and TLS | 1, 5, 9, 14 |
 //! | [`smtp`] | the SMTP server side: commands, replies, the state machine, DATA | 2–6, 8–10 |
 //! | `machine` | a state machine as a table, shared by SMTP and POP3 | 6 |
 //! | [`store`] | local mailboxes: mbox files, locks, group commit | 7, 16 |
 //! | `datetime` | dates for trace headers, mbox separators and transcript names | 7, 12 |
-//! | `auth_budget` | the password-failure budget per client address, for SMTP and POP3 | 14 |
-//! | `visible` | escapes for every byte a student sends that a terminal would act on | 14 |
+//! | `visible` | escapes for every byte a student sends that a terminal would act on: every part that shows a student's bytes uses it, none owns it | 14 |
 //! | [`relay`] | mail for other domains: the queue, MX lookup, the next hop, bounces | 11 |
 //! | [`lab`] | classroom tools: transcripts, replay, compare, trace, faults, the bench | 12, 15, 16 |
 //! | [`pop3`] | reading mail back out over POP3 | 13 |
@@ -21,6 +21,7 @@
 //! Standards: none
 
 pub mod config;
+pub mod connection;
 pub mod server;
 
 pub mod net;
@@ -32,7 +33,6 @@ pub mod store;
 
 pub mod datetime;
 
-pub mod auth_budget;
 pub mod visible;
 
 pub mod relay;

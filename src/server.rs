@@ -20,12 +20,12 @@ use std::sync::Arc;
 use log::warn;
 
 use crate::config::{Config, TlsSource};
+use crate::connection::{self, Context};
 use crate::net::listener::{self, Admission, Bound, Limits, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor};
 use crate::pop3::server::Pop3Listener;
 use crate::relay::queue::Spool;
 use crate::relay::worker::{self, RelayHandle};
-use crate::smtp::connection::{self, Context};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::Role;
 use crate::store::delivery::LocalDelivery;
@@ -138,6 +138,7 @@ impl Server {
             mail_dir,
             hostname: config.hostname.clone(),
             spool: Some(spool.clone()),
+            local_domains: config.directory.domains.clone(),
         });
         let admission = Admission::new(Limits {
             total: config.max_connections,

@@ -8,17 +8,7 @@
 //! Standards: RFC 5321 §4.1.4, RFC 5321 §3.3
 
 use crate::machine;
-use crate::smtp::session::{StateName, Trigger, TRANSITIONS};
-
-/// How each trigger of the SMTP table is labelled in a picture.
-pub fn label(on: &Trigger) -> String {
-    match on {
-        Trigger::Command(verb) => verb.name().to_string(),
-        Trigger::EndOfData => "end of data".to_string(),
-        Trigger::LastChunk => "last chunk".to_string(),
-        Trigger::SaslResponse => "SASL response".to_string(),
-    }
-}
+use crate::smtp::session::{label, StateName, TRANSITIONS};
 
 // ANCHOR: smtp_mermaid
 /// Mermaid `stateDiagram-v2` text of the SMTP table (renders on common code hosts).
@@ -41,7 +31,6 @@ pub fn states_main(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         None | Some("--mermaid") => print!("{}", mermaid()),
         Some("--dot") => print!("{}", dot()),
-        Some("--pop3") => print!("{}", crate::pop3::session::mermaid()),
         Some(other) => {
             eprintln!("smtplab states: unknown option {other}; use --dot, --mermaid or --pop3");
             return 2;

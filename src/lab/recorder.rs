@@ -240,7 +240,7 @@ impl Volatile {
         if word.eq_ignore_ascii_case(&self.host) && !after_at {
             return Some("{host}");
         }
-        crate::relay::queue::is_message_id(&self.session, word).then_some("{id}")
+        crate::smtp::envelope::is_message_id(&self.session, word).then_some("{id}")
     }
 }
 

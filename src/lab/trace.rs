@@ -21,11 +21,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::lab::live::{Opening, Watch};
 use crate::smtp::auth::Masked;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Role, StateName};
 use crate::visible;
-use crate::web::live::{Opening, Watch};
 
 /// After this long without a line in DATA the console reminds the teacher how DATA ends (or
 /// after half the idle timeout, when that is shorter, so the hint always comes before the 421).

@@ -11,7 +11,7 @@
 //!   the file when RETR or TOP asks (memory does not grow with the maildrop), and an atomic
 //!   rewrite in UPDATE.
 //!
-//! The server side of the same loop as `connection.rs`: greet, read a line, step the session,
+//! The server side of the same loop as `src/connection.rs`: greet, read a line, step the session,
 //! write; flush when no further input is waiting, so pipelined commands all get answers, or
 //! when the answers pass `line::FLUSH_AT`, so a client that never reads cannot pile them up.
 //! The TLS handshake has one deadline for the whole of it (`tls::handshake_deadline`).
@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use crate::config::Config;
+use crate::lab::live::{Opening, Watch};
 use crate::net::line::{CommandLine, LineReader, ReadError};
 use crate::net::listener::{self, Admission, Bound, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor, Stream};
@@ -41,7 +42,6 @@ use crate::smtp::auth;
 use crate::store::maildrop::{MaildropLock, ReaderLock};
 use crate::store::mbox::{DeliveryError, MailDir};
 use crate::store::mboxrd::{self, Span};
-use crate::web::live::{Opening, Watch};
 
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
 pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);

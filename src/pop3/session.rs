@@ -26,11 +26,11 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth_budget::{shut_out_text, Verdict};
 use crate::config::Config;
 use crate::machine;
 use crate::pop3::command::{parse, Command, Response, Verb};
 use crate::smtp::auth;
+use crate::smtp::auth_budget::{shut_out_text, Verdict};
 
 /// Failed logins before the server closes the connection (RFC 1939 §4 lets it close after any).
 pub const MAX_AUTH_FAILURES: u32 = 3;
@@ -397,7 +397,7 @@ fn listed(from: StateName, trigger: Option<Trigger>, to: StateName, next: Next) 
 
 impl Session {
     /// Where this session reports for `--web` (off without it).
-    pub fn live(&self) -> &crate::web::live::Board {
+    pub fn live(&self) -> &crate::lab::live::Board {
         &self.config.live
     }
 

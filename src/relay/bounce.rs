@@ -26,7 +26,8 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::datetime;
-use crate::relay::queue::{system_time, Entry, Rcpt, Spool};
+use crate::datetime::system_time;
+use crate::relay::queue::{Entry, Rcpt, Spool};
 use crate::smtp::address::ReversePath;
 use crate::smtp::body::{Body, READ_CHUNK};
 use crate::smtp::envelope::{Message, Recipient, Route};

@@ -38,10 +38,11 @@ use std::time::{Duration, Instant, SystemTime};
 use log::{debug, info, warn};
 
 use crate::config::Config;
+use crate::datetime::unix_now;
 use crate::relay::bounce;
 use crate::relay::client::{self, NotTaken, RemoteReply, SmtpClient, TlsPolicy};
 use crate::relay::dns::{self, Me, Resolver, Rng, RouteError};
-use crate::relay::queue::{unix_now, Entry, Rcpt, RcptState, Schedule, Spool};
+use crate::relay::queue::{Entry, Rcpt, RcptState, Schedule, Spool};
 use crate::smtp::address::{self, Domain, ForwardPath, Mailbox, ReversePath};
 use crate::smtp::body::{Body, READ_CHUNK};
 use crate::smtp::envelope::{Client, Deliver, Envelope, Message, Recipient, Route};
@@ -260,7 +261,7 @@ fn next_job(shared: &Shared) -> Option<Entry> {
 /// `ETRN domain`, `ETRN @domain` (the domain and its subdomains) or `ETRN #queue` (here, the
 /// queue of one domain): start a delivery attempt now for the mail queued for it, and say so
 /// with RFC 1985 §5's codes. The session checks first that the client may relay at all.
-pub fn etrn(spool: &Spool, config: &Config, argument: &str) -> Reply {
+pub fn etrn(spool: &Spool, local_domains: &[String], argument: &str) -> Reply {
     let (node, subdomains) = match argument.as_bytes().first() {
         Some(b'@') => (&argument[1..], true),
         Some(b'#') => (&argument[1..], false),
@@ -273,7 +274,10 @@ pub fn etrn(spool: &Spool, config: &Config, argument: &str) -> Reply {
             "Syntax: ETRN domain, ETRN @domain or ETRN #queue",
         );
     };
-    if is_local(config, &node) {
+    if local_domains
+        .iter()
+        .any(|own| own.eq_ignore_ascii_case(&node))
+    {
         let text = format!("Node {node} not allowed: its mail is delivered here, not queued");
         return Reply::new(459, "4.7.1", "").text(text);
     }
@@ -287,7 +291,7 @@ pub fn etrn(spool: &Spool, config: &Config, argument: &str) -> Reply {
             .text(format!("OK, {n} pending messages for node {node} started")),
         Err(error) => {
             warn!("ETRN for {node} could not update the queue: {error}.");
-            Reply::new(458, "4.3.0", "").text(format!("Unable to queue messages for node {node}"))
+            crate::smtp::envelope::etrn_unavailable(&node)
         }
     }
 }
@@ -334,23 +338,6 @@ fn flush(spool: &Spool, wanted: impl Fn(&str) -> bool) -> io::Result<usize> {
 fn is_due(entry: &Entry) -> bool {
     entry.next_attempt <= unix_now() || lock(&FLUSHED).contains(&entry.id)
 }
-
-// ANCHOR: names_this_host
-/// Does this address literal name this server (`[127.0.0.2]`, `[0.0.0.0]`,
-/// `[IPv6:::ffff:127.0.0.2]`, ...)? Mail to it is delivered here or refused at RCPT: relayed,
-/// it would come straight back (RFC 5321 §5.1 says the same of an MX list that names us).
-pub fn names_this_host(domain: &Domain, config: &Config) -> bool {
-    let Domain::Literal(ip) = domain else {
-        return false;
-    };
-    let me = Me {
-        hostname: &config.hostname,
-        listen: &config.listen,
-        mx_port: config.mx_port,
-    };
-    me.reached_at(*ip)
-}
-// ANCHOR_END: names_this_host
 
 /// Pending recipients by destination: their domain each, or all together for a smart host.
 /// An unparseable path gets the destination "", which bounces.

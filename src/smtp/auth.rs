@@ -216,9 +216,7 @@ pub fn challenge(hostname: &str) -> String {
     let mut random = [0u8; 8];
     let _ = openssl::rand::rand_bytes(&mut random);
     let number = u64::from_le_bytes(random);
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let seconds = crate::datetime::unix_now();
     format!("<{number}.{seconds}@{hostname}>")
 }
 

@@ -32,6 +32,8 @@ pub struct LocalDelivery {
     pub hostname: String,
     /// The outbound queue for recipients in other domains; `None` refuses them with 451.
     pub spool: Option<Arc<Spool>>,
+    /// The domains delivered here: ETRN for one of them has no queue to start.
+    pub local_domains: Vec<String>,
 }
 
 impl Deliver for LocalDelivery {
@@ -60,6 +62,14 @@ impl Deliver for LocalDelivery {
         Ok(())
     }
     // ANCHOR_END: deliver
+
+    /// ETRN: the queue's side is `relay::worker::etrn`.
+    fn etrn(&self, node: &str) -> Reply {
+        match &self.spool {
+            Some(spool) => crate::relay::worker::etrn(spool, &self.local_domains, node),
+            None => crate::smtp::envelope::etrn_unavailable(node),
+        }
+    }
 }
 
 impl LocalDelivery {

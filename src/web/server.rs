@@ -137,7 +137,7 @@ fn page() -> String {
         smtp::TRANSITIONS,
         smtp::StateName::Connected,
         "smtp",
-        crate::lab::diagram::label,
+        crate::smtp::session::label,
     );
     let pop3 = svg::diagram(
         pop3::POP3_TRANSITIONS,

@@ -12,9 +12,10 @@
 use std::collections::BTreeSet;
 
 use crate::config::Config;
-use crate::relay::queue::{unix_now, Entry, RcptState, Spool};
+use crate::datetime::unix_now;
+use crate::lab::json;
+use crate::relay::queue::{Entry, RcptState, Spool};
 use crate::store::mbox::{self, MailDir};
-use crate::web::json;
 
 /// Every mailbox name to show: the directory's users, and any mbox file found.
 fn users(config: &Config) -> BTreeSet<String> {

@@ -24,9 +24,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use crate::lab::json;
 use crate::smtp::auth::Masked;
 use crate::visible;
-use crate::web::json;
 
 /// Lines kept per session: a screen's worth; older lines scroll away.
 pub const LINES_KEPT: usize = 200;
