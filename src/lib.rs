@@ -42,3 +42,12 @@ pub mod lab;
 pub mod pop3;
 
 pub mod web;
+
+/// Lock a mutex even if a thread panicked while holding it. Every mutex here guards state that
+/// stays whole between statements (counters, flags, queues), and one failed session must not
+/// stop the others. Shared by every part, so it sits at the root of the crate.
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -146,7 +146,7 @@ impl Admission {
     // ANCHOR: admit
     /// Take a place for a client from `ip`, or say why there is none.
     fn admit(&self, ip: IpAddr) -> Result<(), Refusal> {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = crate::lock(&self.counts);
         if counts.total >= self.limits.total {
             return Err(Refusal::Full);
         }
@@ -161,7 +161,7 @@ impl Admission {
     // ANCHOR_END: admit
 
     fn release(&self, ip: IpAddr) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = crate::lock(&self.counts);
         counts.total = counts.total.saturating_sub(1);
         if let Some(mine) = counts.per_ip.get_mut(&ip) {
             *mine -= 1;

@@ -81,10 +81,6 @@ impl Stream {
         }
     }
 
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
-    }
-
     // ANCHOR: start_tls
     /// The server side of the handshake, finished by `deadline` however slowly the client
     /// sends. On failure the connection is over: there is no way back to the clear on the

@@ -353,19 +353,19 @@ impl Spool {
     }
 
     pub fn generation(&self) -> u64 {
-        *ALARM.0.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::lock(&ALARM.0)
     }
 
     /// Wake the relay: a message was queued (or the server is stopping).
     pub fn wake(&self) {
-        let mut generation = ALARM.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut generation = crate::lock(&ALARM.0);
         *generation += 1;
         ALARM.1.notify_all();
     }
 
     /// Sleep until `wake` is called after `seen` was read, or until `timeout` passes.
     pub fn wait(&self, seen: u64, timeout: Duration) {
-        let generation = ALARM.0.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = crate::lock(&ALARM.0);
         let _ = ALARM
             .1
             .wait_timeout_while(generation, timeout, |g| *g == seen);
@@ -442,24 +442,13 @@ fn write_content_synced(path: &Path, head: &[u8], body: &Body) -> io::Result<()>
 // ANCHOR_END: write_content
 
 fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode_private()
+        .mode(SPOOL_MODE)
         .open(path)
-}
-
-/// `OpenOptions::mode` under a name that says why.
-trait PrivateMode {
-    fn mode_private(&mut self) -> &mut Self;
-}
-
-impl PrivateMode for OpenOptions {
-    fn mode_private(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(SPOOL_MODE)
-    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -39,6 +39,7 @@ use log::{debug, info, warn};
 
 use crate::config::Config;
 use crate::datetime::unix_now;
+use crate::lock;
 use crate::relay::bounce;
 use crate::relay::client::{self, NotTaken, RemoteReply, SmtpClient, TlsPolicy};
 use crate::relay::dns::{self, Me, Resolver, Rng, RouteError};
@@ -79,10 +80,6 @@ impl Drop for RelayHandle {
             let _ = thread.join();
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the dispatcher and the workers share.

@@ -20,7 +20,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::info;
@@ -272,7 +272,7 @@ fn send(stream: &mut TcpStream, json: &str) -> io::Result<()> {
 /// The mailboxes and queue as JSON, looked at no more than once per `STORE_POLL` however many
 /// browsers watch.
 fn store_json(shared: &Shared) -> String {
-    let mut cached = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut cached = crate::lock(&shared.store);
     if let Some((at, json)) = cached.as_ref() {
         if at.elapsed() < STORE_POLL {
             return json.clone();
