@@ -5,7 +5,7 @@
 //!   is the first-minute setup (127.0.0.1:2525, demo users alice and bob, list students, ./mail).
 //! - `Directory` answers "who is local?": local domains, users, aliases, postmaster.
 //!
-//! Standards: RFC 5321 §4.5.1, RFC 5321 §4.5.3.2.7, RFC 5321 §2.4
+//! Standards: RFC 5321 §4.5.1, §4.5.3.2.7, §2.4
 
 use std::collections::BTreeMap;
 use std::fs;

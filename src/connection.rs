@@ -14,7 +14,8 @@
 //! start go to the console (`trace::Console`), which also feeds `--web`; `--fault greeting=...`
 //! rules act in `start`.
 //!
-//! Standards: RFC 5321 §4.5.3.2.7, RFC 5321 §3.8, RFC 2920 §3.1, RFC 5321 §4.1.1.4, RFC 3207 §4.2, RFC 8314 §3.3, RFC 3030 §2
+//! Standards: RFC 5321 §4.5.3.2.7, §3.8, §4.1.1.4, RFC 2920 §3.1, RFC 3207 §4.2, RFC 8314 §3.3,
+//!   RFC 3030 §2
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,6 +1,6 @@
 //! The `smtplab` command: run the server, or one of the teaching tools.
 //!
-//! Standards: RFC 5321 §4.5.3.2.7
+//! Standards: none
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

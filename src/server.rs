@@ -11,7 +11,7 @@
 //! `Admission`: `--max-connections` and `--max-connections-per-ip` count SMTP and POP3 clients
 //! and `--web` browsers together. SMTP's part is `Smtp`, the service that starts `connection::serve`.
 //!
-//! Standards: RFC 5321 §3.1, RFC 5321 §4.5.3.2, RFC 5321 §3.8
+//! Standards: RFC 5321 §3.1, §4.5.3.2, §3.8
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};

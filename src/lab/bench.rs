@@ -13,7 +13,7 @@
 //! Every read has a timeout (`--timeout`), so a stuck server ends the run with an error instead
 //! of hanging it. One thread per session, plain blocking sockets: the same model as the server.
 //!
-//! Standards: RFC 5321 §3.3, RFC 5321 §4.1.1.4, RFC 5321 §4.5.2, RFC 5321 §4.2
+//! Standards: RFC 5321 §3.3, §4.1.1.4, §4.5.2, §4.2
 
 use std::fmt;
 use std::io::{self, BufReader, Write};

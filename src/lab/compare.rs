@@ -14,7 +14,7 @@
 //! Only commands and reply codes are compared: reply texts, host names and message text differ
 //! from server to server and from day to day, and do not change what happened.
 //!
-//! Standards: RFC 5321 §4.1.4, RFC 5321 §4.2.1, RFC 5321 §4.2.3
+//! Standards: RFC 5321 §4.1.4, §4.2.1, §4.2.3
 
 use std::collections::VecDeque;
 use std::fmt;

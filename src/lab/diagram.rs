@@ -5,7 +5,7 @@
 //!   never drift from the code (a test compares them).
 //! - `states_main(args)` is `smtplab states [--dot|--mermaid]`.
 //!
-//! Standards: RFC 5321 §4.1.4, RFC 5321 §3.3
+//! Standards: RFC 5321 §4.1.4, §3.3
 
 use crate::machine;
 use crate::smtp::session::{label, StateName, TRANSITIONS};

@@ -23,7 +23,7 @@
 //!        / "delay:" SECONDS wait before the greeting            greeting=delay:20
 //! ```
 //!
-//! Standards: RFC 5321 §4.2.3, RFC 5321 §3.1, RFC 5321 §4.1.4, RFC 3463 §3
+//! Standards: RFC 5321 §4.2.3, §3.1, §4.1.4, RFC 3463 §3
 
 use std::collections::BTreeMap;
 use std::time::Duration;

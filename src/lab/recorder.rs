@@ -17,7 +17,7 @@
 //! whole messages and the names of users), and one session writes at most `--max-size` plus
 //! `MARGIN` bytes; the transcript then ends with a note that it was cut there.
 //!
-//! Standards: RFC 5321 Appendix D, RFC 5321 §4.2, RFC 4954 §4
+//! Standards: RFC 5321 Appendix D, §4.2, RFC 4954 §4
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};

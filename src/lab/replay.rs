@@ -21,7 +21,7 @@
 //! With `# protocol: pop3` the server's lines are not grouped by reply codes (POP3 has none):
 //! each run of `S:` lines is one "reply", and exactly that many lines are read for it.
 //!
-//! Standards: RFC 5321 §4.2, RFC 5321 §4.5.3.2, RFC 2920 §3.1, RFC 1939 §3
+//! Standards: RFC 5321 §4.2, §4.5.3.2, RFC 2920 §3.1, RFC 1939 §3
 
 use std::io::{self, BufReader, IsTerminal, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};

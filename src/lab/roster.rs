@@ -12,7 +12,7 @@
 //! passwords on it. The alphabet leaves out the look-alikes 0/O, 1/l/I, so a student can type a
 //! password read from paper.
 //!
-//! Standards: RFC 5321 §3.9, RFC 5321 §3.9.2
+//! Standards: RFC 5321 §3.9, §3.9.2
 
 use std::fs::OpenOptions;
 use std::io::Write;

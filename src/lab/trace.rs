@@ -14,7 +14,7 @@
 //!   (reply lines), so nothing a student types can act on the teacher's terminal. A command's
 //!   secret arrives already masked (`auth::Masked`) and shows as `{secret}`.
 //!
-//! Standards: RFC 5321 §4.1.4, RFC 5321 §4.2, RFC 5321 §4.1.1.1, RFC 4954 §4
+//! Standards: RFC 5321 §4.1.4, §4.2, §4.1.1.1, RFC 4954 §4
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;

@@ -42,7 +42,7 @@
 //! the replay, so that a POP3 transcript finds mail in the maildrop. `smtplab compare` compares
 //! SMTP sessions only.
 //!
-//! Standards: RFC 5321 Appendix D, RFC 5321 §2.3.8, RFC 5321 §4.2, RFC 4954 §4, RFC 1939 §3
+//! Standards: RFC 5321 Appendix D, §2.3.8, §4.2, RFC 4954 §4, RFC 1939 §3
 
 use std::fmt;
 use std::fs;

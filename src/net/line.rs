@@ -11,7 +11,7 @@
 //!   sent a CR? `discard_buffered` drops unread bytes (STARTTLS).
 //! - `TimedRead` is a read that gives up at a deadline; a slow trickle cannot hold a line open.
 //!
-//! Standards: RFC 5321 §2.3.8, RFC 5321 §4.5.3.1.4, RFC 5321 §4.5.3.1.6, RFC 854 §3, RFC 2920 §3.1
+//! Standards: RFC 5321 §2.3.8, §4.5.3.1.4, §4.5.3.1.6, RFC 854 §3, RFC 2920 §3.1
 
 use std::collections::VecDeque;
 use std::io::{self, Read};

@@ -17,7 +17,7 @@
 //! script (or one student) from taking every thread: the client over a cap hears why, and is
 //! closed.
 //!
-//! Standards: RFC 5321 §3.1, RFC 5321 §3.8, RFC 1939 §3
+//! Standards: RFC 5321 §3.1, §3.8, RFC 1939 §3
 
 use std::collections::HashMap;
 use std::io::Write;

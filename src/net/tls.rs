@@ -16,7 +16,7 @@
 //! a timeout per `read` would restart at every trickled byte. `Deadlined` gives every read the
 //! time left until one deadline, set for the whole command, message or handshake.
 //!
-//! Standards: RFC 3207 §4, RFC 3207 §4.2, RFC 8314 §3.3
+//! Standards: RFC 3207 §4, §4.2, RFC 8314 §3.3
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;

@@ -7,7 +7,7 @@
 //! - `parse(line)` turns one line into a `Command`, or the `-ERR` that says what is wrong.
 //! - `Response`, a status line and an optional multi-line body; `to_wire` byte-stuffs it.
 //!
-//! Standards: RFC 1939 §3, RFC 1939 §5, RFC 1939 §7, RFC 2449 §3, RFC 2449 §5
+//! Standards: RFC 1939 §3, §5, §7, RFC 2449 §3, §5
 
 use std::fmt;
 

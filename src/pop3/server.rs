@@ -16,7 +16,7 @@
 //! when the answers pass `line::FLUSH_AT`, so a client that never reads cannot pile them up.
 //! The TLS handshake has one deadline for the whole of it (`tls::handshake_deadline`).
 //!
-//! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §6, RFC 2449 §6.6, RFC 2595 §4, RFC 8314 §3.3
+//! Standards: RFC 1939 §3, §4, §6, RFC 2449 §6.6, RFC 2595 §4, RFC 8314 §3.3
 
 use std::fs::File;
 use std::io::{self, Write};

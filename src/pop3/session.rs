@@ -19,7 +19,7 @@
 //! byte-stuffing and without the terminating `.` line. So LIST n equals the bytes a client has
 //! after it removes the stuffing and the termination from RETR n.
 //!
-//! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §5, RFC 1939 §6, RFC 1939 §7, RFC 1939 §11, RFC 2449 §5, RFC 2449 §6.6, RFC 2449 §8.1.2, RFC 2595 §4
+//! Standards: RFC 1939 §3, §4, §5, §6, §7, §11, RFC 2449 §5, §6.6, §8.1.2, RFC 2595 §4
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};

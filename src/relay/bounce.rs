@@ -18,7 +18,8 @@
 //! (RFC 5321 §4.5.5, RFC 5321 §6.1). Lines end in `\n` like every stored message; the relay
 //! writes CRLF on the wire.
 //!
-//! Standards: RFC 3464 §2.1, §2.2, §2.2.1, §2.3, §2.3.1, §2.3.3, RFC 3461 §4.1, §4.3, §6.1, §6.2, §6.3, RFC 3463 §2, RFC 5321 §4.4, §4.5.5, §6.1
+//! Standards: RFC 3464 §2.1, §2.2, §2.2.1, §2.3, §2.3.1, §2.3.3, RFC 3461 §4.1, §4.3, §6.1, §6.2,
+//!   §6.3, RFC 3463 §2, RFC 5321 §4.4, §4.5.5, §6.1
 
 use std::fmt::Write as _;
 use std::io::{self, Read};

@@ -23,7 +23,8 @@
 //! host is tried. From MAIL FROM on, the host has answered for the message: 2xx is done, 4xx is
 //! tried again later, 5xx is bounced (RFC 5321 §4.2.1).
 //!
-//! Standards: RFC 5321 §2.3.8, §3.2, §4.2, §4.2.1, §4.5.2, §4.5.3.1.5, §4.5.3.2, RFC 3207 §4, RFC 3207 §4.2, RFC 3030 §2, RFC 3030 §3, RFC 6152 §3, RFC 6531 §3.2, RFC 1870 §6, RFC 3461 §5.2.1
+//! Standards: RFC 5321 §2.3.8, §3.2, §4.2, §4.2.1, §4.5.2, §4.5.3.1.5, §4.5.3.2, RFC 3207 §4, §4.2,
+//!   RFC 3030 §2, §3, RFC 6152 §3, RFC 6531 §3.2, RFC 1870 §6, RFC 3461 §5.2.1
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};

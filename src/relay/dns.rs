@@ -21,7 +21,7 @@
 //! domain's own A/AAAA records are an implicit MX); and a host has IPv4 *and* IPv6 addresses, so
 //! both A and AAAA must be asked for.
 //!
-//! Standards: RFC 5321 §5.1, RFC 5321 §4.5.4.1, RFC 7505 §3, RFC 7505 §4.1, RFC 3463 §3.2
+//! Standards: RFC 5321 §5.1, §4.5.4.1, RFC 7505 §3, §4.1, RFC 3463 §3.2
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

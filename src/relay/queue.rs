@@ -24,7 +24,7 @@
 //! Memory stays bounded whatever the message size: the content is copied from disk to disk in
 //! chunks, and the relay reads it back in chunks.
 //!
-//! Standards: RFC 5321 §4.5.4, RFC 5321 §4.5.4.1, RFC 5321 §6.1
+//! Standards: RFC 5321 §4.5.4, §4.5.4.1, §6.1
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};

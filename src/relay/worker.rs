@@ -25,7 +25,8 @@
 //! gets a "relayed" report, and a failure is reported only if NOTIFY asks for it (or is absent).
 //! A report that cannot reach its recipient goes to the local postmaster, never nowhere.
 //!
-//! Standards: RFC 3461 §5.2.1, §5.2.2, §6.1, RFC 5321 §3.3, §4.2.1, §4.5.4.1, §4.5.5, §5.1, RFC 1985 §5
+//! Standards: RFC 3461 §5.2.1, §5.2.2, §6.1, RFC 5321 §3.3, §4.2.1, §4.5.4.1, §4.5.5, §5.1,
+//!   RFC 1985 §5
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;

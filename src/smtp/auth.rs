@@ -12,7 +12,7 @@
 //!   command line starts, found from its words as the parser reads them, so every place that
 //!   shows or stores a line (log, console, transcript) masks the same bytes; `Masked` writes it.
 //!
-//! Standards: RFC 4954 §4, RFC 4954 §6, RFC 4616 §2, RFC 2195 §2
+//! Standards: RFC 4954 §4, §6, RFC 4616 §2, RFC 2195 §2
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -12,7 +12,7 @@
 //! The content goes into a `Body` (`src/smtp/body.rs`), which moves a large message to a spill file:
 //! a session holds at most `body::SPILL_THRESHOLD` octets of it, whatever `--max-size` says.
 //!
-//! Standards: RFC 5321 §4.1.1.4, RFC 5321 §4.5.2, RFC 5321 §4.5.3.1.7, RFC 5321 §2.3.8, RFC 5321 §6.3, RFC 3030 §2
+//! Standards: RFC 5321 §4.1.1.4, §4.5.2, §4.5.3.1.7, §2.3.8, §6.3, RFC 3030 §2
 
 use std::io;
 use std::path::Path;

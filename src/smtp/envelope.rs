@@ -10,7 +10,7 @@
 //!   starts the queue for ETRN.
 //! - `message_id(session, n)`: the id a message gets at the end of DATA; `is_message_id` knows one.
 //!
-//! Standards: RFC 5321 §3.3, RFC 5321 §5.1, RFC 3461 §4.1, RFC 3461 §4.2
+//! Standards: RFC 5321 §3.3, §5.1, RFC 3461 §4.1, §4.2
 
 use std::net::SocketAddr;
 

@@ -16,7 +16,7 @@
 //! No sockets, no files, no classroom tools here: the session is tested line by line without a
 //! network, and `lab/coach.rs` adds coaching, `--explain` and `--fault` around `step`.
 //!
-//! Standards: RFC 5321 §3.3, RFC 5321 §4.1.1, RFC 5321 §4.1.4, RFC 5321 §4.3.2, RFC 5321 §3.5, RFC 5321 §7.8, RFC 5321 §3.8
+//! Standards: RFC 5321 §3.3, §4.1.1, §4.1.4, §4.3.2, §3.5, §7.8, §3.8
 
 use std::net::SocketAddr;
 use std::sync::Arc;

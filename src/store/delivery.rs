@@ -11,7 +11,8 @@
 //! Memory: local mailboxes and the queue's content file are both written from the message's
 //! `Body` as a stream, so no copy of a large message is ever held in memory whole.
 //!
-//! Standards: RFC 5321 §4.4, RFC 5321 §6.1, RFC 5321 §4.2.5, RFC 3463 §3.4, RFC 3848 §3, RFC 6531 §3.7.3, RFC 3461 §5.2.1
+//! Standards: RFC 5321 §4.4, §6.1, §4.2.5, RFC 3463 §3.4, RFC 3848 §3, RFC 6531 §3.7.3,
+//!   RFC 3461 §5.2.1
 
 use std::io;
 use std::sync::Arc;

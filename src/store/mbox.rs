@@ -27,7 +27,7 @@
 //!    back to where it started;
 //! 6. mark each intent idle, and release all locks (dropping the guards does it).
 //!
-//! Standards: RFC 4155 §2, RFC 5321 §4.4, RFC 5321 §6.1
+//! Standards: RFC 4155 §2, RFC 5321 §4.4, §6.1
 
 use std::fmt;
 use std::fs::{self, File};

@@ -14,7 +14,8 @@
 //! Like SMTP, HTTP is lines of text over TCP; unlike SMTP, it is one question and one answer,
 //! and the server never speaks first.
 //!
-//! Standards: RFC 9112 §2.1, §3, §3.2, §5.1, §9.3, §9.6, RFC 9110 §9.1, §9.3.1, §9.3.2, §15, RFC 6585 §5
+//! Standards: RFC 9112 §2.1, §3, §3.2, §5.1, §9.3, §9.6, RFC 9110 §9.1, §9.3.1, §9.3.2, §15,
+//!   RFC 6585 §5
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};

@@ -7,7 +7,7 @@
 //! - `message(config, "alice/2")` is the second message of alice's mbox as delivered (trace
 //!   headers included), or `None`.
 //!
-//! Standards: RFC 5321 §4.4, RFC 5321 §4.5.4.1
+//! Standards: RFC 5321 §4.4, §4.5.4.1
 
 use std::collections::BTreeSet;
 
