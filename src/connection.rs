@@ -48,7 +48,7 @@ pub const MIN_DATA_RATE: u64 = 500;
 /// Postfix's `smtpd_junk_command_limit`: this many commands that move no mail (NOOP, RSET,
 /// VRFY, EXPN, HELP, `BDAT 0`) in a row, and the next one gets 421. A delivered message starts
 /// the count again, so a long honest session is never cut short.
-pub const JUNK_COMMAND_LIMIT: u32 = 100;
+const JUNK_COMMAND_LIMIT: u32 = 100;
 
 /// When the next piece of message data must have arrived: within the idle timeout, and within
 /// the time the octets received so far have earned at `MIN_DATA_RATE`.

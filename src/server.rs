@@ -160,7 +160,7 @@ impl Server {
     }
 
     /// The addresses actually bound (port 0 becomes a real port), with their roles.
-    pub fn local_addrs(&self) -> Vec<(SocketAddr, Role)> {
+    fn local_addrs(&self) -> Vec<(SocketAddr, Role)> {
         self.listeners
             .iter()
             .map(|(bound, role)| (bound.addr, *role))

@@ -53,7 +53,7 @@ pub struct Answer {
     pub code: ResponseCode,
     pub answers: Vec<Record>,
     /// The SOA of a negative answer (RFC 2308 §3), so it is not taken for a referral.
-    pub authority: Vec<Record>,
+    authority: Vec<Record>,
 }
 
 impl Zone {

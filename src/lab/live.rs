@@ -29,9 +29,9 @@ use crate::smtp::auth::Masked;
 use crate::visible;
 
 /// Lines kept per session: a screen's worth; older lines scroll away.
-pub const LINES_KEPT: usize = 200;
+const LINES_KEPT: usize = 200;
 /// Closed sessions kept on the page, newest first, so a student who just quit still sees theirs.
-pub const CLOSED_KEPT: usize = 8;
+const CLOSED_KEPT: usize = 8;
 /// Events kept for browsers catching up; one further behind gets a new snapshot.
 const EVENTS_KEPT: usize = 1000;
 

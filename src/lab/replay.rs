@@ -72,7 +72,7 @@ pub struct ReplayReport {
     /// Replies that matched their `S:` lines.
     pub replies_matched: usize,
     /// One hunk per exchange whose replies differ.
-    pub hunks: Vec<Hunk>,
+    hunks: Vec<Hunk>,
     /// Where replay had to stop early without a failure (TLS, a masked secret).
     pub skipped: Option<Skipped>,
     /// The server could not be reached at all.
@@ -102,14 +102,14 @@ pub enum SkipCause {
 
 /// The lines sent in one exchange and the replies that differ, diff style.
 #[derive(Debug, Clone)]
-pub struct Hunk {
+struct Hunk {
     /// The first transcript line that did not match.
     pub first_mismatch: usize,
     pub lines: Vec<DiffLine>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DiffLine {
+enum DiffLine {
     /// A line sent or a reply line that matched, shown for context.
     Same(String),
     /// An `S:` line of the transcript that the server did not say.

@@ -189,7 +189,7 @@ const DATA_HINT: &str = "still in DATA: end the message with a line holding only
 
 // ANCHOR: explain
 /// What a client should send next, in words, in each state.
-pub fn next_expected(state: StateName) -> &'static str {
+fn next_expected(state: StateName) -> &'static str {
     match state {
         StateName::Connected => "HELO or EHLO",
         StateName::Greeted => "MAIL FROM",
@@ -231,7 +231,7 @@ pub struct Console {
     pub style: Style,
     pub id: String,
     /// `--trace`: print on stdout.
-    pub to_stdout: bool,
+    to_stdout: bool,
     /// `--web`: the same events on the live board.
     pub live: Option<Watch>,
 }

@@ -34,11 +34,11 @@ use socket2::{Domain, Socket, Type};
 /// `std` asks for 128: a burst of a few hundred connects overflows it, the kernel falls back
 /// to SYN cookies, and a client whose last ACK is lost waits for a 220 that never comes. The
 /// kernel caps this at `net.core.somaxconn`.
-pub const BACKLOG: i32 = 4096;
+const BACKLOG: i32 = 4096;
 
 /// Stack of each session thread: sessions keep their buffers on the heap, so a small stack is
 /// plenty, and a thousand idle clients cost little memory.
-pub const SESSION_STACK_SIZE: usize = 256 * 1024;
+const SESSION_STACK_SIZE: usize = 256 * 1024;
 
 /// The caps of one server, from `--max-connections` and `--max-connections-per-ip`.
 #[derive(Debug, Clone, Copy)]

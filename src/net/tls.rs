@@ -32,7 +32,7 @@ use crate::net::line::TimedRead;
 pub type Acceptor = SslAcceptor;
 
 /// The longest a client may take to finish the TLS handshake, from its first byte to its last.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// When a handshake starting now must be over: `HANDSHAKE_TIMEOUT`, or the server's idle
 /// timeout (`--timeout`) when that is shorter.

@@ -44,7 +44,7 @@ use crate::store::mbox::{DeliveryError, MailDir};
 use crate::store::mboxrd::{self, Span};
 
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
-pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
+const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
 
 /// A bound POP3 welcome socket, not yet accepting.
 pub struct Pop3Listener {
@@ -355,7 +355,7 @@ fn is_pass(line: &[u8]) -> bool {
 
 // ANCHOR: mbox_maildrops
 /// Maildrops as mbox files: `DIR/<user>`, the same files SMTP delivers to.
-pub struct MboxMaildrops {
+struct MboxMaildrops {
     pub mail_dir: MailDir,
 }
 

@@ -327,7 +327,7 @@ fn status_part(
 
 /// The RFC 3463 status in a reply: `550 5.1.1 No such user` -> `5.1.1`; without one, the class
 /// of the reply code (`550 Nope` -> `5.0.0`); a bare status (`4.4.7 expired`) is taken as it is.
-pub fn status_of(reply: &str) -> String {
+fn status_of(reply: &str) -> String {
     let mut words = reply.split_whitespace();
     let first = words.next().unwrap_or("");
     if is_status(first) {

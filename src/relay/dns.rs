@@ -35,9 +35,9 @@ use crate::visible::sanitize;
 
 /// How long one DNS query may take before it counts as a temporary failure. A relay must queue
 /// and retry on a temporary error (RFC 5321 §5.1), so a short wait loses nothing.
-pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Tries of each query (the first one included) before giving up.
-pub const DNS_ATTEMPTS: usize = 2;
+const DNS_ATTEMPTS: usize = 2;
 
 /// One MX record: `two.test. MX 10 mx.two.test.`
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub struct Mx {
 
 impl Mx {
     /// RFC 7505 §3: an MX whose exchange is the root `.` says "this domain takes no mail".
-    pub fn is_null(&self) -> bool {
+    fn is_null(&self) -> bool {
         self.exchange == "."
     }
 }
@@ -66,7 +66,7 @@ pub enum Answer<T> {
 }
 
 /// A query that got no answer: a timeout, SERVFAIL, a network error. Try again later.
-pub type TemporaryError = String;
+type TemporaryError = String;
 
 /// The two address families a host may have; both are asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,7 +323,7 @@ fn without_null_mx(
 // ANCHOR: order
 /// Sort by preference, lowest first; shuffle each run of equal preferences, because "the
 /// sender-SMTP MUST randomize them to spread the load" (RFC 5321 §5.1).
-pub fn order_by_preference(mut records: Vec<Mx>, rng: &mut Rng) -> Vec<Mx> {
+fn order_by_preference(mut records: Vec<Mx>, rng: &mut Rng) -> Vec<Mx> {
     records.sort_by_key(|mx| mx.preference);
     let mut start = 0;
     while start < records.len() {

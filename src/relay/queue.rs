@@ -43,7 +43,7 @@ use crate::smtp::extensions::{BodyType, MailOptions, Notify, Ret};
 /// be at least 4-5 days".
 // DEVIATION: the first retries come sooner than 30 minutes (as Postfix's 5-minute
 // minimal_backoff_time does): most temporary failures (greylisting, a restart) clear in minutes.
-pub const DEFAULT_RETRY: &str = "5m,10m,30m,1h,2h,4h";
+const DEFAULT_RETRY: &str = "5m,10m,30m,1h,2h,4h";
 pub const DEFAULT_QUEUE_LIFETIME: Duration = Duration::from_secs(5 * 24 * 3600);
 
 /// First line of every state file, so a stray file is never taken for a message.

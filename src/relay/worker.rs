@@ -53,12 +53,12 @@ use crate::smtp::reply::Reply;
 
 /// How often the relay looks at the spool when nobody wakes it: due retries start at most
 /// this late. A new message wakes it at once.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// `--relay-workers`: delivery threads.
 pub const DEFAULT_WORKERS: usize = 4;
 /// Concurrent conversations with one next-hop domain (Postfix's
 /// `default_destination_concurrency_limit` starts low the same way).
-pub const PER_DESTINATION: usize = 2;
+const PER_DESTINATION: usize = 2;
 /// `--relay-deadline`: the longest one conversation may take, greeting to QUIT. The RFC's
 /// per-reply timeouts (§4.5.3.2) alone let a host that trickles its replies hold on for hours.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);

@@ -26,7 +26,7 @@ use crate::smtp::reply::Reply;
 
 /// RFC 5321 §6.3: "SMTP servers using this technique SHOULD use a large rejection threshold,
 /// normally at least 100 Received entries." 100 is the floor the RFC names.
-pub const MAX_RECEIVED_HEADERS: usize = 100;
+const MAX_RECEIVED_HEADERS: usize = 100;
 
 /// Reads one message after the 354 reply.
 #[derive(Debug)]
@@ -277,7 +277,7 @@ pub fn read_message(
 }
 
 /// Count the `Received:` fields in the header section (up to the first empty line).
-pub fn received_headers(content: &[u8]) -> usize {
+fn received_headers(content: &[u8]) -> usize {
     content
         .split(|&b| b == b'\n')
         .take_while(|line| !line.is_empty())

@@ -50,7 +50,7 @@ pub enum BodyType {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MailOptions {
     /// RFC 1870 `SIZE=`: the size the client declared, if it did.
-    pub declared_size: Option<u64>,
+    declared_size: Option<u64>,
     pub body: BodyType,
     /// RFC 6531 §3.4: UTF-8 is allowed in addresses and headers.
     pub smtputf8: bool,
@@ -165,9 +165,9 @@ pub struct RcptOptions {
 }
 
 /// RFC 3461 §4.4: "The ENVID parameter MAY be up to 100 characters in length."
-pub const MAX_ENVID: usize = 100;
+const MAX_ENVID: usize = 100;
 /// RFC 3461 §4.2: "The entire ORCPT parameter MAY be up to 500 characters in length."
-pub const MAX_ORCPT: usize = 500;
+const MAX_ORCPT: usize = 500;
 
 // ANCHOR: ehlo_keywords
 /// The keywords after the first line of the EHLO reply (RFC 5321 §4.1.1.1).

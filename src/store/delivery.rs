@@ -204,7 +204,7 @@ impl LocalDelivery {
 // ANCHOR: received_header
 /// `Received: from <helo> ([<peer address>]) by <host> (smtplab) with ESMTP id <id> for <rcpt>; <date>`
 /// (RFC 5321 §4.4: the FROM clause names the HELO argument and the TCP peer's address).
-pub fn received_header(
+fn received_header(
     client: &Client,
     smtputf8: bool,
     hostname: &str,

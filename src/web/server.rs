@@ -33,9 +33,9 @@ use crate::web::store;
 use crate::web::svg;
 
 /// A browser that stops reading is dropped after this long.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An event stream ends after this long; `retry` makes the browser reconnect at once.
-pub const STREAM_LIFETIME: Duration = Duration::from_secs(300);
+const STREAM_LIFETIME: Duration = Duration::from_secs(300);
 /// A comment line this often keeps proxies from closing a quiet stream, and finds browsers
 /// that went away.
 const KEEPALIVE: Duration = Duration::from_secs(15);
