@@ -1,4 +1,7 @@
 //! One client's connection: greet, read a line, ask the session, write the replies; repeat.
+//! It sits at the top of the crate, beside `server.rs`, because it joins three parts: the
+//! socket (`net/`), the protocol (`smtp/`, which needs no socket) and the classroom tools
+//! around it (`lab/`: coaching, `--trace`, `--transcripts`, `--fault`).
 //!
 //! Interface:
 //! - `serve(stream, context, number, role)` runs one session to its end on the calling thread.

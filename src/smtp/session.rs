@@ -3,7 +3,8 @@
 //!
 //! Interface:
 //! - `TRANSITIONS`, the table of legal moves (from, trigger, to, RFC section). `step` refuses
-//!   every command the table does not list with 503, and `smtplab states` draws the same table.
+//!   every command the table does not list with 503, and `smtplab states` draws the same table
+//!   (`label` names each trigger in a picture).
 //! - `Session::input(line)` says what a line is (a command, a SASL response, or a refusal);
 //!   `Session::step(input)` hands the state and the input to a handler, which takes what it
 //!   needs (the envelope, the chunks so far) by value and returns the next state and the
