@@ -34,9 +34,12 @@ const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
 /// The longest `--timeout`: a day. Deadlines are `Instant`s; a timeout near `u64::MAX`
 /// seconds would overflow them.
 const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+/// The shortest `--timeout`: a millisecond. Less rounds to a zero `Duration`, which no socket
+/// accepts as a timeout, so every session would end before its greeting.
+const MIN_TIMEOUT_SECS: f64 = 0.001;
 /// The longest `--retry` wait and `--queue-lifetime`: a year, far beyond any real queue.
 const MAX_QUEUE_DURATION: Duration = Duration::from_secs(365 * 86_400);
-const DEMO_PASSWORD: &str = "password";
+pub const DEMO_PASSWORD: &str = "password";
 /// Pause before a POP3 `-ERR` for a wrong password, to slow down password guessing.
 const DEFAULT_POP3_AUTH_DELAY: Duration = Duration::from_secs(1);
 /// A mail host listens on "the SMTP port (specified by IANA as port 25)" (RFC 5321 §4.5.4.2).
@@ -99,6 +102,8 @@ pub struct Config {
     pub pop3: Vec<SocketAddr>,
     /// POP3 inside TLS from the first byte (`--pop3s`, RFC 8314).
     pub pop3s: Vec<SocketAddr>,
+    /// A POP3 session silent this long is closed (`--pop3-autologout`, RFC 1939 §3).
+    pub pop3_autologout: Duration,
     /// Pause before answering a failed POP3 login.
     pub pop3_auth_delay: Duration,
     /// Nameserver for MX lookups (`--dns IP:PORT`); `None` asks the system's resolvers.
@@ -263,6 +268,7 @@ impl Default for Config {
             pop3: Vec::new(),
             pop3s: Vec::new(),
             pop3_auth_delay: DEFAULT_POP3_AUTH_DELAY,
+            pop3_autologout: crate::pop3::server::AUTOLOGOUT,
             dns: None,
             mx_port: DEFAULT_MX_PORT,
             spool_dir: PathBuf::from("spool"),
@@ -303,6 +309,7 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "smtps",           Many,    "ADDR",      "submission inside TLS from the first byte (RFC 8314)"),
     ("",  "pop3",            Many,    "ADDR",      "POP3 listener for the same mailboxes"),
     ("",  "pop3s",           Many,    "ADDR",      "POP3 inside TLS from the first byte"),
+    ("",  "pop3-autologout", One,     "SECS",      "close a silent POP3 session (default 600, RFC 1939 §3)"),
     ("n", "hostname",        One,     "NAME",      "name in the greeting, EHLO and Received"),
     ("d", "domain",          Many,    "DOMAIN",    "domain delivered here (default localhost + hostname)"),
     ("m", "mail-dir",        One,     "DIR",       "mbox files live at DIR/<user> (default ./mail)"),
@@ -490,13 +497,8 @@ impl Config {
             positive(m, "max-connections-per-ip", self.max_connections_per_ip)?;
         self.max_recipients = positive(m, "max-recipients", self.max_recipients)?;
         self.max_errors = positive(m, "max-errors", self.max_errors)?;
-        let seconds = number(m, "timeout", self.idle_timeout.as_secs_f64())?;
-        if !(seconds > 0.0 && seconds <= MAX_TIMEOUT_SECS) {
-            return Err(format!(
-                "--timeout needs a number of seconds above 0 and at most {MAX_TIMEOUT_SECS} (a day), not '{seconds}'."
-            ));
-        }
-        self.idle_timeout = Duration::from_secs_f64(seconds);
+        self.idle_timeout = seconds(m, "timeout", self.idle_timeout)?;
+        self.pop3_autologout = seconds(m, "pop3-autologout", self.pop3_autologout)?;
         Ok(())
     }
     // ANCHOR_END: read_limits
@@ -681,6 +683,17 @@ fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) ->
             .parse()
             .map_err(|_| format!("--{name} needs a number, not '{text}'.")),
     }
+}
+
+/// A timeout in seconds, from `MIN_TIMEOUT_SECS` to `MAX_TIMEOUT_SECS`.
+fn seconds(m: &getopts::Matches, name: &str, default: Duration) -> Result<Duration, String> {
+    let seconds = number(m, name, default.as_secs_f64())?;
+    if !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&seconds) {
+        return Err(format!(
+            "--{name} needs a number of seconds from {MIN_TIMEOUT_SECS} to {MAX_TIMEOUT_SECS} (a day), not '{seconds}'."
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// A count that must be at least 1: `--max-connections 0` would refuse every client.

@@ -253,6 +253,7 @@ fn command_line_of_512_octets_is_accepted_513_is_too_long() {
     assert_eq!(c.cmd("NOOP").code, 250, "still in sync");
 }
 
+/// Security catalogue 4.17 (inside TLS: `security.rs`, `case_4_17_and_4_19_inside_tls`).
 #[test]
 fn idle_timeout_after_greeting_gives_421_and_close() {
     let server = common::start(&["--timeout", "1"]);
@@ -263,6 +264,7 @@ fn idle_timeout_after_greeting_gives_421_and_close() {
     assert!(c.is_closed());
 }
 
+/// Security catalogue 4.19.
 #[test]
 fn idle_timeout_in_the_middle_of_data_stores_nothing() {
     let server = common::start(&["--timeout", "1"]);
@@ -535,6 +537,7 @@ fn nul_and_eight_bit_bytes_in_commands_get_500() {
     c.expect("MAIL FROM:<mary@client.example>", 250);
 }
 
+/// Security catalogue 5.01: the cap, and the count recovering.
 #[test]
 fn max_connections_turns_the_third_client_away() {
     let server = common::start(&["--max-connections", "2"]);

@@ -309,6 +309,7 @@ fn a_command_trickled_byte_by_byte_gets_421_while_others_are_served() {
 const TRICKLED_DATA: &[u8] =
     b"Subject: this line arrives one byte at a time and never reaches its end\r\n";
 
+/// Security catalogue 5.04 (inside TLS: `tls_limits.rs`).
 #[test]
 fn message_data_trickled_byte_by_byte_gets_421_and_stores_nothing() {
     let server = common::start(&["--timeout", SHORT_TIMEOUT]);

@@ -1,5 +1,7 @@
 //! The hostile classroom: twenty honest students each send twenty messages while attackers,
-//! one per finding, do their worst at the same time, each from an address of its own. Every
+//! one or two per finding (1, 2, 3, 5, 11, 12), do their worst at the same time, each from an
+//! address of its own: pipeliners that never read, a trickled ClientHello, a connection hog, a
+//! NOOP loop, a password guesser, a mailbox filler and a POP3 reader of the full maildrop. Every
 //! honest message must arrive exactly once, no thread of the server may panic, and its memory
 //! must stay under 256 MiB. The whole run is bounded in time and count, on loopback only.
 //!
@@ -9,7 +11,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::Client;
+use smtplab::smtp::auth::base64_encode;
 
 const STUDENTS: usize = 20;
 const MESSAGES: usize = 20;
@@ -89,9 +92,34 @@ const ATTACKERS: &[Attacker] = &[
         from: "127.0.0.14",
         attack: junk_for_ever,
     },
-    // Finding 5 (a mailbox filled to its limit) and finding 11 (password guessing past the
-    // per-address budget) each add their attacker here.
+    Attacker {
+        finding: "11: guesses alice's password over SMTP AUTH and POP3 in turn",
+        from: "127.0.0.16",
+        attack: guess_passwords,
+    },
+    Attacker {
+        finding: "5: fills bob's mailbox past --mailbox-size-limit, again and again",
+        from: "127.0.0.17",
+        attack: fill_a_mailbox,
+    },
+    Attacker {
+        finding: "5: logs in to bob's big maildrop over POP3 and reads all of it",
+        from: "127.0.0.18",
+        attack: read_a_big_maildrop,
+    },
 ];
+
+/// bob's mailbox may grow to this (`--mailbox-size-limit`): big beside one message, so the
+/// POP3 reader's maildrop is big, and small enough to fill in well under a second.
+const MAILBOX_LIMIT: usize = 8 << 20;
+/// The filler sends messages of this size.
+const FILLER_MESSAGE: usize = 512 << 10;
+
+/// The password-failure budget of an address in this run (`--auth-budget`), and the first
+/// wait after the free failures (`--auth-delay`, seconds): small, so the guesser spends its
+/// budget within a few seconds.
+const GUESS_BUDGET: u32 = 5;
+const GUESS_DELAY: &str = "0.05";
 
 #[test]
 fn twenty_students_deliver_everything_while_attackers_do_their_worst() {
@@ -99,7 +127,8 @@ fn twenty_students_deliver_everything_while_attackers_do_their_worst() {
     #[rustfmt::skip]
     let server = common::binary(&[
         "--tls-self-signed", "--smtps", &smtps.to_string(), "--pop3", &pop3.to_string(),
-        "--timeout", "3",
+        "--timeout", "3", "--auth-budget", &GUESS_BUDGET.to_string(), "--auth-delay", GUESS_DELAY,
+        "--mailbox-size-limit", &MAILBOX_LIMIT.to_string(),
     ].map(String::from));
     common::wait_until("the SMTPS and POP3 listeners", || {
         TcpStream::connect(smtps).is_ok() && TcpStream::connect(pop3).is_ok()
@@ -120,9 +149,11 @@ fn twenty_students_deliver_everything_while_attackers_do_their_worst() {
             (attacker.finding, thread)
         })
         .collect();
+    let engaging = Instant::now();
     common::wait_until("every attacker under way", || {
         field.engaged.load(Ordering::SeqCst) == ATTACKERS.len()
     });
+    let engaging = engaging.elapsed();
 
     let started = Instant::now();
     let smtp = field.smtp;
@@ -143,9 +174,10 @@ fn twenty_students_deliver_everything_while_attackers_do_their_worst() {
     }
     assert!(failed.is_empty(), "students {failed:?} failed");
     println!(
-        "{STUDENTS} students × {MESSAGES} messages in {:.1} s beside {} attackers; peak RSS {} KiB",
+        "{STUDENTS} students × {MESSAGES} messages in {:.1} s beside {} attackers (all under way after {:.1} s); peak RSS {} KiB",
         elapsed.as_secs_f64(),
         ATTACKERS.len(),
+        engaging.as_secs_f64(),
         server.peak_kib()
     );
     assert!(elapsed < WHOLE_RUN, "the students took {elapsed:?}");
@@ -158,6 +190,8 @@ fn twenty_students_deliver_everything_while_attackers_do_their_worst() {
         }
     }
     assert_eq!(markers.len(), STUDENTS * MESSAGES, "no other message");
+    let bob = server.mbox("bob").len();
+    assert!(bob <= MAILBOX_LIMIT, "bob's mailbox grew to {bob} octets");
     server.assert_peak_stays_under(MEMORY_LIMIT_KIB, Duration::ZERO);
     let log = server.log();
     assert!(!log.contains("panicked"), "a thread panicked:\n{log}");
@@ -263,6 +297,214 @@ fn junk_for_ever(from: &str, field: &Field) {
             if !matches!(answered, Ok(n) if n > 0) {
                 break;
             }
+        }
+    }
+}
+
+/// Finding 11: wrong passwords for alice, over SMTP AUTH and POP3 in turn, reconnecting after
+/// every refusal. The server judges at most the budget's worth of them; after that every try,
+/// in either protocol and on any new connection, is refused unjudged. Under way once both
+/// protocols have shut it out.
+fn guess_passwords(from: &str, field: &Field) {
+    let (mut said, mut judged, mut guess) = (false, 0, 0);
+    while !field.stopped() {
+        let smtp = guess_over_smtp(from, field.smtp, &mut guess);
+        let pop3 = guess_over_pop3(from, field.pop3, &mut guess);
+        judged += smtp.judged + pop3.judged;
+        if smtp.shut_out && pop3.shut_out {
+            field.engaged(&mut said);
+        }
+    }
+    assert!(
+        judged <= GUESS_BUDGET,
+        "{judged} of {guess} guesses were judged; the budget is {GUESS_BUDGET}"
+    );
+}
+
+/// What one connection of guesses came to: how many the server judged (a plain "wrong
+/// password"), and whether it ended with the budget's refusal.
+struct Guesses {
+    judged: u32,
+    shut_out: bool,
+}
+
+/// The budget's words, in SMTP's 421 and POP3's -ERR [AUTH] alike.
+const SHUT_OUT: &str = "Too many failed logins";
+
+fn guess_over_smtp(from: &str, smtp: SocketAddr, guess: &mut u32) -> Guesses {
+    let mut guesses = Guesses {
+        judged: 0,
+        shut_out: false,
+    };
+    let Ok(tcp) = common::connect_from(from, smtp) else {
+        return guesses;
+    };
+    let mut c = Client::over(tcp);
+    c.expect("EHLO guesser.example", 250);
+    loop {
+        *guess += 1;
+        let wrong = base64_encode(format!("\0alice\0guess-{guess}").as_bytes());
+        let Some(reply) = ask(&mut c, &format!("AUTH PLAIN {wrong}")) else {
+            return guesses;
+        };
+        match reply.code {
+            535 => guesses.judged += 1,
+            421 => {
+                guesses.shut_out = reply.text().contains(SHUT_OUT);
+                return guesses;
+            }
+            _ => panic!("guess {guess} got {reply:?}"),
+        }
+    }
+}
+
+/// One command, and its reply; None once the server has closed the connection.
+fn ask(c: &mut Client, line: &str) -> Option<common::Reply> {
+    c.reader
+        .get_mut()
+        .write_all(format!("{line}\r\n").as_bytes())
+        .ok()?;
+    c.try_reply()
+}
+
+fn guess_over_pop3(from: &str, pop3: SocketAddr, guess: &mut u32) -> Guesses {
+    let mut guesses = Guesses {
+        judged: 0,
+        shut_out: false,
+    };
+    let Ok(tcp) = common::connect_from(from, pop3) else {
+        return guesses;
+    };
+    let mut reader = BufReader::new(tcp);
+    let mut say = |line: &str| -> Option<String> {
+        if !line.is_empty() {
+            let sent = reader.get_mut().write_all(format!("{line}\r\n").as_bytes());
+            sent.ok()?;
+        }
+        let mut answer = String::new();
+        match reader.read_line(&mut answer) {
+            Ok(n) if n > 0 => Some(answer),
+            _ => None,
+        }
+    };
+    if !say("").is_some_and(|greeting| greeting.starts_with("+OK")) {
+        return guesses;
+    }
+    while say("USER alice").is_some_and(|answer| answer.starts_with("+OK")) {
+        *guess += 1;
+        let Some(answer) = say(&format!("PASS guess-{guess}")) else {
+            break;
+        };
+        assert!(answer.starts_with("-ERR"), "guess {guess} got {answer:?}");
+        if answer.contains(SHUT_OUT) {
+            guesses.shut_out = true;
+            break;
+        }
+        guesses.judged += 1;
+    }
+    guesses
+}
+
+/// Finding 5: 512 KiB messages for bob until his mailbox is full, then more of them, each of
+/// which must be refused with 452 4.2.2 (at RCPT or after the data). Under way once the first
+/// is refused.
+fn fill_a_mailbox(from: &str, field: &Field) {
+    let mut said = false;
+    let line = format!("{}\r\n", "x".repeat(78));
+    let content = format!(
+        "Subject: filler\r\n\r\n{}.\r\n",
+        line.repeat(FILLER_MESSAGE / line.len())
+    );
+    while !field.stopped() {
+        let Ok(tcp) = common::connect_from(from, field.smtp) else {
+            field.pause(Duration::from_millis(100));
+            continue;
+        };
+        let mut c = Client::over(tcp);
+        c.expect("EHLO filler.example", 250);
+        c.expect("MAIL FROM:<filler@client.example>", 250);
+        let mut reply = c.cmd("RCPT TO:<bob@localhost>");
+        if reply.code == 250 {
+            c.expect("DATA", 354);
+            c.send(content.as_bytes());
+            reply = c.reply();
+        }
+        match (reply.code, reply.status().as_str()) {
+            (250, _) => {}
+            (452, "4.2.2") => field.engaged(&mut said),
+            _ => panic!("a message for bob got {reply:?}"),
+        }
+    }
+}
+
+/// Finding 5 in POP3: log in as bob, whose maildrop the filler keeps full, and read every
+/// message of it; again and again. Under way once it has read a maildrop of many messages.
+fn read_a_big_maildrop(from: &str, field: &Field) {
+    let mut said = false;
+    while !field.stopped() {
+        let read = common::connect_from(from, field.pop3)
+            .map(|tcp| read_every_message(tcp, "bob"))
+            .unwrap_or(0);
+        if read >= MAILBOX_LIMIT / FILLER_MESSAGE / 2 {
+            field.engaged(&mut said);
+        } else {
+            field.pause(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Log in as `user` over POP3 and RETR every message to its final dot; the messages read.
+fn read_every_message(tcp: TcpStream, user: &str) -> usize {
+    let mut reader = BufReader::new(tcp);
+    let mut line = String::new();
+    let mut answer = |reader: &mut BufReader<TcpStream>, command: &str| -> Option<String> {
+        if !command.is_empty() {
+            let sent = reader
+                .get_mut()
+                .write_all(format!("{command}\r\n").as_bytes());
+            sent.ok()?;
+        }
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 0 && line.starts_with("+OK") => Some(line.clone()),
+            _ => None,
+        }
+    };
+    let logged_in = answer(&mut reader, "").is_some()
+        && answer(&mut reader, &format!("USER {user}")).is_some()
+        && answer(
+            &mut reader,
+            &format!("PASS {}", smtplab::config::DEMO_PASSWORD),
+        )
+        .is_some();
+    let count = match answer(&mut reader, "STAT").filter(|_| logged_in) {
+        Some(stat) => stat
+            .split(' ')
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+        None => return 0,
+    };
+    for message in 1..=count {
+        if answer(&mut reader, &format!("RETR {message}")).is_none() || !to_final_dot(&mut reader) {
+            return message - 1;
+        }
+    }
+    answer(&mut reader, "QUIT");
+    count
+}
+
+/// Read a multi-line POP3 response up to its final dot; false if the connection ended first.
+fn to_final_dot(reader: &mut BufReader<TcpStream>) -> bool {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(n) if n > 0 => {}
+            _ => return false,
+        }
+        if line == b".\r\n" {
+            return true;
         }
     }
 }

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{free_addr, peak_kib, start_binary, Client, Killed, TempDir, READ_TIMEOUT};
+use common::{
+    free_addr, peak_kib, spool_files, start_binary, Client, Killed, TempDir, READ_TIMEOUT,
+};
 
 /// 40 MiB: larger than the message, so it is accepted.
 const MAX_SIZE: &str = "41943040";
@@ -190,17 +192,6 @@ fn wait_long(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool
         assert!(Instant::now() < end, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn spool_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

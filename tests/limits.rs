@@ -207,6 +207,8 @@ fn bad_numbers_in_flags_are_one_sentence_and_exit_2() {
     let bad: &[&[&str]] = &[
         &["--timeout", "-1"], &["--timeout", "nan"], &["--timeout", "1e19"],
         &["--timeout", "inf"], &["--timeout", "0"], &["--timeout", "lots"],
+        &["--timeout", "1e-10"], &["--pop3-autologout", "0"], &["--pop3-autologout", "nan"],
+        &["--mailbox-size-limit", "-1"], &["--mailbox-size-limit", "1e30"],
         &["--max-connections", "0"], &["--max-connections", "-5"],
         &["--max-connections", "1e3"], &["--max-connections-per-ip", "0"],
         &["--max-size", "-1"], &["--max-recipients", "0"], &["--max-errors", "0"],

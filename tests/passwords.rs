@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 
@@ -39,8 +39,9 @@ fn smtp_from(source: IpAddr, server: SocketAddr) -> Client {
     Client::over(connect_from(&source.to_string(), server).expect("connect"))
 }
 
-/// A POP3 client: one line per response is enough for the commands used here.
-struct Pop3(BufReader<TcpStream>);
+/// A POP3 client, in the clear or inside TLS: one line per response is enough for the
+/// commands used here.
+struct Pop3<S = TcpStream>(BufReader<S>);
 
 impl Pop3 {
     fn from(source: IpAddr, server: SocketAddr) -> Pop3 {
@@ -51,6 +52,17 @@ impl Pop3 {
         pop3
     }
 
+    /// STLS and the handshake (RFC 2595 §4).
+    fn stls(mut self) -> Pop3<native_tls::TlsStream<TcpStream>> {
+        assert!(self.cmd("STLS").starts_with("+OK"));
+        let tls = common::tls_connector()
+            .connect(common::TLS_HOST, self.0.into_inner())
+            .expect("TLS handshake");
+        Pop3(BufReader::new(tls))
+    }
+}
+
+impl<S: Read + Write> Pop3<S> {
     fn line(&mut self) -> String {
         let mut line = String::new();
         self.0.read_line(&mut line).expect("a POP3 line");
@@ -124,7 +136,10 @@ fn inside_tls_a_lan_client_may_log_in() {
     let dir = TempDir::new("plaintext-tls");
     let smtp = free_addr();
     let users = users(&dir);
+    let pop3 = free_addr();
     let options = args(&[
+        "--pop3",
+        &pop3.to_string(),
         "--users",
         &users,
         "--tls-self-signed",
@@ -134,6 +149,11 @@ fn inside_tls_a_lan_client_may_log_in() {
         &dir.path().join("mail").display().to_string(),
     ]);
     let _server = start_binary(smtp, &options);
+    let p = Pop3::from(lan(), pop3);
+    let mut tls = p.stls();
+    assert!(tls.capabilities().contains(&"USER".to_string()));
+    assert!(tls.cmd("USER alice").starts_with("+OK"));
+    assert!(tls.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK"));
     let mut c = smtp_from(lan(), smtp);
     c.expect("EHLO student.example", 250);
     let mut tls = c.starttls();
@@ -282,6 +302,54 @@ fn secrets_never_reach_a_transcript_the_console_or_the_log() {
     assert!(all.contains("PASS  {secret}"), "{all}");
     assert!(all.contains("PASS{TAB}{secret}"), "{all}");
     assert!(all.contains("C: AUTH{TAB}PLAIN{TAB}{secret}"), "{all}");
+}
+
+/// `-v` alone logs every line a client sends: a SASL continuation line (AUTH PLAIN's response
+/// after its 334, AUTH LOGIN's user name and password) and POP3's PASS are logged masked.
+#[test]
+fn the_verbose_log_masks_sasl_continuation_lines() {
+    let dir = TempDir::new("verbose-secrets");
+    let (smtp, pop3) = (free_addr(), free_addr());
+    let users = users(&dir);
+    let options = args(&[
+        "-v",
+        "--pop3",
+        &pop3.to_string(),
+        "--users",
+        &users,
+        "--mail-dir",
+        &dir.path().join("mail").display().to_string(),
+    ]);
+    let server = start_binary_logged(smtp, &options, dir.path());
+    let mut c = Client::connect(smtp);
+    c.expect("EHLO c", 250);
+    c.expect("AUTH PLAIN", 334);
+    c.expect(&plain("", "alice", PASSWORD), 235);
+    c.expect("QUIT", 221);
+    let mut c = Client::connect(smtp);
+    c.expect("EHLO c", 250);
+    c.expect("AUTH LOGIN", 334);
+    c.expect(&base64_encode(b"alice"), 334);
+    c.expect(&base64_encode(PASSWORD.as_bytes()), 235);
+    c.expect("QUIT", 221);
+    let mut p = Pop3::from(here(), pop3);
+    assert!(p.cmd("USER alice").starts_with("+OK"));
+    assert!(p.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK"));
+    assert!(p.cmd("QUIT").starts_with("+OK"));
+    drop(server); // the log is complete
+    let log = read(&dir.path().join("stderr"));
+    for secret in [
+        PASSWORD.to_string(),
+        plain("", "alice", PASSWORD),
+        base64_encode(PASSWORD.as_bytes()),
+        base64_encode(b"alice"),
+    ] {
+        assert!(!log.contains(&secret), "the log shows {secret}:\n{log}");
+    }
+    // The lines are logged, masked: the log was not merely silent.
+    let masked = log.lines().filter(|l| l.ends_with("C: {secret}")).count();
+    assert_eq!(masked, 3, "three continuation lines:\n{log}");
+    assert!(log.contains("C: PASS {secret}"), "{log}");
 }
 
 #[test]

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use common::{free_addr, start_binary, wait_until, HopScript, Killed, ScriptedHop, TempDir};
+use common::{
+    free_addr, spool_files, start_binary, wait_until, HopScript, Killed, ScriptedHop, TempDir,
+};
 
 /// smtplab for one.test, sending all foreign mail to `next_hop`, its queue in `spool`.
 fn start(listen: SocketAddr, next_hop: SocketAddr, spool: &Path, mail: &Path) -> Killed {
@@ -78,6 +80,10 @@ fn queued_mail_survives_sigkill_and_is_relayed_exactly_once() {
     wait_until("the queue to empty", || {
         queue_listing(&spool) == "The queue is empty.\n"
     });
+    // The listing reads state files, and a finished entry loses its state file first and its
+    // content a moment later (a kill in between leaves content the next start removes): wait
+    // for the content too before killing, or the check below races the relay.
+    wait_until("the content files to go", || spool_files(&spool).is_empty());
     drop(second);
 
     let received: Vec<String> = hop
@@ -93,10 +99,6 @@ fn queued_mail_survives_sigkill_and_is_relayed_exactly_once() {
             .count();
         assert_eq!(copies, 1, "{marker} arrived {copies} times");
     }
-    let left: Vec<_> = std::fs::read_dir(&spool)
-        .expect("the spool directory")
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let left = spool_files(&spool);
     assert!(left.is_empty(), "files left in the spool: {left:?}");
 }

@@ -1,10 +1,14 @@
 //! The security catalogue's cases that the core server covers, over real sockets: SMTP
-//! smuggling (section 1), open relay (section 3), limits and order (section 4), mbox (section 6).
+//! smuggling (section 1), open relay (section 3), limits and order (section 4), denial of
+//! service (section 5), mbox (section 6).
 //! The test world of the catalogue: local domain `teach.test` with users alice and bob.
 
 mod common;
 
-use common::{assert_reply, start_teach_test, Reply, TestServer};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{assert_reply, start_teach_test, Client, Reply, TestServer};
 
 // ---------------------------------------------------------------------------------------------
 // 1. SMTP smuggling
@@ -578,6 +582,27 @@ fn case_4_16_error_limit() {
     assert!(c.is_closed());
 }
 
+/// Cases 4.17 and 4.19 inside TLS: the deadlines are the same as in the clear (core.rs has them
+/// there).
+#[test]
+fn case_4_17_and_4_19_inside_tls() {
+    let server = common::start_tls(&["--timeout", "1", "--domain", "teach.test"]);
+    let mut idle = server.tls_client();
+    idle.expect("EHLO c", 250);
+    assert_reply(&idle.reply(), 421, "4.4.2");
+    assert!(idle.is_closed());
+    let mut silent = server.tls_client();
+    silent.expect("EHLO c", 250);
+    silent.expect("MAIL FROM:<a@relay.example>", 250);
+    silent.expect("RCPT TO:<alice@teach.test>", 250);
+    silent.expect("DATA", 354);
+    silent.send(b"Subject: half\r\n\r\nfirst line\r\n");
+    assert_reply(&silent.reply(), 421, "4.4.2");
+    assert!(silent.is_closed());
+    server.wait_idle();
+    assert!(server.mbox("alice").is_empty(), "no mail");
+}
+
 #[test]
 fn case_4_18_connection_dropped_in_the_middle_of_data() {
     let server = start_teach_test(&[]);
@@ -617,6 +642,112 @@ fn case_4_22_dot_unstuffing() {
     assert_eq!(c.reply().code, 250);
     let stored = server.messages("alice");
     assert!(stored[0].content.ends_with(b"\n\n.hidden\nx\n..\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Denial of service (5.01 is core.rs's `max_connections_turns_the_third_client_away`, 5.04
+// faults.rs's trickles and tls_limits.rs's trickles inside TLS)
+
+/// The options of a real binary in the catalogue's test world.
+fn teach_test_binary(extra: &[&str]) -> common::Binary {
+    let mut options: Vec<String> = ["--domain", "teach.test", "--domain", "localhost"]
+        .map(String::from)
+        .to_vec();
+    options.extend(extra.iter().map(|o| o.to_string()));
+    common::binary(&options)
+}
+
+/// `count` clients from `from`, and their greetings' codes.
+fn clients_from(from: &str, server: &TestServer, count: usize) -> (Vec<Client>, Vec<u16>) {
+    let clients: Vec<Client> = (0..count)
+        .map(|_| Client::connect_from(from, server.addr()))
+        .collect();
+    let codes = clients.iter().map(|c| c.greeting.code).collect();
+    (clients, codes)
+}
+
+#[test]
+fn case_5_02_per_client_cap_recovers_when_its_connections_close() {
+    let server = start_teach_test(&["--max-connections-per-ip", "4"]);
+    let (held, codes) = clients_from("127.0.0.5", &server, 4);
+    assert_eq!(codes, [220; 4]);
+    let mut over = Client::connect_from("127.0.0.5", server.addr());
+    assert_reply(&over.greeting, 421, "4.7.0");
+    assert!(over.is_closed());
+    let mut other = Client::connect_from("127.0.0.6", server.addr());
+    other.expect("EHLO other.example", 250);
+    // The four drop without QUIT: their places come back all the same.
+    drop(held);
+    common::wait_until("the dropped sessions to end", || {
+        server.handle.active_sessions() == 1
+    });
+    let (_again, codes) = clients_from("127.0.0.5", &server, 4);
+    assert_eq!(codes, [220; 4], "the address has its whole share again");
+    other.expect("NOOP", 250);
+}
+
+#[test]
+fn case_5_03_a_flood_of_10000_noops_ends_in_421_after_the_junk_limit() {
+    let server = start_teach_test(&[]);
+    let mut c = server.connect();
+    let mut flood = b"EHLO c\r\n".to_vec();
+    flood.extend_from_slice(&b"NOOP\r\n".repeat(10_000));
+    // The server may close before it has read everything; what it said is what counts.
+    let _ = c.reader.get_mut().write_all(&flood);
+    let mut said = Vec::new();
+    let _ = c.reader.read_to_end(&mut said);
+    let said = String::from_utf8_lossy(&said);
+    let lines: Vec<&str> = said.lines().collect();
+    let noops = lines.iter().filter(|l| l.starts_with("250 2.0.0")).count();
+    assert_eq!(noops, 100, "replies to NOOP before the limit");
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(last.starts_with("421 4.7.0 "), "{last}");
+}
+
+#[test]
+fn case_5_05_a_mebibyte_subject_header_is_stored_intact_in_bounded_memory() {
+    let server = teach_test_binary(&[]);
+    let mut c = Client::connect(server.addr);
+    c.open_data("a@relay.example", &["alice@teach.test"]);
+    let subject = format!("Subject: {}", "s".repeat(1 << 20));
+    c.send(format!("{subject}\r\n\r\nbody\r\n.\r\n").as_bytes());
+    assert_eq!(c.reply().code, 250);
+    c.expect("QUIT", 221);
+    let stored = smtplab::store::mbox::parse_mboxrd(&server.mbox("alice"));
+    assert_eq!(stored.len(), 1);
+    let content = String::from_utf8_lossy(&stored[0].content);
+    assert!(
+        content.lines().any(|line| line == subject),
+        "the header is stored whole"
+    );
+    // The message is held once or twice on its way to disk, never more.
+    server.assert_peak_stays_under(64 * 1024, Duration::ZERO);
+}
+
+#[test]
+fn case_5_06_http_and_proxy_probes_get_500_and_reach_the_log_escaped() {
+    let server = teach_test_binary(&["-v"]);
+    for probe in [
+        "GET /\u{1b}]0;OWNED\u{7} HTTP/1.0",
+        "POST /\u{9b}2J HTTP/1.1",
+        "CONNECT teach.test:25\u{202e} HTTP/1.0",
+    ] {
+        let mut c = Client::connect(server.addr);
+        let reply = c.cmd(probe);
+        assert_reply(&reply, 500, "5.5.2");
+        assert!(
+            !reply.text().contains(['\u{1b}', '\u{9b}', '\u{202e}']),
+            "{probe:?} is echoed raw: {reply:?}"
+        );
+        c.expect("QUIT", 221);
+    }
+    // Each line is logged before its reply is sent.
+    let log = server.log();
+    assert!(log.contains("C: GET /{x1B}]0;OWNED{x07} HTTP/1.0"), "{log}");
+    let raw = log
+        .chars()
+        .find(|&ch| ch != '\n' && smtplab::visible::is_hidden(ch));
+    assert_eq!(raw, None, "the log holds a raw {raw:?}:\n{log}");
 }
 
 // ---------------------------------------------------------------------------------------------

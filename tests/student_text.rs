@@ -1,9 +1,10 @@
 //! What a student types, against the real binary: it cannot forge the `Received:` header, it
-//! reaches the teacher's terminal only escaped (trace, compare, replay, queue), and it cannot
+//! reaches the teacher's terminal only escaped (trace, compare, replay, queue, mx), and it cannot
 //! fill the disk through a transcript. Recordings replay against any smtplab and leave replays
 //! out.
 
 mod common;
+mod dns_server;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -219,6 +220,24 @@ fn the_queue_listing_escapes_remote_replies() {
     let run = smtplab(&["queue", "--spool", &spool.display().to_string()]);
     assert!(run.stdout.contains("v@relay.example"), "{}", run.stdout);
     assert_terminal_safe("queue", &run.stdout);
+}
+
+#[test]
+fn the_mx_lookup_escapes_the_domain_a_student_types() {
+    let dns = dns_server::DnsServer::start(
+        dns_server::Zone::new().a("mx.evil.test", [127, 0, 0, 3].into()),
+    );
+    let nameserver = dns.addr().to_string();
+    for domain in [
+        "evil\u{1b}]0;OWNED\u{7}.test",
+        "evil\u{202e}tset.test",
+        "\u{9b}2J.evil.test",
+    ] {
+        let run = smtplab(&["mx", domain, "--dns", &nameserver]);
+        assert_terminal_safe("mx", &run.stdout);
+        assert_terminal_safe("mx", &run.stderr);
+        assert!(run.stdout.contains("evil"), "{domain:?}: {}", run.stdout);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

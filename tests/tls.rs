@@ -111,6 +111,7 @@ fn starttls_before_ehlo_is_503() {
     c.expect("QUIT", 221);
 }
 
+/// Security catalogue 2.08: no plain-text fallback after a failed handshake.
 #[test]
 fn a_failed_handshake_closes_only_that_connection() {
     let server = start_tls(&[]);

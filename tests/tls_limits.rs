@@ -1,7 +1,8 @@
 //! TLS at every entry point (STARTTLS, SMTPS, POP3 STLS, POP3S): TLS 1.3 and 1.2 are both
 //! offered, and deadlines hold inside TLS exactly as in the clear. A ClientHello trickled a
 //! byte at a time meets the whole handshake deadline; a TLS record trickled a byte at a time
-//! meets the command deadline and the DATA deadline. Each test runs the real binary.
+//! meets the command deadline and the DATA deadline, and in POP3 the autologout. Each test
+//! runs the real binary.
 
 mod common;
 
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{Binary, Client};
 
-/// The server's `--timeout` in these tests: the handshake, command and DATA deadlines.
+/// The server's `--timeout` in these tests (the handshake, command and DATA deadlines), and its
+/// `--pop3-autologout`.
 const TIMEOUT_SECS: &str = "2";
 
 /// A trickling client sends one byte this often: every gap is far inside the timeout, so only
@@ -35,9 +37,10 @@ struct Server {
 
 fn server() -> Server {
     let [smtps, pop3, pop3s] = [(); 3].map(|()| common::free_addr());
-    let mut args: Vec<String> = ["--tls-self-signed", "--timeout", TIMEOUT_SECS]
-        .map(String::from)
-        .to_vec();
+    #[rustfmt::skip]
+    let mut args: Vec<String> = [
+        "--tls-self-signed", "--timeout", TIMEOUT_SECS, "--pop3-autologout", TIMEOUT_SECS,
+    ].map(String::from).to_vec();
     for (flag, addr) in [("--smtps", smtps), ("--pop3", pop3), ("--pop3s", pop3s)] {
         args.extend([flag.to_string(), addr.to_string()]);
     }
@@ -181,6 +184,42 @@ impl Write for Trickle {
     }
 }
 
+/// TLS over `tcp` (just told to start it), through a socket that trickles once the flag is set.
+fn tls_that_trickles(
+    tcp: TcpStream,
+) -> (BufReader<native_tls::TlsStream<Trickle>>, Arc<AtomicBool>) {
+    let slow = Arc::new(AtomicBool::new(false));
+    let socket = Trickle {
+        tcp,
+        slow: slow.clone(),
+    };
+    let tls = common::tls_connector()
+        .connect(common::TLS_HOST, socket)
+        .expect("TLS handshake");
+    (BufReader::new(tls), slow)
+}
+
+/// Write `trickled` as one TLS record a byte at a time, then read the answer line: None if
+/// the connection ended instead.
+fn answer_to_a_trickled_record(
+    tls: &mut BufReader<native_tls::TlsStream<Trickle>>,
+    slow: &AtomicBool,
+    trickled: &[u8],
+) -> Option<String> {
+    slow.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let written = tls.get_mut().write_all(trickled);
+    let mut line = String::new();
+    let read = tls.read_line(&mut line);
+    println!(
+        "trickled record: write {:?}, then {:?} after {:.1} s",
+        written.is_ok(),
+        line.trim_end(),
+        started.elapsed().as_secs_f64()
+    );
+    matches!(read, Ok(n) if n > 0).then_some(line)
+}
+
 /// STARTTLS, then `setup` commands at full speed, then `trickled` as one TLS record sent a
 /// byte at a time. Returns the reply after it: anything but a 250 (a 421, or a closed
 /// connection, as `None`).
@@ -189,37 +228,26 @@ fn trickle_a_record(setup: &[(&str, u16)], trickled: &[u8]) -> Option<u16> {
     let mut plain = Client::connect(server.smtp);
     plain.expect("EHLO trickle.example", 250);
     plain.expect("STARTTLS", 220);
-    let slow = Arc::new(AtomicBool::new(false));
-    let tcp = plain.reader.into_inner();
-    let socket = Trickle {
-        tcp,
-        slow: slow.clone(),
-    };
-    let tls = common::tls_connector()
-        .connect(common::TLS_HOST, socket)
-        .expect("TLS handshake");
+    let (reader, slow) = tls_that_trickles(plain.reader.into_inner());
     let mut t = common::Conn {
-        reader: BufReader::new(tls),
+        reader,
         greeting: (),
     };
     for (command, code) in setup {
         t.expect(command, *code);
     }
-    slow.store(true, Ordering::SeqCst);
-    let started = Instant::now();
-    let written = t.reader.get_mut().write_all(trickled);
-    let mut line = String::new();
-    let read = t.reader.read_line(&mut line);
-    println!(
-        "trickled record: write {:?}, then {:?} after {:.1} s",
-        written.is_ok(),
-        line.trim_end(),
-        started.elapsed().as_secs_f64()
-    );
-    match read {
-        Ok(n) if n >= 3 => line[..3].parse().ok(),
-        _ => None,
-    }
+    let line = answer_to_a_trickled_record(&mut t.reader, &slow, trickled)?;
+    line.get(..3)?.parse().ok()
+}
+
+#[test]
+fn a_pop3_command_trickled_inside_tls_meets_the_autologout() {
+    let server = server();
+    let tcp = after_starttls(server.pop3, &[("STLS", "+OK")]);
+    let (mut tls, slow) = tls_that_trickles(tcp);
+    let answer = answer_to_a_trickled_record(&mut tls, &slow, b"USER alice\r\n");
+    // RFC 1939 §3: autologout closes the connection without a response.
+    assert_eq!(answer, None, "a trickled record was answered as if on time");
 }
 
 #[test]

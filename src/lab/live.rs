@@ -116,10 +116,6 @@ impl Board {
         })))
     }
 
-    pub fn is_on(&self) -> bool {
-        self.0.is_some()
-    }
-
     /// Mail may be shown: the lines of a message, and a message raw on the page.
     pub fn shows_mail(&self) -> bool {
         self.0.as_ref().is_some_and(|board| board.shows_mail)

@@ -6,7 +6,7 @@
 //!   plain strings (coloured when `Style::colour` is set); pure functions, tested without I/O.
 //! - `Console` prints those strings for one session: one write per block under the stdout lock,
 //!   so the lines of several sessions interleave but never tear. With `--web` it also reports
-//!   every line and move to the live board (`web/live.rs`), so the page sees what `--trace` sees.
+//!   every line and move to the live board (`lab/live.rs`), so the page sees what `--trace` sees.
 //! - `explain(reply, rfc, next, ehlo)` adds the `--explain` note to a reply; `next_expected`
 //!   says in words what a client should send in a state.
 //! - Every line a student's bytes reach is written with `visible::escape` (client lines, in the

@@ -43,8 +43,9 @@ use crate::store::maildrop::{MaildropLock, ReaderLock};
 use crate::store::mbox::{DeliveryError, MailDir};
 use crate::store::mboxrd::{self, Span};
 
-/// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration".
-const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
+/// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration"
+/// (the default of `--pop3-autologout`; a lesson may shorten it to watch it happen).
+pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
 
 /// A bound POP3 welcome socket, not yet accepting.
 pub struct Pop3Listener {
@@ -261,7 +262,7 @@ impl Connection<'_> {
 
     /// Read and step one command line; `Err(reason)` means the session is over.
     fn read_command(&mut self) -> io::Result<Result<Step, &'static str>> {
-        let deadline = Instant::now() + AUTOLOGOUT;
+        let deadline = Instant::now() + self.session.autologout();
         let stream = self
             .stream
             .as_mut()

@@ -401,6 +401,11 @@ impl Session {
         &self.config.live
     }
 
+    /// How long the client may take to send a command (`--pop3-autologout`).
+    pub fn autologout(&self) -> Duration {
+        self.config.pop3_autologout
+    }
+
     pub fn new(config: Arc<Config>, maildrops: Arc<dyn Maildrops>, tls: Tls) -> Session {
         Session {
             state: State::Authorization { user: None },

@@ -587,6 +587,20 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// The names of the files in a spool directory (none when it does not exist): for checks that
+/// a finished queue leaves nothing behind, content files included.
+pub fn spool_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 // A scripted next hop (DSN and queue-crash tests)
 
 /// What a scripted next hop saw in one connection.
