@@ -18,6 +18,11 @@
 //! | [`pop3`] | reading mail back out over POP3 | 13 |
 //! | [`web`] | `--web`: the live view of sessions, state machine, mailboxes and queue | 17 |
 //!
+//! No folder needs another that needs it back, even through others (`tests/architecture.rs`
+//! checks it): a part below tells a part above through a hook it defines, such as
+//! `smtp::envelope::Deliver`. The top-level files are the wiring and what every part shares,
+//! down to `lock` below.
+//!
 //! Standards: none
 
 pub mod config;
