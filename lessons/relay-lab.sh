@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The relay lab of lesson 11: two smtplab hosts on one machine and a lab nameserver, all on
+# The relay lab of lessons 11 and 12: two smtplab hosts on one machine and a lab nameserver, all on
 # 127.0.0.0/8 (Linux routes all of it to the loopback interface), on ports the system picks.
 #   1. alice@one.test writes to bob@two.test: MUA -> smtplab(one) -> MX lookup -> smtplab(two).
 #   2. The failure half: bob@down.test (an MX where nothing listens) and carol@nosuch.test (no

@@ -66,7 +66,7 @@ pub struct LabPorts {
     pub smtps: u16,
     pub pop3: u16,
     pub pop3s: u16,
-    /// The live view: always on loopback, since it is the teacher's screen (lesson 17).
+    /// The live view: always on loopback, since it is the teacher's screen (lesson 18).
     pub web: u16,
 }
 

@@ -19,7 +19,7 @@ const SNIPPET_MARK: &str = "<!-- snippet: ";
 const MERMAID_MARK: &str = "<!-- mermaid: smtplab states --mermaid -->";
 /// `<!-- mermaid: smtplab states ARGS -->`: any diagram the binary draws.
 const MERMAID_PREFIX: &str = "<!-- mermaid: smtplab states ";
-const POP3_LESSON: &str = "lessons/13-pop3.md";
+const POP3_LESSON: &str = "lessons/14-pop3.md";
 const RFC_INDEX: &str = "lessons/rfc-index.md";
 const STATE_LESSON: &str = "lessons/06-the-state-machine.md";
 
@@ -311,10 +311,10 @@ fn links_between_lessons_exist() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// One `step`: what lessons 6 and 13 promise about where the state changes
+// One `step`: what lessons 6 and 14 promise about where the state changes
 // ---------------------------------------------------------------------------------------------
 
-/// Lessons 6 and 13 say `step` is the one place where a session's state changes: every
+/// Lessons 6 and 14 say `step` is the one place where a session's state changes: every
 /// assignment of `self.state` in these files is inside the `step` snippet, and there is one.
 #[test]
 fn only_step_assigns_the_state() {

@@ -771,7 +771,7 @@ impl SmtpClient {
 /// - `SIZE=` to a host that lists SIZE (RFC 1870 §6), so it can refuse a message too large
 ///   before it is sent;
 /// - `BODY=8BITMIME` only to a host with 8BITMIME; to another, 8-bit mail bounces with 5.6.3
-///   rather than being rewritten (RFC 6152 §3; lesson 11 says why);
+///   rather than being rewritten (RFC 6152 §3; lesson 12 says why);
 /// - `BODY=BINARYMIME` only to a host with BINARYMIME and CHUNKING (RFC 3030 §3);
 /// - `SMTPUTF8` to a host that lists it; mail that needs it and a host without it: 5.6.7
 ///   (RFC 6531 §3.2);

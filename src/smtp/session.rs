@@ -158,6 +158,7 @@ pub const TRANSITIONS: &[Transition] = &[
     // ETRN starts the queue for a domain; not inside a transaction (RFC 1985 §5).
     row(Greeted,   Verb::Etrn, Greeted,   "RFC 1985 §5"),
 ];
+// ANCHOR_END: transitions
 
 /// How each trigger of the SMTP table is labelled in a picture.
 pub fn label(on: &Trigger) -> String {
@@ -168,7 +169,6 @@ pub fn label(on: &Trigger) -> String {
         Trigger::SaslResponse => "SASL response".to_string(),
     }
 }
-// ANCHOR_END: transitions
 
 /// The legal move for `verb` in state `from`, if there is one.
 pub fn transition(from: StateName, verb: Verb) -> Option<&'static Transition> {

@@ -115,9 +115,13 @@ impl TestServer {
     }
 }
 
-/// Poll `condition` every 10 ms; panic with `what` after 10 s.
+/// How long a condition may take to come true: longer than one read, because starting a
+/// server (a debug build, on a loaded two-core machine) can take several seconds.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// Poll `condition` every 10 ms; panic with `what` after `WAIT_LIMIT`.
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + READ_TIMEOUT;
+    let deadline = Instant::now() + WAIT_LIMIT;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
