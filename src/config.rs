@@ -53,6 +53,8 @@ pub const LAB_PORTS: LabPorts = LabPorts {
     smtps: 2465,
     pop3: 2110,
     pop3s: 2995,
+    imap: 2143,
+    imaps: 2993,
     web: 8025,
 };
 /// `--lab` records every session here unless `--transcripts` says otherwise.
@@ -66,6 +68,8 @@ pub struct LabPorts {
     pub smtps: u16,
     pub pop3: u16,
     pub pop3s: u16,
+    pub imap: u16,
+    pub imaps: u16,
     /// The live view: always on loopback, since it is the teacher's screen (lesson 18).
     pub web: u16,
 }
@@ -106,6 +110,10 @@ pub struct Config {
     pub pop3_autologout: Duration,
     /// Pause before answering a failed POP3 login.
     pub pop3_auth_delay: Duration,
+    /// IMAP listeners (`--imap`); none by default.
+    pub imap: Vec<SocketAddr>,
+    /// IMAP inside TLS from the first byte (`--imaps`, RFC 8314).
+    pub imaps: Vec<SocketAddr>,
     /// Nameserver for MX lookups (`--dns IP:PORT`); `None` asks the system's resolvers.
     pub dns: Option<SocketAddr>,
     /// Port of the next hop's SMTP server (`--mx-port`, 25 on the Internet).
@@ -268,6 +276,8 @@ impl Default for Config {
             pop3: Vec::new(),
             pop3s: Vec::new(),
             pop3_auth_delay: DEFAULT_POP3_AUTH_DELAY,
+            imap: Vec::new(),
+            imaps: Vec::new(),
             pop3_autologout: crate::pop3::server::AUTOLOGOUT,
             dns: None,
             mx_port: DEFAULT_MX_PORT,
@@ -309,6 +319,8 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "smtps",           Many,    "ADDR",      "submission inside TLS from the first byte (RFC 8314)"),
     ("",  "pop3",            Many,    "ADDR",      "POP3 listener for the same mailboxes"),
     ("",  "pop3s",           Many,    "ADDR",      "POP3 inside TLS from the first byte"),
+    ("",  "imap",            Many,    "ADDR",      "IMAP listener for the same mailboxes"),
+    ("",  "imaps",           Many,    "ADDR",      "IMAP inside TLS from the first byte"),
     ("",  "pop3-autologout", One,     "SECS",      "close a silent POP3 session (default 600, RFC 1939 §3)"),
     ("n", "hostname",        One,     "NAME",      "name in the greeting, EHLO and Received"),
     ("d", "domain",          Many,    "DOMAIN",    "domain delivered here (default localhost + hostname)"),
@@ -320,7 +332,7 @@ const OPTIONS: &[(&str, &str, Takes, &str, &str)] = &[
     ("",  "tls-self-signed", Nothing, "",          "make a throwaway certificate at start"),
     ("",  "max-size",        One,     "BYTES",     "SIZE limit (default 10485760)"),
     ("",  "mailbox-size-limit", One,  "BYTES",     "largest an mbox may grow, 0 for none (default 52428800)"),
-    ("",  "max-connections", One,     "N",         "SMTP and POP3 clients beyond N get 421 (default 100)"),
+    ("",  "max-connections", One,     "N",         "SMTP, POP3 and IMAP clients beyond N are turned away (default 100)"),
     ("",  "max-connections-per-ip", One, "N",      "the same, per client address (default 32)"),
     ("",  "max-recipients",  One,     "N",         "recipients per message (default 100)"),
     ("",  "max-errors",      One,     "N",         "errors before 421 and close (default 20)"),
@@ -425,6 +437,8 @@ impl Config {
         config.read_auth_options(m)?;
         config.verbose = m.opt_present("verbose");
         config.pop3s = addresses(m, "pop3s")?;
+        config.imap = addresses(m, "imap")?;
+        config.imaps = addresses(m, "imaps")?;
         config.pop3 = m
             .opt_strs("pop3")
             .iter()
@@ -474,6 +488,8 @@ impl Config {
             (&mut self.smtps, ports.smtps),
             (&mut self.pop3, ports.pop3),
             (&mut self.pop3s, ports.pop3s),
+            (&mut self.imap, ports.imap),
+            (&mut self.imaps, ports.imaps),
         ] {
             if listeners.is_empty() {
                 listeners.push(SocketAddr::new(ip, port));
@@ -817,6 +833,8 @@ mod tests {
         assert_eq!(ports(&lab.smtps), ["127.0.0.1:2465"]);
         assert_eq!(ports(&lab.pop3), ["127.0.0.1:2110"]);
         assert_eq!(ports(&lab.pop3s), ["127.0.0.1:2995"]);
+        assert_eq!(ports(&lab.imap), ["127.0.0.1:2143"]);
+        assert_eq!(ports(&lab.imaps), ["127.0.0.1:2993"]);
         assert_eq!(
             lab.web.map(|a| a.to_string()),
             Some("127.0.0.1:8025".into())
@@ -835,6 +853,7 @@ mod tests {
         assert_eq!(ports(&room.submission), ["0.0.0.0:2587"]);
         assert_eq!(ports(&room.pop3), ["0.0.0.0:3110"]);
         assert_eq!(ports(&room.pop3s), ["0.0.0.0:2995"]);
+        assert_eq!(ports(&room.imap), ["0.0.0.0:2143"]);
         // The live view is the teacher's own screen: loopback even when the room is served.
         assert_eq!(
             room.web.map(|a| a.to_string()),

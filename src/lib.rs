@@ -17,6 +17,7 @@
 //! | [`lab`] | classroom tools: transcripts, replay, compare, trace, faults, the bench | 12, 15, 16 |
 //! | [`pop3`] | reading mail back out over POP3 | 13 |
 //! | [`web`] | `--web`: the live view of sessions, state machine, mailboxes and queue | 17 |
+//! | [`imap`] | reading mail on the server over IMAP: flags and UIDs kept | 18 |
 //!
 //! No folder needs another that needs it back, even through others (`tests/architecture.rs`
 //! checks it): a part below tells a part above through a hook it defines, such as
@@ -46,6 +47,7 @@ pub mod lab;
 
 pub mod pop3;
 
+pub mod imap;
 pub mod web;
 
 /// Lock a mutex even if a thread panicked while holding it. Every mutex here guards state that

@@ -11,9 +11,13 @@ use smtplab::server::Server;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        // POP3 reports to the live board in lab/, so lab/ does not draw POP3: this line does.
+        // POP3 and IMAP report to the live board in lab/, so lab/ does not draw them: main does.
         Some("states") if args.get(1).is_some_and(|a| a == "--pop3") => {
             print!("{}", smtplab::pop3::session::mermaid());
+            ExitCode::SUCCESS
+        }
+        Some("states") if args.get(1).is_some_and(|a| a == "--imap") => {
+            print!("{}", smtplab::imap::session::mermaid());
             ExitCode::SUCCESS
         }
         Some("states") => exit(smtplab::lab::diagram::states_main(&args[1..])),
@@ -61,7 +65,7 @@ fn run_server(args: &[String]) -> ExitCode {
 }
 
 const USAGE: &str = "Usage: smtplab [OPTIONS]
-       smtplab states [--dot|--mermaid|--pop3]
+       smtplab states [--dot|--mermaid|--pop3|--imap]
        smtplab replay FILE... --server HOST:PORT [--codes-only]
        smtplab compare MINE REFERENCE
        smtplab mx DOMAIN [--dns ADDR]
@@ -73,9 +77,9 @@ const USAGE: &str = "Usage: smtplab [OPTIONS]
 A teaching SMTP server. With no options it listens on 127.0.0.1:2525, delivers
 to the demo mailboxes alice and bob (and the list students) in ./mail, and
 relays nothing. With --lab it also opens submission on 2587, SMTPS on 2465,
-POP3 on 2110 and POP3S on 2995, offers STARTTLS with a throwaway certificate,
-and records every session in ./transcripts-mine; --submission, --pop3 and the
-others still move a port.";
+POP3 on 2110, POP3S on 2995, IMAP on 2143 and IMAPS on 2993, offers STARTTLS
+with a throwaway certificate, and records every session in ./transcripts-mine;
+--submission, --pop3 and the others still move a port.";
 
 /// The log goes to stderr. With `--trace` the console on stdout already shows every line, so
 /// the log keeps quiet below WARN (unless `-v` or RUST_LOG asks): nothing is shown twice.
@@ -140,6 +144,8 @@ fn purpose(role: &str, config: &Config) -> &'static str {
         "SMTPS" => "TLS from the first byte: openssl s_client",
         "POP3" => "read the mail back: USER, PASS, LIST, RETR",
         "POP3S" => "POP3 inside TLS from the first byte",
+        "IMAP" => "the mail kept on the server: LOGIN, SELECT, FETCH",
+        "IMAPS" => "IMAP inside TLS from the first byte",
         "web" => "the live view: open this address in a browser",
         _ => "",
     }

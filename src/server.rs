@@ -2,7 +2,7 @@
 //!
 //! Interface:
 //! - `Server::bind(config)` binds every `--listen`, `--submission`, `--smtps`, `--pop3`,
-//!   `--pop3s` and `--web` address (an error is one plain sentence).
+//!   `--pop3s`, `--imap`, `--imaps` and `--web` address (an error is one plain sentence).
 //! - `Server::run()` accepts forever; `Server::spawn()` accepts on background threads and
 //!   returns a handle that stops them (tests use this). Both also start the relay thread
 //!   (`relay/worker.rs`), which the handle stops too.
@@ -21,6 +21,7 @@ use log::warn;
 
 use crate::config::{Config, TlsSource};
 use crate::connection::{self, Context};
+use crate::imap::server::ImapListener;
 use crate::net::listener::{self, Admission, Bound, Limits, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor};
 use crate::pop3::server::Pop3Listener;
@@ -41,6 +42,8 @@ pub struct Server {
     admission: Arc<Admission>,
     /// `--pop3` listeners; they serve the same mail directory.
     pop3: Vec<Pop3Listener>,
+    /// `--imap` and `--imaps` listeners, over the same mail directory.
+    imap: Vec<ImapListener>,
     spool: Arc<Spool>,
     /// `--web`: the live view's welcome socket.
     web: Option<WebListener>,
@@ -51,6 +54,8 @@ pub struct ServerHandle {
     smtp: Vec<(Welcome, Role)>,
     /// Each stops its own acceptor; `true` for `--pop3s`.
     pop3: Vec<(Welcome, bool)>,
+    /// The same for `--imap` (`false`) and `--imaps` (`true`).
+    imap: Vec<(Welcome, bool)>,
     config: Arc<Config>,
     /// Dropped after the welcome sockets stop, which stops the relay thread.
     _relay: Option<RelayHandle>,
@@ -111,6 +116,10 @@ impl Server {
         if !config.pop3s.is_empty() && tls.is_none() {
             return Err("--pop3s needs --tls-cert and --tls-key, or --tls-self-signed.".into());
         }
+        let imap = imap_listeners(&config)?;
+        if !config.imaps.is_empty() && tls.is_none() {
+            return Err("--imaps needs --tls-cert and --tls-key, or --tls-self-signed.".into());
+        }
         // The addresses really bound (a port 0 became a real port): the relay compares next
         // hops with them to find mail that would loop back here (relay/dns.rs `Me`).
         config.listen = listeners
@@ -154,6 +163,7 @@ impl Server {
             context,
             admission,
             pop3,
+            imap,
             spool,
             web,
         })
@@ -179,8 +189,14 @@ impl Server {
                 l.local_addr(),
             )
         });
+        let imap = self.imap.iter().map(|l| {
+            (
+                if l.implicit_tls { "IMAPS" } else { "IMAP" },
+                l.local_addr(),
+            )
+        });
         let web = self.web.iter().map(|l| ("web", l.local_addr()));
-        smtp.chain(pop3).chain(web).collect()
+        smtp.chain(pop3).chain(imap).chain(web).collect()
     }
 
     /// The configuration the server runs with.
@@ -229,6 +245,19 @@ impl Server {
                 (welcome, implicit)
             })
             .collect();
+        let imap = self
+            .imap
+            .into_iter()
+            .map(|listener| {
+                let implicit = listener.implicit_tls;
+                let welcome = listener.spawn(
+                    context.config.clone(),
+                    context.tls.clone(),
+                    self.admission.clone(),
+                );
+                (welcome, implicit)
+            })
+            .collect();
         let web = self.web.map(|listener| {
             listener.spawn(
                 context.config.clone(),
@@ -247,11 +276,22 @@ impl Server {
         ServerHandle {
             smtp,
             pop3,
+            imap,
             config: context.config.clone(),
             _relay: relay,
             web,
         }
     }
+}
+
+/// The `--imap` and `--imaps` listeners, bound.
+fn imap_listeners(config: &Config) -> Result<Vec<ImapListener>, String> {
+    let plain = config.imap.iter().map(|addr| (addr, false));
+    let implicit = config.imaps.iter().map(|addr| (addr, true));
+    plain
+        .chain(implicit)
+        .map(|(addr, tls)| ImapListener::bind(*addr, tls))
+        .collect()
 }
 
 /// Cut off what a killed delivery of ours left half-written, and only that (RFC 5321 §6.1:
@@ -328,6 +368,19 @@ impl ServerHandle {
             .iter()
             .find(|(_, implicit)| *implicit == implicit_tls)
             .map(|(welcome, _)| welcome.addr())
+    }
+
+    /// The first `--imap` (`false`) or `--imaps` (`true`) address actually bound, if any.
+    pub fn imap_addr(&self, implicit_tls: bool) -> Option<SocketAddr> {
+        self.imap
+            .iter()
+            .find(|(_, implicit)| *implicit == implicit_tls)
+            .map(|(welcome, _)| welcome.addr())
+    }
+
+    /// IMAP sessions running now.
+    pub fn imap_sessions(&self) -> usize {
+        self.imap.iter().map(|(w, _)| w.active_sessions()).sum()
     }
 
     /// The `--web` address actually bound, if any.

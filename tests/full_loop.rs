@@ -1,8 +1,9 @@
 //! The full loop, with real clients at both ends: Python's `smtplib` submits a message on one.test
 //! (STARTTLS, AUTH), smtplab relays it through an MX lookup to two.test, and Python's `poplib`
-//! (and `curl pop3://`) fetch it from two.test's POP3 port.
+//! (and `curl pop3://`) fetch it from two.test's POP3 port; Python's `imaplib` reads the same
+//! message from two.test's IMAP port.
 //!
-//! MUA --submission+TLS+AUTH--> smtplab one.test --MX--> smtplab two.test --mbox--> POP3 --> MUA
+//! MUA --submission+TLS+AUTH--> smtplab one.test --MX--> smtplab two.test --mbox--> POP3 or IMAP --> MUA
 //!
 //! Skipped when python3 is missing (the whole loop) or curl is missing (its listing only).
 
@@ -39,12 +40,14 @@ fn body(message: &str) -> &str {
         .unwrap_or("")
 }
 
-/// two.test: local mailboxes and a POP3 listener, on 127.0.0.3.
+/// two.test: local mailboxes, a POP3 and an IMAP listener, on 127.0.0.3.
 fn start_two() -> TestServer {
     common::start(&[
         "--listen",
         "127.0.0.3:0",
         "--pop3",
+        "127.0.0.3:0",
+        "--imap",
         "127.0.0.3:0",
         "--hostname",
         "mx.two.test",
@@ -107,6 +110,19 @@ m.quit()
 sys.stdout.buffer.write(b"".join(line + b"\r\n" for line in lines))
 "#;
 
+/// bob's other mail client: log in over IMAP, SELECT, FETCH BODY.PEEK[] of message 1.
+const IMAPLIB: &str = r#"
+import imaplib, sys
+host, port = sys.argv[1], int(sys.argv[2])
+m = imaplib.IMAP4(host, port, timeout=10)
+m.login("bob", "password")
+typ, data = m.select("INBOX")
+assert data == [b"1"], data
+typ, data = m.fetch("1", "(BODY.PEEK[])")
+m.logout()
+sys.stdout.buffer.write(data[0][1])
+"#;
+
 fn python(script: &str, args: &[String]) -> String {
     let run = run_tool(
         Command::new("python3").arg("-c").arg(script).args(args),
@@ -164,6 +180,10 @@ fn smtplib_submits_smtplab_relays_poplib_and_curl_fetch() {
         headers.contains("with ESMTPSA"),
         "submitted over TLS with AUTH (RFC 3848): {headers}"
     );
+
+    let imap = two.handle.imap_addr(false).expect("an IMAP listener");
+    let read = python(IMAPLIB, &[imap.ip().to_string(), imap.port().to_string()]);
+    assert_eq!(read, fetched, "IMAP's BODY[] is POP3's RETR, byte for byte");
 
     if have_tool("curl") {
         let url = format!("pop3://{pop3}/");

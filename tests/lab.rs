@@ -56,7 +56,16 @@ fn lab_opens_every_listener_and_one_path_runs_without_a_restart() {
     let roles: Vec<&str> = lab.listeners.keys().map(String::as_str).collect();
     assert_eq!(
         roles,
-        ["POP3", "POP3S", "SMTP", "SMTPS", "submission", "web"]
+        [
+            "IMAP",
+            "IMAPS",
+            "POP3",
+            "POP3S",
+            "SMTP",
+            "SMTPS",
+            "submission",
+            "web"
+        ]
     );
 
     // Minute 0: a telnet-style session on the SMTP port, to bob.
@@ -105,7 +114,10 @@ fn lab_opens_every_listener_and_one_path_runs_without_a_restart() {
         .expect("write");
     let busy = second.line();
     assert!(busy.starts_with("-ERR [IN-USE]"), "{busy}");
-    assert!(busy.contains("open in another POP3 session"), "{busy}");
+    assert!(
+        busy.contains("open in another POP3 or IMAP session"),
+        "{busy}"
+    );
     pop3.ok("QUIT");
 
     // The implicit-TLS listeners answer inside TLS.
@@ -117,6 +129,14 @@ fn lab_opens_every_listener_and_one_path_runs_without_a_restart() {
         .expect("POP3S handshake");
     let mut pop3s = Pop3(BufReader::new(tls));
     assert!(pop3s.line().starts_with("+OK"));
+    let tcp = connect_with_timeouts(lab.addr("IMAPS"));
+    let tls = common::tls_connector()
+        .connect(common::TLS_HOST, tcp)
+        .expect("IMAPS handshake");
+    let mut imaps = Pop3(BufReader::new(tls));
+    assert!(imaps
+        .line()
+        .starts_with("* OK [CAPABILITY IMAP4rev1 IMAP4rev2"));
 
     // Every session was recorded in ./transcripts-mine, beside where the lab was started.
     common::wait_until("two SMTP transcripts", || {
@@ -187,7 +207,7 @@ fn help_fits_80_columns_and_names_every_subcommand() {
     let help = String::from_utf8_lossy(&output.stdout).into_owned();
     let wide: Vec<&str> = help.lines().filter(|l| l.chars().count() > 80).collect();
     assert!(wide.is_empty(), "lines over 80 columns: {wide:#?}");
-    // Every subcommand main.rs dispatches, and `states --pop3`, are in the usage lines.
+    // Every subcommand main.rs dispatches, and `states --pop3` and `--imap`, are in the usage lines.
     let main = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/main.rs"))
         .expect("read main.rs");
     let subcommands: Vec<&str> = main
@@ -202,7 +222,8 @@ fn help_fits_80_columns_and_names_every_subcommand() {
             "--help omits {name}"
         );
     }
-    assert!(help.contains("--pop3]"), "--help omits states --pop3");
+    assert!(help.contains("|--pop3|"), "--help omits states --pop3");
+    assert!(help.contains("|--imap]"), "--help omits states --imap");
 }
 
 // ---------------------------------------------------------------------------------------------

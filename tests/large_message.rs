@@ -5,10 +5,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 
-use common::{free_addr, peak_kib, start_binary, without_trace_headers, Client, Killed, TempDir};
+use common::{
+    free_addr, peak_kib, start_binary, without_trace_headers, Client, Killed, TempDir, READ_TIMEOUT,
+};
 
 /// 40 MiB: larger than the message, so it is accepted.
 const MAX_SIZE: &str = "41943040";
@@ -19,9 +22,9 @@ const MESSAGE_SIZE: usize = 30 * 1024 * 1024;
 /// read and write buffers) with room to spare for the allocator.
 const MAX_GROWTH_KIB: u64 = 8 * 1024;
 
-fn start(addr: SocketAddr, dir: &Path) -> Killed {
+fn start(addr: SocketAddr, dir: &Path, extra: &str) -> Killed {
     let options = format!(
-        "--hostname smtplab.test --max-size {MAX_SIZE} --mail-dir {} --spool {}",
+        "--hostname smtplab.test --max-size {MAX_SIZE} --mail-dir {} --spool {}{extra}",
         dir.join("mail").display(),
         dir.join("spool").display()
     );
@@ -79,7 +82,7 @@ fn a_large_message_streams_to_disk_in_bounded_memory() {
     }
     let dir = TempDir::new("large");
     let addr = free_addr();
-    let server = start(addr, dir.path());
+    let server = start(addr, dir.path(), "");
     let pid = server.0.id();
 
     // A small message first, so the session machinery has been used once before we measure.
@@ -147,4 +150,102 @@ fn a_large_message_streams_to_disk_in_bounded_memory() {
         "a spill file was left: {names:?}"
     );
     drop(server);
+}
+
+/// Send a POP3 command and read the status line, which must be `+OK`.
+fn pop3_ok(reader: &mut BufReader<TcpStream>, command: &str) -> String {
+    reader
+        .get_mut()
+        .write_all(command.as_bytes())
+        .expect("write");
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("a response in time");
+    assert!(line.starts_with("+OK"), "{command:?}: {line}");
+    line
+}
+
+/// A multi-line POP3 body up to the `.` line, stuffing undone, lines ending in `\n`.
+fn pop3_body(reader: &mut BufReader<TcpStream>) -> Vec<u8> {
+    let mut content = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .expect("the body in time");
+        assert!(
+            n > 0 && line.ends_with(b"\r\n"),
+            "the server closed mid-body"
+        );
+        if line == b".\r\n" {
+            return content;
+        }
+        let unstuffed = line.strip_prefix(b".").unwrap_or(&line);
+        content.extend_from_slice(&unstuffed[..unstuffed.len() - 2]);
+        content.push(b'\n');
+    }
+}
+
+#[test]
+fn pop3_streams_a_large_message_in_bounded_memory() {
+    if !Path::new("/proc/self/status").exists() {
+        println!("SKIP: /proc not available");
+        return;
+    }
+    let dir = TempDir::new("large-pop3");
+    let (addr, pop3_addr) = (free_addr(), free_addr());
+    let server = start(addr, dir.path(), &format!(" --pop3 {pop3_addr}"));
+    let pid = server.0.id();
+    let big = message(MESSAGE_SIZE);
+    let mut client = Client::connect(addr);
+    client.expect("EHLO client.test", 250);
+    envelope(&mut client);
+    client.expect("DATA", 354);
+    client.send_expect(&wire(&big), 250);
+    client.expect("QUIT", 221);
+
+    let stream = TcpStream::connect(pop3_addr).expect("connect");
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream);
+    pop3_ok(&mut reader, "");
+    let before = peak_kib(pid);
+    pop3_ok(&mut reader, "USER alice\r\n");
+    pop3_ok(&mut reader, "PASS password\r\n");
+    let status = pop3_ok(&mut reader, "RETR 1\r\n");
+    let retrieved = pop3_body(&mut reader);
+    pop3_ok(&mut reader, "TOP 1 2\r\n");
+    let top = pop3_body(&mut reader);
+    pop3_ok(&mut reader, "QUIT\r\n");
+    let after = peak_kib(pid);
+    let growth = after.saturating_sub(before);
+    println!("POP3 RETR of a {MESSAGE_SIZE}-octet message: peak {before} KiB before login, {after} KiB after, growth {growth} KiB");
+
+    assert!(
+        without_trace_headers(&retrieved) == big,
+        "RETR differs from what SMTP accepted"
+    );
+    let size: usize = status["+OK ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a size");
+    let lines = retrieved.iter().filter(|&&b| b == b'\n').count();
+    assert_eq!(
+        size,
+        retrieved.len() + lines,
+        "the size counts CRLF line ends"
+    );
+    let header_end = big.windows(2).position(|w| w == b"\n\n").expect("a header") + 2;
+    let two_lines: usize = big[header_end..]
+        .split_inclusive(|&b| b == b'\n')
+        .take(2)
+        .map(<[u8]>::len)
+        .sum();
+    assert!(
+        without_trace_headers(&top) == big[..header_end + two_lines],
+        "TOP 1 2"
+    );
+    assert!(growth < MAX_GROWTH_KIB, "peak memory grew by {growth} KiB");
 }

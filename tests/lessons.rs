@@ -319,7 +319,11 @@ fn links_between_lessons_exist() {
 #[test]
 fn only_step_assigns_the_state() {
     let mut problems = Vec::new();
-    for file in ["src/smtp/session.rs", "src/pop3/session.rs"] {
+    for file in [
+        "src/smtp/session.rs",
+        "src/pop3/session.rs",
+        "src/imap/session.rs",
+    ] {
         let source = read(&root().join(file));
         let Some(step) = anchor(&source, "step") else {
             problems.push(format!("{file}: no `// ANCHOR: step` region"));

@@ -403,6 +403,47 @@ fn a_delivery_past_the_mailbox_size_limit_is_refused_for_that_mailbox() {
     assert_eq!(other.code, 250, "{other:?}");
 }
 
+/// An mbox of `octets` bytes holding one message, written by another program.
+fn mbox_of(octets: usize) -> Vec<u8> {
+    let mut mbox = b"From a@b Thu Jan  1 00:00:00 1970\nSubject: filler\n\n".to_vec();
+    mbox.resize(octets - 1, b'x');
+    mbox.push(b'\n');
+    mbox
+}
+
+#[test]
+fn a_full_mailbox_refuses_its_recipient_at_rcpt_and_the_others_get_the_message() {
+    let dir = TempDir::new("rcpt-full");
+    std::fs::create_dir_all(dir.path().join("mail")).expect("mkdir");
+    let full = mbox_of(4000);
+    std::fs::write(mbox_path(dir.path()), &full).expect("fill alice");
+    let addr = free_addr();
+    let _server = start_in(dir.path(), addr, &["--mailbox-size-limit", "4000"]);
+    let mut client = Client::connect(addr);
+    client.expect("EHLO client.example", 250);
+    client.expect("MAIL FROM:<mary@example.org>", 250);
+    let refused = client.cmd("RCPT TO:<alice@localhost>");
+    common::assert_reply(&refused, 452, "4.2.2");
+    assert!(refused.text().contains("alice"), "{refused:?}");
+    client.expect("RCPT TO:<bob@localhost>", 250);
+    client.expect("DATA", 354);
+    client.send(b"Subject: for bob\r\n\r\nonly bob\r\n.\r\n");
+    assert_eq!(client.reply().code, 250);
+    assert_eq!(std::fs::read(mbox_path(dir.path())).expect("alice"), full);
+    let bob = std::fs::read(dir.path().join("mail").join("bob")).expect("bob's mbox");
+    let messages = parse_mboxrd(&bob);
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].content.ends_with(b"only bob\n"));
+
+    // Room for a small message, but not for the size MAIL FROM declares (RFC 1870 §6.4).
+    std::fs::write(mbox_path(dir.path()), mbox_of(3000)).expect("alice");
+    client.expect("MAIL FROM:<mary@example.org> SIZE=999", 250);
+    client.expect("RCPT TO:<alice@localhost>", 250);
+    client.expect("RSET", 250);
+    client.expect("MAIL FROM:<mary@example.org> SIZE=1001", 250);
+    common::assert_reply(&client.cmd("RCPT TO:<alice@localhost>"), 452, "4.2.2");
+}
+
 /// 32 MiB of mail in alice's mbox: 320 messages of 100 KiB.
 const MAILDROP_MESSAGES: usize = 320;
 const MESSAGE_KIB: usize = 100;

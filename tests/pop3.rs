@@ -384,3 +384,50 @@ fn curl_fetches_message_one() {
     assert!(stdout.contains("Hello from for curl.\r\n"), "{stdout:?}");
     assert_eq!(subjects(&server), ["for curl"], "RETR deletes nothing");
 }
+
+/// Overwrite one octet of alice's mbox in place, as an editor that keeps the file would.
+fn change_in_place(server: &TestServer, needle: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let path = server.mail_dir().join("alice");
+    let bytes = std::fs::read(&path).expect("the mbox");
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the text to change");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open the mbox");
+    file.write_all_at(b"X", at as u64).expect("write");
+}
+
+#[test]
+fn a_message_changed_since_login_is_never_sent() {
+    use smtplab::pop3::server::MboxMaildrops;
+    use smtplab::pop3::session::{Maildrops, Wire};
+    use smtplab::store::mbox::MailDir;
+    let server = start();
+    deliver(&server, "Subject: one\r\n\r\nfirst\r\n");
+    deliver(&server, "Subject: two\r\n\r\nsecond\r\n");
+    let maildrops = MboxMaildrops {
+        mail_dir: MailDir::new(server.mail_dir()),
+    };
+    let opened = maildrops.open("alice").expect("open");
+    let send = |index: usize| {
+        let mut out: Vec<u8> = Vec::new();
+        let mut wire = Wire::new(&mut out as &mut dyn Write, None, true);
+        opened.source.send(index, &mut wire)
+    };
+    assert!(opened.source.verify(0).is_ok());
+    assert!(send(0).is_ok());
+    // Changed after login: refused before +OK (verify) and while streaming (send), so a
+    // client never receives a whole response holding another message's bytes.
+    change_in_place(&server, b"first");
+    assert!(opened.source.verify(0).is_err());
+    assert!(send(0).is_err());
+    assert!(
+        opened.source.verify(1).is_ok(),
+        "the other message is unchanged"
+    );
+    assert!(send(1).is_ok());
+}

@@ -3,7 +3,8 @@
 //! - random byte streams through a real session: always well-formed reply lines, never a panic,
 //!   and the server still answers a fresh client afterwards;
 //! - random message bodies round-trip byte-exact through DATA and the mbox;
-//! - the DATA reader gives the same result however the same bytes are split into reads.
+//! - the DATA reader gives the same result however the same bytes are split into reads;
+//! - random IMAP streams (commands, literals, IDLE, garbage) get well-formed IMAP responses.
 
 mod common;
 
@@ -182,7 +183,12 @@ fn check_replies(bytes: &[u8]) -> Result<usize, String> {
 /// Write `chunks` from a second thread while this one reads every reply up to the server's
 /// close; then the write side is shut down, so the server always sees the end.
 fn run_stream(server: &common::TestServer, chunks: VecDeque<Vec<u8>>) -> Vec<u8> {
-    let stream = TcpStream::connect(server.addr()).expect("connect");
+    run_stream_to(server.addr(), chunks)
+}
+
+/// `run_stream` against any listener.
+fn run_stream_to(addr: std::net::SocketAddr, chunks: VecDeque<Vec<u8>>) -> Vec<u8> {
+    let stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(common::READ_TIMEOUT))
         .expect("timeout");
@@ -405,5 +411,168 @@ fn data_reader_result_does_not_depend_on_how_reads_split_the_bytes() {
             let split = read_message(&mut Chunks(chunks), max_size, ending);
             assert_eq!(whole, split, "seed {seed}, pieces up to {max_piece} bytes");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random IMAP sessions
+// ---------------------------------------------------------------------------------------------
+
+const IMAP_COMMANDS: &[&str] = &[
+    "a LOGIN alice password",
+    "b SELECT INBOX",
+    "c FETCH 1:* (FLAGS UID RFC822.SIZE BODY.PEEK[])",
+    "c2 FETCH 2 (ENVELOPE BODY[HEADER.FIELDS (FROM SUBJECT)]<0.7> BODY[TEXT])",
+    "d STORE 1 +FLAGS (\\Deleted \\Seen)",
+    "d2 UID STORE 1:* -FLAGS.SILENT (\\Seen)",
+    "e EXPUNGE",
+    "e2 UID EXPUNGE 1:3",
+    "f UID SEARCH OR FROM mary NOT SEEN",
+    "f2 SEARCH 1,3:* TEXT hello",
+    "g IDLE",
+    "DONE",
+    "h LOGIN {5}",
+    "h2 LOGIN alice {8+}",
+    "password",
+    "i NOOP",
+    "j LOGOUT",
+    "k AUTHENTICATE PLAIN",
+    "AGFsaWNlAHBhc3N3b3Jk",
+    "*",
+    "l STATUS INBOX (MESSAGES UIDNEXT UNSEEN)",
+    "m LIST \"\" *",
+    "n EXAMINE INBOX",
+    "o CLOSE",
+    "p UNSELECT",
+    "q STARTTLS",
+    "r FETCH 99999:* FLAGS",
+    "s FETCH {3+}",
+];
+
+/// One random fragment of an IMAP session.
+fn random_imap_fragment(rng: &mut Rng, out: &mut Vec<u8>) {
+    match rng.below(10) {
+        0..=5 => {
+            out.extend_from_slice(rng.pick(IMAP_COMMANDS).as_bytes());
+            out.extend_from_slice(rng.pick::<&[u8]>(&[b"\r\n", b"\r\n", b"\n"]));
+        }
+        6 => out.extend((0..rng.between(1, 40)).map(|_| rng.byte())),
+        7 => out.extend((0..rng.between(1, 40)).map(|_| rng.between(0x20, 0x7e) as u8)),
+        8 => {
+            let long = rng.between(400, 12_000);
+            out.extend((0..long).map(|_| b'a' + rng.below(26) as u8));
+            out.extend_from_slice(b"\r\n");
+        }
+        _ => out.extend_from_slice(rng.pick::<&[u8]>(&[b"{", b"}\r\n", b"{999999999}\r\n", b"\0"])),
+    }
+}
+
+/// RFC 9051 §2.2.2, §7: every response line ends in CRLF and is untagged (`* `), a
+/// continuation (`+ `), or `tag OK|NO|BAD text`; a line ending in `{n}` is followed by exactly
+/// n octets, and the response goes on after them. Returns the number of responses.
+fn check_imap_responses(bytes: &[u8]) -> Result<usize, String> {
+    let mut responses = 0;
+    let mut at = 0;
+    let mut continued = false;
+    while at < bytes.len() {
+        let end = bytes[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| at + i + 1)
+            .ok_or("a response without a line end")?;
+        let line = &bytes[at..end];
+        let shown = String::from_utf8_lossy(line);
+        let body = line
+            .strip_suffix(b"\r\n")
+            .ok_or_else(|| format!("no CRLF: {shown:?}"))?;
+        if !continued {
+            let mut words = body.splitn(3, |&b| b == b' ');
+            let first = words.next().unwrap_or_default();
+            let second = words.next().unwrap_or_default();
+            let well_formed = match first {
+                b"*" | b"+" => true,
+                tag => !tag.is_empty() && [&b"OK"[..], b"NO", b"BAD"].contains(&second),
+            };
+            if !well_formed {
+                return Err(format!("not an IMAP response: {shown:?}"));
+            }
+            responses += 1;
+        }
+        at = end;
+        continued = false;
+        let text = String::from_utf8_lossy(body);
+        if let Some(n) = text
+            .strip_suffix('}')
+            .and_then(|t| t.rsplit_once('{'))
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+        {
+            at += n;
+            continued = true;
+        }
+    }
+    Ok(responses)
+}
+
+#[test]
+fn random_imap_streams_get_well_formed_responses_and_never_break_the_server() {
+    count_panics();
+    let server = common::start(&["--imap", "127.0.0.1:0", "--max-errors", "1000"]);
+    for i in 0..3 {
+        let content = format!("From: <mary@client.example>\r\nSubject: hello {i}\r\n\r\nHi!\r\n");
+        let reply =
+            server
+                .connect()
+                .send_mail("mary@client.example", &["alice@localhost"], &content);
+        assert_eq!(reply.code, 250);
+    }
+    let imap = server.handle.imap_addr(false).expect("IMAP");
+    for seed in 1..=30u64 {
+        let mut rng = Rng::new(seed);
+        let mut stream = b"a0 LOGIN alice password\r\nb0 SELECT INBOX\r\n".to_vec();
+        for _ in 0..rng.between(5, 50) {
+            random_imap_fragment(&mut rng, &mut stream);
+        }
+        let max_piece = rng.pick(&[1, 7, 64, 1500]);
+        let received = run_stream_to(imap, random_chunks(&mut rng, &stream, max_piece));
+        let responses = check_imap_responses(&received).unwrap_or_else(|problem| {
+            panic!(
+                "seed {seed}: {problem}\nsent {:?}\ngot {:?}",
+                String::from_utf8_lossy(&stream),
+                String::from_utf8_lossy(&received)
+            )
+        });
+        assert!(responses >= 1, "seed {seed}: not even a greeting");
+    }
+    common::wait_until("IMAP sessions to end", || {
+        server.handle.imap_sessions() == 0
+    });
+    let mut fresh = BufReader::new(TcpStream::connect(imap).expect("connect"));
+    fresh
+        .get_ref()
+        .set_read_timeout(Some(common::READ_TIMEOUT))
+        .unwrap();
+    fresh
+        .get_mut()
+        .write_all(b"z LOGIN alice password\r\nz2 SELECT INBOX\r\n")
+        .unwrap();
+    let mut all = String::new();
+    while !all.contains("z2 ") {
+        let mut line = String::new();
+        assert!(fresh.read_line(&mut line).unwrap() > 0, "{all}");
+        all.push_str(&line);
+    }
+    assert!(all.contains("z2 OK"), "the mailbox is free again: {all}");
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a thread panicked");
+}
+
+#[test]
+fn imap_response_checker_refuses_what_it_should() {
+    assert_eq!(check_imap_responses(b"* OK hi\r\na OK done\r\n"), Ok(2));
+    assert_eq!(
+        check_imap_responses(b"* 1 FETCH (BODY[] {5}\r\nab\ncd)\r\na OK x\r\n"),
+        Ok(2)
+    );
+    for bad in [&b"* OK\n"[..], b"a MAYBE x\r\n", b"hello\r\n", b"* OK"] {
+        assert!(check_imap_responses(bad).is_err(), "{bad:?}");
     }
 }

@@ -58,6 +58,7 @@ fn listener(server: &common::TestServer, header: &Header) -> Result<SocketAddr, 
         Some("submission") => server.handle.addr_of(Role::Submission),
         Some("smtps") => server.handle.addr_of(Role::ImplicitTls),
         Some("pop3") => server.handle.pop3_addr(),
+        Some("imap") => server.handle.imap_addr(false),
         Some(other) => return Err(format!("# port: {other:?} is not known\n")),
     };
     let port = header.port.as_deref().unwrap_or("smtp");
@@ -78,8 +79,8 @@ fn replay_against_fresh_server(transcript: &Transcript) -> Option<String> {
         Err(problem) => return Some(problem),
     };
     server.wait_idle();
-    common::wait_until("POP3 sessions to end", || {
-        server.handle.pop3_sessions() == 0
+    common::wait_until("POP3 and IMAP sessions to end", || {
+        server.handle.pop3_sessions() + server.handle.imap_sessions() == 0
     });
     // Replay cannot follow a session into TLS; stopping there is the one early stop allowed.
     let stopped_at_tls = report

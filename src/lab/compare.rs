@@ -13,6 +13,7 @@
 //!
 //! Only commands and reply codes are compared: reply texts, host names and message text differ
 //! from server to server and from day to day, and do not change what happened.
+//! A POP3 or IMAP session (`# protocol:`) is not compared: the command says to replay it.
 //!
 //! Standards: RFC 5321 §4.1.4, §4.2.1, §4.2.3
 
@@ -20,7 +21,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::path::Path;
 
-use crate::lab::transcript::{align, is_last_reply_line, Line, Pair, Transcript};
+use crate::lab::transcript::{align, is_last_reply_line, Line, Pair, Protocol, Transcript};
 use crate::visible::sanitize;
 
 /// The server's first reply, before any command; it is compared like a command's reply.
@@ -676,6 +677,22 @@ pub fn compare_main(args: &[String]) -> i32 {
     let (Ok(mine_transcript), Ok(reference_transcript)) = (load(mine), load(reference)) else {
         return 2;
     };
+    // The findings speak of SMTP verbs and reply codes; a POP3 or IMAP session is checked by
+    // replaying it instead, which compares each response's status.
+    for (file, transcript) in [(mine, &mine_transcript), (reference, &reference_transcript)] {
+        let protocol = transcript.header.protocol;
+        if protocol != Protocol::Smtp {
+            eprintln!(
+                "{}",
+                sanitize(&format!(
+                    "{file} is a {} session; compare lines up SMTP sessions. Replay it instead: \
+                     smtplab replay {file} --server HOST:PORT --codes-only",
+                    protocol.name()
+                ))
+            );
+            return 2;
+        }
+    }
     let findings = compare(&mine_transcript, &reference_transcript);
     if findings.is_empty() {
         println!(

@@ -3,7 +3,8 @@
 //! Interface:
 //! - `mermaid()` and `dot()` render the table the server runs, so a diagram in a lesson can
 //!   never drift from the code (a test compares them).
-//! - `states_main(args)` is `smtplab states [--dot|--mermaid]`.
+//! - `states_main(args)` is `smtplab states [--dot|--mermaid]`; `main.rs` draws `--pop3` and
+//!   `--imap` from their own tables, as POP3 and IMAP report to the live board here in `lab/`.
 //!
 //! Standards: RFC 5321 §4.1.4, §3.3
 
@@ -32,7 +33,9 @@ pub fn states_main(args: &[String]) -> i32 {
         None | Some("--mermaid") => print!("{}", mermaid()),
         Some("--dot") => print!("{}", dot()),
         Some(other) => {
-            eprintln!("smtplab states: unknown option {other}; use --dot, --mermaid or --pop3");
+            eprintln!(
+                "smtplab states: unknown option {other}; use --dot, --mermaid, --pop3 or --imap"
+            );
             return 2;
         }
     }

@@ -19,9 +19,11 @@
 //! (`visible`): a reply cannot send the terminal a control sequence.
 //!
 //! With `# protocol: pop3` the server's lines are not grouped by reply codes (POP3 has none):
-//! each run of `S:` lines is one "reply", and exactly that many lines are read for it.
+//! each run of `S:` lines is one "reply", and exactly that many lines are read for it. The same
+//! holds for `# protocol: imap`, whose status (for `--codes-only`) is the OK, NO or BAD of the
+//! reply's last, tagged line.
 //!
-//! Standards: RFC 5321 §4.2, §4.5.3.2, RFC 2920 §3.1, RFC 1939 §3
+//! Standards: RFC 5321 §4.2, §4.5.3.2, RFC 2920 §3.1, RFC 1939 §3, RFC 9051 §2.2.2, §7.1
 
 use std::io::{self, BufReader, IsTerminal, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -179,7 +181,7 @@ impl<'a> Exchange<'a> {
     fn add_reply_line(&mut self, line_no: usize, pattern: &'a Pattern, protocol: Protocol) {
         let reply_done = match (protocol, self.replies.last().and_then(|reply| reply.last())) {
             (_, None) => true,
-            (Protocol::Pop3, Some(_)) => false,
+            (Protocol::Pop3 | Protocol::Imap, Some(_)) => false,
             (Protocol::Smtp, Some((_, last))) => is_last_reply_line(last.source()),
         };
         if reply_done {
@@ -252,7 +254,7 @@ impl Connection {
     /// Reads the reply `expected` stands for: in SMTP the lines up to the one without a `-`
     /// after the code; in POP3 exactly as many lines as were expected.
     fn read_reply(&mut self, expected: usize) -> Result<Vec<String>, String> {
-        if self.protocol == Protocol::Pop3 {
+        if self.protocol != Protocol::Smtp {
             return (0..expected).map(|_| self.read_line()).collect();
         }
         let mut lines = Vec::new();
@@ -421,6 +423,9 @@ fn diff_status(
         Protocol::Pop3 => expected
             .first()
             .and_then(|(_, pattern)| pop3_status(pattern.source())),
+        Protocol::Imap => expected
+            .last()
+            .and_then(|(_, pattern)| imap_status(pattern.source())),
     };
     let got = match protocol {
         Protocol::Smtp => actual
@@ -428,6 +433,7 @@ fn diff_status(
             .and_then(|line| reply_code(line))
             .map(|code| code.to_string()),
         Protocol::Pop3 => actual.first().and_then(|line| pop3_status(line)),
+        Protocol::Imap => actual.last().and_then(|line| imap_status(line)),
     };
     // An S: line that starts with a placeholder accepts any status.
     let same = wanted.is_none() || wanted == got;
@@ -446,6 +452,18 @@ fn diff_status(
 fn pop3_status(line: &str) -> Option<String> {
     let word = line.split(' ').next()?;
     matches!(word, "+OK" | "-ERR").then(|| word.to_string())
+}
+
+/// The status of an IMAP reply's last line (RFC 9051 §7.1): `OK`, `NO`, `BAD` or `BYE` after
+/// the tag (or `*`); a continuation request is `+`.
+fn imap_status(line: &str) -> Option<String> {
+    let mut words = line.split(' ');
+    let first = words.next()?;
+    if first == "+" {
+        return Some(first.to_string());
+    }
+    let word = words.next()?;
+    matches!(word, "OK" | "NO" | "BAD" | "BYE" | "PREAUTH").then(|| word.to_string())
 }
 
 /// Compares one reply line by line, aligned, so an extra EHLO keyword shows as one `+` line.

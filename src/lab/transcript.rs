@@ -17,7 +17,7 @@
 //! ```text
 //! # title: Two recipients, one unknown       header lines: title, rfc, server (options), note
 //! # port: submission                         which listener to replay against (see below)
-//! # protocol: pop3                           the replies are POP3 lines, not SMTP replies
+//! # protocol: pop3                           the replies are POP3 (or IMAP) lines, not SMTP replies
 //! # setup: deliver alice                     what must happen before the replay (see below)
 //! S: 220 {host} ESMTP {*}                    a server reply line; placeholders {host} {id} {date}
 //!                                            {n} (digits) {*} (anything)
@@ -33,16 +33,17 @@
 //! Replies: in an SMTP transcript the `S:` lines of one reply are told apart by the code rules
 //! (`250-` goes on, `250 ` ends it). POP3 has no such rule (RFC 1939 §3: a multi-line response
 //! ends with a line holding only a dot, one-line responses do not), so with `# protocol: pop3`
-//! each run of `S:` lines after the client's lines is read as exactly that many lines.
+//! each run of `S:` lines after the client's lines is read as exactly that many lines; so is
+//! `# protocol: imap` (RFC 9051 §2.2.2: untagged lines, then the tagged one).
 //!
 //! The headers `# server:`, `# port:` and `# setup:` tell a test how to prepare a fresh server;
 //! `smtplab replay` ignores them (it is given a running server). `# port:` names a listener:
-//! `smtp` (the default, `--listen`), `submission`, `smtps` or `pop3`. `# setup: deliver USER`
+//! `smtp` (the default, `--listen`), `submission`, `smtps`, `pop3` or `imap`. `# setup: deliver USER`
 //! (one line per message) delivers one short fixed message to `USER@localhost` over SMTP before
-//! the replay, so that a POP3 transcript finds mail in the maildrop. `smtplab compare` compares
-//! SMTP sessions only.
+//! the replay, so that a POP3 or IMAP transcript finds mail in the maildrop. `smtplab compare`
+//! compares SMTP sessions only, and sends a POP3 or IMAP one to `smtplab replay --codes-only`.
 //!
-//! Standards: RFC 5321 Appendix D, §2.3.8, §4.2, RFC 4954 §4, RFC 1939 §3
+//! Standards: RFC 5321 Appendix D, §2.3.8, §4.2, RFC 4954 §4, RFC 1939 §3, RFC 9051 §2.2.2
 
 use std::fmt;
 use std::fs;
@@ -148,6 +149,8 @@ pub enum Protocol {
     Smtp,
     /// RFC 1939 §3: no continuation marker; each run of `S:` lines is read as that many lines.
     Pop3,
+    /// RFC 9051 §2.2.2: untagged lines, then the tagged one; read as POP3 is, line by line.
+    Imap,
 }
 
 impl Protocol {
@@ -156,6 +159,7 @@ impl Protocol {
         match self {
             Protocol::Smtp => "smtp",
             Protocol::Pop3 => "pop3",
+            Protocol::Imap => "imap",
         }
     }
 
@@ -163,7 +167,10 @@ impl Protocol {
         match name.to_ascii_lowercase().as_str() {
             "smtp" => Ok(Protocol::Smtp),
             "pop3" => Ok(Protocol::Pop3),
-            _ => Err(format!("# protocol: {name:?} is not known (smtp or pop3)")),
+            "imap" => Ok(Protocol::Imap),
+            _ => Err(format!(
+                "# protocol: {name:?} is not known (smtp, pop3 or imap)"
+            )),
         }
     }
 }
@@ -819,7 +826,14 @@ mod tests {
             Transcript::parse("# title: t\n").unwrap().header.protocol,
             Protocol::Smtp
         );
-        let error = Transcript::parse("# title: t\n# protocol: imap\n").unwrap_err();
+        assert_eq!(
+            Transcript::parse("# title: t\n# protocol: IMAP\n")
+                .unwrap()
+                .header
+                .protocol,
+            Protocol::Imap
+        );
+        let error = Transcript::parse("# title: t\n# protocol: nntp\n").unwrap_err();
         assert_eq!(error.line_no, 2);
     }
 

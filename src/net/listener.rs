@@ -281,13 +281,26 @@ fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, door: &Door) {
         }
         let peer = stream.and_then(|s| s.peer_addr().map(|peer| (s, peer)));
         match peer {
-            Ok((stream, peer)) => door.admit(stream, canonical(peer).ip()),
+            Ok((stream, peer)) => {
+                no_delay(&stream);
+                door.admit(stream, canonical(peer).ip())
+            }
             Err(error) => {
                 // Out of file descriptors, for example: wait a moment rather than spin.
                 warn!("accept failed: {error}");
                 thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+}
+
+/// Send each reply at once. With Nagle's algorithm on, a reply written while the previous
+/// one is unacknowledged waits for the client's ACK, which the client delays ~40 ms hoping to
+/// piggyback it on data: a client that pipelines MAIL, RCPT, DATA and the body stalled that
+/// long per message. Replies are whole lines written together, so no tiny segments result.
+fn no_delay(stream: &TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        warn!("cannot set TCP_NODELAY: {error}");
     }
 }
 
@@ -339,6 +352,36 @@ mod tests {
         assert_eq!(admission.admit(two), Err(Refusal::Full));
         admission.release(one);
         assert_eq!(admission.admit(two), Ok(()));
+    }
+
+    /// A service that reports whether each socket it is handed has TCP_NODELAY on.
+    struct ReportNoDelay(Mutex<std::sync::mpsc::Sender<bool>>);
+
+    impl Service for ReportNoDelay {
+        fn session(&self, stream: TcpStream) -> (String, Box<dyn FnOnce() + Send>) {
+            let nodelay = stream.nodelay().unwrap_or(false);
+            let sender = crate::lock(&self.0);
+            let _ = sender.send(nodelay);
+            ("test".into(), Box::new(|| ()))
+        }
+
+        fn refuse(&self, _stream: TcpStream, _why: Refusal) {}
+    }
+
+    #[test]
+    fn every_accepted_socket_sends_without_delay() {
+        let bound = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = bound.addr;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let limits = Limits {
+            total: 4,
+            per_ip: 4,
+        };
+        let service = Arc::new(ReportNoDelay(Mutex::new(sender)));
+        let _welcome = Welcome::spawn(bound, Admission::new(limits), service);
+        let _client = TcpStream::connect(addr).unwrap();
+        let nodelay = receiver.recv_timeout(Duration::from_secs(10));
+        assert_eq!(nodelay, Ok(true), "TCP_NODELAY on the accepted socket");
     }
 
     #[test]

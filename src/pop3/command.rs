@@ -5,7 +5,8 @@
 //! Interface:
 //! - `VERBS`, every command this server knows, with its syntax and RFC section.
 //! - `parse(line)` turns one line into a `Command`, or the `-ERR` that says what is wrong.
-//! - `Response`, a status line and an optional multi-line body; `to_wire` byte-stuffs it.
+//! - `Response`, a status line and an optional multi-line body; `to_wire` byte-stuffs it. A
+//!   RETR or TOP body is a `Retrieval`, streamed from the maildrop after the status line.
 //!
 //! Standards: RFC 1939 §3, §5, §7, RFC 2449 §3, §5
 
@@ -171,6 +172,17 @@ pub struct Response {
     pub text: String,
     /// Lines ending in CRLF, not yet byte-stuffed; `to_wire` stuffs them and adds `.` CRLF.
     pub body: Option<Vec<u8>>,
+    /// RETR and TOP: the body is a message streamed from the maildrop after the status line
+    /// (`Session::send_message`), so it is never in memory whole.
+    pub stream: Option<Retrieval>,
+}
+
+/// Which message RETR or TOP streams, and for TOP how many body lines (RFC 1939 §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retrieval {
+    /// The message's index in the maildrop, from 0.
+    pub index: usize,
+    pub lines: Option<usize>,
 }
 
 impl Response {
@@ -179,6 +191,7 @@ impl Response {
             ok: true,
             text: text.into(),
             body: None,
+            stream: None,
         }
     }
 
@@ -187,6 +200,7 @@ impl Response {
             ok: false,
             text: text.into(),
             body: None,
+            stream: None,
         }
     }
 
@@ -196,6 +210,17 @@ impl Response {
             ok: true,
             text: text.into(),
             body: Some(body),
+            stream: None,
+        }
+    }
+
+    /// A multi-line `+OK` response whose body is a message streamed from the maildrop.
+    pub fn streamed(text: impl Into<String>, retrieval: Retrieval) -> Response {
+        Response {
+            ok: true,
+            text: text.into(),
+            body: None,
+            stream: Some(retrieval),
         }
     }
 

@@ -19,9 +19,8 @@
 //! Standards: RFC 1939 §3, §4, §6, RFC 2449 §6.6, RFC 2595 §4, RFC 8314 §3.3
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -37,11 +36,12 @@ use crate::net::tls::{self, Acceptor, Stream};
 use crate::pop3::command::{self, Response};
 use crate::pop3::session::{
     self, Maildrops, MessageSource, Next, OpenError, Opened, Session, Step, StoredMessage, Tls,
+    Wire,
 };
 use crate::smtp::auth;
-use crate::store::maildrop::{MaildropLock, ReaderLock};
+use crate::store::maildrop::{span_reader, MaildropLock, ReaderLock};
 use crate::store::mbox::{DeliveryError, MailDir};
-use crate::store::mboxrd::{self, Span};
+use crate::store::mboxrd::{self, Counter, Span, MAX_PIECE};
 
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration"
 /// (the default of `--pop3-autologout`; a lesson may shorten it to watch it happen).
@@ -227,7 +227,7 @@ impl Connection<'_> {
     /// Read a line, step the session, write the responses; after QUIT in TRANSACTION, UPDATE.
     fn run(&mut self) -> io::Result<&'static str> {
         let greeting = self.session.greeting();
-        self.send(&[greeting]);
+        self.send(&[greeting])?;
         self.flush()?;
         loop {
             let mut step = match self.read_command()? {
@@ -239,16 +239,16 @@ impl Connection<'_> {
                 thread::sleep(step.pause);
             }
             if step.next == Next::Update {
-                self.send(&step.responses);
+                self.send(&step.responses)?;
                 step = self.session.update();
             }
             if step.next == Next::StartTls {
-                self.send(&step.responses);
+                self.send(&step.responses)?;
                 self.flush()?;
                 self.starttls()?;
                 continue;
             }
-            self.send(&step.responses);
+            self.send(&step.responses)?;
             if step.next == Next::Close {
                 self.flush()?;
                 return Ok("closed by the session");
@@ -294,8 +294,9 @@ impl Connection<'_> {
         Ok(Ok(step))
     }
 
-    /// Queue responses; `flush` writes them.
-    fn send(&mut self, responses: &[Response]) {
+    /// Queue responses; `flush` writes them. A RETR or TOP message is streamed at once, after
+    /// what is queued, through a buffer of `MAX_PIECE`.
+    fn send(&mut self, responses: &[Response]) -> io::Result<()> {
         for response in responses {
             // A response may quote the client; the log is read on a terminal too.
             let logged = crate::visible::sanitize(&response.to_string());
@@ -306,7 +307,19 @@ impl Connection<'_> {
                 watch.server(String::from_utf8_lossy(&wire).lines().next().unwrap_or(""));
             }
             self.output.extend_from_slice(&wire);
+            if let Some(retrieval) = response.stream {
+                self.flush()?;
+                let stream = self
+                    .stream
+                    .as_mut()
+                    .ok_or_else(|| io::Error::other("no stream"))?;
+                let capacity = usize::try_from(MAX_PIECE).map_err(io::Error::other)?;
+                let mut out = BufWriter::with_capacity(capacity, stream);
+                self.session.send_message(retrieval, &mut out)?;
+                out.flush()?;
+            }
         }
+        Ok(())
     }
 
     /// STLS: forget unread plaintext (as SMTP's STARTTLS, CVE-2011-0411), then the handshake.
@@ -356,7 +369,7 @@ fn is_pass(line: &[u8]) -> bool {
 
 // ANCHOR: mbox_maildrops
 /// Maildrops as mbox files: `DIR/<user>`, the same files SMTP delivers to.
-struct MboxMaildrops {
+pub struct MboxMaildrops {
     pub mail_dir: MailDir,
 }
 
@@ -397,7 +410,10 @@ impl Maildrops for MboxMaildrops {
         let removed = self.mail_dir.rewrite_without(user, |locked, spans| {
             let hashes = spans
                 .iter()
-                .map(|span| locked.read_span(*span).map(|raw| session::fnv1a64(&raw)))
+                .map(|span| {
+                    let mut raw = Hashing::new(locked.span_reader(*span)?);
+                    io::copy(&mut raw, &mut io::sink()).map(|_| raw.hash)
+                })
                 .collect::<io::Result<Vec<u64>>>()?;
             let uids = session::ids_of_hashes(hashes);
             Ok(uids.iter().map(|uid| deleted.contains(uid)).collect())
@@ -436,15 +452,19 @@ struct Indexed {
 }
 
 impl Snapshot {
-    /// Read the locked maildrop once, a message at a time.
+    /// Read the locked maildrop once, a message at a time, each in bounded memory: its hash
+    /// and its size on the wire in one pass.
     fn index(locked: &MaildropLock, reader: ReaderLock) -> io::Result<Snapshot> {
         let mut messages = Vec::new();
         for span in locked.spans()? {
-            let raw = locked.read_span(span)?;
+            let mut raw = Hashing::new(locked.span_reader(span)?);
+            let mut wire = Wire::new(Counter(0), None, false);
+            mboxrd::unquoted_pieces(&mut raw, |piece| wire.piece(piece))?;
+            let size = usize::try_from(wire.finish()?.0).map_err(io::Error::other)?;
             messages.push(Indexed {
                 span,
-                hash: session::fnv1a64(&raw),
-                size: session::to_crlf(&content_of(&raw)).len(),
+                hash: raw.hash,
+                size,
             });
         }
         Ok(Snapshot {
@@ -453,28 +473,75 @@ impl Snapshot {
             _reader: reader,
         })
     }
-}
 
-impl MessageSource for Snapshot {
-    fn content(&self, index: usize) -> io::Result<Vec<u8>> {
-        let message = self
-            .messages
+    fn indexed(&self, index: usize) -> io::Result<&Indexed> {
+        self.messages
             .get(index)
-            .ok_or_else(|| io::Error::other("no such message"))?;
-        let mut raw = vec![0; message.span.len as usize];
-        self.file.read_exact_at(&mut raw, message.span.offset)?;
-        if session::fnv1a64(&raw) != message.hash {
-            return Err(io::Error::other("the message changed since login"));
-        }
-        Ok(content_of(&raw))
+            .ok_or_else(|| io::Error::other("no such message"))
     }
 }
 
-/// One message's content from its raw bytes in the mbox (quoting undone).
-fn content_of(raw: &[u8]) -> Vec<u8> {
-    mboxrd::parse_mboxrd(raw)
-        .pop()
-        .map(|m| m.content)
-        .unwrap_or_default()
+impl MessageSource for Snapshot {
+    fn verify(&self, index: usize) -> io::Result<()> {
+        let message = self.indexed(index)?;
+        let mut raw = Hashing::new(span_reader(&self.file, message.span)?);
+        io::copy(&mut raw, &mut io::sink())?;
+        raw.check(message.hash)
+    }
+
+    /// Hash what is read as it is sent, to the end of the span even when TOP stops early, so a
+    /// message changed between `verify` and now is caught before the final `.`.
+    fn send(&self, index: usize, wire: &mut Wire<&mut dyn Write>) -> io::Result<()> {
+        let message = self.indexed(index)?;
+        let mut raw = Hashing::new(span_reader(&self.file, message.span)?);
+        mboxrd::unquoted_pieces(&mut raw, |piece| wire.piece(piece))?;
+        io::copy(&mut raw, &mut io::sink())?;
+        raw.check(message.hash)
+    }
 }
+
 // ANCHOR_END: snapshot
+
+/// A reader of a message's raw bytes that hashes them (`fnv1a64`) as they pass.
+struct Hashing<R> {
+    inner: R,
+    hash: u64,
+}
+
+impl<R: BufRead> Hashing<R> {
+    fn new(inner: R) -> Hashing<R> {
+        Hashing {
+            inner,
+            hash: session::FNV1A64_START,
+        }
+    }
+
+    fn check(&self, hash: u64) -> io::Result<()> {
+        if self.hash != hash {
+            return Err(io::Error::other("the message changed since login"));
+        }
+        Ok(())
+    }
+}
+
+impl<R: BufRead> Read for Hashing<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.hash = session::fnv1a64_more(self.hash, &out[..n]);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Hashing<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        if let Ok(buffered) = self.inner.fill_buf() {
+            let n = n.min(buffered.len());
+            self.hash = session::fnv1a64_more(self.hash, &buffered[..n]);
+        }
+        self.inner.consume(n);
+    }
+}

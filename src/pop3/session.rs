@@ -13,6 +13,9 @@
 //! - `Maildrops`, the hook that locks and reads a maildrop at login and removes the deleted
 //!   messages in UPDATE; the session itself touches no file and no socket.
 //! - `unique_ids` (UIDL) and `to_crlf` (the size of a message) are the rules clients rely on.
+//! - RETR and TOP answer with a `Retrieval`; the connection then calls `send_message`, which
+//!   has the hook stream the message through a `Wire` (CRLF, TOP's cut, byte-stuffing), so a
+//!   message is never in memory whole.
 //!
 //! The size rule (RFC 1939 §11): a message is sent with every line ending in CRLF, and its size
 //! in STAT, LIST and RETR is the number of octets of exactly that CRLF form, before
@@ -22,13 +25,14 @@
 //! Standards: RFC 1939 §3, §4, §5, §6, §7, §11, RFC 2449 §5, §6.6, §8.1.2, RFC 2595 §4
 
 use std::fmt;
+use std::io::{self, Write};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::machine;
-use crate::pop3::command::{parse, Command, Response, Verb};
+use crate::pop3::command::{parse, Command, Response, Retrieval, Verb};
 use crate::smtp::auth;
 use crate::smtp::auth_budget::{shut_out_text, Verdict};
 
@@ -132,8 +136,13 @@ pub struct StoredMessage {
 /// Where RETR and TOP read a message from. Held for as long as the session may use the
 /// maildrop, with the exclusive-access lock; dropping it lets the next session in.
 pub trait MessageSource: Send {
-    /// Message `index` (from 0) with `\n` line ends, mbox quoting undone.
-    fn content(&self, index: usize) -> std::io::Result<Vec<u8>>;
+    /// Is message `index` (from 0) still the one indexed at login? Read through once, in
+    /// bounded memory, before `+OK` is sent.
+    fn verify(&self, index: usize) -> io::Result<()>;
+    /// Stream message `index` into `wire` (`Wire`), mbox quoting undone. Fails if the
+    /// message changed since `verify`: the caller then ends the connection before `.`, so the
+    /// client never takes what it got for the message.
+    fn send(&self, index: usize, wire: &mut Wire<&mut dyn Write>) -> io::Result<()>;
 }
 
 /// A maildrop opened at login: its messages and their source (RFC 1939 §4).
@@ -165,9 +174,16 @@ pub trait Maildrops: Send + Sync {
 // ANCHOR: uidl
 /// 64-bit FNV-1a (Fowler–Noll–Vo): a few lines, no crate, and the same on every machine.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a64_more(FNV1A64_START, bytes)
+}
+
+/// FNV-1a's starting value (the "offset basis").
+pub const FNV1A64_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Go on hashing: `fnv1a64_more(fnv1a64(a), b) == fnv1a64(ab)`, for a message read in pieces.
+pub fn fnv1a64_more(hash: u64, bytes: &[u8]) -> u64 {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+    bytes.iter().fold(hash, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(PRIME)
     })
 }
@@ -203,34 +219,106 @@ pub fn ids_of_hashes(each_hash: impl IntoIterator<Item = u64>) -> Vec<String> {
 /// The message as it goes on the wire: every `\n` not already after a `\r` becomes CRLF, and a
 /// last line without an end gets one (RFC 1939 §11). Its length is the message's size.
 pub fn to_crlf(content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + content.len() / 32 + 2);
-    for (i, &byte) in content.iter().enumerate() {
-        if byte == b'\n' && (i == 0 || content[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(byte);
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    Wire::whole(content, None)
 }
 
 /// The header, the empty line, and the first `lines` lines of the body (TOP, RFC 1939 §7).
 pub fn top(wire: &[u8], lines: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut body_lines = None;
-    for line in wire.split_inclusive(|&byte| byte == b'\n') {
-        match body_lines {
-            Some(n) if n == lines => break,
-            Some(n) => body_lines = Some(n + 1),
-            None if line == b"\r\n" => body_lines = Some(0),
+    Wire::whole(wire, Some(lines))
+}
+
+// ANCHOR: wire
+/// A message's content, fed in pieces of lines, written out in its wire form as it comes:
+/// CRLF line ends (RFC 1939 §11); for TOP only the header, the empty line and `lines` body
+/// lines (RFC 1939 §7); byte-stuffed and ended with `.` CRLF when `stuffed` (RFC 1939 §3). A
+/// piece starts a line when the one before ended one, so a line may come in several pieces.
+pub struct Wire<W: Write> {
+    out: W,
+    stuffed: bool,
+    /// TOP's number of body lines; `None` for the whole message.
+    lines: Option<usize>,
+    /// Body lines begun so far; `None` while still in the header.
+    body_lines: Option<usize>,
+    at_line_start: bool,
+    /// The last octet fed: a `\n` after a `\r` in the piece before is already CRLF.
+    last: u8,
+    /// TOP has all the lines it wants.
+    done: bool,
+}
+
+impl<W: Write> Wire<W> {
+    pub fn new(out: W, lines: Option<usize>, stuffed: bool) -> Wire<W> {
+        Wire {
+            out,
+            stuffed,
+            lines,
+            body_lines: None,
+            at_line_start: true,
+            last: 0,
+            done: false,
+        }
+    }
+
+    /// Write the wire form of a piece of content; `false` once TOP needs no more.
+    pub fn piece(&mut self, piece: &[u8]) -> io::Result<bool> {
+        for segment in piece.split_inclusive(|&byte| byte == b'\n') {
+            if self.at_line_start && self.line_begins(segment) {
+                self.done = true;
+                return Ok(false);
+            }
+            if self.at_line_start && self.stuffed && segment.starts_with(b".") {
+                self.out.write_all(b".")?;
+            }
+            let before_end = match segment {
+                [.., before, b'\n'] => *before,
+                _ => self.last,
+            };
+            match segment.strip_suffix(b"\n") {
+                Some(line) if before_end != b'\r' => {
+                    self.out.write_all(line)?;
+                    self.out.write_all(b"\r\n")?;
+                }
+                _ => self.out.write_all(segment)?,
+            }
+            self.last = segment.last().copied().unwrap_or(self.last);
+            self.at_line_start = segment.ends_with(b"\n");
+        }
+        Ok(true)
+    }
+
+    /// TOP's count, at the start of each line: `true` when this line is one too many.
+    fn line_begins(&mut self, line: &[u8]) -> bool {
+        match self.body_lines {
+            Some(n) if Some(n) == self.lines => return true,
+            Some(n) => self.body_lines = Some(n + 1),
+            None if line == b"\n" || line == b"\r\n" => self.body_lines = Some(0),
             None => {}
         }
-        out.extend_from_slice(line);
+        false
     }
-    out
+
+    /// End the last line if it has no end, and the response if stuffed; returns the writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        if !self.at_line_start && !self.done {
+            self.out.write_all(b"\r\n")?;
+        }
+        if self.stuffed {
+            self.out.write_all(b".\r\n")?;
+        }
+        Ok(self.out)
+    }
 }
+
+impl Wire<Vec<u8>> {
+    /// The wire form of a whole content in memory, not stuffed.
+    fn whole(content: &[u8], lines: Option<usize>) -> Vec<u8> {
+        let mut wire = Wire::new(Vec::with_capacity(content.len() + 2), lines, false);
+        // Writing to a Vec cannot fail.
+        let _ = wire.piece(content);
+        wire.finish().unwrap_or_default()
+    }
+}
+// ANCHOR_END: wire
 
 /// One message during a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,6 +553,17 @@ impl Session {
         self.step(Input::Invalid { response, rfc })
     }
 
+    /// Stream the message a RETR or TOP response names into `out`: its wire form, stuffed,
+    /// then `.` CRLF. An error means the response is unfinished: the connection must close.
+    pub fn send_message(&self, retrieval: Retrieval, out: &mut dyn Write) -> io::Result<()> {
+        let State::Transaction { maildrop } = &self.state else {
+            return Err(io::Error::other("no maildrop is open"));
+        };
+        let mut wire = Wire::new(out, retrieval.lines, true);
+        maildrop.source.send(retrieval.index, &mut wire)?;
+        wire.finish().map(drop)
+    }
+
     /// The UPDATE state, after the connection has sent what QUIT asked for.
     pub fn update(&mut self) -> Step {
         self.step(Input::Update)
@@ -604,7 +703,7 @@ impl Session {
             }
             Err(OpenError::InUse) => {
                 // Said in words, since curl shows a bare [IN-USE] as "Access denied".
-                let text = "[IN-USE] this mailbox is open in another POP3 session \
+                let text = "[IN-USE] this mailbox is open in another POP3 or IMAP session \
                             (a mail client left open?); QUIT that one, then log in again";
                 Outcome::respond(waiting, Response::err(text))
             }
@@ -756,11 +855,11 @@ impl Maildrop {
             Command::List(None) => Ok(self.list()),
             Command::List(Some(n)) => self.get(n).map(|m| Response::ok(format!("{n} {}", m.size))),
             Command::Retr(n) => self
-                .wire(n)
-                .map(|wire| Response::multi(format!("{} octets", wire.len()), wire)),
+                .retrieval(n, None)
+                .map(|(size, r)| Response::streamed(format!("{size} octets"), r)),
             Command::Top { msg, lines } => self
-                .wire(msg)
-                .map(|wire| Response::multi("Top of message follows", top(&wire, lines))),
+                .retrieval(msg, Some(lines))
+                .map(|(_, r)| Response::streamed("Top of message follows", r)),
             Command::Dele(n) => self.dele(n),
             Command::Uidl(None) => Ok(self.uidl()),
             Command::Uidl(Some(n)) => self.get(n).map(|m| Response::ok(format!("{n} {}", m.uid))),
@@ -788,16 +887,23 @@ impl Maildrop {
         Ok(message)
     }
 
-    /// Message `n` as RETR sends it, read from the maildrop now.
-    fn wire(&self, n: usize) -> Result<Vec<u8>, Response> {
-        self.get(n)?;
-        let content = self.source.content(n - 1).map_err(|error| {
+    /// Message `n` for RETR or TOP, checked against the maildrop now; the connection streams
+    /// it after the status line (`Session::send_message`). Returns its size too.
+    fn retrieval(&self, n: usize, lines: Option<usize>) -> Result<(usize, Retrieval), Response> {
+        let size = self.get(n)?.size;
+        self.source.verify(n - 1).map_err(|error| {
             log::warn!("POP3 {}: cannot read message {n}: {error}", self.user);
             Response::err(format!(
                 "Message {n} cannot be read now (another program may have changed the maildrop)"
             ))
         })?;
-        Ok(to_crlf(&content))
+        Ok((
+            size,
+            Retrieval {
+                index: n - 1,
+                lines,
+            },
+        ))
     }
 
     fn live(&self) -> impl Iterator<Item = (usize, &Message)> {
@@ -882,8 +988,15 @@ mod tests {
     struct Held(Arc<Mutex<HashSet<String>>>, String);
 
     impl MessageSource for Held {
-        fn content(&self, index: usize) -> std::io::Result<Vec<u8>> {
-            Ok([FIRST, SECOND][index].to_vec())
+        fn verify(&self, _index: usize) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn send(&self, index: usize, wire: &mut Wire<&mut dyn Write>) -> io::Result<()> {
+            // In two pieces, cutting a line, as a long line comes from the file.
+            let (head, tail) = [FIRST, SECOND][index].split_at(15);
+            wire.piece(head)?;
+            wire.piece(tail).map(drop)
         }
     }
 
@@ -1052,17 +1165,41 @@ mod tests {
         let mut s = session_in(&memory, Transaction);
         let list = run(&mut s, "LIST 1").responses[0].text.clone();
         let retr = run(&mut s, "RETR 1").responses[0].clone();
-        let body = retr.body.clone().unwrap();
+        let body = to_crlf(FIRST);
         assert_eq!(list, format!("1 {}", body.len()));
         assert_eq!(retr.text, format!("{} octets", body.len()));
-        assert_eq!(body, to_crlf(FIRST));
         // On the wire the stuffing adds octets that the size does not count.
-        let wire = retr.to_wire();
+        let wire = sent(&s, &retr);
+        let unstuffed = [
+            b"+OK " as &[u8],
+            retr.text.as_bytes(),
+            b"\r\nSubject: one\r\n\r\n..\r\n...x\r\nFrom me\r\nbody\r\n.\r\n",
+        ]
+        .concat();
+        assert_eq!(wire, unstuffed);
         assert!(wire.windows(6).any(|w| w == b"\r\n..\r\n"));
         assert!(wire.windows(6).any(|w| w == b"\n...x\r"));
         let stat = run(&mut s, "STAT").responses[0].text.clone();
         let total = to_crlf(FIRST).len() + to_crlf(SECOND).len();
         assert_eq!(stat, format!("2 {total}"));
+    }
+
+    /// What the connection writes for a response: the status line, then a streamed message.
+    fn sent(s: &Session, response: &Response) -> Vec<u8> {
+        let mut wire = response.to_wire();
+        if let Some(retrieval) = response.stream {
+            s.send_message(retrieval, &mut wire).unwrap();
+        }
+        wire
+    }
+
+    #[test]
+    fn top_streams_the_header_and_n_body_lines() {
+        let memory = Arc::new(Memory::default());
+        let mut s = session_in(&memory, Transaction);
+        let top = run(&mut s, "TOP 2 1").responses[0].clone();
+        let expected = b"+OK Top of message follows\r\nSubject: two\r\nX: y\r\n\r\nline 1\r\n.\r\n";
+        assert_eq!(sent(&s, &top), expected);
     }
 
     #[test]

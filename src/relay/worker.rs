@@ -5,8 +5,8 @@
 //! - `start(config, spool, deliver, listen)` starts the dispatcher and `--relay-workers`
 //!   delivery threads; the `RelayHandle` it returns stops them all when dropped (it also cuts
 //!   the conversations in progress).
-//! - `etrn(spool, config, argument)` makes the queued mail for a domain due now and says so
-//!   (ETRN, RFC 1985); `names_this_host(domain, config)` tells a literal that is this server.
+//! - `etrn(spool, local_domains, argument)` makes the queued mail for a domain due now and says
+//!   so (ETRN, RFC 1985); the delivery hook calls it for the session.
 //!
 //! The dispatcher looks at the spool when woken or once a second and gives every due message
 //! to an idle worker, but never more than `PER_DESTINATION` at a time for one next-hop domain:

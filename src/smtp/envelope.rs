@@ -7,7 +7,8 @@
 //! - `Client`: who is connected (HELO name, TLS, AUTH user); it outlives transactions.
 //! - `Message`: an envelope, a client and the content, ready for delivery.
 //! - `Deliver`: the hook that stores a `Message`, or says why it cannot (a 4xx/5xx reply), and
-//!   starts the queue for ETRN.
+//!   starts the queue for ETRN, and at RCPT time says whether a recipient's mailboxes have room
+//!   (`room_for`).
 //! - `message_id(session, n)`: the id a message gets at the end of DATA; `is_message_id` knows one.
 //!
 //! Standards: RFC 5321 §3.3, §5.1, RFC 3461 §4.1, §4.2
@@ -77,6 +78,13 @@ pub struct Message {
 pub trait Deliver: Send + Sync {
     /// Store the message durably; an `Err` reply (4xx/5xx) means nothing was stored.
     fn deliver(&self, message: &Message) -> Result<(), Reply>;
+
+    /// RCPT time: can every mailbox of `route` still take a message of `declared` octets
+    /// (RFC 1870 `SIZE=`, 0 when not declared)? An `Err` reply refuses this recipient only.
+    /// The default takes everything: a hook without mailboxes has nothing to fill.
+    fn room_for(&self, _route: &Route, _declared: u64) -> Result<(), Reply> {
+        Ok(())
+    }
 
     /// ETRN (RFC 1985): start the queue for `node` now. Without a queue there is nothing to
     /// start; the session has already checked that the client may relay.

@@ -50,7 +50,7 @@ pub enum BodyType {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MailOptions {
     /// RFC 1870 `SIZE=`: the size the client declared, if it did.
-    declared_size: Option<u64>,
+    pub declared_size: Option<u64>,
     pub body: BodyType,
     /// RFC 6531 §3.4: UTF-8 is allowed in addresses and headers.
     pub smtputf8: bool,

@@ -13,7 +13,7 @@
 //! | `body.rs` | a message's content: in memory while small, in a file when large | 16 |
 //! | `extensions.rs` | the EHLO keywords and the MAIL FROM parameters | 8 |
 //! | `auth.rs` | AUTH: the SASL mechanisms, without sockets | 9 |
-//! | `auth_budget.rs` | the password-failure budget per client address, for SMTP and POP3 | 14 |
+//! | `auth_budget.rs` | the password-failure budget per client address, for SMTP, POP3 and IMAP | 14 |
 //!
 //! Standards: none
 

@@ -609,8 +609,14 @@ impl Session {
     /// RCPT TO (RFC 5321 §4.1.1.3): add one recipient, if it is ours.
     fn rcpt(&self, mut envelope: Envelope, path: ForwardPath, params: &[Param]) -> Outcome {
         let smtputf8 = envelope.options.smtputf8;
-        let checked = extensions::rcpt_options(params)
-            .and_then(|options| Ok((self.route(&path, smtputf8)?, options)));
+        // RFC 1870 §6.4: a recipient whose mailbox cannot take the declared size is refused
+        // alone; the others in the transaction are unaffected.
+        let declared = envelope.options.declared_size.unwrap_or(0);
+        let checked = extensions::rcpt_options(params).and_then(|options| {
+            let route = self.route(&path, smtputf8)?;
+            self.deliver.room_for(&route, declared)?;
+            Ok((route, options))
+        });
         let reply = match checked {
             // RFC 5321 §4.5.3.1.10: over an implementation limit, answer 452 and keep the others.
             Ok(_) if envelope.recipients.len() >= self.config.max_recipients => {
@@ -1421,6 +1427,64 @@ mod tests {
             Route::Local(vec!["alice".into(), "bob".into()])
         );
         assert_eq!(delivered[0].content.to_vec().unwrap(), b"hi\n");
+    }
+
+    /// A hook whose alice has room for `room` more octets; everyone else has room for any.
+    struct AliceHasRoomFor(u64, Remember);
+
+    impl Deliver for AliceHasRoomFor {
+        fn deliver(&self, message: &Message) -> Result<(), Reply> {
+            self.1.deliver(message)
+        }
+
+        fn room_for(&self, route: &Route, declared: u64) -> Result<(), Reply> {
+            let alice = matches!(route, Route::Local(users) if users.iter().any(|u| u == "alice"));
+            if alice && declared >= self.0 {
+                return Err(Reply::new(452, "4.2.2", "Mailbox of alice is full"));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_mailbox_refuses_its_recipient_only() {
+        let hook = Arc::new(AliceHasRoomFor(1000, Remember::default()));
+        let mut config = Config::default();
+        config.directory = crate::config::Directory::demo("smtplab.test");
+        let addr: SocketAddr = "127.0.0.1:2525".parse().unwrap();
+        let mut s = Session::new(
+            Arc::new(config),
+            hook.clone(),
+            ENDPOINT,
+            (addr, addr),
+            "S".into(),
+        );
+        let mut reply = |line: &str| s.line(line.as_bytes()).replies[0].clone();
+        reply("EHLO c.example");
+        // The declared size (RFC 1870) is what the hook is asked about.
+        reply("MAIL FROM:<m@c.example> SIZE=999");
+        assert_eq!(reply("RCPT TO:<alice@localhost>").code, 250);
+        reply("RSET");
+        reply("MAIL FROM:<m@c.example> SIZE=1000");
+        let refused = reply("RCPT TO:<alice@localhost>");
+        assert_eq!((refused.code, refused.status), (452, "4.2.2"));
+        assert_eq!(
+            reply("RCPT TO:<students@localhost>").code,
+            452,
+            "alice is in it"
+        );
+        assert_eq!(reply("RCPT TO:<bob@localhost>").code, 250);
+        assert_eq!(reply("DATA").code, 354);
+        let step = s.finish_data(Ok(Body::from(&b"hi\n"[..])));
+        assert_eq!(step.replies[0].code, 250);
+        let delivered = hook.1 .0.lock().unwrap();
+        let recipients: Vec<&Route> = delivered[0]
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| &r.route)
+            .collect();
+        assert_eq!(recipients, [&Route::Local(vec!["bob".into()])]);
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //!   other domains (`Route::Relay`) are written to the outbound queue in the same all-or-nothing
 //!   step (queue file synced, mboxes written, then the queue file committed), with the DSN
 //!   parameters of the envelope (RET, ENVID, NOTIFY, ORCPT).
+//! - `LocalDelivery::room_for(route, declared)` refuses at RCPT time a local recipient whose
+//!   mailbox is full, or too full for the size declared in MAIL FROM (RFC 1870 §6.4).
 //! - `received_header(..)` builds the trace line of RFC 5321 §4.4.
 //!
 //! Memory: local mailboxes and the queue's content file are both written from the message's
 //! `Body` as a stream, so no copy of a large message is ever held in memory whole.
 //!
-//! Standards: RFC 5321 §4.4, §6.1, §4.2.5, RFC 3463 §3.4, RFC 3848 §3, RFC 6531 §3.7.3,
-//!   RFC 3461 §5.2.1
+//! Standards: RFC 5321 §4.4, §6.1, §4.2.5, RFC 1870 §6.4, RFC 3463 §3.3, §3.4, RFC 3848 §3,
+//!   RFC 6531 §3.7.3, RFC 3461 §5.2.1
 
 use std::io;
 use std::sync::Arc;
@@ -71,6 +73,26 @@ impl Deliver for LocalDelivery {
             None => crate::smtp::envelope::etrn_unavailable(node),
         }
     }
+
+    // ANCHOR: room_for
+    /// RCPT time (RFC 1870 §6.4): a mailbox already full, or too full for the declared size,
+    /// refuses this recipient with 452 4.2.2, so the other recipients still get the message.
+    fn room_for(&self, route: &Route, declared: u64) -> Result<(), Reply> {
+        let Route::Local(users) = route else {
+            return Ok(());
+        };
+        for user in users {
+            // Only a full mailbox is refused here; any other trouble is met at the end of DATA.
+            if let Err(DeliveryError::Full { user, limit }) = self.mail_dir.room_for(user, declared)
+            {
+                return Err(Reply::new(452, "4.2.2", "").text(format!(
+                    "Mailbox of {user} has no room for this message (limit {limit} bytes); try again later, after its owner has deleted mail"
+                )));
+            }
+        }
+        Ok(())
+    }
+    // ANCHOR_END: room_for
 }
 
 impl LocalDelivery {

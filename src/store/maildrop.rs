@@ -6,7 +6,9 @@
 //!   maildrop, from login to the end of the session.
 //! - `MailDir::lock_maildrop(user)` holds an mbox with the locks a delivery takes; on the held
 //!   `MaildropLock`, `spans()` indexes the messages as they are *now*, `read_span(span)` reads
-//!   one, and `rewrite(keep)` replaces the file with only the spans kept.
+//!   one (`span_reader(span)` as a stream, in bounded memory), and `rewrite(keep)` replaces
+//!   the file with only the spans kept; `rewrite_parts` also writes new bytes in between
+//!   (IMAP's flag headers).
 //! - `MailDir::rewrite_without(user, remove)` does all of that in one step: `remove` sees the
 //!   messages as the file holds them at that moment, so mail another program delivered or
 //!   rewrote during the session is judged by what it is now, and kept unless marked.
@@ -14,14 +16,14 @@
 //! Standards: RFC 1939 §4, §6, RFC 4155 §2
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 
 use crate::store::gate::Exclusive;
 use crate::store::lock::{private_file, MboxLock};
 use crate::store::mbox::{is_safe_mailbox_name, DeliveryError, MailDir};
-use crate::store::mboxrd::{index_mboxrd, Span};
+use crate::store::mboxrd::{index_mboxrd, Span, MAX_PIECE};
 
 // ANCHOR: maildrop_lock
 /// The mbox of one user, held with the same two locks a delivery takes (dotlock, then fcntl),
@@ -56,6 +58,14 @@ impl Drop for ReaderLock {
     }
 }
 // ANCHOR_END: maildrop_lock
+
+/// The bytes of `span` in `file`, read `MAX_PIECE` at a time: a message of any size is read
+/// in bounded memory. Moves the file's offset (shared with its clones).
+pub fn span_reader(mut file: &File, span: Span) -> io::Result<impl BufRead + '_> {
+    file.seek(SeekFrom::Start(span.offset))?;
+    let capacity = usize::try_from(MAX_PIECE).map_err(io::Error::other)?;
+    Ok(BufReader::with_capacity(capacity, file.take(span.len)))
+}
 
 impl MailDir {
     /// Lock a user's mbox as a delivery does (waiting up to the lock attempts); the mbox is
@@ -127,6 +137,15 @@ impl MailDir {
     }
 }
 
+/// One piece of an mbox being rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part<'a> {
+    /// These bytes of the file as it is now.
+    Kept(Span),
+    /// New bytes: a message with its headers changed.
+    New(&'a [u8]),
+}
+
 impl MaildropLock {
     /// The locked mbox, open for reading and appending.
     pub fn file(&self) -> &File {
@@ -148,6 +167,11 @@ impl MaildropLock {
         Ok(bytes)
     }
 
+    /// One message's raw bytes as a stream, read a buffer at a time (`span_reader`).
+    pub fn span_reader(&self, span: Span) -> io::Result<impl BufRead + '_> {
+        span_reader(&self.mbox.file, span)
+    }
+
     /// Is the name still this file? A file renamed over it meanwhile is not ours to read.
     fn check_still_named(&self) -> io::Result<()> {
         let (ours, named) = (
@@ -160,12 +184,19 @@ impl MaildropLock {
         Ok(())
     }
 
-    // ANCHOR: rewrite
-    /// Replace the mbox with the spans kept, all or nothing: copy them into `DIR/.<user>.new`
-    /// a buffer at a time, sync it, rename it over the mbox, sync the directory (the rename
-    /// lives there). A crash leaves either the old file or the new one, never half of each.
-    /// The locks are released only after all of that, when `self` is dropped.
+    /// Replace the mbox with the spans kept (POP3's UPDATE): `rewrite_parts` with no new bytes.
     pub fn rewrite(self, keep: &[Span]) -> io::Result<()> {
+        let parts: Vec<Part> = keep.iter().copied().map(Part::Kept).collect();
+        self.rewrite_parts(&parts)
+    }
+
+    // ANCHOR: rewrite
+    /// Replace the mbox with `parts`, all or nothing: spans of the file as it is, and new bytes
+    /// (IMAP's new flag headers), copied into `DIR/.<user>.new` a buffer at a time; sync it,
+    /// rename it over the mbox, sync the directory (the rename lives there). A crash leaves
+    /// either the old file or the new one, never half of each. The locks are released only
+    /// after all of that, when `self` is dropped.
+    pub fn rewrite_parts(self, parts: &[Part]) -> io::Result<()> {
         let temp = self.root.join(format!(".{}.new", self.mbox.user));
         // A temp file left by a crash is ours to remove: we hold the dotlock.
         match fs::remove_file(&temp) {
@@ -173,7 +204,7 @@ impl MaildropLock {
             _ => {}
         }
         let written = self
-            .copy_spans(&temp, keep)
+            .copy_parts(&temp, parts)
             .and_then(|()| fs::rename(&temp, &self.path));
         if let Err(err) = written {
             let _ = fs::remove_file(&temp);
@@ -183,12 +214,19 @@ impl MaildropLock {
     }
     // ANCHOR_END: rewrite
 
-    /// Create `temp` (0600, never through a symlink), copy the spans into it, sync it.
-    fn copy_spans(&self, temp: &std::path::Path, keep: &[Span]) -> io::Result<()> {
+    /// Create `temp` (0600, never through a symlink), write the parts into it, sync it.
+    fn copy_parts(&self, temp: &std::path::Path, parts: &[Part]) -> io::Result<()> {
         let file = private_file().write(true).create_new(true).open(temp)?;
         let mut out = BufWriter::new(file);
         let mut source = self.mbox.file.try_clone()?;
-        for span in keep {
+        for part in parts {
+            let span = match part {
+                Part::Kept(span) => span,
+                Part::New(bytes) => {
+                    out.write_all(bytes)?;
+                    continue;
+                }
+            };
             source.seek(SeekFrom::Start(span.offset))?;
             let copied = io::copy(&mut (&mut source).take(span.len), &mut out)?;
             if copied != span.len {

@@ -3,7 +3,8 @@
 //!
 //! Interface:
 //! - `MailDir::new(dir)` names the mail directory; `with_lock_attempts(n)` bounds the wait for
-//!   locks; `with_size_limit(bytes)` refuses a delivery that would make an mbox larger.
+//!   locks; `with_size_limit(bytes)` refuses a delivery that would make an mbox larger, and
+//!   `room_for(user, declared)` asks at RCPT time whether a message of that size still fits.
 //! - `MailDir::deliver_body(sender, deliveries, body)` appends one message to several mboxes
 //!   under lock, syncs each, and truncates every file back if any append fails; `deliver(..)`
 //!   does the same for content given as bytes. A small message joins a group commit
@@ -199,6 +200,30 @@ impl MailDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// RCPT time, before any content (RFC 1870): refuse (`DeliveryError::Full`) when `user`'s
+    /// mbox is already at the size limit, or when its size plus the `declared` size of the
+    /// message would pass it. Read without locks: the end of DATA checks again, under them.
+    pub fn room_for(&self, user: &str, declared: u64) -> Result<(), DeliveryError> {
+        let Some(limit) = self.size_limit else {
+            return Ok(());
+        };
+        let path = self
+            .path_for(user)
+            .ok_or_else(|| DeliveryError::UnsafeName(user.to_string()))?;
+        let size = match fs::symlink_metadata(&path) {
+            Ok(metadata) => metadata.len(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => 0,
+            Err(err) => return Err(DeliveryError::Io(user.to_string(), err)),
+        };
+        if size >= limit || size.saturating_add(declared) > limit {
+            return Err(DeliveryError::Full {
+                user: user.to_string(),
+                limit,
+            });
+        }
+        Ok(())
     }
 
     /// `DIR/<user>`, or `None` if `user` is not a safe file name (see `is_safe_mailbox_name`).
@@ -921,6 +946,37 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!((dir.read("alice"), dir.read("bob")), (alice, bob));
+    }
+
+    #[test]
+    fn room_for_refuses_a_full_mailbox_or_a_declared_size_that_would_not_fit() {
+        let dir = TempDir::new("room");
+        let maildir = dir.mail_dir().with_size_limit(300);
+        assert!(maildir.room_for("alice", 300).is_ok(), "no mbox yet: empty");
+        assert!(
+            maildir.room_for("alice", 301).is_err(),
+            "would pass the limit"
+        );
+        fs::write(dir.0.join("alice"), "x".repeat(250)).unwrap();
+        assert!(maildir.room_for("alice", 0).is_ok());
+        assert!(
+            maildir.room_for("alice", 50).is_ok(),
+            "exactly at the limit"
+        );
+        let refused = maildir.room_for("alice", 51);
+        assert!(
+            matches!(refused, Err(DeliveryError::Full { ref user, limit: 300 }) if user == "alice"),
+            "{refused:?}"
+        );
+        fs::write(dir.0.join("alice"), "x".repeat(300)).unwrap();
+        assert!(
+            maildir.room_for("alice", 0).is_err(),
+            "already at the limit"
+        );
+        assert!(
+            dir.mail_dir().room_for("alice", u64::MAX).is_ok(),
+            "no limit"
+        );
     }
 
     #[test]

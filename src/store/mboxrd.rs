@@ -11,7 +11,7 @@
 //!
 //! Standards: RFC 4155 §2
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::time::SystemTime;
 
 use crate::datetime;
@@ -281,6 +281,48 @@ pub fn index_mboxrd(mut reader: impl BufRead) -> io::Result<Vec<Span>> {
     Ok(spans)
 }
 
+/// The longest piece of a line `unquoted_pieces` hands on at once: a longer line comes in
+/// several pieces, so reading a message never holds more than this.
+pub const MAX_PIECE: u64 = 64 * 1024;
+
+// ANCHOR: unquoted_pieces
+/// One message's raw bytes in the mbox (a `Span`: separator, quoted content, the empty line
+/// after it) read as a stream: `each` gets the content as `parse_mboxrd` gives it, in pieces
+/// that never split a line unless it is longer than `MAX_PIECE`. The separator is skipped,
+/// one `>` is removed from each `^>+From ` line, and the final empty line is held back one
+/// line and dropped at the end. `each` returns `false` to stop early (TOP has enough).
+pub fn unquoted_pieces(
+    mut raw: impl BufRead,
+    mut each: impl FnMut(&[u8]) -> io::Result<bool>,
+) -> io::Result<()> {
+    let mut piece = Vec::new();
+    let (mut in_separator, mut at_line_start, mut held_empty_line) = (true, true, false);
+    loop {
+        piece.clear();
+        if (&mut raw).take(MAX_PIECE).read_until(b'\n', &mut piece)? == 0 {
+            return Ok(());
+        }
+        let starts_line = at_line_start;
+        at_line_start = piece.ends_with(b"\n");
+        if in_separator {
+            in_separator = !at_line_start;
+            continue;
+        }
+        if std::mem::take(&mut held_empty_line) && !each(b"\n")? {
+            return Ok(());
+        }
+        if starts_line && piece == b"\n" {
+            held_empty_line = true;
+            continue;
+        }
+        let quoted = starts_line && piece.starts_with(b">") && is_from_line(&piece);
+        if !each(&piece[usize::from(quoted)..])? {
+            return Ok(());
+        }
+    }
+}
+// ANCHOR_END: unquoted_pieces
+
 /// How many octets `quote_mboxrd` would make of a body given in chunks, without keeping any.
 pub fn quoted_len(
     for_each_chunk: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>,
@@ -291,7 +333,7 @@ pub fn quoted_len(
 }
 
 /// A writer that only counts.
-struct Counter(u64);
+pub struct Counter(pub u64);
 
 impl Write for Counter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
@@ -319,6 +361,38 @@ pub(crate) mod tests {
             start = cut;
         }
         quoter.finish().unwrap()
+    }
+
+    #[test]
+    fn unquoted_pieces_give_what_parse_mboxrd_gives() {
+        let long = format!("{}\n", "y".repeat(MAX_PIECE as usize * 2 + 7));
+        let mboxes: [&[u8]; 6] = [
+            b"From a@b x\nSubject: s\n\n>From here\n>>From there\n>Fromage\n\n",
+            b"From a@b x\n\n",
+            b"From a@b x\nno end",
+            b"From a@b x\nA: b\n\nbody\n\n\n",
+            b"From a@b x\r\nA: b\r\n\r\nbody\r\n\n",
+            long.as_bytes(),
+        ];
+        let long_mbox = [b"From a@b x\n".as_slice(), long.as_bytes(), b"\n"].concat();
+        for mbox in mboxes.iter().copied().chain([long_mbox.as_slice()]) {
+            let mut streamed = Vec::new();
+            unquoted_pieces(mbox, |piece| {
+                streamed.extend_from_slice(piece);
+                Ok(true)
+            })
+            .unwrap();
+            let parsed = parse_mboxrd(mbox)
+                .pop()
+                .map(|m| m.content)
+                .unwrap_or_default();
+            assert_eq!(
+                streamed,
+                parsed,
+                "{:?}",
+                String::from_utf8_lossy(&mbox[..40.min(mbox.len())])
+            );
+        }
     }
 
     #[test]

@@ -909,6 +909,7 @@ impl LabServer {
                 .args(["--listen", "127.0.0.1:0", "--submission", "127.0.0.1:0"])
                 .args(["--smtps", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
                 .args(["--pop3s", "127.0.0.1:0", "--web", "127.0.0.1:0"])
+                .args(["--imap", "127.0.0.1:0", "--imaps", "127.0.0.1:0"])
                 .args(extra)
                 .stderr(Stdio::null()),
         );
