@@ -5,7 +5,7 @@
 //!   is the first-minute setup (127.0.0.1:2525, demo users alice and bob, list students, ./mail).
 //! - `Directory` answers "who is local?": local domains, users, aliases, postmaster.
 //!
-//! Standards: RFC 5321 §4.5.1, RFC 5321 §4.5.3.2.7, RFC 5321 §2.4
+//! Standards: RFC 5321 §4.5.1, §4.5.3.2.7, §2.4
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,36 +14,36 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth_budget::{Budget as AuthBudget, Policy as AuthPolicy};
+use crate::smtp::auth_budget::{Budget as AuthBudget, Policy as AuthPolicy};
 
 use crate::smtp::address::Domain;
 
 /// RFC 5321 §4.5.3.2.7: the server should wait at least 5 minutes for the next command.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
-pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
+const DEFAULT_MAX_RECIPIENTS: usize = 100;
 /// Postfix's `smtpd_hard_error_limit`: after this many errors the session ends with 421.
 pub const DEFAULT_MAX_ERRORS: u32 = 20;
-pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
+const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
 
 /// Largest an mbox may grow through a delivery: 50 MiB, Postfix's `mailbox_size_limit`.
-pub const DEFAULT_MAILBOX_SIZE_LIMIT: u64 = 50 * 1024 * 1024;
-pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
+const DEFAULT_MAILBOX_SIZE_LIMIT: u64 = 50 * 1024 * 1024;
+const DEFAULT_MAX_CONNECTIONS: usize = 100;
 /// One address (one student's script) may hold this many connections at once.
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
 /// The longest `--timeout`: a day. Deadlines are `Instant`s; a timeout near `u64::MAX`
 /// seconds would overflow them.
-pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+const MAX_TIMEOUT_SECS: f64 = 86_400.0;
 /// The shortest `--timeout`: a millisecond. Less rounds to a zero `Duration`, which no socket
 /// accepts as a timeout, so every session would end before its greeting.
-pub const MIN_TIMEOUT_SECS: f64 = 0.001;
+const MIN_TIMEOUT_SECS: f64 = 0.001;
 /// The longest `--retry` wait and `--queue-lifetime`: a year, far beyond any real queue.
-pub const MAX_QUEUE_DURATION: Duration = Duration::from_secs(365 * 86_400);
+const MAX_QUEUE_DURATION: Duration = Duration::from_secs(365 * 86_400);
 pub const DEMO_PASSWORD: &str = "password";
 /// Pause before a POP3 `-ERR` for a wrong password, to slow down password guessing.
-pub const DEFAULT_POP3_AUTH_DELAY: Duration = Duration::from_secs(1);
+const DEFAULT_POP3_AUTH_DELAY: Duration = Duration::from_secs(1);
 /// A mail host listens on "the SMTP port (specified by IANA as port 25)" (RFC 5321 §4.5.4.2).
-pub const DEFAULT_MX_PORT: u16 = 25;
+const DEFAULT_MX_PORT: u16 = 25;
 
 /// `--lab`: every listener of the lab at once, on ports that echo the real ones (25, 587, 465,
 /// 110, 995), so a student never restarts the server during a class.
@@ -58,7 +58,7 @@ pub const LAB_PORTS: LabPorts = LabPorts {
     web: 8025,
 };
 /// `--lab` records every session here unless `--transcripts` says otherwise.
-pub const LAB_TRANSCRIPTS: &str = "transcripts-mine";
+const LAB_TRANSCRIPTS: &str = "transcripts-mine";
 
 /// The ports `--lab` opens when no option moves them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,7 @@ pub struct Config {
     pub web_show_mail: bool,
     /// Where every session reports for the web view; on only with `--web`. It lives here
     /// because every session already holds the configuration.
-    pub live: crate::web::live::Board,
+    pub live: crate::lab::live::Board,
     /// Networks that may send passwords without TLS (`--plaintext-auth-from`,
     /// `--allow-plaintext-auth`); by default this machine only.
     pub plaintext_auth_from: Vec<Cidr>,
@@ -154,7 +154,7 @@ pub struct Config {
 }
 
 /// This machine: the loopback networks, the only ones allowed passwords in the clear by default.
-pub fn loopback_networks() -> Vec<Cidr> {
+fn loopback_networks() -> Vec<Cidr> {
     vec![
         Cidr {
             network: IpAddr::from([127, 0, 0, 0]),
@@ -204,7 +204,7 @@ impl Directory {
 
     /// RFC 5321 §4.5.1: every local domain must take mail for postmaster. Unless a file names
     /// one, postmaster is an alias of the first user.
-    pub fn ensure_postmaster(&mut self) {
+    fn ensure_postmaster(&mut self) {
         if self.users.contains_key("postmaster") || self.aliases.contains_key("postmaster") {
             return;
         }
@@ -242,7 +242,7 @@ fn default_domains(hostname: &str) -> Vec<String> {
 }
 
 /// The machine's name, for the greeting and Received headers.
-pub fn system_hostname() -> String {
+fn system_hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| fs::read_to_string("/etc/hostname"))
         .map(|name| name.trim().to_string())
@@ -293,7 +293,7 @@ impl Default for Config {
             faults: Vec::new(),
             web: None,
             web_show_mail: false,
-            live: crate::web::live::Board::default(),
+            live: crate::lab::live::Board::default(),
             plaintext_auth_from: loopback_networks(),
             auth_budget: Arc::new(AuthBudget::new(AuthPolicy::default())),
         }
@@ -372,6 +372,20 @@ pub fn options() -> getopts::Options {
         };
     }
     o
+}
+
+impl Config {
+    /// Does this address literal name this server (`[127.0.0.2]`, `[0.0.0.0]`,
+    /// `[IPv6:::ffff:127.0.0.2]`, ...)? Mail to it is delivered here or refused at RCPT: relayed,
+    /// it would come straight back (RFC 5321 §5.1 says the same of an MX list that names us).
+    pub fn names_this_host(&self, ip: IpAddr) -> bool {
+        let me = crate::relay::dns::Me {
+            hostname: &self.hostname,
+            listen: &self.listen,
+            mx_port: self.mx_port,
+        };
+        me.reached_at(ip)
+    }
 }
 
 impl Config {
@@ -454,7 +468,7 @@ impl Config {
         }
         if let Some(addr) = self.web {
             let shows_mail = self.web_show_mail || addr.ip().is_loopback();
-            self.live = crate::web::live::Board::on(shows_mail);
+            self.live = crate::lab::live::Board::on(shows_mail);
         }
         Ok(())
     }

@@ -4,6 +4,8 @@
 //! - `rfc5322(time)`: `Fri, 27 Nov 2026 05:06:52 +0000`, for `Received:` and `Date:`.
 //! - `asctime(time)`: `Fri Nov 27 05:06:52 2026`, for the mbox `From ` line.
 //! - `sortable(time)`: `20261127-050652`, for file names that `ls` lists in time order.
+//! - `unix_now()` and `system_time(seconds)`: the clock as whole seconds since 1970, as the
+//!   queue files and message ids keep it.
 //!
 //! Both are in UTC. A time before 1970 is clamped to the epoch (a mail server's clock never
 //! goes there, and the arithmetic below then needs no negative numbers).
@@ -78,6 +80,19 @@ pub fn sortable(time: SystemTime) -> String {
         "{:04}{:02}{:02}-{:02}{:02}{:02}",
         c.year, c.month, c.day, c.hour, c.minute, c.second
     )
+}
+
+/// Seconds since 1970 now (0 if the clock is before the epoch).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The time `unix` seconds after 1970.
+pub fn system_time(unix: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(unix)
 }
 
 /// Split a time into date and clock fields (UTC); times before the epoch become the epoch.

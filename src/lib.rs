@@ -6,22 +6,28 @@
 //! | part | what it holds | lessons |
 //! |---|---|---|
 //! | `config`, `server` | the options, and the listeners that start everything | 1 |
+//! | `connection` | one SMTP client's loop: where the protocol ([`smtp`]) meets the socket ([`net`]) and the classroom tools ([`lab`]), so it sits above all three | 5, 6 |
 //! | [`net`] | the welcome socket and its limits, bytes to lines, and TLS | 1, 5, 9, 14 |
 //! | [`smtp`] | the SMTP server side: commands, replies, the state machine, DATA | 2–6, 8–10 |
 //! | `machine` | a state machine as a table, shared by SMTP and POP3 | 6 |
 //! | [`store`] | local mailboxes: mbox files, locks, group commit | 7, 16 |
 //! | `datetime` | dates for trace headers, mbox separators and transcript names | 7, 12 |
-//! | `auth_budget` | the password-failure budget per client address, for SMTP and POP3 | 14 |
-//! | `visible` | escapes for every byte a student sends that a terminal would act on | 14 |
+//! | `visible` | escapes for every byte a student sends that a terminal would act on: every part that shows a student's bytes uses it, none owns it | 14 |
 //! | [`relay`] | mail for other domains: the queue, MX lookup, the next hop, bounces | 11 |
 //! | [`lab`] | classroom tools: transcripts, replay, compare, trace, faults, the bench | 12, 15, 16 |
 //! | [`pop3`] | reading mail back out over POP3 | 13 |
 //! | [`web`] | `--web`: the live view of sessions, state machine, mailboxes and queue | 17 |
 //! | [`imap`] | reading mail on the server over IMAP: flags and UIDs kept | 18 |
 //!
+//! No folder needs another that needs it back, even through others (`tests/architecture.rs`
+//! checks it): a part below tells a part above through a hook it defines, such as
+//! `smtp::envelope::Deliver`. The top-level files are the wiring and what every part shares,
+//! down to `lock` below.
+//!
 //! Standards: none
 
 pub mod config;
+pub mod connection;
 pub mod server;
 
 pub mod net;
@@ -33,7 +39,6 @@ pub mod store;
 
 pub mod datetime;
 
-pub mod auth_budget;
 pub mod visible;
 
 pub mod relay;
@@ -44,3 +49,12 @@ pub mod pop3;
 
 pub mod imap;
 pub mod web;
+
+/// Lock a mutex even if a thread panicked while holding it. Every mutex here guards state that
+/// stays whole between statements (counters, flags, queues), and one failed session must not
+/// stop the others. Shared by every part, so it sits at the root of the crate.
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,6 +1,6 @@
 //! The `smtplab` command: run the server, or one of the teaching tools.
 //!
-//! Standards: RFC 5321 §4.5.3.2.7
+//! Standards: none
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -11,6 +11,15 @@ use smtplab::server::Server;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        // POP3 and IMAP report to the live board in lab/, so lab/ does not draw them: main does.
+        Some("states") if args.get(1).is_some_and(|a| a == "--pop3") => {
+            print!("{}", smtplab::pop3::session::mermaid());
+            ExitCode::SUCCESS
+        }
+        Some("states") if args.get(1).is_some_and(|a| a == "--imap") => {
+            print!("{}", smtplab::imap::session::mermaid());
+            ExitCode::SUCCESS
+        }
         Some("states") => exit(smtplab::lab::diagram::states_main(&args[1..])),
         Some("replay") => exit(smtplab::lab::replay::replay_main(&args[1..])),
         Some("compare") => exit(smtplab::lab::compare::compare_main(&args[1..])),

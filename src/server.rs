@@ -11,7 +11,7 @@
 //! `Admission`: `--max-connections` and `--max-connections-per-ip` count SMTP and POP3 clients
 //! and `--web` browsers together. SMTP's part is `Smtp`, the service that starts `connection::serve`.
 //!
-//! Standards: RFC 5321 §3.1, RFC 5321 §4.5.3.2, RFC 5321 §3.8
+//! Standards: RFC 5321 §3.1, §4.5.3.2, §3.8
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,13 +20,13 @@ use std::sync::Arc;
 use log::warn;
 
 use crate::config::{Config, TlsSource};
+use crate::connection::{self, Context};
 use crate::imap::server::ImapListener;
 use crate::net::listener::{self, Admission, Bound, Limits, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor};
 use crate::pop3::server::Pop3Listener;
 use crate::relay::queue::Spool;
 use crate::relay::worker::{self, RelayHandle};
-use crate::smtp::connection::{self, Context};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::Role;
 use crate::store::delivery::LocalDelivery;
@@ -147,6 +147,7 @@ impl Server {
             mail_dir,
             hostname: config.hostname.clone(),
             spool: Some(spool.clone()),
+            local_domains: config.directory.domains.clone(),
         });
         let admission = Admission::new(Limits {
             total: config.max_connections,
@@ -169,7 +170,7 @@ impl Server {
     }
 
     /// The addresses actually bound (port 0 becomes a real port), with their roles.
-    pub fn local_addrs(&self) -> Vec<(SocketAddr, Role)> {
+    fn local_addrs(&self) -> Vec<(SocketAddr, Role)> {
         self.listeners
             .iter()
             .map(|(bound, role)| (bound.addr, *role))

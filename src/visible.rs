@@ -10,7 +10,7 @@
 //! - `sanitize(text)`: the same escapes for hidden characters only, for text that is already
 //!   in that notation or is a plain listing (`queue`, `mx`); line ends are kept.
 //!
-//! Standards: RFC 5321 §2.3.8, RFC 5321 Appendix D
+//! Standards: RFC 5321 §2.3.8, Appendix D
 
 /// Format characters a terminal or an editor acts on invisibly: zero-width characters, the
 /// bidirectional marks, embeddings, overrides and isolates (Unicode's Bidi_Control), word joiners

@@ -178,7 +178,7 @@ fn a_full_disk_gives_452_stores_no_partial_message_and_recovers() {
 // ---------------------------------------------------------------------------------------------
 // 2. A client that trickles one byte at a time.
 //
-// How the deadline works (src/smtp/connection.rs, src/net/line.rs `TimedRead`): each command line, and
+// How the deadline works (src/connection.rs, src/net/line.rs `TimedRead`): each command line, and
 // each line of message data, gets one deadline of `--timeout` from the moment the server
 // starts waiting for it. Every read sets the socket's read timeout to the time left, so bytes
 // that keep coming do not move the deadline: a line that takes longer than the timeout to
@@ -395,7 +395,7 @@ const SLOW_LINES: usize = 12;
 
 #[test]
 fn whole_lines_just_inside_the_timeout_are_cut_off_by_the_minimum_data_rate() {
-    assert_eq!(smtplab::smtp::connection::MIN_DATA_RATE, 500);
+    assert_eq!(smtplab::connection::MIN_DATA_RATE, 500);
     let server = common::start(&["--timeout", SHORT_TIMEOUT]);
     let mut slow = server.connect();
     slow.open_data("mary@client.example", &["bob@smtplab.test"]);

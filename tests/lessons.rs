@@ -620,6 +620,23 @@ fn parse_standards(line: &str) -> Result<Vec<Section>, String> {
     Ok(sections)
 }
 
+/// The text after `Standards:` in a file's `//!` header. The line may wrap: each following
+/// `//!` line that starts with spaces (`//!   RFC 3463 §3`) continues it.
+fn standards_line(source: &str) -> Option<String> {
+    let mut header = source.lines().take_while(|l| l.starts_with("//!"));
+    let first = header.find_map(|l| {
+        l.trim_start_matches("//!")
+            .trim()
+            .strip_prefix("Standards:")
+    })?;
+    let mut line = first.trim().to_string();
+    for more in header.map_while(|l| l.strip_prefix("//!  ")) {
+        line.push(' ');
+        line.push_str(more.trim());
+    }
+    Some(line)
+}
+
 /// Each module's sections, from the `//! Standards:` line of its header.
 fn standards() -> (BTreeMap<String, Vec<Section>>, Vec<String>) {
     let mut by_module = BTreeMap::new();
@@ -627,15 +644,12 @@ fn standards() -> (BTreeMap<String, Vec<Section>>, Vec<String>) {
     for name in modules() {
         let path = format!("src/{name}");
         let source = read(&root().join(&path));
-        let header = source.lines().take_while(|l| l.starts_with("//!"));
-        let line = header
-            .map(|l| l.trim_start_matches("//!").trim())
-            .find_map(|l| l.strip_prefix("Standards:"));
+        let line = standards_line(&source);
         // A map (`lib.rs`, a folder's `mod.rs`) or `main.rs` implements no section itself.
-        if line.map(str::trim) == Some("none") {
+        if line.as_deref().map(str::trim) == Some("none") {
             continue;
         }
-        match line.map(parse_standards) {
+        match line.as_deref().map(parse_standards) {
             None => problems.push(format!(
                 "{path}: the `//!` header has no `Standards:` line; add one such as \
                  `//! Standards: RFC 5321 §4.1.1`"
@@ -782,6 +796,20 @@ fn checker_reads_standards_lines() {
         with_nine[0].text, "RFC 5321 §4.9",
         "sections sort by number, not text"
     );
+}
+
+#[test]
+fn a_wrapped_standards_line_is_read_whole() {
+    let source = "//! What it does.\n//!\n//! Standards: RFC 5321 §4.1.1, §4.2,\n//!   RFC 3463 §3\n\nuse x;\n";
+    assert_eq!(
+        standards_line(source).as_deref(),
+        Some("RFC 5321 §4.1.1, §4.2, RFC 3463 §3")
+    );
+    let sections = parse_standards(&standards_line(source).unwrap()).unwrap();
+    let texts: Vec<&str> = sections.iter().map(|s| s.text.as_str()).collect();
+    assert_eq!(texts, ["RFC 5321 §4.1.1", "RFC 5321 §4.2", "RFC 3463 §3"]);
+    let unwrapped = "//! Standards: RFC 5321 §4.2\n//! - a list item after it\n";
+    assert_eq!(standards_line(unwrapped).as_deref(), Some("RFC 5321 §4.2"));
 }
 
 #[test]

@@ -459,8 +459,7 @@ fn smtplab_queue_lists_what_waits() {
     wait_until("a deferred attempt", || {
         spool.load_all().iter().flatten().any(|e| e.attempts >= 1)
     });
-    let listing =
-        smtplab::relay::queue::listing(&spool.load_all(), smtplab::relay::queue::unix_now());
+    let listing = smtplab::relay::queue::listing(&spool.load_all(), smtplab::datetime::unix_now());
     assert!(listing.contains("from <alice@one.test>"), "{listing}");
     assert!(
         listing.contains("pending   <bob@two.test>  451 4.4.3"),

@@ -24,7 +24,6 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth_budget::{shut_out_text, Verdict};
 use crate::config::Config;
 use crate::imap::command::{
     parse, Command, FetchItem, Flags, Refused, Response, SearchKey, SequenceSet, Status, StoreMode,
@@ -33,6 +32,7 @@ use crate::imap::command::{
 use crate::imap::message::{fetch_data, matches, Message};
 use crate::machine;
 use crate::smtp::auth::{self, Credentials, Exchange, Sasl};
+use crate::smtp::auth_budget::{shut_out_text, Verdict};
 
 /// Failed logins before the server says BYE (as POP3).
 pub const MAX_AUTH_FAILURES: u32 = 3;

@@ -13,7 +13,7 @@
 //! Every read has a timeout (`--timeout`), so a stuck server ends the run with an error instead
 //! of hanging it. One thread per session, plain blocking sockets: the same model as the server.
 //!
-//! Standards: RFC 5321 §3.3, RFC 5321 §4.1.1.4, RFC 5321 §4.5.2, RFC 5321 §4.2
+//! Standards: RFC 5321 §3.3, §4.1.1.4, §4.5.2, §4.2
 
 use std::fmt;
 use std::io::{self, BufReader, Write};
@@ -189,24 +189,24 @@ pub struct Report {
     pub done: usize,
     pub elapsed: Duration,
     /// Per transaction: MAIL to the 250 after the dot (or connect to 221 with `--connect-only`).
-    pub latencies: Vec<Duration>,
+    latencies: Vec<Duration>,
     /// Per connection: TCP connect to the 220 greeting.
     pub connects: Vec<Duration>,
     /// Idle mode: connections that got 220, and VmRSS in KiB before and after (when known).
     pub greeted: usize,
-    pub rss_kib: Option<(u64, u64)>,
+    rss_kib: Option<(u64, u64)>,
     /// One line per failed session.
     pub errors: Vec<String>,
 }
 
 impl Report {
-    pub fn per_second(&self) -> f64 {
+    fn per_second(&self) -> f64 {
         self.done as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
 }
 
 /// The `q`-quantile of sorted values (nearest rank), zero if there are none.
-pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -337,7 +337,7 @@ fn run_sessions(options: &Options, session: SessionFn, description: String) -> R
 }
 
 /// Session `index` of `sessions` sends this many of `total` (the first ones take the remainder).
-pub fn share_of(total: usize, sessions: usize, index: usize) -> usize {
+fn share_of(total: usize, sessions: usize, index: usize) -> usize {
     total / sessions + usize::from(index < total % sessions)
 }
 
@@ -429,7 +429,7 @@ fn run_idle(options: &Options, connections: usize, pid: Option<u32>) -> Report {
 }
 
 /// The resident set size of process `pid` in KiB, from the `VmRSS:` line of `/proc/PID/status`.
-pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+fn vm_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

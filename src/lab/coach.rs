@@ -11,7 +11,7 @@
 //! - Coaching changes the text of a reply, never its code: a program sees what it would see
 //!   from any server.
 //!
-//! Standards: RFC 5321 §4.1.4, RFC 5321 §4.2, RFC 5321 §4.1.2, RFC 5321 §3.8
+//! Standards: RFC 5321 §4.1.4, §4.2, §4.1.2, §3.8
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;

@@ -15,7 +15,7 @@
 //! from server to server and from day to day, and do not change what happened.
 //! A POP3 or IMAP session (`# protocol:`) is not compared: the command says to replay it.
 //!
-//! Standards: RFC 5321 §4.1.4, RFC 5321 §4.2.1, RFC 5321 §4.2.3
+//! Standards: RFC 5321 §4.1.4, §4.2.1, §4.2.3
 
 use std::collections::VecDeque;
 use std::fmt;

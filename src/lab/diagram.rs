@@ -3,22 +3,13 @@
 //! Interface:
 //! - `mermaid()` and `dot()` render the table the server runs, so a diagram in a lesson can
 //!   never drift from the code (a test compares them).
-//! - `states_main(args)` is `smtplab states [--dot|--mermaid|--pop3|--imap]`.
+//! - `states_main(args)` is `smtplab states [--dot|--mermaid]`; `main.rs` draws `--pop3` and
+//!   `--imap` from their own tables, as POP3 and IMAP report to the live board here in `lab/`.
 //!
-//! Standards: RFC 5321 §4.1.4, RFC 5321 §3.3
+//! Standards: RFC 5321 §4.1.4, §3.3
 
 use crate::machine;
-use crate::smtp::session::{StateName, Trigger, TRANSITIONS};
-
-/// How each trigger of the SMTP table is labelled in a picture.
-pub fn label(on: &Trigger) -> String {
-    match on {
-        Trigger::Command(verb) => verb.name().to_string(),
-        Trigger::EndOfData => "end of data".to_string(),
-        Trigger::LastChunk => "last chunk".to_string(),
-        Trigger::SaslResponse => "SASL response".to_string(),
-    }
-}
+use crate::smtp::session::{label, StateName, TRANSITIONS};
 
 // ANCHOR: smtp_mermaid
 /// Mermaid `stateDiagram-v2` text of the SMTP table (renders on common code hosts).
@@ -41,8 +32,6 @@ pub fn states_main(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         None | Some("--mermaid") => print!("{}", mermaid()),
         Some("--dot") => print!("{}", dot()),
-        Some("--pop3") => print!("{}", crate::pop3::session::mermaid()),
-        Some("--imap") => print!("{}", crate::imap::session::mermaid()),
         Some(other) => {
             eprintln!(
                 "smtplab states: unknown option {other}; use --dot, --mermaid, --pop3 or --imap"

@@ -15,7 +15,7 @@
 //! REFUSED, and an answer too big for a UDP datagram is cut with TC set, so the resolver asks
 //! again over TCP (RFC 1035 §4.2.1, §4.2.2).
 //!
-//! Standards: RFC 1035 §5.1, RFC 1035 §4.1.1, RFC 1035 §4.2.1, RFC 1035 §4.2.2, RFC 2308 §3, RFC 7505 §3
+//! Standards: RFC 1035 §5.1, §4.1.1, §4.2.1, §4.2.2, RFC 2308 §3, RFC 7505 §3
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -53,7 +53,7 @@ pub struct Answer {
     pub code: ResponseCode,
     pub answers: Vec<Record>,
     /// The SOA of a negative answer (RFC 2308 §3), so it is not taken for a referral.
-    pub authority: Vec<Record>,
+    authority: Vec<Record>,
 }
 
 impl Zone {

@@ -23,7 +23,7 @@
 //!        / "delay:" SECONDS wait before the greeting            greeting=delay:20
 //! ```
 //!
-//! Standards: RFC 5321 §4.2.3, RFC 5321 §3.1, RFC 5321 §4.1.4, RFC 3463 §3
+//! Standards: RFC 5321 §4.2.3, §3.1, §4.1.4, RFC 3463 §3
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,7 +33,7 @@ use crate::smtp::reply::Reply;
 
 /// The longest delay a rule may ask for: longer than the 5-minute greeting timeout a client
 /// should use (RFC 5321 §4.5.3.2.1) would only test patience.
-pub const MAX_DELAY_SECS: u64 = 600;
+const MAX_DELAY_SECS: u64 = 600;
 
 /// Where in a session a rule applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -8,6 +8,8 @@
 //! | `compare.rs` | explains how a student's session differs from a reference | 12 |
 //! | `coach.rs` | coaching, `--explain` and `--fault` around the SMTP session's `step` | 15 |
 //! | `trace.rs` | `--trace`: every line with its state move and RFC section | 15 |
+//! | `live.rs` | the live board every session reports to, which `--web` shows | 17 |
+//! | `json.rs` | JSON strings that no student byte can break out of, for the board and `--web` | 17 |
 //! | `diagram.rs` | the state machine drawn from its table | 6 |
 //! | `fault.rs` | `--fault`: refusals at a chosen point, the same way every time | 15 |
 //! | `bench.rs` | the load generator | 16 |
@@ -27,6 +29,10 @@ pub mod compare;
 pub mod coach;
 
 pub mod trace;
+
+pub mod live;
+
+pub mod json;
 
 pub mod diagram;
 

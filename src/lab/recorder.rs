@@ -17,7 +17,7 @@
 //! whole messages and the names of users), and one session writes at most `--max-size` plus
 //! `MARGIN` bytes; the transcript then ends with a note that it was cut there.
 //!
-//! Standards: RFC 5321 Appendix D, RFC 5321 §4.2, RFC 4954 §4
+//! Standards: RFC 5321 Appendix D, §4.2, RFC 4954 §4
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -240,7 +240,7 @@ impl Volatile {
         if word.eq_ignore_ascii_case(&self.host) && !after_at {
             return Some("{host}");
         }
-        crate::relay::queue::is_message_id(&self.session, word).then_some("{id}")
+        crate::smtp::envelope::is_message_id(&self.session, word).then_some("{id}")
     }
 }
 

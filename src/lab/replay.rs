@@ -23,7 +23,7 @@
 //! holds for `# protocol: imap`, whose status (for `--codes-only`) is the OK, NO or BAD of the
 //! reply's last, tagged line.
 //!
-//! Standards: RFC 5321 §4.2, RFC 5321 §4.5.3.2, RFC 2920 §3.1, RFC 1939 §3, RFC 9051 §2.2.2, §7.1
+//! Standards: RFC 5321 §4.2, §4.5.3.2, RFC 2920 §3.1, RFC 1939 §3, RFC 9051 §2.2.2, §7.1
 
 use std::io::{self, BufReader, IsTerminal, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -74,7 +74,7 @@ pub struct ReplayReport {
     /// Replies that matched their `S:` lines.
     pub replies_matched: usize,
     /// One hunk per exchange whose replies differ.
-    pub hunks: Vec<Hunk>,
+    hunks: Vec<Hunk>,
     /// Where replay had to stop early without a failure (TLS, a masked secret).
     pub skipped: Option<Skipped>,
     /// The server could not be reached at all.
@@ -104,14 +104,14 @@ pub enum SkipCause {
 
 /// The lines sent in one exchange and the replies that differ, diff style.
 #[derive(Debug, Clone)]
-pub struct Hunk {
+struct Hunk {
     /// The first transcript line that did not match.
     pub first_mismatch: usize,
     pub lines: Vec<DiffLine>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DiffLine {
+enum DiffLine {
     /// A line sent or a reply line that matched, shown for context.
     Same(String),
     /// An `S:` line of the transcript that the server did not say.

@@ -12,7 +12,7 @@
 //! passwords on it. The alphabet leaves out the look-alikes 0/O, 1/l/I, so a student can type a
 //! password read from paper.
 //!
-//! Standards: RFC 5321 §3.9, RFC 5321 §3.9.2
+//! Standards: RFC 5321 §3.9, §3.9.2
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -23,7 +23,7 @@ const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456
 /// About 58 bits: more than enough against guessing over a lab network with `--max-errors`.
 const PASSWORD_LENGTH: usize = 10;
 /// The list that reaches the whole class: `RCPT TO:<class@…>`.
-pub const CLASS_LIST: &str = "class";
+const CLASS_LIST: &str = "class";
 const MAX_STUDENTS: usize = 999;
 
 /// One login: the user name and its password.
@@ -35,7 +35,7 @@ pub struct Login {
 
 /// The logins of one class.
 #[derive(Debug, Clone)]
-pub struct Roster {
+struct Roster {
     pub logins: Vec<Login>,
 }
 
@@ -65,7 +65,7 @@ impl Roster {
     }
 
     /// `user:password` lines, as `--users` reads them.
-    pub fn users_file(&self) -> String {
+    fn users_file(&self) -> String {
         let mut text = String::from("# smtplab roster: user:password (keep this file private)\n");
         for login in &self.logins {
             text.push_str(&format!("{}:{}\n", login.user, login.password));
@@ -74,7 +74,7 @@ impl Roster {
     }
 
     /// The list `class` naming every student, as `--aliases` reads it.
-    pub fn aliases_file(&self) -> String {
+    fn aliases_file(&self) -> String {
         let users: Vec<&str> = self.logins.iter().map(|l| l.user.as_str()).collect();
         format!(
             "# smtplab roster: mail to {CLASS_LIST}@ reaches every student\n{CLASS_LIST}: {}\n",

@@ -6,7 +6,7 @@
 //!   plain strings (coloured when `Style::colour` is set); pure functions, tested without I/O.
 //! - `Console` prints those strings for one session: one write per block under the stdout lock,
 //!   so the lines of several sessions interleave but never tear. With `--web` it also reports
-//!   every line and move to the live board (`web/live.rs`), so the page sees what `--trace` sees.
+//!   every line and move to the live board (`lab/live.rs`), so the page sees what `--trace` sees.
 //! - `explain(reply, rfc, next, ehlo)` adds the `--explain` note to a reply; `next_expected`
 //!   says in words what a client should send in a state.
 //! - Every line a student's bytes reach is written with `visible::escape` (client lines, in the
@@ -14,18 +14,18 @@
 //!   (reply lines), so nothing a student types can act on the teacher's terminal. A command's
 //!   secret arrives already masked (`auth::Masked`) and shows as `{secret}`.
 //!
-//! Standards: RFC 5321 §4.1.4, RFC 5321 §4.2, RFC 5321 §4.1.1.1, RFC 4954 §4
+//! Standards: RFC 5321 §4.1.4, §4.2, §4.1.1.1, RFC 4954 §4
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::lab::live::{Opening, Watch};
 use crate::smtp::auth::Masked;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Role, StateName};
 use crate::visible;
-use crate::web::live::{Opening, Watch};
 
 /// After this long without a line in DATA the console reminds the teacher how DATA ends (or
 /// after half the idle timeout, when that is shorter, so the hint always comes before the 421).
@@ -189,7 +189,7 @@ const DATA_HINT: &str = "still in DATA: end the message with a line holding only
 
 // ANCHOR: explain
 /// What a client should send next, in words, in each state.
-pub fn next_expected(state: StateName) -> &'static str {
+fn next_expected(state: StateName) -> &'static str {
     match state {
         StateName::Connected => "HELO or EHLO",
         StateName::Greeted => "MAIL FROM",
@@ -231,7 +231,7 @@ pub struct Console {
     pub style: Style,
     pub id: String,
     /// `--trace`: print on stdout.
-    pub to_stdout: bool,
+    to_stdout: bool,
     /// `--web`: the same events on the live board.
     pub live: Option<Watch>,
 }

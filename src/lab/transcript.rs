@@ -43,7 +43,7 @@
 //! the replay, so that a POP3 or IMAP transcript finds mail in the maildrop. `smtplab compare`
 //! compares SMTP sessions only, and sends a POP3 or IMAP one to `smtplab replay --codes-only`.
 //!
-//! Standards: RFC 5321 Appendix D, RFC 5321 §2.3.8, RFC 5321 §4.2, RFC 4954 §4, RFC 1939 §3, RFC 9051 §2.2.2
+//! Standards: RFC 5321 Appendix D, §2.3.8, §4.2, RFC 4954 §4, RFC 1939 §3, RFC 9051 §2.2.2
 
 use std::fmt;
 use std::fs;

@@ -11,7 +11,7 @@
 //!   sent a CR? `discard_buffered` drops unread bytes (STARTTLS).
 //! - `TimedRead` is a read that gives up at a deadline; a slow trickle cannot hold a line open.
 //!
-//! Standards: RFC 5321 §2.3.8, RFC 5321 §4.5.3.1.4, RFC 5321 §4.5.3.1.6, RFC 854 §3, RFC 2920 §3.1
+//! Standards: RFC 5321 §2.3.8, §4.5.3.1.4, §4.5.3.1.6, RFC 854 §3, RFC 2920 §3.1
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -20,7 +20,7 @@ use std::time::Instant;
 
 /// RFC 5321 §4.5.3.1.4: "The maximum total length of a command line including the command word
 /// and the <CRLF> is 512 octets."
-pub const MAX_COMMAND_LINE: usize = 512;
+const MAX_COMMAND_LINE: usize = 512;
 
 /// How much unread input one connection may hold; also the largest piece `read_data` returns.
 const BUFFER_SIZE: usize = 16 * 1024;
@@ -122,7 +122,7 @@ impl LineReader {
     }
 
     /// Is there input the client sent that has not been read yet?
-    pub fn has_buffered(&self) -> bool {
+    fn has_buffered(&self) -> bool {
         self.start < self.end
     }
 
@@ -317,7 +317,7 @@ const DONT: u8 = 254;
 /// `IAC WILL/WONT/DO/DONT option` and `IAC SB ... IAC SE` are dropped (refusing silently is
 /// allowed), any other `IAC x` is dropped. Command mode only: message content is never touched,
 /// or stripping could turn `.<IAC><NOP>` into an end of data (SMTP smuggling).
-pub fn strip_telnet(line: &[u8]) -> Vec<u8> {
+fn strip_telnet(line: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(line.len());
     let mut i = 0;
     while i < line.len() {

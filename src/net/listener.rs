@@ -17,13 +17,13 @@
 //! script (or one student) from taking every thread: the client over a cap hears why, and is
 //! closed.
 //!
-//! Standards: RFC 5321 §3.1, RFC 5321 §3.8, RFC 1939 §3
+//! Standards: RFC 5321 §3.1, §3.8, RFC 1939 §3
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -34,11 +34,11 @@ use socket2::{Domain, Socket, Type};
 /// `std` asks for 128: a burst of a few hundred connects overflows it, the kernel falls back
 /// to SYN cookies, and a client whose last ACK is lost waits for a 220 that never comes. The
 /// kernel caps this at `net.core.somaxconn`.
-pub const BACKLOG: i32 = 4096;
+const BACKLOG: i32 = 4096;
 
 /// Stack of each session thread: sessions keep their buffers on the heap, so a small stack is
 /// plenty, and a thousand idle clients cost little memory.
-pub const SESSION_STACK_SIZE: usize = 256 * 1024;
+const SESSION_STACK_SIZE: usize = 256 * 1024;
 
 /// The caps of one server, from `--max-connections` and `--max-connections-per-ip`.
 #[derive(Debug, Clone, Copy)]
@@ -146,7 +146,7 @@ impl Admission {
     // ANCHOR: admit
     /// Take a place for a client from `ip`, or say why there is none.
     fn admit(&self, ip: IpAddr) -> Result<(), Refusal> {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = crate::lock(&self.counts);
         if counts.total >= self.limits.total {
             return Err(Refusal::Full);
         }
@@ -161,7 +161,7 @@ impl Admission {
     // ANCHOR_END: admit
 
     fn release(&self, ip: IpAddr) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = crate::lock(&self.counts);
         counts.total = counts.total.saturating_sub(1);
         if let Some(mine) = counts.per_ip.get_mut(&ip) {
             *mine -= 1;
@@ -360,7 +360,7 @@ mod tests {
     impl Service for ReportNoDelay {
         fn session(&self, stream: TcpStream) -> (String, Box<dyn FnOnce() + Send>) {
             let nodelay = stream.nodelay().unwrap_or(false);
-            let sender = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let sender = crate::lock(&self.0);
             let _ = sender.send(nodelay);
             ("test".into(), Box::new(|| ()))
         }

@@ -16,7 +16,7 @@
 //! a timeout per `read` would restart at every trickled byte. `Deadlined` gives every read the
 //! time left until one deadline, set for the whole command, message or handshake.
 //!
-//! Standards: RFC 3207 §4, RFC 3207 §4.2, RFC 8314 §3.3
+//! Standards: RFC 3207 §4, §4.2, RFC 8314 §3.3
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -32,7 +32,7 @@ use crate::net::line::TimedRead;
 pub type Acceptor = SslAcceptor;
 
 /// The longest a client may take to finish the TLS handshake, from its first byte to its last.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// When a handshake starting now must be over: `HANDSHAKE_TIMEOUT`, or the server's idle
 /// timeout (`--timeout`) when that is shorter.
@@ -79,10 +79,6 @@ impl Stream {
             Stream::Plain(tcp) => tcp,
             Stream::Tls(tls) => &tls.get_ref().tcp,
         }
-    }
-
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
     }
 
     // ANCHOR: start_tls

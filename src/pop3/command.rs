@@ -8,7 +8,7 @@
 //! - `Response`, a status line and an optional multi-line body; `to_wire` byte-stuffs it. A
 //!   RETR or TOP body is a `Retrieval`, streamed from the maildrop after the status line.
 //!
-//! Standards: RFC 1939 §3, RFC 1939 §5, RFC 1939 §7, RFC 2449 §3, RFC 2449 §5
+//! Standards: RFC 1939 §3, §5, §7, RFC 2449 §3, §5
 
 use std::fmt;
 

@@ -11,12 +11,12 @@
 //!   the file when RETR or TOP asks (memory does not grow with the maildrop), and an atomic
 //!   rewrite in UPDATE.
 //!
-//! The server side of the same loop as `connection.rs`: greet, read a line, step the session,
+//! The server side of the same loop as `src/connection.rs`: greet, read a line, step the session,
 //! write; flush when no further input is waiting, so pipelined commands all get answers, or
 //! when the answers pass `line::FLUSH_AT`, so a client that never reads cannot pile them up.
 //! The TLS handshake has one deadline for the whole of it (`tls::handshake_deadline`).
 //!
-//! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §6, RFC 2449 §6.6, RFC 2595 §4, RFC 8314 §3.3
+//! Standards: RFC 1939 §3, §4, §6, RFC 2449 §6.6, RFC 2595 §4, RFC 8314 §3.3
 
 use std::fs::File;
 use std::io::{self, BufRead, BufWriter, Read, Write};
@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use crate::config::Config;
+use crate::lab::live::{Opening, Watch};
 use crate::net::line::{CommandLine, LineReader, ReadError};
 use crate::net::listener::{self, Admission, Bound, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor, Stream};
@@ -41,7 +42,6 @@ use crate::smtp::auth;
 use crate::store::maildrop::{span_reader, MaildropLock, ReaderLock};
 use crate::store::mbox::{DeliveryError, MailDir};
 use crate::store::mboxrd::{self, Counter, Span, MAX_PIECE};
-use crate::web::live::{Opening, Watch};
 
 /// RFC 1939 §3: an inactivity autologout timer "MUST be of at least 10 minutes' duration"
 /// (the default of `--pop3-autologout`; a lesson may shorten it to watch it happen).

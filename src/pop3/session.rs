@@ -22,7 +22,7 @@
 //! byte-stuffing and without the terminating `.` line. So LIST n equals the bytes a client has
 //! after it removes the stuffing and the termination from RETR n.
 //!
-//! Standards: RFC 1939 §3, RFC 1939 §4, RFC 1939 §5, RFC 1939 §6, RFC 1939 §7, RFC 1939 §11, RFC 2449 §5, RFC 2449 §6.6, RFC 2449 §8.1.2, RFC 2595 §4
+//! Standards: RFC 1939 §3, §4, §5, §6, §7, §11, RFC 2449 §5, §6.6, §8.1.2, RFC 2595 §4
 
 use std::fmt;
 use std::io::{self, Write};
@@ -30,11 +30,11 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth_budget::{shut_out_text, Verdict};
 use crate::config::Config;
 use crate::machine;
 use crate::pop3::command::{parse, Command, Response, Retrieval, Verb};
 use crate::smtp::auth;
+use crate::smtp::auth_budget::{shut_out_text, Verdict};
 
 /// Failed logins before the server closes the connection (RFC 1939 §4 lets it close after any).
 pub const MAX_AUTH_FAILURES: u32 = 3;
@@ -485,7 +485,7 @@ fn listed(from: StateName, trigger: Option<Trigger>, to: StateName, next: Next) 
 
 impl Session {
     /// Where this session reports for `--web` (off without it).
-    pub fn live(&self) -> &crate::web::live::Board {
+    pub fn live(&self) -> &crate::lab::live::Board {
         &self.config.live
     }
 

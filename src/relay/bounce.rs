@@ -18,7 +18,8 @@
 //! (RFC 5321 §4.5.5, RFC 5321 §6.1). Lines end in `\n` like every stored message; the relay
 //! writes CRLF on the wire.
 //!
-//! Standards: RFC 3464 §2.1, §2.2, §2.2.1, §2.3, §2.3.1, §2.3.3, RFC 3461 §4.1, §4.3, §6.1, §6.2, §6.3, RFC 3463 §2, RFC 5321 §4.4, §4.5.5, §6.1
+//! Standards: RFC 3464 §2.1, §2.2, §2.2.1, §2.3, §2.3.1, §2.3.3, RFC 3461 §4.1, §4.3, §6.1, §6.2,
+//!   §6.3, RFC 3463 §2, RFC 5321 §4.4, §4.5.5, §6.1
 
 use std::fmt::Write as _;
 use std::io::{self, Read};
@@ -26,7 +27,8 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::datetime;
-use crate::relay::queue::{system_time, Entry, Rcpt, Spool};
+use crate::datetime::system_time;
+use crate::relay::queue::{Entry, Rcpt, Spool};
 use crate::smtp::address::ReversePath;
 use crate::smtp::body::{Body, READ_CHUNK};
 use crate::smtp::envelope::{Message, Recipient, Route};
@@ -325,7 +327,7 @@ fn status_part(
 
 /// The RFC 3463 status in a reply: `550 5.1.1 No such user` -> `5.1.1`; without one, the class
 /// of the reply code (`550 Nope` -> `5.0.0`); a bare status (`4.4.7 expired`) is taken as it is.
-pub fn status_of(reply: &str) -> String {
+fn status_of(reply: &str) -> String {
     let mut words = reply.split_whitespace();
     let first = words.next().unwrap_or("");
     if is_status(first) {

@@ -23,7 +23,8 @@
 //! host is tried. From MAIL FROM on, the host has answered for the message: 2xx is done, 4xx is
 //! tried again later, 5xx is bounced (RFC 5321 §4.2.1).
 //!
-//! Standards: RFC 5321 §2.3.8, §3.2, §4.2, §4.2.1, §4.5.2, §4.5.3.1.5, §4.5.3.2, RFC 3207 §4, RFC 3207 §4.2, RFC 3030 §2, RFC 3030 §3, RFC 6152 §3, RFC 6531 §3.2, RFC 1870 §6, RFC 3461 §5.2.1
+//! Standards: RFC 5321 §2.3.8, §3.2, §4.2, §4.2.1, §4.5.2, §4.5.3.1.5, §4.5.3.2, RFC 3207 §4, §4.2,
+//!   RFC 3030 §2, §3, RFC 6152 §3, RFC 6531 §3.2, RFC 1870 §6, RFC 3461 §5.2.1
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -39,22 +40,22 @@ use crate::smtp::body::READ_CHUNK;
 use crate::smtp::extensions::BodyType;
 
 // RFC 5321 §4.5.3.2: how long a client waits for each reply before giving up on the host.
-pub const GREETING_TIMEOUT: Duration = Duration::from_secs(5 * 60); // §4.5.3.2.1
-pub const MAIL_TIMEOUT: Duration = Duration::from_secs(5 * 60); // §4.5.3.2.2
-pub const RCPT_TIMEOUT: Duration = Duration::from_secs(5 * 60); // §4.5.3.2.3
-pub const DATA_TIMEOUT: Duration = Duration::from_secs(2 * 60); // §4.5.3.2.4
-pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(3 * 60); // §4.5.3.2.5
-pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(10 * 60); // §4.5.3.2.6
+const GREETING_TIMEOUT: Duration = Duration::from_secs(5 * 60); // §4.5.3.2.1
+const MAIL_TIMEOUT: Duration = Duration::from_secs(5 * 60); // §4.5.3.2.2
+const RCPT_TIMEOUT: Duration = Duration::from_secs(5 * 60); // §4.5.3.2.3
+const DATA_TIMEOUT: Duration = Duration::from_secs(2 * 60); // §4.5.3.2.4
+const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(3 * 60); // §4.5.3.2.5
+const DATA_END_TIMEOUT: Duration = Duration::from_secs(10 * 60); // §4.5.3.2.6
 /// Not in the RFC: a host that does not accept the TCP connection within this is skipped.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF. Longer lines are cut
 /// (not refused: the code is what matters), but a host cannot make us read without end.
-pub const MAX_REPLY_LINE: usize = 512;
+const MAX_REPLY_LINE: usize = 512;
 /// A reply line longer than this many octets ends the conversation.
 pub const MAX_REPLY_LINE_READ: usize = 16 * MAX_REPLY_LINE;
 /// More lines than this in one reply ends the conversation (EHLO answers have a dozen).
-pub const MAX_REPLY_LINES: usize = 100;
+const MAX_REPLY_LINES: usize = 100;
 
 /// The codes a step accepts: "250" for most, "250 or 251" for RCPT (251: "will forward").
 const OK: &[u16] = &[250];
@@ -156,7 +157,7 @@ pub fn read_reply(reader: &mut impl BufRead) -> io::Result<RemoteReply> {
 
 /// The lines of one reply as they came, without their line ends: up to the first line that
 /// has no `-` after its three characters of code.
-pub fn read_reply_lines(reader: &mut impl BufRead) -> io::Result<Vec<String>> {
+fn read_reply_lines(reader: &mut impl BufRead) -> io::Result<Vec<String>> {
     let mut lines = Vec::new();
     loop {
         let line = read_line(reader)?;
@@ -248,7 +249,7 @@ pub fn wire_data(content: &[u8]) -> Vec<u8> {
 /// becomes a space and never reaches the next hop; only then is each line dot-stuffed. Stuffing
 /// first could leave a "." after a line break that did not exist yet when we looked.
 #[derive(Debug, Clone)]
-pub struct WireEncoder {
+struct WireEncoder {
     /// The next octet starts a line (a "." there is stuffed).
     line_start: bool,
     /// A CR was seen and not written: dropped if the line ends next (`\r\n` in the store is
@@ -435,7 +436,7 @@ fn tls_handshake(tcp: TcpStream, host: &str) -> Result<SslStream<TcpStream>, Str
 // ---------------------------------------------------------------------------------------------
 
 /// Why a step did not get the reply it expected.
-pub enum StepError {
+enum StepError {
     /// The host answered, with another code.
     Refused {
         step: &'static str,

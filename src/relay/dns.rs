@@ -21,7 +21,7 @@
 //! domain's own A/AAAA records are an implicit MX); and a host has IPv4 *and* IPv6 addresses, so
 //! both A and AAAA must be asked for.
 //!
-//! Standards: RFC 5321 §5.1, RFC 5321 §4.5.4.1, RFC 7505 §3, RFC 7505 §4.1, RFC 3463 §3.2
+//! Standards: RFC 5321 §5.1, §4.5.4.1, RFC 7505 §3, §4.1, RFC 3463 §3.2
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,9 +35,9 @@ use crate::visible::sanitize;
 
 /// How long one DNS query may take before it counts as a temporary failure. A relay must queue
 /// and retry on a temporary error (RFC 5321 §5.1), so a short wait loses nothing.
-pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Tries of each query (the first one included) before giving up.
-pub const DNS_ATTEMPTS: usize = 2;
+const DNS_ATTEMPTS: usize = 2;
 
 /// One MX record: `two.test. MX 10 mx.two.test.`
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub struct Mx {
 
 impl Mx {
     /// RFC 7505 §3: an MX whose exchange is the root `.` says "this domain takes no mail".
-    pub fn is_null(&self) -> bool {
+    fn is_null(&self) -> bool {
         self.exchange == "."
     }
 }
@@ -66,7 +66,7 @@ pub enum Answer<T> {
 }
 
 /// A query that got no answer: a timeout, SERVFAIL, a network error. Try again later.
-pub type TemporaryError = String;
+type TemporaryError = String;
 
 /// The two address families a host may have; both are asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +177,7 @@ impl Rng {
         Rng(nanos ^ u64::from(std::process::id()) << 32)
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -323,7 +323,7 @@ fn without_null_mx(
 // ANCHOR: order
 /// Sort by preference, lowest first; shuffle each run of equal preferences, because "the
 /// sender-SMTP MUST randomize them to spread the load" (RFC 5321 §5.1).
-pub fn order_by_preference(mut records: Vec<Mx>, rng: &mut Rng) -> Vec<Mx> {
+fn order_by_preference(mut records: Vec<Mx>, rng: &mut Rng) -> Vec<Mx> {
     records.sort_by_key(|mx| mx.preference);
     let mut start = 0;
     while start < records.len() {

@@ -24,7 +24,7 @@
 //! Memory stays bounded whatever the message size: the content is copied from disk to disk in
 //! chunks, and the relay reads it back in chunks.
 //!
-//! Standards: RFC 5321 §4.5.4, RFC 5321 §4.5.4.1, RFC 5321 §6.1
+//! Standards: RFC 5321 §4.5.4, §4.5.4.1, §6.1
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -32,7 +32,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::datetime;
 use crate::smtp::body::Body;
@@ -43,7 +43,7 @@ use crate::smtp::extensions::{BodyType, MailOptions, Notify, Ret};
 /// be at least 4-5 days".
 // DEVIATION: the first retries come sooner than 30 minutes (as Postfix's 5-minute
 // minimal_backoff_time does): most temporary failures (greylisting, a restart) clear in minutes.
-pub const DEFAULT_RETRY: &str = "5m,10m,30m,1h,2h,4h";
+const DEFAULT_RETRY: &str = "5m,10m,30m,1h,2h,4h";
 pub const DEFAULT_QUEUE_LIFETIME: Duration = Duration::from_secs(5 * 24 * 3600);
 
 /// First line of every state file, so a stray file is never taken for a message.
@@ -115,7 +115,7 @@ pub struct Entry {
 impl Entry {
     /// A new entry with every recipient pending, due now.
     pub fn new(message_id: &str, sender: String, recipients: Vec<String>) -> Entry {
-        let now = unix_now();
+        let now = datetime::unix_now();
         Entry {
             id: new_queue_id(now),
             message_id: message_id.to_string(),
@@ -226,64 +226,7 @@ pub fn parse_retry(text: &str) -> Result<Vec<Duration>, String> {
     Ok(list)
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub fn system_time(unix: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(unix)
-}
-
 /// `<seconds>-<pid>-<counter>`: unique within a process, and across restarts (new pid, later time).
-// ANCHOR: message_id
-/// The id of the `n`-th message of session `session` (`S1`): `S1-1-tz4k1q0001f`. The last part
-/// is this process's start time and process id in base 36, so an id is never given twice,
-/// across restarts or by two servers on one machine. Letters, digits and `-` only: an RFC 5321
-/// `Atom`, as the `id` clause of a `Received:` line wants (§4.4), where `S1.1` was not.
-pub fn message_id(session: &str, n: u32) -> String {
-    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let instance = INSTANCE.get_or_init(|| {
-        // Five base-36 digits hold every Linux process id (at most 2^22), so the two parts
-        // cannot run into each other.
-        let pid = base36(u64::from(std::process::id()));
-        format!("{}{pid:0>5}", base36(unix_now()))
-    });
-    format!("{session}-{n}-{instance}")
-}
-// ANCHOR_END: message_id
-
-/// Is `word` the id of a message of session `session`, as `message_id` makes them? (The
-/// transcript recorder writes it as `{id}`, so a recording replays against any server.)
-pub fn is_message_id(session: &str, word: &str) -> bool {
-    let parts = word
-        .strip_prefix(session)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .and_then(|rest| rest.split_once('-'));
-    parts.is_some_and(|(n, instance)| {
-        !n.is_empty()
-            && n.bytes().all(|b| b.is_ascii_digit())
-            && !instance.is_empty()
-            && instance.bytes().all(|b| b.is_ascii_alphanumeric())
-    })
-}
-
-fn base36(mut n: u64) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn new_queue_id(now: u64) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -410,19 +353,19 @@ impl Spool {
     }
 
     pub fn generation(&self) -> u64 {
-        *ALARM.0.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::lock(&ALARM.0)
     }
 
     /// Wake the relay: a message was queued (or the server is stopping).
     pub fn wake(&self) {
-        let mut generation = ALARM.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut generation = crate::lock(&ALARM.0);
         *generation += 1;
         ALARM.1.notify_all();
     }
 
     /// Sleep until `wake` is called after `seen` was read, or until `timeout` passes.
     pub fn wait(&self, seen: u64, timeout: Duration) {
-        let generation = ALARM.0.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = crate::lock(&ALARM.0);
         let _ = ALARM
             .1
             .wait_timeout_while(generation, timeout, |g| *g == seen);
@@ -499,24 +442,13 @@ fn write_content_synced(path: &Path, head: &[u8], body: &Body) -> io::Result<()>
 // ANCHOR_END: write_content
 
 fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode_private()
+        .mode(SPOOL_MODE)
         .open(path)
-}
-
-/// `OpenOptions::mode` under a name that says why.
-trait PrivateMode {
-    fn mode_private(&mut self) -> &mut Self;
-}
-
-impl PrivateMode for OpenOptions {
-    fn mode_private(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(SPOOL_MODE)
-    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -704,7 +636,7 @@ pub fn queue_main(args: &[String]) -> i32 {
     }
     let dir = matches.opt_str("spool").unwrap_or_else(|| "spool".into());
     // Senders, recipients and remote replies come from clients and other servers: escaped.
-    let listed = listing(&Spool::new(dir).load_all(), unix_now());
+    let listed = listing(&Spool::new(dir).load_all(), datetime::unix_now());
     print!("{}", crate::visible::sanitize(&listed));
     0
 }
@@ -743,7 +675,7 @@ fn describe(out: &mut String, entry: &Entry, now: u64) {
         "{}  from {}  queued {} ({} ago)  attempts {}  {next}",
         entry.id,
         entry.sender,
-        datetime::rfc5322(system_time(entry.created)),
+        datetime::rfc5322(datetime::system_time(entry.created)),
         human(now.saturating_sub(entry.created)),
         entry.attempts,
     );
@@ -847,26 +779,6 @@ mod tests {
             "both files go"
         );
         let _ = fs::remove_dir_all(spool.dir());
-    }
-
-    #[test]
-    fn message_ids_are_atoms_that_carry_the_process() {
-        let id = message_id("S1", 2);
-        assert!(id.starts_with("S1-2-") && id.len() > 10, "{id}");
-        assert!(
-            id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
-            "{id}"
-        );
-        assert_eq!(message_id("S1", 2), id, "one process, one instance part");
-        assert!(is_message_id("S1", &id));
-        assert!(
-            !is_message_id("S11", &id)
-                && !is_message_id("S1", "S1-2")
-                && !is_message_id("S1", "S1.2")
-        );
-        assert_ne!(message_id("S1", 3), id);
-        assert_eq!(base36(0), "0");
-        assert_eq!(base36(36 * 36 - 1), "zz");
     }
 
     #[test]

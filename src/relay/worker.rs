@@ -5,8 +5,8 @@
 //! - `start(config, spool, deliver, listen)` starts the dispatcher and `--relay-workers`
 //!   delivery threads; the `RelayHandle` it returns stops them all when dropped (it also cuts
 //!   the conversations in progress).
-//! - `etrn(spool, config, argument)` makes the queued mail for a domain due now and says so
-//!   (ETRN, RFC 1985); `names_this_host(domain, config)` tells a literal that is this server.
+//! - `etrn(spool, local_domains, argument)` makes the queued mail for a domain due now and says
+//!   so (ETRN, RFC 1985); the delivery hook calls it for the session.
 //!
 //! The dispatcher looks at the spool when woken or once a second and gives every due message
 //! to an idle worker, but never more than `PER_DESTINATION` at a time for one next-hop domain:
@@ -25,7 +25,8 @@
 //! gets a "relayed" report, and a failure is reported only if NOTIFY asks for it (or is absent).
 //! A report that cannot reach its recipient goes to the local postmaster, never nowhere.
 //!
-//! Standards: RFC 3461 §5.2.1, §5.2.2, §6.1, RFC 5321 §3.3, §4.2.1, §4.5.4.1, §4.5.5, §5.1, RFC 1985 §5
+//! Standards: RFC 3461 §5.2.1, §5.2.2, §6.1, RFC 5321 §3.3, §4.2.1, §4.5.4.1, §4.5.5, §5.1,
+//!   RFC 1985 §5
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
@@ -38,10 +39,12 @@ use std::time::{Duration, Instant, SystemTime};
 use log::{debug, info, warn};
 
 use crate::config::Config;
+use crate::datetime::unix_now;
+use crate::lock;
 use crate::relay::bounce;
 use crate::relay::client::{self, NotTaken, RemoteReply, SmtpClient, TlsPolicy};
 use crate::relay::dns::{self, Me, Resolver, Rng, RouteError};
-use crate::relay::queue::{unix_now, Entry, Rcpt, RcptState, Schedule, Spool};
+use crate::relay::queue::{Entry, Rcpt, RcptState, Schedule, Spool};
 use crate::smtp::address::{self, Domain, ForwardPath, Mailbox, ReversePath};
 use crate::smtp::body::{Body, READ_CHUNK};
 use crate::smtp::envelope::{Client, Deliver, Envelope, Message, Recipient, Route};
@@ -50,12 +53,12 @@ use crate::smtp::reply::Reply;
 
 /// How often the relay looks at the spool when nobody wakes it: due retries start at most
 /// this late. A new message wakes it at once.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// `--relay-workers`: delivery threads.
 pub const DEFAULT_WORKERS: usize = 4;
 /// Concurrent conversations with one next-hop domain (Postfix's
 /// `default_destination_concurrency_limit` starts low the same way).
-pub const PER_DESTINATION: usize = 2;
+const PER_DESTINATION: usize = 2;
 /// `--relay-deadline`: the longest one conversation may take, greeting to QUIT. The RFC's
 /// per-reply timeouts (§4.5.3.2) alone let a host that trickles its replies hold on for hours.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
@@ -78,10 +81,6 @@ impl Drop for RelayHandle {
             let _ = thread.join();
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the dispatcher and the workers share.
@@ -260,7 +259,7 @@ fn next_job(shared: &Shared) -> Option<Entry> {
 /// `ETRN domain`, `ETRN @domain` (the domain and its subdomains) or `ETRN #queue` (here, the
 /// queue of one domain): start a delivery attempt now for the mail queued for it, and say so
 /// with RFC 1985 §5's codes. The session checks first that the client may relay at all.
-pub fn etrn(spool: &Spool, config: &Config, argument: &str) -> Reply {
+pub fn etrn(spool: &Spool, local_domains: &[String], argument: &str) -> Reply {
     let (node, subdomains) = match argument.as_bytes().first() {
         Some(b'@') => (&argument[1..], true),
         Some(b'#') => (&argument[1..], false),
@@ -273,7 +272,10 @@ pub fn etrn(spool: &Spool, config: &Config, argument: &str) -> Reply {
             "Syntax: ETRN domain, ETRN @domain or ETRN #queue",
         );
     };
-    if is_local(config, &node) {
+    if local_domains
+        .iter()
+        .any(|own| own.eq_ignore_ascii_case(&node))
+    {
         let text = format!("Node {node} not allowed: its mail is delivered here, not queued");
         return Reply::new(459, "4.7.1", "").text(text);
     }
@@ -287,7 +289,7 @@ pub fn etrn(spool: &Spool, config: &Config, argument: &str) -> Reply {
             .text(format!("OK, {n} pending messages for node {node} started")),
         Err(error) => {
             warn!("ETRN for {node} could not update the queue: {error}.");
-            Reply::new(458, "4.3.0", "").text(format!("Unable to queue messages for node {node}"))
+            crate::smtp::envelope::etrn_unavailable(&node)
         }
     }
 }
@@ -334,23 +336,6 @@ fn flush(spool: &Spool, wanted: impl Fn(&str) -> bool) -> io::Result<usize> {
 fn is_due(entry: &Entry) -> bool {
     entry.next_attempt <= unix_now() || lock(&FLUSHED).contains(&entry.id)
 }
-
-// ANCHOR: names_this_host
-/// Does this address literal name this server (`[127.0.0.2]`, `[0.0.0.0]`,
-/// `[IPv6:::ffff:127.0.0.2]`, ...)? Mail to it is delivered here or refused at RCPT: relayed,
-/// it would come straight back (RFC 5321 §5.1 says the same of an MX list that names us).
-pub fn names_this_host(domain: &Domain, config: &Config) -> bool {
-    let Domain::Literal(ip) = domain else {
-        return false;
-    };
-    let me = Me {
-        hostname: &config.hostname,
-        listen: &config.listen,
-        mx_port: config.mx_port,
-    };
-    me.reached_at(*ip)
-}
-// ANCHOR_END: names_this_host
 
 /// Pending recipients by destination: their domain each, or all together for a smart host.
 /// An unparseable path gets the destination "", which bounces.

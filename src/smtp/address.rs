@@ -10,7 +10,7 @@
 //!
 //! Each parser function is named after the ABNF rule it reads, and its `///` line quotes that rule.
 //!
-//! Standards: RFC 5321 §4.1.2, RFC 5321 §4.1.3, RFC 5321 §4.5.3.1, RFC 5321 §4.5.1, RFC 6531 §3.3
+//! Standards: RFC 5321 §4.1.2, §4.1.3, §4.5.3.1, §4.5.1, RFC 6531 §3.3
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -12,7 +12,7 @@
 //!   command line starts, found from its words as the parser reads them, so every place that
 //!   shows or stores a line (log, console, transcript) masks the same bytes; `Masked` writes it.
 //!
-//! Standards: RFC 4954 §4, RFC 4954 §6, RFC 4616 §2, RFC 2195 §2
+//! Standards: RFC 4954 §4, §6, RFC 4616 §2, RFC 2195 §2
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -216,9 +216,7 @@ pub fn challenge(hostname: &str) -> String {
     let mut random = [0u8; 8];
     let _ = openssl::rand::rand_bytes(&mut random);
     let number = u64::from_le_bytes(random);
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let seconds = crate::datetime::unix_now();
     format!("<{number}.{seconds}@{hostname}>")
 }
 

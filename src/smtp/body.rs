@@ -12,7 +12,7 @@
 //! The spill file is created as `.spill-<pid>-<n>`, opened, and unlinked at once: only the open
 //! file descriptor keeps it, so a crash or a dropped message leaves nothing on disk.
 //!
-//! Standards: RFC 5321 §4.5.3.1.7, RFC 5321 §6.1
+//! Standards: RFC 5321 §4.5.3.1.7, §6.1
 
 use std::fs::{self, File, OpenOptions};
 use std::io;

@@ -7,7 +7,7 @@
 //! - `parse(line)` turns one command line (without its line end) into a `Command`, or a `Reply`
 //!   that says what is wrong (500 unknown verb, 501 bad argument).
 //!
-//! Standards: RFC 5321 §4.1.1, RFC 5321 §4.1.2, RFC 5321 §4.3.2, RFC 5321 Appendix F, RFC 1869 §4.1.2
+//! Standards: RFC 5321 §4.1.1, §4.1.2, §4.3.2, Appendix F, RFC 1869 §4.1.2
 
 use crate::smtp::address::{self, AddressError, ForwardPath, ReversePath};
 use crate::smtp::reply::Reply;

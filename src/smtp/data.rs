@@ -12,7 +12,7 @@
 //! The content goes into a `Body` (`src/smtp/body.rs`), which moves a large message to a spill file:
 //! a session holds at most `body::SPILL_THRESHOLD` octets of it, whatever `--max-size` says.
 //!
-//! Standards: RFC 5321 §4.1.1.4, RFC 5321 §4.5.2, RFC 5321 §4.5.3.1.7, RFC 5321 §2.3.8, RFC 5321 §6.3, RFC 3030 §2
+//! Standards: RFC 5321 §4.1.1.4, §4.5.2, §4.5.3.1.7, §2.3.8, §6.3, RFC 3030 §2
 
 use std::io;
 use std::path::Path;
@@ -26,7 +26,7 @@ use crate::smtp::reply::Reply;
 
 /// RFC 5321 §6.3: "SMTP servers using this technique SHOULD use a large rejection threshold,
 /// normally at least 100 Received entries." 100 is the floor the RFC names.
-pub const MAX_RECEIVED_HEADERS: usize = 100;
+const MAX_RECEIVED_HEADERS: usize = 100;
 
 /// Reads one message after the 354 reply.
 #[derive(Debug)]
@@ -277,7 +277,7 @@ pub fn read_message(
 }
 
 /// Count the `Received:` fields in the header section (up to the first empty line).
-pub fn received_headers(content: &[u8]) -> usize {
+fn received_headers(content: &[u8]) -> usize {
     content
         .split(|&b| b == b'\n')
         .take_while(|line| !line.is_empty())

@@ -7,12 +7,15 @@
 //! - `Client`: who is connected (HELO name, TLS, AUTH user); it outlives transactions.
 //! - `Message`: an envelope, a client and the content, ready for delivery.
 //! - `Deliver`: the hook that stores a `Message`, or says why it cannot (a 4xx/5xx reply), and
-//!   at RCPT time says whether a recipient's mailboxes have room (`room_for`).
+//!   starts the queue for ETRN, and at RCPT time says whether a recipient's mailboxes have room
+//!   (`room_for`).
+//! - `message_id(session, n)`: the id a message gets at the end of DATA; `is_message_id` knows one.
 //!
-//! Standards: RFC 5321 §3.3, RFC 5321 §5.1, RFC 3461 §4.1, RFC 3461 §4.2
+//! Standards: RFC 5321 §3.3, §5.1, RFC 3461 §4.1, §4.2
 
 use std::net::SocketAddr;
 
+use crate::datetime::unix_now;
 use crate::smtp::address::{ForwardPath, Mailbox, ReversePath};
 use crate::smtp::body::Body;
 use crate::smtp::extensions::{MailOptions, RcptOptions};
@@ -81,5 +84,87 @@ pub trait Deliver: Send + Sync {
     /// The default takes everything: a hook without mailboxes has nothing to fill.
     fn room_for(&self, _route: &Route, _declared: u64) -> Result<(), Reply> {
         Ok(())
+    }
+
+    /// ETRN (RFC 1985): start the queue for `node` now. Without a queue there is nothing to
+    /// start; the session has already checked that the client may relay.
+    fn etrn(&self, node: &str) -> Reply {
+        etrn_unavailable(node)
+    }
+}
+
+/// RFC 1985 §5's 458: the queue for `node` cannot be started.
+pub fn etrn_unavailable(node: &str) -> Reply {
+    Reply::new(458, "4.3.0", "").text(format!("Unable to queue messages for node {node}"))
+}
+
+// ANCHOR: message_id
+/// The id of the `n`-th message of session `session` (`S1`): `S1-1-tz4k1q0001f`. The last part
+/// is this process's start time and process id in base 36, so an id is never given twice,
+/// across restarts or by two servers on one machine. Letters, digits and `-` only: an RFC 5321
+/// `Atom`, as the `id` clause of a `Received:` line wants (§4.4), where `S1.1` was not.
+pub fn message_id(session: &str, n: u32) -> String {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let instance = INSTANCE.get_or_init(|| {
+        // Five base-36 digits hold every Linux process id (at most 2^22), so the two parts
+        // cannot run into each other.
+        let pid = base36(u64::from(std::process::id()));
+        format!("{}{pid:0>5}", base36(unix_now()))
+    });
+    format!("{session}-{n}-{instance}")
+}
+// ANCHOR_END: message_id
+
+/// Is `word` the id of a message of session `session`, as `message_id` makes them? (The
+/// transcript recorder writes it as `{id}`, so a recording replays against any server.)
+pub fn is_message_id(session: &str, word: &str) -> bool {
+    let parts = word
+        .strip_prefix(session)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.split_once('-'));
+    parts.is_some_and(|(n, instance)| {
+        !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && !instance.is_empty()
+            && instance.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_atoms_that_carry_the_process() {
+        let id = message_id("S1", 2);
+        assert!(id.starts_with("S1-2-") && id.len() > 10, "{id}");
+        assert!(
+            id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            "{id}"
+        );
+        assert_eq!(message_id("S1", 2), id, "one process, one instance part");
+        assert!(is_message_id("S1", &id));
+        assert!(
+            !is_message_id("S11", &id)
+                && !is_message_id("S1", "S1-2")
+                && !is_message_id("S1", "S1.2")
+        );
+        assert_ne!(message_id("S1", 3), id);
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(36 * 36 - 1), "zz");
     }
 }

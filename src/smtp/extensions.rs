@@ -12,7 +12,8 @@
 //! ENVID and ORCPT are kept as the client wrote them (xtext), because a relay must pass them on
 //! unchanged (RFC 3461 §5.2.1); they are decoded only for the report itself (RFC 3461 §6.3).
 //!
-//! Standards: RFC 5321 §4.1.1.1, RFC 1870 §3, RFC 1870 §6, RFC 6152 §2, RFC 2920 §3, RFC 2034 §2, RFC 6531 §3.4, RFC 3030 §3, RFC 4954 §5, RFC 3461 §4, RFC 3461 §4.1, RFC 3461 §4.2, RFC 3461 §4.3, RFC 3461 §4.4, RFC 3461 §4.5, RFC 3461 §5.1
+//! Standards: RFC 5321 §4.1.1.1, RFC 1870 §3, §6, RFC 6152 §2, RFC 2920 §3, RFC 2034 §2,
+//!   RFC 6531 §3.4, RFC 3030 §3, RFC 4954 §5, RFC 3461 §4, §4.1, §4.2, §4.3, §4.4, §4.5, §5.1
 
 use crate::smtp::command::Param;
 use crate::smtp::reply::Reply;
@@ -164,9 +165,9 @@ pub struct RcptOptions {
 }
 
 /// RFC 3461 §4.4: "The ENVID parameter MAY be up to 100 characters in length."
-pub const MAX_ENVID: usize = 100;
+const MAX_ENVID: usize = 100;
 /// RFC 3461 §4.2: "The entire ORCPT parameter MAY be up to 500 characters in length."
-pub const MAX_ORCPT: usize = 500;
+const MAX_ORCPT: usize = 500;
 
 // ANCHOR: ehlo_keywords
 /// The keywords after the first line of the EHLO reply (RFC 5321 §4.1.1.1).

@@ -1,8 +1,9 @@
-//! The SMTP server side, from the first command to the end of the message. Read in this order:
+//! The SMTP server side, from the first command to the end of the message: the protocol alone,
+//! testable without a socket. The loop that feeds it lines is `src/connection.rs`. Read in this
+//! order:
 //!
 //! | file | what | lesson |
 //! |---|---|---|
-//! | `connection.rs` | one client's loop: read a line, ask the session, write the replies | 5, 6 |
 //! | `command.rs` | the verb table and the command parser | 3 |
 //! | `reply.rs` | replies: code, enhanced code, text, written in one place | 3 |
 //! | `session.rs` | the state machine: one `enum State`, one table, one `step` | 2, 4, 6 |
@@ -12,10 +13,9 @@
 //! | `body.rs` | a message's content: in memory while small, in a file when large | 16 |
 //! | `extensions.rs` | the EHLO keywords and the MAIL FROM parameters | 8 |
 //! | `auth.rs` | AUTH: the SASL mechanisms, without sockets | 9 |
+//! | `auth_budget.rs` | the password-failure budget per client address, for SMTP, POP3 and IMAP | 14 |
 //!
 //! Standards: none
-
-pub mod connection;
 
 pub mod command;
 pub mod reply;
@@ -33,3 +33,4 @@ pub mod body;
 pub mod extensions;
 
 pub mod auth;
+pub mod auth_budget;

@@ -5,7 +5,7 @@
 //! - `Reply::text(..)` swaps in a more helpful text; the code never changes.
 //! - `Display` writes the wire form, multi-line replies as `250-...` lines then `250 ...`.
 //!
-//! Standards: RFC 5321 §4.2, RFC 5321 §4.2.1, RFC 5321 §4.2.2, RFC 5321 §4.2.3, RFC 3463 §3, RFC 2034 §3
+//! Standards: RFC 5321 §4.2, §4.2.1, §4.2.2, §4.2.3, RFC 3463 §3, RFC 2034 §3
 
 use std::borrow::Cow;
 use std::fmt;

@@ -3,7 +3,8 @@
 //!
 //! Interface:
 //! - `TRANSITIONS`, the table of legal moves (from, trigger, to, RFC section). `step` refuses
-//!   every command the table does not list with 503, and `smtplab states` draws the same table.
+//!   every command the table does not list with 503, and `smtplab states` draws the same table
+//!   (`label` names each trigger in a picture).
 //! - `Session::input(line)` says what a line is (a command, a SASL response, or a refusal);
 //!   `Session::step(input)` hands the state and the input to a handler, which takes what it
 //!   needs (the envelope, the chunks so far) by value and returns the next state and the
@@ -16,16 +17,16 @@
 //! No sockets, no files, no classroom tools here: the session is tested line by line without a
 //! network, and `lab/coach.rs` adds coaching, `--explain` and `--fault` around `step`.
 //!
-//! Standards: RFC 5321 §3.3, RFC 5321 §4.1.1, RFC 5321 §4.1.4, RFC 5321 §4.3.2, RFC 5321 §3.5, RFC 5321 §7.8, RFC 5321 §3.8
+//! Standards: RFC 5321 §3.3, §4.1.1, §4.1.4, §4.3.2, §3.5, §7.8, §3.8
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::auth_budget::{shut_out_text, Verdict};
 use crate::config::Config;
 use crate::machine;
 use crate::smtp::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::smtp::auth::{self, Credentials, Exchange, Sasl};
+use crate::smtp::auth_budget::{shut_out_text, Verdict};
 use crate::smtp::body::Body;
 use crate::smtp::command::{self, Command, Param, Verb, VERBS};
 use crate::smtp::data::ChunkReader;
@@ -158,6 +159,16 @@ pub const TRANSITIONS: &[Transition] = &[
     row(Greeted,   Verb::Etrn, Greeted,   "RFC 1985 §5"),
 ];
 // ANCHOR_END: transitions
+
+/// How each trigger of the SMTP table is labelled in a picture.
+pub fn label(on: &Trigger) -> String {
+    match on {
+        Trigger::Command(verb) => verb.name().to_string(),
+        Trigger::EndOfData => "end of data".to_string(),
+        Trigger::LastChunk => "last chunk".to_string(),
+        Trigger::SaslResponse => "SASL response".to_string(),
+    }
+}
 
 /// The legal move for `verb` in state `from`, if there is one.
 pub fn transition(from: StateName, verb: Verb) -> Option<&'static Transition> {
@@ -688,15 +699,14 @@ impl Session {
 
     // ANCHOR: etrn
     /// ETRN (RFC 1985): only a client that may relay may start the queue; anyone else could
-    /// make the server hammer a domain's hosts. The queue's side is `relay::worker::etrn`.
+    /// make the server hammer a domain's hosts. The delivery hook starts the queue.
     fn etrn(&self, node: &str) -> Reply {
         if !self.may_relay() {
             return Reply::new(459, "4.7.1", "").text(format!(
                 "Node {node} not allowed: only a client that may relay may start the queue"
             ));
         }
-        let spool = crate::relay::queue::Spool::new(self.config.spool_dir.clone());
-        crate::relay::worker::etrn(&spool, &self.config, node)
+        self.deliver.etrn(node)
     }
     // ANCHOR_END: etrn
 
@@ -705,8 +715,7 @@ impl Session {
     fn is_local(&self, domain: &Domain) -> bool {
         match domain {
             Domain::Literal(ip) => {
-                *ip == self.client.local.ip()
-                    || crate::relay::worker::names_this_host(domain, &self.config)
+                *ip == self.client.local.ip() || self.config.names_this_host(*ip)
             }
             Domain::Name(_) => self.config.directory.is_local_domain(domain),
         }
@@ -729,7 +738,7 @@ impl Session {
 
     fn deliver_message(&mut self, envelope: Envelope, content: Body) -> Reply {
         self.messages += 1;
-        let id = crate::relay::queue::message_id(&self.id, self.messages);
+        let id = crate::smtp::envelope::message_id(&self.id, self.messages);
         let message = Message {
             id: id.clone(),
             client: self.client.clone(),
@@ -1217,6 +1226,11 @@ mod tests {
                 .map_err(|_| Reply::LOCAL_ERROR_451)?
                 .push(message.clone());
             Ok(())
+        }
+
+        /// An empty queue: ETRN has nothing to start.
+        fn etrn(&self, node: &str) -> Reply {
+            Reply::new(251, "2.0.0", "").text(format!("OK, no messages waiting for node {node}"))
         }
     }
 

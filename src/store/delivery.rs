@@ -13,7 +13,8 @@
 //! Memory: local mailboxes and the queue's content file are both written from the message's
 //! `Body` as a stream, so no copy of a large message is ever held in memory whole.
 //!
-//! Standards: RFC 5321 §4.4, RFC 5321 §6.1, RFC 1870 §6.4, RFC 3463 §3.3, RFC 5321 §4.2.5, RFC 3463 §3.4, RFC 3848 §3, RFC 6531 §3.7.3, RFC 3461 §5.2.1
+//! Standards: RFC 5321 §4.4, §6.1, §4.2.5, RFC 1870 §6.4, RFC 3463 §3.3, §3.4, RFC 3848 §3,
+//!   RFC 6531 §3.7.3, RFC 3461 §5.2.1
 
 use std::io;
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct LocalDelivery {
     pub hostname: String,
     /// The outbound queue for recipients in other domains; `None` refuses them with 451.
     pub spool: Option<Arc<Spool>>,
+    /// The domains delivered here: ETRN for one of them has no queue to start.
+    pub local_domains: Vec<String>,
 }
 
 impl Deliver for LocalDelivery {
@@ -62,6 +65,14 @@ impl Deliver for LocalDelivery {
         Ok(())
     }
     // ANCHOR_END: deliver
+
+    /// ETRN: the queue's side is `relay::worker::etrn`.
+    fn etrn(&self, node: &str) -> Reply {
+        match &self.spool {
+            Some(spool) => crate::relay::worker::etrn(spool, &self.local_domains, node),
+            None => crate::smtp::envelope::etrn_unavailable(node),
+        }
+    }
 
     // ANCHOR: room_for
     /// RCPT time (RFC 1870 §6.4): a mailbox already full, or too full for the declared size,
@@ -215,7 +226,7 @@ impl LocalDelivery {
 // ANCHOR: received_header
 /// `Received: from <helo> ([<peer address>]) by <host> (smtplab) with ESMTP id <id> for <rcpt>; <date>`
 /// (RFC 5321 §4.4: the FROM clause names the HELO argument and the TCP peer's address).
-pub fn received_header(
+fn received_header(
     client: &Client,
     smtputf8: bool,
     hostname: &str,

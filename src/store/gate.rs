@@ -16,7 +16,9 @@
 //! Standards: RFC 5321 §6.1, RFC 4155 §2
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use crate::lock;
 
 /// Every mailbox's gate, created on first use. `E` is the error a batch can end with; each
 /// message of a failed batch gets a clone of it.
@@ -50,12 +52,6 @@ struct Ticket<E> {
 #[derive(Debug)]
 pub struct Exclusive<E> {
     gate: Arc<Gate<E>>,
-}
-
-/// Lock a mutex even if a thread panicked while holding it: the state it guards stays valid
-/// (a flag and a queue), and one bad session must not stop delivery for everyone.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<E> Default for Gates<E> {

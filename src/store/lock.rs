@@ -38,7 +38,7 @@ pub const LOCK_RETRY_DELAY: Duration = Duration::from_millis(100);
 pub const LOCK_ATTEMPTS: u32 = 200;
 
 /// Mode of every file smtplab creates in the mail directory: mail is private.
-pub const MBOX_MODE: u32 = 0o600;
+const MBOX_MODE: u32 = 0o600;
 
 /// `DIR/<user>.lock` is the dotlock of `DIR/<user>` (the convention of Postfix, mutt, procmail).
 pub const LOCK_SUFFIX: &str = ".lock";

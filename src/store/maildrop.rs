@@ -13,7 +13,7 @@
 //!   messages as the file holds them at that moment, so mail another program delivered or
 //!   rewrote during the session is judged by what it is now, and kept unless marked.
 //!
-//! Standards: RFC 1939 §4, RFC 1939 §6, RFC 4155 §2
+//! Standards: RFC 1939 §4, §6, RFC 4155 §2
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};

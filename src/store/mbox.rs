@@ -28,7 +28,7 @@
 //!    back to where it started;
 //! 6. mark each intent idle, and release all locks (dropping the guards does it).
 //!
-//! Standards: RFC 4155 §2, RFC 5321 §4.4, RFC 5321 §6.1
+//! Standards: RFC 4155 §2, RFC 5321 §4.4, §6.1
 
 use std::fmt;
 use std::fs::{self, File};
@@ -47,7 +47,7 @@ use crate::store::mboxrd::{from_line, quote_mboxrd, quoted_len, MboxrdQuoter};
 pub use crate::store::mboxrd::{parse_mboxrd, split_mboxrd, StoredMessage};
 
 /// Longest user name, in bytes: the limit of an address's local part (RFC 5321 §4.5.3.1.1).
-pub const MAX_MAILBOX_NAME: usize = 64;
+const MAX_MAILBOX_NAME: usize = 64;
 
 /// `DIR/.<user>.committed` was the committed-length record of earlier versions; recovery
 /// removes it, as it is no longer read and its length rule cut other programs' mail.

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use crate::datetime;
 
 /// The `From ` line's sender for the null reverse-path `<>` (qmail mbox(5), Postfix).
-pub const NULL_SENDER: &str = "MAILER-DAEMON";
+const NULL_SENDER: &str = "MAILER-DAEMON";
 
 /// One message read back from an mbox file.
 #[derive(Debug, Clone, PartialEq, Eq)]

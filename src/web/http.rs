@@ -14,7 +14,8 @@
 //! Like SMTP, HTTP is lines of text over TCP; unlike SMTP, it is one question and one answer,
 //! and the server never speaks first.
 //!
-//! Standards: RFC 9112 §2.1, §3, §3.2, §5.1, §9.3, §9.6, RFC 9110 §9.1, §9.3.1, §9.3.2, §15, RFC 6585 §5
+//! Standards: RFC 9112 §2.1, §3, §3.2, §5.1, §9.3, §9.6, RFC 9110 §9.1, §9.3.1, §9.3.2, §15,
+//!   RFC 6585 §5
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -22,11 +23,11 @@ use std::time::{Duration, Instant};
 
 /// The longest request line read (RFC 9112 §3: a server that receives a longer target
 /// answers 414). The page's own paths are a few dozen octets.
-pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+const MAX_REQUEST_LINE: usize = 8 * 1024;
 /// The longest request head, request line and fields together (431 beyond).
-pub const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEAD: usize = 16 * 1024;
 /// The most header fields in one request (431 beyond).
-pub const MAX_FIELDS: usize = 64;
+const MAX_FIELDS: usize = 64;
 /// A client has this long to send its whole request head (408 after).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a refused client's extra bytes are read and dropped before the close.
@@ -65,7 +66,7 @@ pub struct Response {
 }
 
 /// The page's own policy: scripts, styles and data only from this server, nothing inline.
-pub const PAGE_POLICY: &str = "default-src 'self'";
+const PAGE_POLICY: &str = "default-src 'self'";
 /// Raw mail is text and may load nothing at all.
 pub const NOTHING_POLICY: &str = "default-src 'none'";
 

@@ -1,20 +1,17 @@
 //! The live classroom view (`--web`): a page that shows every session's state on the diagram
 //! of its state machine as students type, with the mailboxes and the queue. HTTP here is a
-//! lesson of its own: another welcome socket, another line protocol.
+//! lesson of its own: another welcome socket, another line protocol. What it shows comes from
+//! the live board (`lab/live.rs`), where every session reports.
 //!
 //! | file | what | lesson |
 //! |---|---|---|
-//! | `live.rs` | the board every session reports to: opened, lines, moves, closed | 17 |
 //! | `server.rs` | the web welcome socket, the routes, the event stream | 17 |
 //! | `http.rs` | one HTTP/1.1 request head read and checked, one response written | 17 |
 //! | `svg.rs` | the state machine drawn as SVG from its table | 17 |
 //! | `store.rs` | mailbox counts and sizes, the queue, one message raw | 17 |
-//! | `json.rs` | JSON strings that no student byte can break out of | 17 |
 //! | `assets/` | the page, its script and its style, built into the binary | 17 |
 //!
 //! Standards: none
-
-pub mod live;
 
 pub mod server;
 
@@ -23,5 +20,3 @@ pub mod http;
 pub mod svg;
 
 pub mod store;
-
-pub mod json;

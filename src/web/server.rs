@@ -20,7 +20,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::info;
@@ -33,9 +33,9 @@ use crate::web::store;
 use crate::web::svg;
 
 /// A browser that stops reading is dropped after this long.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An event stream ends after this long; `retry` makes the browser reconnect at once.
-pub const STREAM_LIFETIME: Duration = Duration::from_secs(300);
+const STREAM_LIFETIME: Duration = Duration::from_secs(300);
 /// A comment line this often keeps proxies from closing a quiet stream, and finds browsers
 /// that went away.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -137,7 +137,7 @@ fn page() -> String {
         smtp::TRANSITIONS,
         smtp::StateName::Connected,
         "smtp",
-        crate::lab::diagram::label,
+        crate::smtp::session::label,
     );
     let pop3 = svg::diagram(
         pop3::POP3_TRANSITIONS,
@@ -272,7 +272,7 @@ fn send(stream: &mut TcpStream, json: &str) -> io::Result<()> {
 /// The mailboxes and queue as JSON, looked at no more than once per `STORE_POLL` however many
 /// browsers watch.
 fn store_json(shared: &Shared) -> String {
-    let mut cached = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut cached = crate::lock(&shared.store);
     if let Some((at, json)) = cached.as_ref() {
         if at.elapsed() < STORE_POLL {
             return json.clone();

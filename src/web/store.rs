@@ -7,14 +7,15 @@
 //! - `message(config, "alice/2")` is the second message of alice's mbox as delivered (trace
 //!   headers included), or `None`.
 //!
-//! Standards: RFC 5321 §4.4, RFC 5321 §4.5.4.1
+//! Standards: RFC 5321 §4.4, §4.5.4.1
 
 use std::collections::BTreeSet;
 
 use crate::config::Config;
-use crate::relay::queue::{unix_now, Entry, RcptState, Spool};
+use crate::datetime::unix_now;
+use crate::lab::json;
+use crate::relay::queue::{Entry, RcptState, Spool};
 use crate::store::mbox::{self, MailDir};
-use crate::web::json;
 
 /// Every mailbox name to show: the directory's users, and any mbox file found.
 fn users(config: &Config) -> BTreeSet<String> {

@@ -203,7 +203,7 @@ mod tests {
             TRANSITIONS,
             StateName::Connected,
             "smtp",
-            crate::lab::diagram::label,
+            crate::smtp::session::label,
         );
         for state in [
             "Connected",
@@ -215,7 +215,7 @@ mod tests {
         ] {
             assert!(svg.contains(&format!("id=\"smtp-{state}\"")), "{state}");
         }
-        let edges = machine::edges(TRANSITIONS, crate::lab::diagram::label);
+        let edges = machine::edges(TRANSITIONS, crate::smtp::session::label);
         assert_eq!(svg.matches("class=\"move\"").count(), edges.len());
         assert!(svg.contains("data-from=\"RcptGiven\" data-to=\"Data\""));
         assert!(!svg.contains("NaN"));
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_usual_path_reads_left_to_right() {
-        let edges = machine::edges(TRANSITIONS, crate::lab::diagram::label);
+        let edges = machine::edges(TRANSITIONS, crate::smtp::session::label);
         let placed = layout(&edges, StateName::Connected);
         let column = |s| placed.iter().find(|(x, _, _)| *x == s).map(|p| p.1);
         assert_eq!(column(StateName::Connected), Some(0));

@@ -21,17 +21,17 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use crate::lab::json;
 use crate::smtp::auth::Masked;
 use crate::visible;
-use crate::web::json;
 
 /// Lines kept per session: a screen's worth; older lines scroll away.
-pub const LINES_KEPT: usize = 200;
+const LINES_KEPT: usize = 200;
 /// Closed sessions kept on the page, newest first, so a student who just quit still sees theirs.
-pub const CLOSED_KEPT: usize = 8;
+const CLOSED_KEPT: usize = 8;
 /// Events kept for browsers catching up; one further behind gets a new snapshot.
 const EVENTS_KEPT: usize = 1000;
 
@@ -116,10 +116,6 @@ impl Board {
         })))
     }
 
-    pub fn is_on(&self) -> bool {
-        self.0.is_some()
-    }
-
     /// Mail may be shown: the lines of a message, and a message raw on the page.
     pub fn shows_mail(&self) -> bool {
         self.0.as_ref().is_some_and(|board| board.shows_mail)
@@ -131,7 +127,7 @@ impl Board {
         let event = open_event(&opened);
         let id = opened.id.clone();
         {
-            let mut state = lock(&board);
+            let mut state = crate::lock(&board.state);
             state.sessions.push(Session {
                 state: opened.state.clone(),
                 opened,
@@ -149,7 +145,7 @@ impl Board {
         let Some(board) = &self.0 else {
             return (0, json::snapshot(0, &[]));
         };
-        let state = lock(board);
+        let state = crate::lock(&board.state);
         let sessions: Vec<String> = state.sessions.iter().map(Session::to_json).collect();
         (state.seq, json::snapshot(state.seq, &sessions))
     }
@@ -157,7 +153,7 @@ impl Board {
     /// The events after `seq`, with the number of the last; `None` when some were dropped.
     pub fn since(&self, seq: u64) -> Option<(u64, Vec<String>)> {
         let board = self.0.as_ref()?;
-        let state = lock(board);
+        let state = crate::lock(&board.state);
         let oldest = state.events.front().map_or(state.seq + 1, |(n, _)| *n);
         if seq + 1 < oldest {
             return None;
@@ -177,7 +173,7 @@ impl Board {
             std::thread::sleep(timeout);
             return;
         };
-        let state = lock(board);
+        let state = crate::lock(&board.state);
         let _ = board
             .changed
             .wait_timeout_while(state, timeout, |s| s.seq <= seq);
@@ -264,11 +260,6 @@ fn open_event(o: &Opening) -> String {
     ])
 }
 
-fn lock(board: &Shared) -> MutexGuard<'_, State> {
-    // A reporter never panics while holding the lock; if one did, the data is still whole.
-    board.state.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// What an event changes in its session's summary.
 enum Change<'a> {
     Opening,
@@ -279,7 +270,7 @@ enum Change<'a> {
 
 /// Apply one event to the session it is about, keep it for browsers, and wake them.
 fn publish(board: &Shared, id: &str, change: Change, event: String) {
-    let mut state = lock(board);
+    let mut state = crate::lock(&board.state);
     if let Some(session) = state.sessions.iter_mut().find(|s| s.opened.id == id) {
         session.apply(&change, &event);
     }

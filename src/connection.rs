@@ -1,4 +1,7 @@
 //! One client's connection: greet, read a line, ask the session, write the replies; repeat.
+//! It sits at the top of the crate, beside `server.rs`, because it joins three parts: the
+//! socket (`net/`), the protocol (`smtp/`, which needs no socket) and the classroom tools
+//! around it (`lab/`: coaching, `--trace`, `--transcripts`, `--fault`).
 //!
 //! Interface:
 //! - `serve(stream, context, number, role)` runs one session to its end on the calling thread.
@@ -14,7 +17,8 @@
 //! start go to the console (`trace::Console`), which also feeds `--web`; `--fault greeting=...`
 //! rules act in `start`.
 //!
-//! Standards: RFC 5321 §4.5.3.2.7, RFC 5321 §3.8, RFC 2920 §3.1, RFC 5321 §4.1.1.4, RFC 3207 §4.2, RFC 8314 §3.3, RFC 3030 §2
+//! Standards: RFC 5321 §4.5.3.2.7, §3.8, §4.1.1.4, RFC 2920 §3.1, RFC 3207 §4.2, RFC 8314 §3.3,
+//!   RFC 3030 §2
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -47,7 +51,7 @@ pub const MIN_DATA_RATE: u64 = 500;
 /// Postfix's `smtpd_junk_command_limit`: this many commands that move no mail (NOOP, RSET,
 /// VRFY, EXPN, HELP, `BDAT 0`) in a row, and the next one gets 421. A delivered message starts
 /// the count again, so a long honest session is never cut short.
-pub const JUNK_COMMAND_LIMIT: u32 = 100;
+const JUNK_COMMAND_LIMIT: u32 = 100;
 
 /// When the next piece of message data must have arrived: within the idle timeout, and within
 /// the time the octets received so far have earned at `MIN_DATA_RATE`.

@@ -18,13 +18,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Failures an address may make without any wait (typos happen).
-pub const FREE_FAILURES: u32 = 3;
+const FREE_FAILURES: u32 = 3;
 /// Default failures an address may make before it is shut out (`--auth-budget`).
-pub const DEFAULT_FAILURES: u32 = 10;
+const DEFAULT_FAILURES: u32 = 10;
 /// How long an address that spent its budget is refused.
-pub const LOCKOUT: Duration = Duration::from_secs(5 * 60);
+const LOCKOUT: Duration = Duration::from_secs(5 * 60);
 /// A failure older than this is forgotten.
-pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// The wait after a failure doubles each time, up to this many times the first wait.
 const MAX_WAIT_FACTOR: u32 = 8;
 /// Keep at most this many addresses; the oldest are forgotten first.
@@ -68,7 +68,7 @@ struct Record {
 // ANCHOR: ledger
 /// Failures per address, and the rules that turn them into waits and refusals.
 #[derive(Debug)]
-pub struct Ledger {
+struct Ledger {
     policy: Policy,
     records: HashMap<IpAddr, Record>,
 }
