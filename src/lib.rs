@@ -7,17 +7,17 @@
 //! |---|---|---|
 //! | `config`, `server` | the options, and the listeners that start everything | 1 |
 //! | `connection` | one SMTP client's loop: where the protocol ([`smtp`]) meets the socket ([`net`]) and the classroom tools ([`lab`]), so it sits above all three | 5, 6 |
-//! | [`net`] | the welcome socket and its limits, bytes to lines, and TLS | 1, 5, 9, 14 |
+//! | [`net`] | the welcome socket and its limits, bytes to lines, and TLS | 1, 5, 9, 15 |
 //! | [`smtp`] | the SMTP server side: commands, replies, the state machine, DATA | 2–6, 8–10 |
 //! | `machine` | a state machine as a table, shared by SMTP and POP3 | 6 |
-//! | [`store`] | local mailboxes: mbox files, locks, group commit | 7, 16 |
-//! | `datetime` | dates for trace headers, mbox separators and transcript names | 7, 12 |
-//! | `visible` | escapes for every byte a student sends that a terminal would act on: every part that shows a student's bytes uses it, none owns it | 14 |
-//! | [`relay`] | mail for other domains: the queue, MX lookup, the next hop, bounces | 11 |
-//! | [`lab`] | classroom tools: transcripts, replay, compare, trace, faults, the bench | 12, 15, 16 |
-//! | [`pop3`] | reading mail back out over POP3 | 13 |
-//! | [`web`] | `--web`: the live view of sessions, state machine, mailboxes and queue | 17 |
-//! | [`imap`] | reading mail on the server over IMAP: flags and UIDs kept | 18 |
+//! | [`store`] | local mailboxes: mbox files, locks, group commit | 7, 17 |
+//! | `datetime` | dates for trace headers, mbox separators and transcript names | 7, 13 |
+//! | `visible` | escapes for every byte a student sends that a terminal would act on: every part that shows a student's bytes uses it, none owns it | 15 |
+//! | [`relay`] | mail for other domains: the queue, MX lookup, the next hop, bounces | 11, 12 |
+//! | [`lab`] | classroom tools: transcripts, replay, compare, trace, faults, the bench | 13, 16, 17 |
+//! | [`pop3`] | reading mail back out over POP3 | 14 |
+//! | [`web`] | `--web`: the live view of sessions, state machine, mailboxes and queue | 18 |
+//! | [`imap`] | reading mail on the server over IMAP: flags and UIDs kept | 19 |
 //!
 //! No folder needs another that needs it back, even through others (`tests/architecture.rs`
 //! checks it): a part below tells a part above through a hook it defines, such as

@@ -2,9 +2,9 @@
 //!
 //! | file | what | lesson |
 //! |---|---|---|
-//! | `server.rs` | the POP3 listener and one client's I/O loop | 13 |
-//! | `command.rs` | the verb table, the command parser, `+OK`/`-ERR` responses | 13 |
-//! | `session.rs` | the POP3 state machine: one table, one `step` | 13 |
+//! | `server.rs` | the POP3 listener and one client's I/O loop | 14 |
+//! | `command.rs` | the verb table, the command parser, `+OK`/`-ERR` responses | 14 |
+//! | `session.rs` | the POP3 state machine: one table, one `step` | 14 |
 //!
 //! Standards: none
 

@@ -10,10 +10,10 @@
 //! | `envelope.rs` | what a transaction gathers, who the client is, the delivery hook | 4, 7 |
 //! | `address.rs` | the paths of MAIL FROM and RCPT TO, after the RFC grammar | 4, 10 |
 //! | `data.rs` | DATA: the end of the message, dot-stuffing, the size limit | 5 |
-//! | `body.rs` | a message's content: in memory while small, in a file when large | 16 |
+//! | `body.rs` | a message's content: in memory while small, in a file when large | 17 |
 //! | `extensions.rs` | the EHLO keywords and the MAIL FROM parameters | 8 |
 //! | `auth.rs` | AUTH: the SASL mechanisms, without sockets | 9 |
-//! | `auth_budget.rs` | the password-failure budget per client address, for SMTP, POP3 and IMAP | 14 |
+//! | `auth_budget.rs` | the password-failure budget per client address, for SMTP, POP3 and IMAP | 15 |
 //!
 //! Standards: none
 

@@ -5,11 +5,11 @@
 //!
 //! | file | what | lesson |
 //! |---|---|---|
-//! | `server.rs` | the web welcome socket, the routes, the event stream | 17 |
-//! | `http.rs` | one HTTP/1.1 request head read and checked, one response written | 17 |
-//! | `svg.rs` | the state machine drawn as SVG from its table | 17 |
-//! | `store.rs` | mailbox counts and sizes, the queue, one message raw | 17 |
-//! | `assets/` | the page, its script and its style, built into the binary | 17 |
+//! | `server.rs` | the web welcome socket, the routes, the event stream | 18 |
+//! | `http.rs` | one HTTP/1.1 request head read and checked, one response written | 18 |
+//! | `svg.rs` | the state machine drawn as SVG from its table | 18 |
+//! | `store.rs` | mailbox counts and sizes, the queue, one message raw | 18 |
+//! | `assets/` | the page, its script and its style, built into the binary | 18 |
 //!
 //! Standards: none
 
