@@ -407,32 +407,19 @@ impl Connection {
 
     /// The server side of a TLS handshake; a failure ends only this connection.
     fn handshake(&mut self) -> io::Result<()> {
-        let acceptor = self
-            .context
-            .tls
-            .clone()
-            .ok_or_else(|| io::Error::other("TLS is not configured"))?;
-        let plain = self
-            .stream
-            .take()
-            .ok_or_else(|| io::Error::other("no stream"))?;
-        let deadline = tls::handshake_deadline(self.context.config.idle_timeout);
-        match plain.start_tls(&acceptor, deadline) {
-            Ok(tls) => {
-                info!("[{}] TLS started with {}", self.session.id(), self.peer);
-                if let Some(console) = &self.console {
-                    console.event(
-                        "TLS started (RFC 3207 §4.2: the session starts again from Connected)",
-                    );
-                }
-                self.stream = Some(tls);
-                Ok(())
-            }
-            Err(error) => {
-                warn!("[{}] {}: {error}", self.session.id(), self.peer);
-                Err(io::Error::other(error))
-            }
+        let (acceptor, idle) = (
+            self.context.tls.as_deref(),
+            self.context.config.idle_timeout,
+        );
+        if let Err(error) = tls::upgrade(&mut self.stream, acceptor, idle) {
+            warn!("[{}] {}: {error}", self.session.id(), self.peer);
+            return Err(error);
         }
+        info!("[{}] TLS started with {}", self.session.id(), self.peer);
+        if let Some(console) = &self.console {
+            console.event("TLS started (RFC 3207 §4.2: the session starts again from Connected)");
+        }
+        Ok(())
     }
 
     /// The input buffer and the stream, borrowed together for a read.

@@ -21,10 +21,10 @@ use log::warn;
 
 use crate::config::{Config, TlsSource};
 use crate::connection::{self, Context};
-use crate::imap::server::ImapListener;
-use crate::net::listener::{self, Admission, Bound, Limits, Refusal, Service, Welcome};
+use crate::imap;
+use crate::net::listener::{self, Admission, Bound, Limits, Listener, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor};
-use crate::pop3::server::Pop3Listener;
+use crate::pop3;
 use crate::relay::queue::Spool;
 use crate::relay::worker::{self, RelayHandle};
 use crate::smtp::reply::Reply;
@@ -41,9 +41,9 @@ pub struct Server {
     /// The connection caps, shared by SMTP and POP3.
     admission: Arc<Admission>,
     /// `--pop3` listeners; they serve the same mail directory.
-    pop3: Vec<Pop3Listener>,
+    pop3: Vec<Listener>,
     /// `--imap` and `--imaps` listeners, over the same mail directory.
-    imap: Vec<ImapListener>,
+    imap: Vec<Listener>,
     spool: Arc<Spool>,
     /// `--web`: the live view's welcome socket.
     web: Option<WebListener>,
@@ -102,14 +102,8 @@ impl Server {
                 listeners.push((listener::bind(*addr)?, role));
             }
         }
-        let plain_pop3 = config
-            .pop3
-            .iter()
-            .map(|addr| Pop3Listener::bind(*addr, false));
-        let implicit_pop3 = config
-            .pop3s
-            .iter()
-            .map(|addr| Pop3Listener::bind(*addr, true));
+        let plain_pop3 = config.pop3.iter().map(|addr| Listener::bind(*addr, false));
+        let implicit_pop3 = config.pop3s.iter().map(|addr| Listener::bind(*addr, true));
         let pop3 = plain_pop3
             .chain(implicit_pop3)
             .collect::<Result<Vec<_>, _>>()?;
@@ -237,7 +231,8 @@ impl Server {
             .into_iter()
             .map(|listener| {
                 let implicit = listener.implicit_tls;
-                let welcome = listener.spawn(
+                let welcome = pop3::server::spawn(
+                    listener,
                     context.config.clone(),
                     context.tls.clone(),
                     self.admission.clone(),
@@ -250,7 +245,8 @@ impl Server {
             .into_iter()
             .map(|listener| {
                 let implicit = listener.implicit_tls;
-                let welcome = listener.spawn(
+                let welcome = imap::server::spawn(
+                    listener,
                     context.config.clone(),
                     context.tls.clone(),
                     self.admission.clone(),
@@ -285,12 +281,12 @@ impl Server {
 }
 
 /// The `--imap` and `--imaps` listeners, bound.
-fn imap_listeners(config: &Config) -> Result<Vec<ImapListener>, String> {
+fn imap_listeners(config: &Config) -> Result<Vec<Listener>, String> {
     let plain = config.imap.iter().map(|addr| (addr, false));
     let implicit = config.imaps.iter().map(|addr| (addr, true));
     plain
         .chain(implicit)
-        .map(|(addr, tls)| ImapListener::bind(*addr, tls))
+        .map(|(addr, tls)| Listener::bind(*addr, tls))
         .collect()
 }
 

@@ -2,9 +2,8 @@
 //! and literals in, responses out, and IDLE.
 //!
 //! Interface:
-//! - `ImapListener::bind(addr, implicit_tls)` binds (an error is one plain sentence);
-//!   `spawn(config, ..)` accepts on the shared welcome socket of `net/listener.rs` and returns
-//!   its `Welcome`, which stops it when dropped. `Imap` is the service that starts sessions.
+//! - `spawn(listener, config, ..)` accepts on a `Listener` bound by `net/listener.rs` (with
+//!   `--imaps`, TLS first) and returns its `Welcome`, which stops it when dropped. `Imap` is the service that starts sessions.
 //! - `serve(stream, session, id, acceptor, idle)` runs one session over a `tls::Stream`: in the
 //!   clear with STARTTLS (RFC 9051 §6.2.1), or inside TLS from the first byte (`--imaps`,
 //!   RFC 8314 §3.3).
@@ -19,7 +18,7 @@
 //! Standards: RFC 9051 §2.2.1, §4.3, §5.4, §5.5, §6.2.1, §6.3.13, §7.1.5, §7.6, RFC 8314 §3.3
 
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -34,7 +33,7 @@ use crate::imap::command::{
 use crate::imap::mbox::MboxMailboxes;
 use crate::imap::session::{Mailboxes, Next, Session, StateName, Step, Tls};
 use crate::net::line::{LineReader, ReadError};
-use crate::net::listener::{self, Admission, Bound, Refusal, Service, Welcome};
+use crate::net::listener::{self, Admission, Listener, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor, Stream};
 use crate::store::mbox::MailDir;
 use crate::visible;
@@ -45,13 +44,6 @@ pub const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
 /// How often IDLE looks at the mailbox.
 pub const IDLE_POLL: Duration = Duration::from_millis(200);
 
-/// A bound IMAP welcome socket, not yet accepting.
-pub struct ImapListener {
-    bound: Bound,
-    /// `--imaps`: TLS from the first byte.
-    pub implicit_tls: bool,
-}
-
 /// IMAP as a welcome socket's service: what every session of one listener shares.
 struct Imap {
     config: Arc<Config>,
@@ -61,41 +53,27 @@ struct Imap {
     sessions: AtomicU64,
 }
 
-impl ImapListener {
-    pub fn bind(addr: SocketAddr, implicit_tls: bool) -> Result<ImapListener, String> {
-        Ok(ImapListener {
-            bound: listener::bind(addr)?,
-            implicit_tls,
-        })
-    }
-
-    /// The address actually bound (port 0 becomes a real port).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.bound.addr
-    }
-
-    /// Accept on a background thread, counted by the server's `admission`; mailboxes are the
-    /// mbox files of `config.mail_dir`.
-    pub fn spawn(
-        self,
-        config: Arc<Config>,
-        tls: Option<Arc<Acceptor>>,
-        admission: Arc<Admission>,
-    ) -> Welcome {
-        let addr = self.bound.addr;
-        let mailboxes = Arc::new(MboxMailboxes {
-            mail_dir: MailDir::new(config.mail_dir.clone()),
-        });
-        let service = Arc::new(Imap {
-            config,
-            tls,
-            implicit_tls: self.implicit_tls,
-            mailboxes,
-            sessions: AtomicU64::new(0),
-        });
-        info!("IMAP listening on {addr}");
-        Welcome::spawn(self.bound, admission, service)
-    }
+/// Accept on a background thread, counted by the server's `admission`; mailboxes are the
+/// mbox files of `config.mail_dir`.
+pub fn spawn(
+    listener: Listener,
+    config: Arc<Config>,
+    tls: Option<Arc<Acceptor>>,
+    admission: Arc<Admission>,
+) -> Welcome {
+    let addr = listener.local_addr();
+    let mailboxes = Arc::new(MboxMailboxes {
+        mail_dir: MailDir::new(config.mail_dir.clone()),
+    });
+    let service = Arc::new(Imap {
+        config,
+        tls,
+        implicit_tls: listener.implicit_tls,
+        mailboxes,
+        sessions: AtomicU64::new(0),
+    });
+    info!("IMAP listening on {addr}");
+    Welcome::spawn(listener.bound, admission, service)
 }
 
 impl Service for Imap {
@@ -406,18 +384,7 @@ impl Connection<'_> {
     /// handshake.
     fn starttls(&mut self) -> io::Result<()> {
         self.lines.discard_buffered();
-        let acceptor = self
-            .acceptor
-            .clone()
-            .ok_or_else(|| io::Error::other("TLS is not configured"))?;
-        let plain = self
-            .stream
-            .take()
-            .ok_or_else(|| io::Error::other("no stream"))?;
-        let tls = plain
-            .start_tls(&acceptor, tls::handshake_deadline(self.idle))
-            .map_err(io::Error::other)?;
-        self.stream = Some(tls);
+        tls::upgrade(&mut self.stream, self.acceptor.as_deref(), self.idle)?;
         self.session.tls_started();
         info!("[{}] IMAP TLS started", self.id);
         Ok(())

@@ -3,7 +3,8 @@
 //!
 //! Interface:
 //! - `bind(addr)` listens with a backlog of `BACKLOG` (an error is one plain sentence) and
-//!   returns the `Bound` socket with its real address.
+//!   returns the `Bound` socket with its real address. `Listener::bind(addr, implicit_tls)`
+//!   is the same for POP3 and IMAP, which also remember whether TLS comes first.
 //! - `Admission::new(limits)` holds the connection counts of one server: all its clients
 //!   (`--max-connections`) and the clients of each address (`--max-connections-per-ip`).
 //! - `Welcome::spawn(listener, admission, service)` accepts on a background thread; dropping
@@ -104,6 +105,28 @@ pub fn bind(addr: SocketAddr) -> Result<Bound, String> {
     Ok(Bound { listener, addr })
 }
 // ANCHOR_END: bind
+
+/// A bound POP3 or IMAP welcome socket, not yet accepting: the socket, and whether its
+/// clients speak TLS from the first byte.
+pub struct Listener {
+    pub bound: Bound,
+    /// `--pop3s`, `--imaps`: TLS from the first byte (RFC 8314 §3.3).
+    pub implicit_tls: bool,
+}
+
+impl Listener {
+    pub fn bind(addr: SocketAddr, implicit_tls: bool) -> Result<Listener, String> {
+        Ok(Listener {
+            bound: bind(addr)?,
+            implicit_tls,
+        })
+    }
+
+    /// The address actually bound (port 0 becomes a real port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.bound.addr
+    }
+}
 
 fn bind_error(addr: SocketAddr, error: &std::io::Error) -> String {
     match error.kind() {

@@ -4,6 +4,8 @@
 //! - `Stream` is a TCP connection in the clear or inside TLS; both read with a deadline.
 //! - `Stream::start_tls(acceptor, deadline)` runs the server side of the handshake (STARTTLS
 //!   or implicit TLS); it must finish by `deadline`, and a failure ends only that connection.
+//!   `upgrade(stream, acceptor, idle)` does it in place, for STARTTLS, STLS and IMAP's
+//!   STARTTLS, with the deadline of `handshake_deadline(idle)`.
 //! - `Acceptor` is OpenSSL's, with Mozilla's "intermediate" settings: TLS 1.2 and TLS 1.3.
 //! - `acceptor_from_files(cert, key)` loads a PEM certificate (and chain) and a PEM key;
 //!   `self_signed(host)` makes a throwaway pair for `--tls-self-signed` (and for tests).
@@ -95,6 +97,23 @@ impl Stream {
             .map_err(|e| format!("TLS handshake failed: {e}"))
     }
     // ANCHOR_END: start_tls
+}
+
+/// Run the server side of the handshake on the connection held in `stream`, with the acceptor
+/// the server has (if any) and the whole handshake bounded by `handshake_deadline(idle)`.
+/// On success `stream` holds the TLS stream; on failure it is empty: the connection is over.
+pub fn upgrade(
+    stream: &mut Option<Stream>,
+    acceptor: Option<&Acceptor>,
+    idle: Duration,
+) -> io::Result<()> {
+    let acceptor = acceptor.ok_or_else(|| io::Error::other("TLS is not configured"))?;
+    let plain = stream.take().ok_or_else(|| io::Error::other("no stream"))?;
+    let tls = plain
+        .start_tls(acceptor, handshake_deadline(idle))
+        .map_err(io::Error::other)?;
+    *stream = Some(tls);
+    Ok(())
 }
 
 impl Read for Stream {

@@ -1,9 +1,8 @@
 //! The POP3 listener and one client's I/O loop: a welcome socket, a thread per client, mbox files.
 //!
 //! Interface:
-//! - `Pop3Listener::bind(addr)` binds (an error is one plain sentence); `spawn(config, ..)`
-//!   accepts on the shared welcome socket of `net/listener.rs` and returns its `Welcome`,
-//!   which stops it when dropped. `Pop3` is the service that starts each session.
+//! - `spawn(listener, config, ..)` accepts on a `Listener` bound by `net/listener.rs` (with
+//!   `--pop3s`, TLS first) and returns its `Welcome`, which stops it when dropped. `Pop3` is the service that starts each session.
 //! - `serve(stream, session, id, acceptor, idle)` runs one session over a `tls::Stream`: in the
 //!   clear with STLS (RFC 2595 §4), or inside TLS from the first byte (`--pop3s`, RFC 8314 §3.3).
 //! - `MboxMaildrops` is the `pop3::Maildrops` hook over the mail directory: the reader lock for
@@ -20,7 +19,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufWriter, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -31,7 +30,7 @@ use log::{debug, info, warn};
 use crate::config::Config;
 use crate::lab::live::{Opening, Watch};
 use crate::net::line::{CommandLine, LineReader, ReadError};
-use crate::net::listener::{self, Admission, Bound, Refusal, Service, Welcome};
+use crate::net::listener::{self, Admission, Listener, Refusal, Service, Welcome};
 use crate::net::tls::{self, Acceptor, Stream};
 use crate::pop3::command::{self, Response};
 use crate::pop3::session::{
@@ -47,13 +46,6 @@ use crate::store::mboxrd::{self, Counter, Span, MAX_PIECE};
 /// (the default of `--pop3-autologout`; a lesson may shorten it to watch it happen).
 pub const AUTOLOGOUT: Duration = Duration::from_secs(10 * 60);
 
-/// A bound POP3 welcome socket, not yet accepting.
-pub struct Pop3Listener {
-    bound: Bound,
-    /// `--pop3s`: TLS from the first byte.
-    pub implicit_tls: bool,
-}
-
 /// POP3 as a welcome socket's service: what every session of one listener shares.
 struct Pop3 {
     config: Arc<Config>,
@@ -63,42 +55,28 @@ struct Pop3 {
     sessions: AtomicU64,
 }
 
-impl Pop3Listener {
-    pub fn bind(addr: SocketAddr, implicit_tls: bool) -> Result<Pop3Listener, String> {
-        Ok(Pop3Listener {
-            bound: listener::bind(addr)?,
-            implicit_tls,
-        })
-    }
-
-    /// The address actually bound (port 0 becomes a real port).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.bound.addr
-    }
-
-    /// Accept on a background thread, counted by the server's `admission`; maildrops are the
-    /// mbox files of `config.mail_dir`. Dropping the `Welcome` stops it; sessions already
-    /// running finish on their own.
-    pub fn spawn(
-        self,
-        config: Arc<Config>,
-        tls: Option<Arc<Acceptor>>,
-        admission: Arc<Admission>,
-    ) -> Welcome {
-        let addr = self.bound.addr;
-        let maildrops = Arc::new(MboxMaildrops {
-            mail_dir: MailDir::new(config.mail_dir.clone()),
-        });
-        let service = Arc::new(Pop3 {
-            config,
-            tls,
-            implicit_tls: self.implicit_tls,
-            maildrops,
-            sessions: AtomicU64::new(0),
-        });
-        info!("POP3 listening on {addr}");
-        Welcome::spawn(self.bound, admission, service)
-    }
+/// Accept on a background thread, counted by the server's `admission`; maildrops are the
+/// mbox files of `config.mail_dir`. Dropping the `Welcome` stops it; sessions already
+/// running finish on their own.
+pub fn spawn(
+    listener: Listener,
+    config: Arc<Config>,
+    tls: Option<Arc<Acceptor>>,
+    admission: Arc<Admission>,
+) -> Welcome {
+    let addr = listener.local_addr();
+    let maildrops = Arc::new(MboxMaildrops {
+        mail_dir: MailDir::new(config.mail_dir.clone()),
+    });
+    let service = Arc::new(Pop3 {
+        config,
+        tls,
+        implicit_tls: listener.implicit_tls,
+        maildrops,
+        sessions: AtomicU64::new(0),
+    });
+    info!("POP3 listening on {addr}");
+    Welcome::spawn(listener.bound, admission, service)
 }
 
 impl Service for Pop3 {
@@ -325,18 +303,7 @@ impl Connection<'_> {
     /// STLS: forget unread plaintext (as SMTP's STARTTLS, CVE-2011-0411), then the handshake.
     fn starttls(&mut self) -> io::Result<()> {
         self.lines.discard_buffered();
-        let acceptor = self
-            .acceptor
-            .clone()
-            .ok_or_else(|| io::Error::other("TLS is not configured"))?;
-        let plain = self
-            .stream
-            .take()
-            .ok_or_else(|| io::Error::other("no stream"))?;
-        let tls = plain
-            .start_tls(&acceptor, tls::handshake_deadline(self.idle))
-            .map_err(io::Error::other)?;
-        self.stream = Some(tls);
+        tls::upgrade(&mut self.stream, self.acceptor.as_deref(), self.idle)?;
         self.session.tls_started();
         info!("[{}] POP3 TLS started", self.id);
         Ok(())
