@@ -3,9 +3,9 @@
 //!
 //! | file | what | lesson |
 //! |---|---|---|
-//! | `listener.rs` | the welcome socket of SMTP and POP3: backlog, caps per server and per address | 1, 15 |
+//! | `listener.rs` | the welcome socket of SMTP, POP3 and IMAP: backlog, caps per server and per address | 1, 15 |
 //! | `line.rs` | the line reader: command lines, message lines, the 512-octet limit | 5, 15 |
-//! | `tls.rs` | the certificate, the acceptor, and the stream a connection reads and writes | 9 |
+//! | `tls.rs` | the certificate, the acceptor, the handshake, and the stream a connection reads and writes | 9 |
 //!
 //! Standards: none
 
