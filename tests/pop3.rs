@@ -431,3 +431,33 @@ fn a_message_changed_since_login_is_never_sent() {
     );
     assert!(send(1).is_ok());
 }
+
+#[test]
+fn a_client_that_stops_reading_is_let_go_after_the_timeout() {
+    // `--timeout 2`: a write that cannot move for 2 s ends the session, and with it the
+    // maildrop lock, long before POP3's 10-minute autologout.
+    let server = common::start(&["--pop3", "127.0.0.1:0", "--timeout", "2"]);
+    let line = "y".repeat(998);
+    let big: String = (0..2048).map(|_| format!("{line}\r\n")).collect();
+    deliver(&server, &format!("Subject: big\r\n\r\n{big}"));
+    let mut stalled = Pop3::connect(pop3_addr(&server));
+    stalled.login();
+    // Far more than the socket buffers hold: the server's writes block, and this client
+    // never reads them.
+    let pipelined = "RETR 1\r\n".repeat(20);
+    stalled
+        .reader
+        .get_mut()
+        .write_all(pipelined.as_bytes())
+        .expect("write");
+    wait_until("alice's maildrop to be free again", || {
+        let mut next = Pop3::connect(pop3_addr(&server));
+        next.ok("USER alice");
+        let free = next.cmd("PASS password").starts_with("+OK");
+        if free {
+            next.ok("QUIT");
+        }
+        free
+    });
+    drop(stalled);
+}

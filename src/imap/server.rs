@@ -119,7 +119,9 @@ fn serve_tcp(
         .map(|a| listener::canonical(a).to_string())
         .unwrap_or_default();
     info!("[{id}] IMAP connect from {peer}");
-    if let Err(error) = stream.set_write_timeout(Some(AUTOLOGOUT)) {
+    // The autologout bounds a client that is silent; one that stops reading our answers is
+    // held only as long as an SMTP client would be (`--timeout`).
+    if let Err(error) = stream.set_write_timeout(Some(idle)) {
         warn!("[{id}] cannot set a write timeout: {error}");
         return;
     }

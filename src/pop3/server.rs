@@ -124,7 +124,9 @@ fn serve_tcp(
         .unwrap_or_default();
     info!("[{id}] POP3 connect from {peer}");
     let watch = open_watch(&session, &stream, &id, implicit_tls);
-    if let Err(error) = stream.set_write_timeout(Some(AUTOLOGOUT)) {
+    // The autologout bounds a client that is silent; one that stops reading our answers is
+    // held only as long as an SMTP client would be (`--timeout`).
+    if let Err(error) = stream.set_write_timeout(Some(idle)) {
         warn!("[{id}] cannot set a write timeout: {error}");
         return;
     }
